@@ -1,0 +1,8 @@
+"""Evaluation callbacks of the two-models test, and the run-directory bookkeeping."""
+
+from galgen_lightning.callbacks.common import EvalCallback, run_dir, to_uint8
+from galgen_lightning.callbacks.denoising import DenoisingTest
+from galgen_lightning.callbacks.rundir import RunDirectory
+from galgen_lightning.callbacks.two_models import TwoModelsTest
+
+__all__ = ["DenoisingTest", "EvalCallback", "RunDirectory", "TwoModelsTest", "run_dir", "to_uint8"]

@@ -1,0 +1,153 @@
+"""What every evaluation callback shares: when to run, and where results go.
+
+Every number a callback logs goes to the Lightning loggers (W&B scalars, histograms, images)
+*and* to the run directory (``metrics.jsonl``, ``eval/<test>/epoch_XXXX.npz`` and ``.png``),
+so results survive without W&B. The run directory is ``trainer.default_root_dir``, which the
+CLI sets per run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.loggers import WandbLogger
+
+
+def run_dir(trainer: L.Trainer) -> Path:
+    """The run directory (``trainer.default_root_dir``)."""
+    return Path(trainer.default_root_dir)
+
+
+def to_uint8(images: torch.Tensor | np.ndarray, low: float = 0.0, high: float | None = None) -> np.ndarray:
+    """Stretch images to uint8 for display (W&B casts floats without rescaling: [0, 1] is black).
+
+    Args:
+        images: ``(..., h, w)`` floats.
+        low: value shown as black.
+        high: value shown as white (default: the 99.5th percentile, at least ``low`` + 1e-6).
+    """
+    x = np.asarray(images, dtype=np.float32)
+    x = np.nan_to_num(x, nan=low, posinf=low, neginf=low)
+    if high is None:
+        high = float(np.percentile(x, 99.5)) if x.size else 1.0
+    high = max(high, low + 1e-6)
+    return (np.clip((x - low) / (high - low), 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, (np.floating, np.integer)):
+        v = v.item()
+    if isinstance(v, torch.Tensor):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+class EvalCallback(L.Callback):
+    """Base of the per-epoch evaluation callbacks: runs on rank zero at the end of validation.
+
+    It runs every ``every_n_epochs`` epochs, at the last epoch, in ``fast_dev_run``, and on every
+    ``galgen validate``. Subclasses implement :meth:`evaluate`.
+
+    Args:
+        every_n_epochs: run every this many epochs.
+    """
+
+    name = "eval"
+
+    def __init__(self, every_n_epochs: int = 1) -> None:
+        if every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be positive, got {every_n_epochs}")
+        self.every_n_epochs = every_n_epochs
+
+    def _due(self, trainer: L.Trainer) -> bool:
+        if trainer.sanity_checking:
+            return False
+        if trainer.state.fn != "fit" or trainer.fast_dev_run:
+            return True
+        epoch = trainer.current_epoch + 1
+        last = trainer.max_epochs is not None and trainer.max_epochs > 0 and epoch >= trainer.max_epochs
+        return epoch % self.every_n_epochs == 0 or last
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero and self._due(trainer):
+            self.evaluate(trainer, pl_module)
+
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        raise NotImplementedError
+
+    # --- where results go ------------------------------------------------------------------
+    def out_path(self, trainer: L.Trainer, suffix: str, tag: str = "") -> Path:
+        """``<run>/eval/<name>/epoch_XXXX<tag><suffix>``, folders created."""
+        folder = run_dir(trainer) / "eval" / self.name
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / f"epoch_{trainer.current_epoch:04d}{tag}{suffix}"
+
+    def log_scalars(self, trainer: L.Trainer, values: dict[str, float]) -> None:
+        """Log ``<name>/<key>`` to every logger and append a line to ``<run>/metrics.jsonl``."""
+        metrics = {f"{self.name}/{k}": float(v) for k, v in values.items()}
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+        record = {"epoch": trainer.current_epoch, "step": trainer.global_step, "test": self.name}
+        record.update({k: _jsonable(v) for k, v in values.items()})
+        path = run_dir(trainer) / "metrics.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def save_arrays(self, trainer: L.Trainer, arrays: dict[str, Any], tag: str = "") -> Path:
+        path = self.out_path(trainer, ".npz", tag)
+        np.savez_compressed(path, **{k: np.asarray(v) for k, v in arrays.items()})
+        return path
+
+    def log_histograms(self, trainer: L.Trainer, arrays: dict[str, np.ndarray]) -> None:
+        """W&B histograms (other loggers get the arrays through the ``.npz`` files)."""
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                import wandb
+
+                data = {f"{self.name}/{k}": wandb.Histogram(np.asarray(v)[np.isfinite(v)]) for k, v in arrays.items() if np.size(v)}
+                logger.experiment.log({**data, "trainer/global_step": trainer.global_step})
+
+    def save_figure(self, trainer: L.Trainer, fig, key: str, tag: str = "") -> Path:
+        """Save a matplotlib figure as PNG in the run directory and log it to W&B as an image."""
+        import matplotlib.pyplot as plt
+
+        path = self.out_path(trainer, ".png", tag)
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image(key=f"{self.name}/{key}", images=[str(path)], step=trainer.global_step)
+        return path
+
+    def save_image(self, trainer: L.Trainer, image: np.ndarray, key: str, tag: str = "") -> Path:
+        """Save a uint8 grayscale mosaic as PNG in the run directory and log it to W&B."""
+        import matplotlib.image
+
+        path = self.out_path(trainer, ".png", tag)
+        matplotlib.image.imsave(path, image, cmap="gray", vmin=0, vmax=255)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image(key=f"{self.name}/{key}", images=[image], step=trainer.global_step)
+        return path
+
+
+def mosaic(rows: list[torch.Tensor], pad: int = 2) -> np.ndarray:
+    """Stack rows of images ``(k, 1, h, w)`` into one uint8 picture, each image stretched alike."""
+    k = max(len(r) for r in rows)
+    h, w = rows[0].shape[-2:]
+    canvas = np.full((len(rows) * (h + pad) + pad, k * (w + pad) + pad), 255, dtype=np.uint8)
+    for i, row in enumerate(rows):
+        for j, img in enumerate(row):
+            canvas[pad + i * (h + pad) : pad + i * (h + pad) + h, pad + j * (w + pad) : pad + j * (w + pad) + w] = to_uint8(
+                img[0], low=0.0, high=1.0
+            )
+    return canvas

@@ -1,0 +1,183 @@
+"""The two-models cosine-similarity test, calibrated, with its threshold-free twin.
+
+For the same seeds, model A and model B each draw samples from the same noise. Then:
+
+- **A vs B**: ``cos(A_i, B_i)``. Generalizing models agree (they learned one distribution);
+  memorizing models each copy their own, disjoint, training set and disagree.
+- **nearest training image**: for each sample, its highest similarity to any image of its own
+  model's subset (optionally over the 8 flips/rotations), and to the *other* subset.
+- **calibration**: held-out validation images' similarity to their nearest training image is
+  the reference: real, unseen galaxies are that close to the training set by chance. The
+  memorization rate is the share of samples above its ``quantile`` (default 99th percentile).
+- **own minus other**: A and B come from one distribution, so a generalizing model's sample is
+  as close to the other subset as to its own. The median per-sample gap and a one-sided
+  Wilcoxon p-value need no threshold.
+
+Samples the family marks invalid (diverged, step limit, non-finite) are counted and left out.
+Both the mean-removed cosine (default, used for the figures) and the plain cosine are reported.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+
+from galgen_lightning.callbacks.common import EvalCallback, mosaic
+from galgen_lightning.metrics import memorization_rate, nearest_similarity, own_other_gap, paired_cosine, summarize
+from galgen_lightning.pair import MODELS
+
+OTHER = {"a": "b", "b": "a"}
+
+
+def two_models_statistics(
+    samples,
+    subsets: dict[str, torch.Tensor],
+    mean_removed: bool = True,
+    transforms: bool = True,
+    quantile: float = 0.99,
+    line: float = 0.95,
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """All numbers of the test, from samples and the three subsets (a pure function).
+
+    Args:
+        samples: :class:`~galgen_lightning.pair.PairSamples`.
+        subsets: ``{"a": A images, "b": B images, "val": held-out images}``.
+        mean_removed: centre each image before the cosine.
+        transforms: match training images under the 8 flips/rotations too.
+        quantile: calibration quantile of the held-out reference distribution.
+        line: the fixed similarity line whose exceedance is also reported (0.95 in the paper).
+
+    Returns:
+        ``(scalars, arrays)``: scalars for the logger, arrays for the ``.npz`` file.
+    """
+    kw = dict(mean_removed=mean_removed, transforms=transforms)
+    arrays: dict[str, np.ndarray] = {}
+    both = samples.both_ok
+    arrays["a_vs_b"] = paired_cosine(samples.a[both], samples.b[both], mean_removed).numpy()
+    ref = []
+    for which in MODELS:
+        ok = samples.ok(which)
+        x = samples[which][ok]
+        own, own_idx = nearest_similarity(x, subsets[which], **kw)
+        other, _ = nearest_similarity(x, subsets[OTHER[which]], **kw)
+        arrays[f"own_{which}"], arrays[f"other_{which}"] = own.numpy(), other.numpy()
+        arrays[f"own_index_{which}"] = own_idx.numpy()
+        arrays[f"sample_index_{which}"] = torch.nonzero(ok).flatten().numpy()
+        ref.append(nearest_similarity(subsets["val"], subsets[which], **kw)[0].numpy())
+    arrays["heldout"] = np.concatenate(ref)
+    own_all = np.concatenate([arrays["own_a"], arrays["own_b"]])
+    other_all = np.concatenate([arrays["other_a"], arrays["other_b"]])
+
+    scalars: dict[str, float] = {}
+    for key, value in summarize(arrays["a_vs_b"], line).items():
+        scalars[f"a_vs_b_{key}"] = value
+    for key, value in summarize(own_all, line).items():
+        scalars[f"nearest_own_{key}"] = value
+    scalars["nearest_other_median"] = float(np.median(other_all)) if other_all.size else float("nan")
+    scalars["heldout_median"] = float(np.median(arrays["heldout"]))
+    rate, threshold = memorization_rate(own_all, arrays["heldout"], quantile)
+    scalars["memorization_rate"], scalars["memorization_threshold"] = rate, threshold
+    scalars.update(own_other_gap(own_all, other_all))
+    for which in MODELS:
+        scalars[f"memorization_rate_{which}"] = memorization_rate(arrays[f"own_{which}"], arrays["heldout"], quantile)[0]
+        scalars[f"gap_median_{which}"] = own_other_gap(arrays[f"own_{which}"], arrays[f"other_{which}"])["gap_median"]
+        scalars[f"valid_{which}"] = float(samples.ok(which).sum())
+        for key, value in samples.info.get(which, {}).items():
+            scalars[f"{key}_{which}"] = value
+    return scalars, arrays
+
+
+class TwoModelsTest(EvalCallback):
+    """Per-epoch two-models cosine-similarity test (see the module docstring).
+
+    Args:
+        every_n_epochs: run every this many epochs (and at the last one).
+        n_samples: samples per model.
+        seed: sampling seed (the same noise every epoch, so epochs compare).
+        batch_size: samples per generation batch (default: the family's own).
+        transforms: match training images under their 8 flips/rotations too.
+        quantile: calibration quantile of the held-out distribution for the memorization rate.
+        line: fixed similarity line also reported (the paper's 0.95).
+        grid: samples shown in the sample grid.
+    """
+
+    name = "two_models"
+
+    def __init__(
+        self,
+        every_n_epochs: int = 1,
+        n_samples: int = 64,
+        seed: int = 0,
+        batch_size: int | None = None,
+        transforms: bool = True,
+        quantile: float = 0.99,
+        line: float = 0.95,
+        grid: int = 8,
+    ) -> None:
+        super().__init__(every_n_epochs)
+        self.n_samples = n_samples
+        self.seed = seed
+        self.batch_size = batch_size
+        self.transforms = transforms
+        self.quantile = quantile
+        self.line = line
+        self.grid = grid
+
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        dm = trainer.datamodule
+        subsets = {s: dm.subset_images(s) for s in ("a", "b", "val")}
+        batch_size = self.batch_size or getattr(pl_module.hparams, "sample_batch_size", None)
+        samples = pl_module.sample(self.n_samples, self.seed, batch_size=batch_size)
+        scalars, arrays = two_models_statistics(samples, subsets, True, self.transforms, self.quantile, self.line)
+        plain, plain_arrays = two_models_statistics(samples, subsets, False, self.transforms, self.quantile, self.line)
+        scalars.update({f"plain/{k}": v for k, v in plain.items() if not k.startswith(("valid_", "diverged_", "step_limit_", "steps_sum_", "finished_"))})
+        arrays.update({f"plain_{k}": v for k, v in plain_arrays.items()})
+        arrays["samples_a"], arrays["samples_b"] = samples.a.numpy(), samples.b.numpy()
+        arrays["ok_a"], arrays["ok_b"] = samples.ok_a.numpy(), samples.ok_b.numpy()
+        self.log_scalars(trainer, scalars)
+        self.save_arrays(trainer, arrays)
+        self.log_histograms(trainer, {k: arrays[k] for k in ("a_vs_b", "own_a", "own_b", "other_a", "other_b", "heldout")})
+        self.save_figure(trainer, self.histogram_figure(arrays, scalars, trainer.current_epoch), "histograms")
+        self.save_image(trainer, self.grid_image(samples, subsets, arrays), "samples", tag="_grid")
+
+    def histogram_figure(self, arrays: dict[str, np.ndarray], scalars: dict[str, float], epoch: int):
+        """Left: A vs B similarity. Right: nearest-training similarity, own, other and held-out."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+        finite = [v for v in arrays.values() if v.dtype.kind == "f" and v.size]
+        low = min(0.0, min(float(np.nanmin(v)) for v in finite)) if finite else 0.0
+        bins = np.linspace(max(low, -1.0), 1.0, 51)
+        left.hist(arrays["a_vs_b"], bins=bins, color="tab:purple", alpha=0.8)
+        left.axvline(self.line, color="k", ls=":", lw=1)
+        left.set_title(f"A vs B, same noise (median {scalars['a_vs_b_median']:.3f})")
+        left.set_xlabel("cosine similarity (mean removed)")
+        own = np.concatenate([arrays["own_a"], arrays["own_b"]])
+        other = np.concatenate([arrays["other_a"], arrays["other_b"]])
+        for values, label, color in ((own, "sample vs own subset", "tab:red"), (other, "sample vs other subset", "tab:blue"), (arrays["heldout"], "held-out real vs training", "tab:gray")):
+            right.hist(values, bins=bins, alpha=0.5, density=True, label=label, color=color)
+        right.axvline(scalars["memorization_threshold"], color="k", ls="--", lw=1, label=f"held-out {self.quantile:.0%} quantile")
+        right.set_title(
+            f"nearest training image: memorized {scalars['memorization_rate']:.2f}, own-other {scalars['gap_median']:+.3f}"
+        )
+        right.set_xlabel("cosine similarity (mean removed)")
+        right.legend(fontsize=7, loc="upper left")
+        fig.suptitle(f"two-models test, epoch {epoch}")
+        return fig
+
+    def grid_image(self, samples, subsets: dict[str, torch.Tensor], arrays: dict[str, np.ndarray]) -> np.ndarray:
+        """Rows: A's samples, B's samples (same seeds), A's and B's nearest training images."""
+        k = min(self.grid, len(samples.a))
+        rows = [samples.a[:k], samples.b[:k]]
+        for which in MODELS:
+            nearest = torch.zeros_like(samples.a[:k])
+            pos = {int(s): i for i, s in enumerate(arrays[f"sample_index_{which}"])}
+            for j in range(k):
+                if j in pos:
+                    nearest[j] = subsets[which][int(arrays[f"own_index_{which}"][pos[j]])]
+            rows.append(nearest)
+        return mosaic(rows)

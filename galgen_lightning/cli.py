@@ -1,0 +1,121 @@
+"""``galgen``: a thin LightningCLI for the two-models test.
+
+    galgen fit --config configs/diffusion.yaml
+    galgen fit --config configs/diffusion.yaml --config configs/quick.yaml --data.n 10
+    galgen validate --config runs/<run>/config.yaml --ckpt_path runs/<run>/checkpoints/last.ckpt
+
+What it adds to LightningCLI: ``data.image_size`` is linked to the model; each run gets its own
+directory (``--trainer.default_root_dir``, default ``runs/<family>-n<N>-seed<S>-<time>``) that
+holds the resolved config, the data manifest, the status, checkpoints, logs and every
+evaluation result; W&B runs offline unless you are logged in; a user mistake is one line.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from galgen_lightning.callbacks.rundir import RunDirectory, read_status
+from galgen_lightning.data import GalaxyPairDataModule
+from galgen_lightning.errors import GalgenError
+from galgen_lightning.pair import PairModule
+
+
+def wandb_logged_in() -> bool:
+    """Whether W&B credentials exist (an API key in the environment or a netrc entry)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return "api.wandb.ai" in netrc.read_text()
+    except OSError:
+        return False
+
+
+def _entries(value) -> list:
+    if value is None or isinstance(value, bool):
+        return []
+    return list(value) if isinstance(value, list) else [value]
+
+
+class GalgenCLI(LightningCLI):
+    """LightningCLI with a run directory per run and the data/model links of galgen."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.run_directory = RunDirectory()
+        kwargs.setdefault("trainer_defaults", {"callbacks": [self.run_directory]})
+        super().__init__(
+            PairModule,
+            GalaxyPairDataModule,
+            *args,
+            subclass_mode_model=True,
+            save_config_callback=None,
+            parser_kwargs={"description": "galgen: the two-models test of generative models of galaxy images."},
+            **kwargs,
+        )
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """``fit`` trains the pair and runs the tests; ``validate`` re-runs them on a checkpoint."""
+        return {"fit": {"model", "train_dataloaders", "val_dataloaders", "datamodule"}, "validate": {"model", "dataloaders", "datamodule"}}
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.image_size", "model.init_args.image_size")
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        folder = self._choose_run_dir(cfg)
+        cfg.trainer.default_root_dir = str(folder)
+        for logger in _entries(cfg.trainer.logger):
+            args = getattr(logger, "init_args", None)
+            if args is None:
+                continue
+            if getattr(args, "save_dir", "missing") in (None, ".", ""):
+                args.save_dir = str(folder)
+            if "WandbLogger" in str(getattr(logger, "class_path", "")) and getattr(args, "name", "missing") is None:
+                args.name = folder.name
+        for callback in _entries(cfg.trainer.callbacks):
+            args = getattr(callback, "init_args", None)
+            if "ModelCheckpoint" in str(getattr(callback, "class_path", "")) and args is not None and args.dirpath is None:
+                args.dirpath = str(folder / "checkpoints")
+        parser = self._parser(self.subcommand)
+        self.run_directory.config_text = parser.dump(cfg, skip_none=False)
+
+    def _choose_run_dir(self, cfg) -> Path:
+        given = cfg.trainer.default_root_dir
+        ckpt = getattr(cfg, "ckpt_path", None)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        if self.subcommand != "fit":
+            base = Path(given) if given else (Path(ckpt).resolve().parent.parent if ckpt else Path("runs"))
+            return base / f"{self.subcommand}-{stamp}"
+        if not given:
+            family = str(cfg.model.class_path).rsplit(".", 1)[-1].replace("Pair", "").lower()
+            return Path("runs") / f"{family}-n{cfg.data.n}-seed{cfg.data.seed}-{stamp}"
+        folder = Path(given)
+        status = read_status(folder)
+        if status and not ckpt:
+            raise GalgenError(
+                f"--trainer.default_root_dir {folder} already holds a {status.get('state', 'previous')} run; "
+                "choose another directory, or resume it with --ckpt_path"
+            )
+        return folder
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of the ``galgen`` command (``args`` for in-process use and tests)."""
+    if "WANDB_MODE" not in os.environ and not wandb_logged_in():
+        os.environ["WANDB_MODE"] = "offline"
+    os.environ.setdefault("WANDB_SILENT", "true")
+    try:
+        GalgenCLI(args=args)
+    except GalgenError as e:
+        print(f"galgen: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

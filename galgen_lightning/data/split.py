@@ -1,0 +1,106 @@
+"""De-duplication and the A / B / validation split, disjoint by content, with a proof.
+
+Pure numpy/torch functions: the DataModule calls them, tests call them directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from galgen_lightning.data.sources import content_hash
+from galgen_lightning.errors import GalgenError
+
+SUBSETS = ("a", "b", "val")
+
+
+def _downsampled_unit_rows(images: np.ndarray, side: int) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None]
+    if t.shape[-1] > side:
+        t = F.interpolate(t, size=(side, side), mode="area")
+    v = t.flatten(1)
+    v = v - v.mean(dim=1, keepdim=True)
+    return v / v.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def duplicate_mask(images: np.ndarray, threshold: float = 0.95, side: int = 16, chunk: int = 2048) -> np.ndarray:
+    """Mark images that repeat an earlier one.
+
+    Image ``j`` is a duplicate when its pixels equal an earlier image's (content hash), or its
+    correlation with an earlier image, both area-downsampled to ``side`` x ``side``, exceeds
+    ``threshold``. Earlier images are always kept, so the result does not depend on the order
+    of later ones.
+
+    Returns:
+        bool array, True for images to drop.
+    """
+    n = len(images)
+    drop = np.zeros(n, dtype=bool)
+    seen: dict[str, int] = {}
+    for i in range(n):
+        h = content_hash(images[i])
+        if h in seen:
+            drop[i] = True
+        else:
+            seen[h] = i
+    v = _downsampled_unit_rows(images, side)
+    for start in range(0, n, chunk):
+        rows = v[start : start + chunk]
+        sims = rows @ v[: start + len(rows)].T  # against every image up to the chunk's end
+        local = torch.arange(len(rows))
+        # only earlier images count: mask the diagonal and everything after it
+        cols = torch.arange(start + len(rows))
+        later = cols[None, :] >= (start + local)[:, None]
+        sims[later] = -1.0
+        drop[start : start + len(rows)] |= (sims.max(dim=1).values > threshold).numpy()
+    return drop
+
+
+@dataclass
+class Split:
+    """Indices (into the source's images) of subsets A, B and validation."""
+
+    a: np.ndarray
+    b: np.ndarray
+    val: np.ndarray
+    n_duplicates: int
+
+    def indices(self, subset: str) -> np.ndarray:
+        return {"a": self.a, "b": self.b, "val": self.val}[subset]
+
+
+def make_split(images: np.ndarray, n: int, n_val: int, seed: int, drop: np.ndarray) -> Split:
+    """Shuffle the kept images with ``seed`` and take A, B and validation in turn.
+
+    Raises:
+        GalgenError: when fewer than ``2 n + n_val`` distinct images are left.
+    """
+    keep = np.flatnonzero(~drop)
+    need = 2 * n + n_val
+    if len(keep) < need:
+        raise GalgenError(
+            f"data: 2 * n + n_val = {need} images needed but only {len(keep)} distinct images are available "
+            f"({int(drop.sum())} duplicates removed of {len(images)}); lower data.n or data.n_val"
+        )
+    order = np.random.default_rng(seed).permutation(keep)
+    return Split(a=np.sort(order[:n]), b=np.sort(order[n : 2 * n]), val=np.sort(order[2 * n : need]), n_duplicates=int(drop.sum()))
+
+
+def check_disjoint(images: np.ndarray, split: Split) -> dict[str, list[str]]:
+    """Prove A, B and validation share no image by content; return their content hashes.
+
+    Raises:
+        GalgenError: if any two subsets share an identical image (a bug, or a bad source).
+    """
+    hashes = {s: [content_hash(images[i]) for i in split.indices(s)] for s in SUBSETS}
+    for i, s in enumerate(SUBSETS):
+        for t in SUBSETS[i + 1 :]:
+            common = set(hashes[s]) & set(hashes[t])
+            if common:
+                raise GalgenError(f"data: subsets {s} and {t} share {len(common)} identical images")
+        if len(set(hashes[s])) != len(hashes[s]):
+            raise GalgenError(f"data: subset {s} holds repeated images")
+    return hashes

@@ -1,0 +1,307 @@
+"""Diffusion pair: the blind bias-free U-Net denoiser and the stochastic sampler.
+
+- Denoiser (Kadkhodaie et al., ICLR 2024): a U-Net with no additive constant anywhere (no
+  conv biases, batch norm that divides by the batch standard deviation without subtracting a
+  mean), so ``f(a * y) = a * f(y)``. It predicts the noise; the denoised image is ``y - f(y)``.
+  It is *blind*: trained on noise levels ``sigma = U**2``, ``U ~ Uniform(0, 1)``, never told
+  the level.
+- Sampler (Kadkhodaie & Simoncelli): ascent of the implicit prior with injected noise, batched,
+  each sample with its own noise stream (shared by A and B), its own stopping step, and no
+  host synchronisation except every ``check_every`` steps.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from galgen_lightning.noise import counter_normal
+from galgen_lightning.pair import PairModule
+
+
+class BiasFreeBatchNorm(nn.Module):
+    """Batch norm without additive terms: ``x / std_batch * scale``.
+
+    The standard deviation is taken over batch and space per channel, around zero (no mean
+    subtraction). A running value is kept for evaluation.
+    """
+
+    def __init__(self, channels: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1, channels, 1, 1))
+        self.register_buffer("running_sd", torch.ones(1, channels, 1, 1))
+        self.momentum = momentum
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training:
+            sd = (x.float().square().mean(dim=(0, 2, 3), keepdim=True) + self.eps).sqrt()
+            with torch.no_grad():
+                self.running_sd.lerp_(sd.to(self.running_sd.dtype), self.momentum)
+        else:
+            sd = self.running_sd
+        return x / sd.to(x.dtype) * self.scale.to(x.dtype)
+
+
+def conv_norm_relu(c_in: int, c_out: int, norm: bool = True) -> nn.Sequential:
+    """3x3 convolution without bias, then bias-free batch norm (optional) and ReLU."""
+    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)]
+    if norm:
+        layers.append(BiasFreeBatchNorm(c_out))
+    layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class BiasFreeUNet(nn.Module):
+    """Bias-free U-Net that predicts the noise in its input.
+
+    Encoder stages of ``width * 2**k`` channels (two 3x3 convs each, average pooling between),
+    a middle stage of ``width * 2**blocks``, and a decoder of transposed-conv upsampling, skip
+    concatenation and two convs per stage, the last of which maps to the image channels. The
+    first conv has no norm. ``blocks=3, width=64`` is the paper's 7,659,264-parameter network.
+
+    Args:
+        channels: image channels.
+        blocks: number of downsampling stages (the receptive field must cover the image for
+            small-N memorization: 3 blocks for 64 px).
+        width: channels of the first stage.
+    """
+
+    def __init__(self, channels: int = 1, blocks: int = 3, width: int = 64) -> None:
+        super().__init__()
+        widths = [width * 2**k for k in range(blocks + 1)]
+        self.down = nn.ModuleList()
+        c_in = channels
+        for k in range(blocks):
+            self.down.append(nn.Sequential(conv_norm_relu(c_in, widths[k], norm=k > 0), conv_norm_relu(widths[k], widths[k])))
+            c_in = widths[k]
+        self.mid = nn.Sequential(conv_norm_relu(widths[-2], widths[-1]), conv_norm_relu(widths[-1], widths[-1]))
+        self.up = nn.ModuleList()
+        self.dec = nn.ModuleList()
+        for k in reversed(range(blocks)):
+            self.up.append(nn.ConvTranspose2d(widths[k + 1], widths[k], 2, stride=2, bias=False))
+            last = nn.Conv2d(widths[k], channels, 3, padding=1, bias=False) if k == 0 else conv_norm_relu(widths[k], widths[k])
+            self.dec.append(nn.Sequential(conv_norm_relu(2 * widths[k], widths[k]), last))
+        self.blocks = blocks
+
+    def forward(self, y: Tensor) -> Tensor:
+        if y.shape[-1] % 2**self.blocks or y.shape[-2] % 2**self.blocks:
+            raise ValueError(f"image side must be divisible by 2**blocks = {2**self.blocks}, got {tuple(y.shape[-2:])}")
+        skips = []
+        x = y
+        for stage in self.down:
+            x = stage(x)
+            skips.append(x)
+            x = F.avg_pool2d(x, 2)
+        x = self.mid(x)
+        for up, dec in zip(self.up, self.dec):
+            x = dec(torch.cat([up(x), skips.pop()], dim=1))
+        return x
+
+
+@torch.no_grad()
+def sample_denoiser(
+    net: Callable[[Tensor], Tensor],
+    indices: Tensor,
+    seed: int,
+    shape: tuple[int, int, int],
+    mean: float | Tensor = 0.5,
+    sigma0: float = 1.0,
+    sigma_final: float = 0.01,
+    h0: float = 0.01,
+    beta: float = 0.01,
+    max_steps: int = 1000,
+    check_every: int = 10,
+    diverge_factor: float = 2.0,
+) -> tuple[Tensor, Tensor, dict[str, float]]:
+    """Batched stochastic coarse-to-fine sampler of Kadkhodaie & Simoncelli.
+
+    ``y0 = mean + sigma0 * z0``; each step ``d = f(y)``, ``sigma = ||d|| / sqrt(D)``,
+    ``h = h0 t / (1 + h0 (t - 1))``, ``gamma = sigma sqrt((1 - beta h)^2 - (1 - h)^2)``,
+    ``y <- y - h d + gamma z_t``; a sample stops (is frozen) once ``sigma < sigma_final``; the
+    result is ``y - f(y)``. The noise ``z_t`` of sample ``i`` depends only on ``(seed, i, t)``.
+
+    A sample whose ``sigma`` becomes non-finite or grows above ``diverge_factor`` times its
+    first value is frozen and marked diverged; one still running at ``max_steps`` is marked
+    as hitting the step limit. Both come back with ``ok = False``.
+
+    Args:
+        net: the noise-predicting denoiser.
+        indices: ``(B,)`` global sample indices (device of the net).
+        seed: sampling seed.
+        shape: ``(c, h, w)`` of one image.
+        mean: the data's mean pixel value, the start of the chain.
+        sigma0: initial noise level.
+        sigma_final: stopping noise level (sigma_L).
+        h0: initial step size.
+        beta: noise injection (1: none; 0.01 the reference default; 0.1-0.5 converges faster).
+        max_steps: step limit.
+        check_every: steps between the host checks of whether every sample has stopped.
+        diverge_factor: divergence when sigma exceeds this multiple of its first value.
+
+    Returns:
+        ``(samples (B, c, h, w), ok (B,), counters)`` with counters ``diverged``,
+        ``step_limit`` and ``steps_mean`` (mean steps of the samples that stopped).
+    """
+    dims = math.prod(shape)
+    y = mean + sigma0 * counter_normal(seed, indices, shape, stream=0)
+    active = torch.ones(len(indices), dtype=torch.bool, device=y.device)
+    diverged = torch.zeros_like(active)
+    steps = torch.zeros(len(indices), dtype=torch.int64, device=y.device)
+    first_sigma: Tensor | None = None
+    t = 1
+    while t <= max_steps:
+        for _ in range(min(check_every, max_steps - t + 1)):
+            d = net(y).float()
+            sigma = d.flatten(1).norm(dim=1) / math.sqrt(dims)
+            if first_sigma is None:
+                first_sigma = sigma.clone()
+            bad = ~torch.isfinite(sigma) | (sigma > diverge_factor * first_sigma)
+            diverged |= active & bad
+            active = active & ~bad & (sigma >= sigma_final)
+            h = h0 * t / (1 + h0 * (t - 1))
+            gamma = sigma * math.sqrt(max((1 - beta * h) ** 2 - (1 - h) ** 2, 0.0))
+            z = counter_normal(seed, indices, shape, stream=t)
+            y_next = y - h * d + gamma.view(-1, 1, 1, 1) * z
+            y = torch.where(active.view(-1, 1, 1, 1), y_next, y)
+            steps += active.long()
+            t += 1
+        if not bool(active.any()):
+            break
+    out = y - net(y).float()
+    hit_limit = active
+    ok = ~diverged & ~hit_limit & torch.isfinite(out).flatten(1).all(dim=1)
+    finished = ~diverged & ~hit_limit
+    counters = {
+        "diverged": float(diverged.sum()),
+        "step_limit": float(hit_limit.sum()),
+        "steps_sum": float(steps[finished].sum()),
+        "finished": float(finished.sum()),
+    }
+    return out, ok, counters
+
+
+class DiffusionPair(PairModule):
+    """Two blind bias-free U-Net denoisers, A and B, and their shared-noise sampler.
+
+    Args:
+        image_size: image side (linked from ``data.image_size``).
+        channels: image channels.
+        blocks: U-Net downsampling stages.
+        width: U-Net base channels (64 in the paper).
+        lr: Adam learning rate.
+        lr_halving_epochs: the learning rate halves every this many epochs.
+        sigma_max: training noise levels are ``sigma_max * U**2``.
+        channels_last: use the channels-last memory format (faster on GPUs).
+        sigma0: sampler initial noise level.
+        sigma_final: sampler stopping noise level (an under-trained denoiser may never reach
+            0.01: raise it rather than let samples hit the step limit).
+        h0: sampler initial step size.
+        beta: sampler noise injection.
+        max_steps: sampler step limit.
+        check_every: sampler steps between host checks for early exit.
+        sample_batch_size: samples per sampler batch.
+    """
+
+    def __init__(
+        self,
+        image_size: int = 64,
+        channels: int = 1,
+        blocks: int = 3,
+        width: int = 64,
+        lr: float = 1e-3,
+        lr_halving_epochs: int = 100,
+        sigma_max: float = 1.0,
+        channels_last: bool = False,
+        sigma0: float = 1.0,
+        sigma_final: float = 0.01,
+        h0: float = 0.01,
+        beta: float = 0.01,
+        max_steps: int = 1000,
+        check_every: int = 10,
+        sample_batch_size: int = 256,
+    ) -> None:
+        super().__init__(image_size=image_size, channels=channels)
+        self.save_hyperparameters()
+        self.model_a = BiasFreeUNet(channels, blocks, width)
+        self.model_b = BiasFreeUNet(channels, blocks, width)
+        self.register_buffer("data_mean", torch.tensor(0.5))
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def on_fit_start(self) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "pixel_mean"):
+            self.data_mean.fill_(float(dm.pixel_mean))
+
+    def _prepare(self, x: Tensor) -> Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
+
+    def noise_loss(self, which: str, x: Tensor, noise: Tensor) -> Tensor:
+        """Summed squared error of the predicted noise, divided by the batch size."""
+        pred = self.model(which)(self._prepare(x + noise))
+        return (pred.float() - noise.float()).square().sum() / len(x)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        total = 0.0
+        for which in ("a", "b"):
+            x = batch[which]
+            sigma = self.hparams.sigma_max * torch.rand(len(x), 1, 1, 1, device=x.device) ** 2
+            loss = self.noise_loss(which, x, sigma * torch.randn_like(x))
+            self.log(f"train/loss_{which}", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(x))
+            total = total + loss
+        return total
+
+    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+        x = batch
+        start = batch_idx * len(x)
+        idx = torch.arange(start, start + len(x), device=x.device)
+        # fixed noise per validation image, so the curve is comparable across epochs
+        u = (idx.float() + 0.5) / (idx.float().max() + 1.0)
+        sigma = self.hparams.sigma_max * (u ** 2).view(-1, 1, 1, 1)
+        noise = sigma * counter_normal(12345, idx, tuple(x.shape[1:]), stream=0).to(x.dtype)
+        for which in ("a", "b"):
+            self.log(f"val/loss_{which}", self.noise_loss(which, x, noise), on_epoch=True, batch_size=len(x), sync_dist=True)
+
+    def configure_optimizers(self):
+        opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=self.hparams.lr_halving_epochs, gamma=0.5)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+    @torch.no_grad()
+    def denoise(self, which: str, y: Tensor) -> Tensor:
+        """Denoised images ``y - f(y)`` from model ``which`` (eval mode)."""
+        was = self.training
+        self.eval()
+        try:
+            y = y.to(self.device)
+            return (y - self.model(which)(self._prepare(y)).float()).cpu()
+        finally:
+            self.train(was)
+
+    def generate(self, which: str, indices: Tensor, seed: int) -> tuple[Tensor, Tensor, dict[str, float]]:
+        hp = self.hparams
+        net = self.model(which)
+        use_bf16 = indices.device.type == "cuda"
+
+        def f(y: Tensor) -> Tensor:
+            with torch.autocast(device_type=indices.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                return net(self._prepare(y))
+
+        return sample_denoiser(
+            f,
+            indices,
+            seed,
+            self.image_shape,
+            mean=self.data_mean,
+            sigma0=hp.sigma0,
+            sigma_final=hp.sigma_final,
+            h0=hp.h0,
+            beta=hp.beta,
+            max_steps=hp.max_steps,
+            check_every=hp.check_every,
+        )

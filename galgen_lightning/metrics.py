@@ -1,0 +1,139 @@
+"""Pure tensor functions behind the two-models tests: similarities, nearest neighbours, PSNR.
+
+Nothing here knows about Lightning; every function takes and returns tensors or plain numbers,
+so a notebook can use them on any pair of image sets.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def unit_vectors(x: Tensor, mean_removed: bool = True, eps: float = 1e-12) -> Tensor:
+    """Flatten images ``(n, ...)`` to rows of unit length, in float32.
+
+    Args:
+        x: images, any shape with the batch first.
+        mean_removed: subtract each image's own mean first (the cosine of centred images, i.e.
+            Pearson's correlation). Centred galaxies all share a bright middle, so the plain
+            cosine is high for any two of them; the mean-removed one is the default.
+        eps: floor on the norm, so a constant image gives a zero vector instead of NaN.
+    """
+    v = x.reshape(len(x), -1).float()
+    if mean_removed:
+        v = v - v.mean(dim=1, keepdim=True)
+    return v / v.norm(dim=1, keepdim=True).clamp_min(eps)
+
+
+def paired_cosine(a: Tensor, b: Tensor, mean_removed: bool = True) -> Tensor:
+    """Cosine similarity of ``a[i]`` with ``b[i]`` for every i (A and B from the same noise)."""
+    if a.shape != b.shape:
+        raise ValueError(f"paired_cosine needs equal shapes, got {tuple(a.shape)} and {tuple(b.shape)}")
+    return (unit_vectors(a, mean_removed) * unit_vectors(b, mean_removed)).sum(dim=1)
+
+
+def dihedral(x: Tensor) -> Tensor:
+    """The 8 flips and right-angle rotations of square images ``(n, c, h, w)``: ``(8, n, c, h, w)``."""
+    if x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"dihedral needs square images, got {tuple(x.shape[-2:])}")
+    rots = [torch.rot90(x, k, dims=(-2, -1)) for k in range(4)]
+    return torch.stack(rots + [r.flip(-1) for r in rots])
+
+
+def nearest_similarity(
+    queries: Tensor,
+    reference: Tensor,
+    mean_removed: bool = True,
+    transforms: bool = False,
+    chunk_size: int = 8192,
+    exclude_self: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """For each query, its highest cosine similarity to any reference image, and which one.
+
+    Args:
+        queries: ``(q, c, h, w)`` images (e.g. samples).
+        reference: ``(n, c, h, w)`` images (e.g. a training subset).
+        mean_removed: see :func:`unit_vectors`.
+        transforms: also match each reference image under its 8 flips/rotations (a model trained
+            with flip augmentation may reproduce a training image flipped).
+        chunk_size: reference rows per matrix product, bounding memory to ``q * chunk_size``.
+        exclude_self: ignore exact index matches (queries and reference being the same set).
+
+    Returns:
+        ``(similarity, index)``, both of shape ``(q,)``, on the queries' device; ``index`` is the
+        position of the best match in ``reference``.
+    """
+    q = unit_vectors(queries, mean_removed)
+    views = dihedral(reference) if transforms else reference[None]
+    best = torch.full((len(q),), -math.inf, device=q.device)
+    arg = torch.zeros(len(q), dtype=torch.long, device=q.device)
+    for view in views:
+        for start in range(0, len(view), chunk_size):
+            r = unit_vectors(view[start : start + chunk_size].to(q.device), mean_removed)
+            sims = q @ r.T
+            if exclude_self:
+                rows = torch.arange(len(q), device=q.device)
+                cols = rows - start
+                ok = (cols >= 0) & (cols < len(r))
+                sims[rows[ok], cols[ok]] = -math.inf
+            value, index = sims.max(dim=1)
+            better = value > best
+            best = torch.where(better, value, best)
+            arg = torch.where(better, index + start, arg)
+    return best, arg
+
+
+def memorization_rate(own: Tensor | np.ndarray, reference: Tensor | np.ndarray, quantile: float = 0.99) -> tuple[float, float]:
+    """Share of samples closer to their own training set than held-out real images ever are.
+
+    Args:
+        own: each sample's nearest-training similarity within its model's own subset.
+        reference: held-out validation images' nearest-training similarity (the calibration).
+        quantile: the reference quantile used as threshold.
+
+    Returns:
+        ``(rate, threshold)``; rate is NaN when there are no samples.
+    """
+    own = np.asarray(own, dtype=np.float64)
+    threshold = float(np.quantile(np.asarray(reference, dtype=np.float64), quantile))
+    rate = float(np.mean(own > threshold)) if own.size else math.nan
+    return rate, threshold
+
+
+def own_other_gap(own: Tensor | np.ndarray, other: Tensor | np.ndarray) -> dict[str, float]:
+    """Threshold-free memorization statistic of the two-models design.
+
+    A and B are drawn from one distribution, so a generalizing model's sample is as close to
+    the other subset as to its own. Returns the median per-sample gap ``own - other`` and the
+    one-sided Wilcoxon signed-rank p-value for "own is closer".
+    """
+    from scipy.stats import wilcoxon
+
+    own = np.asarray(own, dtype=np.float64)
+    other = np.asarray(other, dtype=np.float64)
+    gap = own - other
+    if gap.size == 0:
+        return {"gap_median": math.nan, "gap_mean": math.nan, "gap_p_value": math.nan}
+    if np.all(gap == 0):
+        p = 1.0
+    else:
+        p = float(wilcoxon(own, other, alternative="greater").pvalue)
+    return {"gap_median": float(np.median(gap)), "gap_mean": float(np.mean(gap)), "gap_p_value": p}
+
+
+def summarize(values: Tensor | np.ndarray, line: float = 0.95) -> dict[str, float]:
+    """Median, mean, and share above ``line`` of a similarity distribution (NaN when empty)."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return {"median": math.nan, "mean": math.nan, f"above_{line:g}": math.nan}
+    return {"median": float(np.median(v)), "mean": float(np.mean(v)), f"above_{line:g}": float(np.mean(v > line))}
+
+
+def psnr(x: Tensor, target: Tensor, data_range: float = 1.0) -> Tensor:
+    """Peak signal-to-noise ratio in dB of each image in ``x`` against ``target`` (per row)."""
+    mse = ((x.float() - target.float()) ** 2).reshape(len(x), -1).mean(dim=1)
+    return 10.0 * torch.log10(data_range**2 / mse.clamp_min(1e-20))

@@ -1,0 +1,142 @@
+"""The shallow base every model family builds on: two models, A and B, and one contract.
+
+A family subclasses :class:`PairModule`, builds ``self.model_a`` and ``self.model_b`` (same
+architecture, independent initialisations) and implements :meth:`PairModule.generate`.
+Training batches are dicts ``{"a": images of subset A, "b": images of subset B}``; model A only
+ever sees ``batch["a"]``. Everything else (the shared-noise sampling, the evaluation callbacks,
+the CLI) then works for the new family unchanged. See ``docs/extending.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+MODELS = ("a", "b")
+
+
+@dataclass
+class PairSamples:
+    """Samples of model A and model B from the same noise, with validity masks.
+
+    Attributes:
+        a: ``(n, c, h, w)`` samples of model A, on the CPU, float32.
+        b: the same for model B, sample ``i`` from the same noise as ``a[i]``.
+        ok_a: ``(n,)`` bool: sample ``i`` of A is usable (finite, converged). Invalid samples are
+            reported and kept out of the statistics, never averaged in.
+        ok_b: the same for B.
+        info: per-model diagnostics, e.g. ``{"a": {"diverged": 0, "step_limit": 3}, ...}``.
+    """
+
+    a: Tensor
+    b: Tensor
+    ok_a: Tensor
+    ok_b: Tensor
+    info: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def __getitem__(self, which: str) -> Tensor:
+        return {"a": self.a, "b": self.b}[which]
+
+    def ok(self, which: str) -> Tensor:
+        """Validity mask of model ``which`` (``"a"`` or ``"b"``)."""
+        return {"a": self.ok_a, "b": self.ok_b}[which]
+
+    @property
+    def both_ok(self) -> Tensor:
+        """Samples usable in both models (for the A-vs-B comparison)."""
+        return self.ok_a & self.ok_b
+
+
+class PairModule(L.LightningModule):
+    """Base LightningModule holding model A and model B of one family.
+
+    Subclasses set ``self.model_a`` / ``self.model_b`` in ``__init__`` and implement
+    :meth:`generate`. Two models of the same architecture must get *different* initial weights
+    (each is seeded from the run's seed, offset by model); the shared part is the noise at
+    sampling time.
+
+    Args:
+        image_size: side of the square training images (linked from ``data.image_size`` by the CLI).
+        channels: image channels (galgen's galaxies are one grayscale channel).
+    """
+
+    model_a: nn.Module
+    model_b: nn.Module
+
+    def __init__(self, image_size: int = 64, channels: int = 1) -> None:
+        super().__init__()
+        self.image_size = image_size
+        self.channels = channels
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """Shape of one image, ``(c, h, w)``."""
+        return (self.channels, self.image_size, self.image_size)
+
+    def model(self, which: str) -> nn.Module:
+        """Model ``"a"`` or ``"b"``."""
+        if which not in MODELS:
+            raise ValueError(f"which must be 'a' or 'b', got {which!r}")
+        return self.model_a if which == "a" else self.model_b
+
+    def generate(self, which: str, indices: Tensor, seed: int) -> tuple[Tensor, Tensor, dict[str, float]]:
+        """Generate the samples with global indices ``indices`` from model ``which``.
+
+        The noise for sample ``i`` must be a function of ``(seed, i)`` only, e.g. from
+        :func:`galgen_lightning.noise.counter_normal`, so that model A and model B receive the
+        same noise and the result does not depend on the batch size.
+
+        Args:
+            which: ``"a"`` or ``"b"``.
+            indices: ``(B,)`` int64 global sample indices, on ``self.device``.
+            seed: sampling seed.
+
+        Returns:
+            ``(images (B, c, h, w), ok (B,) bool, counters)`` where ``counters`` maps a name
+            (e.g. ``"diverged"``) to how many samples of this batch it applies to.
+        """
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def sample(self, n: int, seed: int, batch_size: int | None = None) -> PairSamples:
+        """Draw ``n`` samples from A and from B with the same noise.
+
+        Sample ``i`` gets the same noise in A and B, and the same whatever ``batch_size``.
+        The models are put in eval mode for the call and restored afterwards.
+
+        Args:
+            n: number of samples per model.
+            seed: sampling seed (fixes all noise).
+            batch_size: samples per forward batch (default: all at once).
+
+        Returns:
+            :class:`PairSamples` on the CPU.
+        """
+        batch_size = batch_size or n
+        out: dict[str, list[Tensor]] = {"a": [], "b": []}
+        oks: dict[str, list[Tensor]] = {"a": [], "b": []}
+        info: dict[str, dict[str, float]] = {"a": {}, "b": {}}
+        was_training = self.training
+        self.eval()
+        try:
+            for which in MODELS:
+                for start in range(0, n, batch_size):
+                    idx = torch.arange(start, min(n, start + batch_size), device=self.device)
+                    x, ok, counters = self.generate(which, idx, seed)
+                    out[which].append(x.float().cpu())
+                    oks[which].append(ok.bool().cpu() & torch.isfinite(x).flatten(1).all(dim=1).cpu())
+                    for key, value in counters.items():
+                        info[which][key] = info[which].get(key, 0.0) + float(value)
+        finally:
+            self.train(was_training)
+        return PairSamples(
+            a=torch.cat(out["a"]),
+            b=torch.cat(out["b"]),
+            ok_a=torch.cat(oks["a"]),
+            ok_b=torch.cat(oks["b"]),
+            info=info,
+        )
+
