@@ -127,7 +127,9 @@ def sample_denoiser(
 
     A sample whose ``sigma`` becomes non-finite or grows above ``diverge_factor`` times its
     first value is frozen and marked diverged; one still running at ``max_steps`` is marked
-    as hitting the step limit. Both come back with ``ok = False``.
+    as hitting the step limit; one whose first noise estimate is already below ``sigma_final``
+    (an untrained denoiser that sees no noise in pure noise) is marked stalled. All three come
+    back with ``ok = False``.
 
     Args:
         net: the noise-predicting denoiser.
@@ -145,7 +147,7 @@ def sample_denoiser(
 
     Returns:
         ``(samples (B, c, h, w), ok (B,), counters)`` with counters ``diverged``,
-        ``step_limit`` and ``steps_mean`` (mean steps of the samples that stopped).
+        ``step_limit``, ``stalled``, ``finished`` and ``steps_sum`` (steps of the finished samples).
     """
     dims = math.prod(shape)
     y = mean + sigma0 * counter_normal(seed, indices, shape, stream=0)
@@ -160,6 +162,8 @@ def sample_denoiser(
             sigma = d.flatten(1).norm(dim=1) / math.sqrt(dims)
             if first_sigma is None:
                 first_sigma = sigma.clone()
+                # a denoiser that sees no noise in pure noise cannot sample: never "converged"
+                stalled = sigma < sigma_final
             bad = ~torch.isfinite(sigma) | (sigma > diverge_factor * first_sigma)
             diverged |= active & bad
             active = active & ~bad & (sigma >= sigma_final)
@@ -174,11 +178,12 @@ def sample_denoiser(
             break
     out = y - net(y).float()
     hit_limit = active
-    ok = ~diverged & ~hit_limit & torch.isfinite(out).flatten(1).all(dim=1)
-    finished = ~diverged & ~hit_limit
+    finished = ~diverged & ~hit_limit & ~stalled
+    ok = finished & torch.isfinite(out).flatten(1).all(dim=1)
     counters = {
         "diverged": float(diverged.sum()),
         "step_limit": float(hit_limit.sum()),
+        "stalled": float(stalled.sum()),
         "steps_sum": float(steps[finished].sum()),
         "finished": float(finished.sum()),
     }

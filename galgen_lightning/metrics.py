@@ -23,7 +23,7 @@ def unit_vectors(x: Tensor, mean_removed: bool = True, eps: float = 1e-12) -> Te
             cosine is high for any two of them; the mean-removed one is the default.
         eps: floor on the norm, so a constant image gives a zero vector instead of NaN.
     """
-    v = x.reshape(len(x), -1).float()
+    v = x.flatten(1).float()
     if mean_removed:
         v = v - v.mean(dim=1, keepdim=True)
     return v / v.norm(dim=1, keepdim=True).clamp_min(eps)

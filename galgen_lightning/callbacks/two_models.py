@@ -83,7 +83,11 @@ def two_models_statistics(
         scalars[f"memorization_rate_{which}"] = memorization_rate(arrays[f"own_{which}"], arrays["heldout"], quantile)[0]
         scalars[f"gap_median_{which}"] = own_other_gap(arrays[f"own_{which}"], arrays[f"other_{which}"])["gap_median"]
         scalars[f"valid_{which}"] = float(samples.ok(which).sum())
-        for key, value in samples.info.get(which, {}).items():
+        info = dict(samples.info.get(which, {}))
+        if "steps_sum" in info:
+            steps = info.pop("steps_sum")
+            info["steps_mean"] = steps / info["finished"] if info.get("finished") else float("nan")
+        for key, value in info.items():
             scalars[f"{key}_{which}"] = value
     return scalars, arrays
 
@@ -131,7 +135,7 @@ class TwoModelsTest(EvalCallback):
         samples = pl_module.sample(self.n_samples, self.seed, batch_size=batch_size)
         scalars, arrays = two_models_statistics(samples, subsets, True, self.transforms, self.quantile, self.line)
         plain, plain_arrays = two_models_statistics(samples, subsets, False, self.transforms, self.quantile, self.line)
-        scalars.update({f"plain/{k}": v for k, v in plain.items() if not k.startswith(("valid_", "diverged_", "step_limit_", "steps_sum_", "finished_"))})
+        scalars.update({f"plain/{k}": v for k, v in plain.items() if k.startswith(("a_vs_b", "nearest", "heldout", "memorization", "gap"))})
         arrays.update({f"plain_{k}": v for k, v in plain_arrays.items()})
         arrays["samples_a"], arrays["samples_b"] = samples.a.numpy(), samples.b.numpy()
         arrays["ok_a"], arrays["ok_b"] = samples.ok_a.numpy(), samples.ok_b.numpy()

@@ -6,6 +6,7 @@ Training batches are dicts ``{"a": (B, 1, H, W), "b": (B, 1, H, W)}``: model A s
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import lightning as L
@@ -133,6 +134,21 @@ class GalaxyPairDataModule(L.LightningDataModule):
         self.hashes = check_disjoint(images, self.split)
         self.subsets = {s: torch.from_numpy(np.ascontiguousarray(images[self.split.indices(s)]))[:, None] for s in SUBSETS}
         self.pixel_mean = float(torch.cat([self.subsets["a"], self.subsets["b"]]).mean())
+        self._check_same_on_all_ranks()
+
+    def split_digest(self) -> str:
+        """SHA-1 over the content hashes of A, B and validation: one string per split."""
+        joined = "|".join(",".join(self.hashes[s]) for s in SUBSETS)
+        return hashlib.sha1(joined.encode()).hexdigest()
+
+    def _check_same_on_all_ranks(self) -> None:
+        """Under DDP, prove every rank holds the same split (by content)."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        digests: list[str | None] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(digests, self.split_digest())
+        if len(set(digests)) != 1:
+            raise GalgenError(f"data: the ranks built different splits ({len(set(digests))} distinct); is the source deterministic?")
 
     def subset_images(self, subset: str) -> torch.Tensor:
         """All images of subset ``"a"``, ``"b"`` or ``"val"`` as ``(N, 1, H, W)`` float32 (CPU)."""
@@ -153,6 +169,7 @@ class GalaxyPairDataModule(L.LightningDataModule):
             "seed": self.seed,
             "dedup_threshold": self.dedup_threshold,
             "duplicates_removed": self.split.n_duplicates,
+            "split_sha1": self.split_digest(),
             "subsets": {s: {"indices": self.split.indices(s).tolist(), "sha1": self.hashes[s]} for s in SUBSETS},
         }
 

@@ -92,7 +92,7 @@ class SyntheticGalaxies(GalaxySource):
         stretch: float = 0.2,
         cache_dir: str | None = None,
         workers: int | None = None,
-        chunk: int = 1000,
+        chunk: int = 256,
     ) -> None:
         if size < 1:
             raise GalgenError(f"data.source.size must be positive, got {size}")
@@ -139,7 +139,7 @@ class SyntheticGalaxies(GalaxySource):
         for k in range(n_chunks):
             path = folder / f"chunk_{k:05d}.npy"
             start = k * self.chunk
-            stop = min(start + self.chunk, self.size)
+            stop = start + self.chunk  # chunks are always full, so the cache does not depend on `size`
             if path.exists():
                 arr = _read_chunk(path, (stop - start, image_size, image_size))
             else:
@@ -183,7 +183,7 @@ class ArrayFile(GalaxySource):
         return {"source": "array", "path": str(self.path), "bytes": stat.st_size if stat else None}
 
     def load(self, count: int, image_size: int) -> np.ndarray:
-        arr = np.asarray(self._array()[:count], dtype=np.float32)
+        arr = np.array(self._array()[:count], dtype=np.float32)
         if not np.isfinite(arr).all():
             raise GalgenError(f"data.source.path: {self.path} holds NaN or infinite pixels")
         if arr.min() < 0 or arr.max() > 1:

@@ -1,0 +1,43 @@
+# galgen: `make help` lists the targets. The two set-up commands of the README are
+# `make demo` and `make test`; both install what they need into .venv first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.galgen-installed
+TORCH_VERSION ?= 2.13.0
+export WANDB_SILENT := true
+
+.DEFAULT_GOAL := help
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+install: $(STAMP) ## Create .venv with the pinned CPU torch, then galgen and its dev extras
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip > $(VENV)/pip.log 2>&1 || { grep -v '^WARNING: Location' $(VENV)/pip.log; exit 1; }
+	@$(PY) -c "import torch" 2>/dev/null || { echo "installing torch==$(TORCH_VERSION) (CPU wheel)"; \
+	  $(PY) -m pip install -q torch==$(TORCH_VERSION) > $(VENV)/pip.log 2>&1 || { grep -v '^WARNING: Location' $(VENV)/pip.log; exit 1; }; }
+	@echo "installing galgen and its dependencies into $(VENV)"
+	@$(PY) -m pip install -q -e ".[dev]" > $(VENV)/pip.log 2>&1 || { grep -v '^WARNING: Location' $(VENV)/pip.log; exit 1; }
+	@$(PY) -c "import galgen_lightning, torch, lightning, galsim; print('galgen installed: torch', torch.__version__, '| lightning', lightning.__version__)"
+	@touch $(STAMP)
+
+demo: install ## Train diffusion pairs at a small and a larger N on synthetic galaxies (CPU, < 10 min) and print the verdict
+	$(PY) -m galgen_lightning.demo
+
+test: install ## Run the whole test suite (slow tests included), W&B disabled
+	WANDB_MODE=disabled $(PY) -m pytest -q
+
+test-fast: install ## Run the tests without the slow ones
+	WANDB_MODE=disabled $(PY) -m pytest -q -m "not slow"
+
+bench: install ## CPU benchmarks at a small size (JSON); on a GPU machine: make bench DEVICE=cuda SIZE=full
+	$(PY) benchmarks/bench_diffusion.py --device $(or $(DEVICE),cpu) --size $(or $(SIZE),small)
+
+lint: install ## ruff
+	$(VENV)/bin/ruff check galgen_lightning tests benchmarks
+
+clean: ## Remove run outputs and caches (not .venv, not the data cache)
+	rm -rf runs wandb lightning_logs .pytest_cache .ruff_cache

@@ -1,0 +1,285 @@
+"""The discriminator test of GAN pairs (the paper's Section 3.3.5, Figures 14 and 16).
+
+The hinge loss of a GAN converges to 2 when generator and discriminator are both optimal
+(Lim & Ye 2017, Theorem 3.1): the discriminator can no longer tell generated images from real
+ones. With two models trained on disjoint subsets and fed the same latents ``z_k``, each
+discriminator is asked about its own generator *and* the other model's generator. Per sample
+``k``, with the sign convention of the reference (real images are pushed down, generated ones up)::
+
+    L(D_i; G_j, train)_k = relu(1 + D_i(x_k)) + relu(1 - D_i(G_j(z_k)))
+
+where ``x_k`` is the ``k``-th image drawn from discriminator ``i``'s *own* training subset and
+``D`` is the main (1x1) head without augmentation. The four curves are
+``L(D_A; G_A)``, ``L(D_A; G_B)``, ``L(D_B; G_B)`` and ``L(D_B; G_A)``. A converged, consistent
+pair shows all four distributions on top of each other with mean 2. Optionally a fifth kind of
+curve replaces the training image by a held-out one, ``L(D_i; G_i, val)``: when it sits above
+``L(D_i; G_i, train)`` the discriminator has learned its training images (over-fitting).
+
+The paper's equation (22) did not survive text extraction; this is our reading of it from the
+surrounding text and the hinge loss (equation 8). Only the main head is used by default
+(``head="both"`` averages both heads, which also scores 2 for a discriminator that outputs 0).
+"""
+
+from __future__ import annotations
+
+import json
+from itertools import combinations
+
+import lightning as L
+import numpy as np
+import torch
+from scipy.stats import wasserstein_distance
+
+from galgen_lightning.callbacks.common import EvalCallback, run_dir
+from galgen_lightning.gan.networks import hinge_per_sample
+from galgen_lightning.pair import MODELS
+
+CURVES = ("da_ga", "da_gb", "db_gb", "db_ga")
+VAL_CURVES = ("da_val", "db_val")
+LABELS = {
+    "da_ga": "L(D_A; G_A, train A)",
+    "da_gb": "L(D_A; G_B, train A)",
+    "db_gb": "L(D_B; G_B, train B)",
+    "db_ga": "L(D_B; G_A, train B)",
+    "da_val": "L(D_A; G_A, held-out)",
+    "db_val": "L(D_B; G_B, held-out)",
+}
+MONITORED = ("score", "max_w1", "max_mean_dev", "max_mean_gap")
+TARGET = 2.0
+
+
+def draw(images: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """``n`` images in a seeded random order, cycling through the set when ``n`` exceeds it."""
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    return images[order[torch.arange(n) % len(images)]]
+
+
+@torch.no_grad()
+def discriminator_losses(
+    pair,
+    reals: dict[str, torch.Tensor],
+    n: int,
+    seed: int = 0,
+    head: str = "main",
+    ema: bool = False,
+    batch_size: int = 256,
+    val: bool = True,
+) -> dict[str, np.ndarray]:
+    """Per-sample losses of the four-way test, and the raw discriminator scores behind them.
+
+    Args:
+        pair: a GAN pair with ``fake_images(which, indices, seed, ema)`` and
+            ``discriminator_scores(which, images, head)``.
+        reals: ``{"a": A's images, "b": B's images}`` and, for the held-out curves, ``"val"``.
+        n: samples (latents) per model.
+        seed: latent seed; training images are drawn with the same seed for A and B, so
+            swapping the models and their subsets swaps the curves exactly.
+        head: discriminator head, ``"main"``, ``"small"`` or ``"both"``.
+        ema: score the EMA generators (default: the live ones, which the discriminators were
+            trained against).
+        batch_size: samples per forward batch (results do not depend on it).
+        val: also compute the held-out curves ``da_val`` and ``db_val``.
+
+    Returns:
+        ``{curve: (n,) losses}`` for :data:`CURVES` (and :data:`VAL_CURVES`), plus raw scores
+        ``score_d<i>_train``, ``score_d<i>_val`` and ``score_d<i>_g<j>``.
+    """
+    was_training = pair.training
+    pair.eval()
+    try:
+        device = pair.device
+        fakes: dict[str, torch.Tensor] = {}
+        for g in MODELS:
+            parts = [pair.fake_images(g, torch.arange(s, min(n, s + batch_size), device=device), seed, ema).cpu() for s in range(0, n, batch_size)]
+            fakes[g] = torch.cat(parts)
+        real = {d: draw(reals[d], n, seed) for d in MODELS}
+        if val and "val" in reals:
+            real["val"] = draw(reals["val"], n, seed + 1)
+
+        def score(d: str, images: torch.Tensor) -> torch.Tensor:
+            return torch.cat([pair.discriminator_scores(d, images[s : s + batch_size], head).cpu() for s in range(0, n, batch_size)])
+
+        out: dict[str, np.ndarray] = {}
+        for d in MODELS:
+            s_train = score(d, real[d])
+            out[f"score_d{d}_train"] = s_train.numpy()
+            for g in MODELS:
+                s_fake = score(d, fakes[g])
+                out[f"score_d{d}_g{g}"] = s_fake.numpy()
+                out[f"d{d}_g{g}"] = hinge_per_sample(s_train, s_fake).numpy()
+            if "val" in real:
+                s_val = score(d, real["val"])
+                out[f"score_d{d}_val"] = s_val.numpy()
+                out[f"d{d}_val"] = hinge_per_sample(s_val, torch.from_numpy(out[f"score_d{d}_g{d}"])).numpy()
+        return out
+    finally:
+        pair.train(was_training)
+
+
+def _finite(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x[np.isfinite(x)]
+
+
+def discriminator_statistics(losses: dict[str, np.ndarray], target: float = TARGET) -> dict[str, float]:
+    """Means, spreads and convergence numbers of the four-way test (a pure function).
+
+    Args:
+        losses: the output of :func:`discriminator_losses` (at least the four :data:`CURVES`).
+        target: the loss of a discriminator that cannot tell (2).
+
+    Returns:
+        ``<curve>_mean``, ``<curve>_std``, ``<curve>_median`` (and ``<curve>_nonfinite``) per
+        curve; ``w1_<c1>__<c2>`` for the six pairs of the four curves; and the convergence
+        numbers: ``max_w1`` (largest 1-Wasserstein distance between two of the four curves),
+        ``max_mean_gap`` (largest difference of their means), ``max_mean_dev`` (largest
+        ``|mean - 2|``) and ``score = max(max_w1, max_mean_dev)`` (0 for a perfect pair; watch it
+        fall). With held-out curves: ``overfit_<m> = mean L(D_m; G_m, val) - mean L(D_m; G_m,
+        train)`` (positive when D_m scores its own training images as more real than unseen
+        ones). Raw score means ``score_d<i>_<what>_mean`` are passed through.
+    """
+    stats: dict[str, float] = {}
+    values = {k: _finite(losses[k]) for k in (*CURVES, *VAL_CURVES) if k in losses}
+    for key, v in values.items():
+        stats[f"{key}_mean"] = float(v.mean()) if v.size else float("nan")
+        stats[f"{key}_std"] = float(v.std()) if v.size else float("nan")
+        stats[f"{key}_median"] = float(np.median(v)) if v.size else float("nan")
+        stats[f"{key}_nonfinite"] = float(np.size(losses[key]) - v.size)
+    w1s, gaps = [], []
+    for c1, c2 in combinations(CURVES, 2):
+        a, b = values[c1], values[c2]
+        w1 = float(wasserstein_distance(a, b)) if a.size and b.size else float("nan")
+        stats[f"w1_{c1}__{c2}"] = w1
+        w1s.append(w1)
+        gaps.append(abs(stats[f"{c1}_mean"] - stats[f"{c2}_mean"]))
+    stats["max_w1"] = float(np.max(w1s))
+    stats["max_mean_gap"] = float(np.max(gaps))
+    stats["max_mean_dev"] = float(max(abs(stats[f"{c}_mean"] - target) for c in CURVES))
+    stats["score"] = max(stats["max_w1"], stats["max_mean_dev"])
+    for m in MODELS:
+        if f"d{m}_val" in values:
+            stats[f"overfit_{m}"] = stats[f"d{m}_val_mean"] - stats[f"d{m}_g{m}_mean"]
+    for key, v in losses.items():
+        if key.startswith("score_"):
+            f = _finite(v)
+            stats[f"{key}_mean"] = float(f.mean()) if f.size else float("nan")
+    return stats
+
+
+class DiscriminatorTest(EvalCallback):
+    """Per-epoch four-way discriminator test of a GAN pair (see the module docstring).
+
+    Each run writes ``<run>/eval/discriminator/epoch_XXXX.npz`` (per-sample losses and scores)
+    and ``.png`` (the figure), appends the scalars to ``<run>/metrics.jsonl``, logs them as
+    ``discriminator/<key>`` and the distributions as W&B histograms. ``discriminator/score``,
+    ``max_w1``, ``max_mean_dev`` and ``max_mean_gap`` are also put where ``ModelCheckpoint`` and
+    ``EarlyStopping`` look (``monitor: discriminator/score``, ``mode: min``) on every rank.
+
+    Args:
+        every_n_epochs: run every this many epochs (and at the last one). A monitor needs the
+            key at every validation it checks: keep this at 1, or match the checkpoint's interval.
+        n_samples: latents per model (and training images per discriminator).
+        seed: latent and image-draw seed (the same every epoch, so epochs compare).
+        head: discriminator head scored, ``"main"`` (default), ``"small"`` or ``"both"``.
+        ema: score the EMA generators instead of the live ones.
+        val: add the held-out curves ``L(D_i; G_i, val)``.
+        batch_size: samples per forward batch (default: the pair's ``sample_batch_size``).
+    """
+
+    name = "discriminator"
+
+    def __init__(
+        self,
+        every_n_epochs: int = 1,
+        n_samples: int = 256,
+        seed: int = 0,
+        head: str = "main",
+        ema: bool = False,
+        val: bool = True,
+        batch_size: int | None = None,
+    ) -> None:
+        super().__init__(every_n_epochs)
+        if head not in ("main", "small", "both"):
+            raise ValueError(f"head must be 'main', 'small' or 'both', got {head!r}")
+        self.n_samples = n_samples
+        self.seed = seed
+        self.head = head
+        self.ema = ema
+        self.val = val
+        self.batch_size = batch_size
+        self._monitored: dict[str, float] = {}
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        due = self._due(trainer)
+        self._monitored = {}
+        if trainer.is_global_zero and due:
+            self.evaluate(trainer, pl_module)
+        if not due:
+            return
+        values = trainer.strategy.broadcast(self._monitored, src=0) if trainer.world_size > 1 else self._monitored
+        for key, value in (values or {}).items():
+            pl_module.log(f"{self.name}/{key}", float(value), logger=False, on_step=False, on_epoch=True, batch_size=1)
+
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not (hasattr(pl_module, "fake_images") and hasattr(pl_module, "discriminator_scores")):
+            return
+        dm = trainer.datamodule
+        reals = {s: dm.subset_images(s) for s in (*MODELS, "val")}
+        batch_size = self.batch_size or getattr(pl_module.hparams, "sample_batch_size", 256)
+        losses = discriminator_losses(pl_module, reals, self.n_samples, self.seed, self.head, self.ema, batch_size, self.val)
+        scalars = discriminator_statistics(losses)
+        self._monitored = {k: scalars[k] for k in MONITORED}
+        self.log_scalars(trainer, scalars)
+        self.save_arrays(trainer, losses)
+        self.log_histograms(trainer, {k: v for k, v in losses.items() if k in CURVES or k in VAL_CURVES})
+        history = self._history(trainer)
+        self.save_figure(trainer, self.figure(losses, scalars, history, trainer.current_epoch), "losses")
+
+    @staticmethod
+    def _history(trainer: L.Trainer) -> list[dict]:
+        """Earlier records of this test in ``<run>/metrics.jsonl`` (survives resumes)."""
+        path = run_dir(trainer) / "metrics.jsonl"
+        if not path.exists():
+            return []
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [r for r in records if r.get("test") == DiscriminatorTest.name]
+
+    def figure(self, losses: dict[str, np.ndarray], scalars: dict[str, float], history: list[dict], epoch: int):
+        """Like the paper's Figure 14: the loss distributions seen by D_A and by D_B, plus the
+        means of the four curves over the epochs so far (they should meet at 2)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        colours = {"da_ga": "tab:red", "da_gb": "tab:blue", "db_gb": "tab:blue", "db_ga": "tab:red", "da_val": "k", "db_val": "k"}
+        finite = np.concatenate([_finite(v) for k, v in losses.items() if not k.startswith("score_")] or [np.zeros(1)])
+        low, high = min(0.0, float(finite.min())), max(4.0, float(np.percentile(finite, 99.5)) if finite.size else 4.0)
+        bins = np.linspace(low, high, 61)
+        fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+        for ax, d in zip(axes[:2], MODELS):
+            own, other = f"d{d}_g{d}", f"d{d}_g{'b' if d == 'a' else 'a'}"
+            for key, style in ((own, "stepfilled"), (other, "step")):
+                ax.hist(_finite(losses[key]), bins=bins, histtype=style, alpha=0.45 if style == "stepfilled" else 1.0, lw=1.5,
+                        color=colours[key], label=f"{LABELS[key]}: {scalars[key + '_mean']:.3f} ± {scalars[key + '_std']:.3f}")
+            if f"d{d}_val" in losses:
+                key = f"d{d}_val"
+                ax.hist(_finite(losses[key]), bins=bins, histtype="step", ls="--", color="k", label=f"{LABELS[key]}: {scalars[key + '_mean']:.3f}")
+            ax.axvline(TARGET, color="k", ls=":", lw=1)
+            ax.set_title(f"discriminator {d.upper()}")
+            ax.set_xlabel("per-sample hinge loss")
+            ax.legend(fontsize=7, loc="upper left")
+        ax = axes[2]
+        rows = [r for r in history if r.get("epoch") is not None]
+        for key in CURVES:
+            xs = [r["epoch"] for r in rows if r.get(f"{key}_mean") is not None]
+            ys = [r[f"{key}_mean"] for r in rows if r.get(f"{key}_mean") is not None]
+            ls = "-" if key.startswith("da") else "--"  # solid: D_A, dashed: D_B; red: G_A, blue: G_B
+            ax.plot(xs, ys, ls, marker="o", ms=3, color=colours[key], label=LABELS[key])
+        ax.axhline(TARGET, color="k", ls=":", lw=1)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("mean loss")
+        ax.set_title(f"max W1 {scalars['max_w1']:.3f}, max |mean - 2| {scalars['max_mean_dev']:.3f}")
+        ax.legend(fontsize=7)
+        fig.suptitle(f"discriminator test, epoch {epoch}")
+        return fig

@@ -1,0 +1,100 @@
+"""The real `galgen` CLI with tiny configs: fit, validate, the run directory, and user mistakes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import CONFIGS, read_jsonl, run_cli
+
+FAMILY = [f"--config={CONFIGS / 'diffusion.yaml'}", f"--config={CONFIGS / 'quick' / 'diffusion.yaml'}"]
+TINY = [
+    "--data.n=8",
+    "--data.n_val=32",
+    "--data.batch_size=8",
+    "--model.init_args.blocks=2",
+    "--model.init_args.width=8",
+    "--model.init_args.max_steps=20",
+    "--trainer.fast_dev_run=true",
+]
+
+
+def test_fit_fast_dev_run_writes_run_directory(tmp_path, tiny_source_args):
+    run = tmp_path / "run"
+    code = run_cli(["fit", *FAMILY, *tiny_source_args, *TINY, f"--trainer.default_root_dir={run}"])
+    assert code == 0
+    assert json.loads((run / "status.json").read_text())["state"] == "complete"
+    manifest = json.loads((run / "manifest.json").read_text())
+    hashes = {s: set(manifest["subsets"][s]["sha1"]) for s in ("a", "b", "val")}
+    assert len(hashes["a"]) == 8 and not (hashes["a"] & hashes["b"]) and not (hashes["val"] & (hashes["a"] | hashes["b"]))
+    assert "DiffusionPair" in (run / "config.yaml").read_text()
+    tests = {r["test"] for r in read_jsonl(run / "metrics.jsonl")}
+    assert tests == {"two_models", "denoising"}
+    assert (run / "eval" / "two_models" / "epoch_0000.png").stat().st_size > 1000
+    assert (run / "eval" / "two_models" / "epoch_0000_grid.png").exists()
+    assert (run / "eval" / "denoising" / "epoch_0000.npz").exists()
+
+
+def test_existing_run_directory_is_not_overwritten(tmp_path, tiny_source_args, capsys):
+    run = tmp_path / "run"
+    assert run_cli(["fit", *FAMILY, *tiny_source_args, *TINY, f"--trainer.default_root_dir={run}"]) == 0
+    before = (run / "status.json").read_text()
+    code = run_cli(["fit", *FAMILY, *tiny_source_args, *TINY, f"--trainer.default_root_dir={run}"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("galgen: error:") and str(run) in err[-1]
+    assert (run / "status.json").read_text() == before
+
+
+@pytest.mark.parametrize(
+    "bad, expected",
+    [
+        (["--data.n=200"], "2 * n + n_val"),
+        (["--data.n=0"], "data.n"),
+        (["--data.source=galgen_lightning.data.ArrayFile", "--data.source.path=/nonexistent/x.npy"], "/nonexistent/x.npy"),
+    ],
+)
+def test_bad_options_give_one_line(tmp_path, tiny_source_args, capsys, bad, expected):
+    code = run_cli(["fit", *FAMILY, *tiny_source_args, *TINY, f"--trainer.default_root_dir={tmp_path / 'r'}", *bad])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("galgen: error:") and expected in err[0]
+    assert not (tmp_path / "r" / "status.json").exists()
+
+
+def test_unknown_key_is_rejected(tmp_path, capsys):
+    code = run_cli(["fit", *FAMILY, "--data.no_such_option=3", f"--trainer.default_root_dir={tmp_path / 'r'}"])
+    assert code == 2
+    assert "no_such_option" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(tmp_path, tiny_source_args):
+    """DDP over 2 CPU processes (gloo): same split on both ranks (checked by the DataModule), callbacks log once."""
+    import os
+    import subprocess
+    import sys
+
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "galgen_lightning.cli", "fit", *FAMILY, *tiny_source_args, *TINY]
+    cmd += ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp", f"--trainer.default_root_dir={run}"]
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = read_jsonl(run / "metrics.jsonl")
+    assert sorted(r["test"] for r in records) == ["denoising", "two_models"]
+    assert json.loads((run / "status.json").read_text())["state"] == "complete"
+
+
+def test_bf16_mixed_precision_and_validate_on_checkpoint(tmp_path, tiny_source_args):
+    run = tmp_path / "run"
+    args = ["fit", *FAMILY, *tiny_source_args, *TINY, "--trainer.fast_dev_run=false", "--trainer.max_epochs=1"]
+    args += ["--data.samples_per_epoch=16", "--trainer.precision=bf16-mixed", f"--trainer.default_root_dir={run}"]
+    assert run_cli(args) == 0
+    ckpt = run / "checkpoints" / "last.ckpt"
+    assert ckpt.exists()
+    assert run_cli(["validate", f"--config={run / 'config.yaml'}", f"--ckpt_path={ckpt}"]) == 0
+    validations = [p for p in run.iterdir() if p.name.startswith("validate-")]
+    assert len(validations) == 1
+    assert {r["test"] for r in read_jsonl(validations[0] / "metrics.jsonl")} == {"two_models", "denoising"}
+    assert json.loads((run / "status.json").read_text())["state"] == "complete"  # the fit run is untouched

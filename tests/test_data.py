@@ -1,0 +1,118 @@
+"""The paired DataModule: disjoint by content, deterministic, de-duplicated, tiled; clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from galgen_lightning.data import ArrayFile, GalaxyPairDataModule, SyntheticGalaxies, TiledPairs
+from galgen_lightning.data.sources import content_hash
+from galgen_lightning.data.split import check_disjoint, duplicate_mask, make_split
+from galgen_lightning.errors import GalgenError
+
+
+def _images(n=60, side=16, seed=0):
+    return np.random.default_rng(seed).random((n, side, side), dtype=np.float32)
+
+
+def test_duplicates_exact_and_near_are_dropped_keeping_the_first():
+    imgs = _images(40)
+    imgs[10] = imgs[3]  # exact copy
+    imgs[20] = np.clip(imgs[5] + 0.001, 0, 1)  # near copy
+    drop = duplicate_mask(imgs, 0.95)
+    assert drop[10] and drop[20] and not drop[3] and not drop[5]
+    assert drop.sum() == 2
+
+
+def test_split_is_disjoint_by_content_and_deterministic():
+    imgs = _images(60)
+    imgs[7] = imgs[1]
+    drop = duplicate_mask(imgs)
+    s1 = make_split(imgs, 20, 10, seed=1, drop=drop)
+    s2 = make_split(imgs, 20, 10, seed=1, drop=drop)
+    s3 = make_split(imgs, 20, 10, seed=2, drop=drop)
+    assert all(np.array_equal(s1.indices(k), s2.indices(k)) for k in ("a", "b", "val"))
+    assert not np.array_equal(s1.a, s3.a)
+    hashes = check_disjoint(imgs, s1)
+    assert not set(hashes["a"]) & set(hashes["b"])
+    assert 7 not in np.concatenate([s1.a, s1.b, s1.val])
+
+
+def test_disjointness_check_catches_shared_content():
+    imgs = _images(30)
+    s = make_split(imgs, 10, 5, seed=0, drop=np.zeros(30, bool))
+    imgs[s.b[0]] = imgs[s.a[0]]
+    with pytest.raises(GalgenError, match="share"):
+        check_disjoint(imgs, s)
+
+
+def test_too_few_images_is_a_clear_error():
+    with pytest.raises(GalgenError, match="2 \\* n \\+ n_val = 70"):
+        make_split(_images(60), 30, 10, seed=0, drop=np.zeros(60, bool))
+
+
+def test_datamodule_on_array_file(tmp_path):
+    path = tmp_path / "x.npy"
+    imgs = _images(80, side=32)
+    np.save(path, imgs[:, None])
+    dm = GalaxyPairDataModule(ArrayFile(str(path)), image_size=16, n=20, n_val=10, batch_size=4, samples_per_epoch=100)
+    dm.setup("fit")
+    a, b, val = (dm.subset_images(s) for s in ("a", "b", "val"))
+    assert a.shape == (20, 1, 16, 16) and val.shape == (10, 1, 16, 16)
+    assert not {content_hash(x.numpy()) for x in a} & {content_hash(x.numpy()) for x in b}
+    batch = next(iter(dm.train_dataloader()))
+    assert set(batch) == {"a", "b"} and batch["a"].shape == (4, 1, 16, 16)
+    assert len(dm.train_dataloader()) == 25
+    manifest = dm.manifest()
+    assert len(manifest["subsets"]["a"]["sha1"]) == 20 and manifest["source"]["source"] == "array"
+    # the same split again, from scratch
+    dm2 = GalaxyPairDataModule(ArrayFile(str(path)), image_size=16, n=20, n_val=10)
+    dm2.setup("fit")
+    assert torch.equal(dm2.subset_images("a"), a)
+
+
+def test_tiling_gives_the_same_epoch_length_whatever_n():
+    a, b = torch.rand(3, 1, 4, 4), torch.rand(3, 1, 4, 4)
+    ds = TiledPairs(a, b, length=10, flips=False)
+    assert len(ds) == 10 and torch.equal(ds[4]["a"], a[1]) and torch.equal(ds[5]["b"], b[2])
+
+
+@pytest.mark.parametrize(
+    "array, message",
+    [
+        (np.zeros((5, 3)), "expected \\(N, H, W\\)"),
+        (np.full((10, 8, 8), np.nan, dtype=np.float32), "NaN"),
+        (np.full((10, 8, 8), 3.0, dtype=np.float32), "expected \\[0, 1\\]"),
+    ],
+)
+def test_bad_arrays_are_clear_errors(tmp_path, array, message):
+    path = tmp_path / "bad.npy"
+    np.save(path, array)
+    with pytest.raises(GalgenError, match=message):
+        GalaxyPairDataModule(ArrayFile(str(path)), image_size=4, n=2, n_val=1).setup("fit")
+
+
+def test_images_smaller_than_image_size(tmp_path):
+    path = tmp_path / "small.npy"
+    np.save(path, _images(10, side=8))
+    with pytest.raises(GalgenError, match="smaller than data.image_size=16"):
+        GalaxyPairDataModule(ArrayFile(str(path)), image_size=16, n=2, n_val=1).setup("fit")
+
+
+def test_synthetic_source_caches_and_reports_corrupt_cache(tmp_path):
+    src = SyntheticGalaxies(size=40, cache_dir=str(tmp_path), chunk=16, workers=1)
+    first = src.load(40, 16)
+    files = sorted(src.folder(16).glob("chunk_*.npy"))
+    assert len(files) == 3 and first.shape == (40, 16, 16)
+    assert np.array_equal(src.load(20, 16), first[:20])  # from the cache
+    files[1].write_bytes(b"not a numpy file")
+    with pytest.raises(GalgenError, match="chunk_00001.npy is unreadable"):
+        src.load(40, 16)
+
+
+def test_unwritable_cache_dir_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(GalgenError, match="cannot create the data cache"):
+        SyntheticGalaxies(size=10, cache_dir=str(blocker / "sub")).load(4, 16)
