@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -46,7 +47,8 @@ class GalgenCLI(LightningCLI):
     """LightningCLI with a run directory per run and the data/model links of galgen."""
 
     def __init__(self, *args, **kwargs) -> None:
-        self.run_directory = RunDirectory()
+        command = kwargs.get("args")
+        self.run_directory = RunDirectory(command=["galgen", *command] if isinstance(command, list) else None)
         kwargs.setdefault("trainer_defaults", {"callbacks": [self.run_directory]})
         super().__init__(
             PairModule,
@@ -110,6 +112,8 @@ def main(args: list[str] | None = None) -> None:
     if "WANDB_MODE" not in os.environ and not wandb_logged_in():
         os.environ["WANDB_MODE"] = "offline"
     os.environ.setdefault("WANDB_SILENT", "true")
+    if args is not None:  # in-process use: the argument list is the command
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
     try:
         GalgenCLI(args=args)
     except GalgenError as e:

@@ -42,6 +42,14 @@ def last_record(run: Path, test: str) -> dict:
     return records[-1]
 
 
+def _fmt(key: str, value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    if key.startswith("valid"):
+        return f"{value:.0f}"
+    return f"{value:.3g}" if "p_value" in key else f"{value:.3f}"
+
+
 def verdict(small: dict, large: dict, n_small: int, n_large: int) -> list[str]:
     """Plain statements of what the two runs show (and what they do not)."""
     lines = []
@@ -102,9 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nTwo-models test on synthetic galaxies (mean-removed cosine), {time.time() - start:.0f} s in all\n")
     print(f"{'':52s}{'N=' + str(args.small_n):>12s}{'N=' + str(args.large_n):>12s}")
     for key, label in ROWS:
-        a, b = small.get(key), large.get(key)
-        fmt = (lambda v: "n/a" if v is None else (f"{v:.0f}" if key.startswith("valid") else f"{v:.3g}" if "p_value" in key else f"{v:.3f}"))
-        print(f"{label:52s}{fmt(a):>12s}{fmt(b):>12s}")
+        print(f"{label:52s}{_fmt(key, small.get(key)):>12s}{_fmt(key, large.get(key)):>12s}")
     print()
     for line in verdict(small, large, args.small_n, args.large_n):
         print(line)

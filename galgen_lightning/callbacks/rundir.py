@@ -29,10 +29,12 @@ class RunDirectory(L.Callback):
 
     Args:
         config_text: the resolved configuration as YAML (the CLI fills it in).
+        command: the command line to record (default: ``sys.argv``).
     """
 
-    def __init__(self, config_text: str | None = None) -> None:
+    def __init__(self, config_text: str | None = None, command: list[str] | None = None) -> None:
         self.config_text = config_text
+        self.command = command
         self.started = time.time()
 
     def _write_status(self, trainer: L.Trainer, state: str, **extra) -> None:
@@ -43,7 +45,7 @@ class RunDirectory(L.Callback):
         status = {
             "state": state,
             "stage": str(trainer.state.fn),
-            "command": sys.argv,
+            "command": self.command or sys.argv,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.started)),
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "epoch": trainer.current_epoch,
