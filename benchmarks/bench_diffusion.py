@@ -107,7 +107,9 @@ def main() -> None:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    pair = DiffusionPair(image_size=prof["image_size"], blocks=prof["blocks"], width=prof["width"], channels_last=args.channels_last).to(device)
+    pair = DiffusionPair(
+        image_size=prof["image_size"], blocks=prof["blocks"], width=prof["width"], channels_last=args.channels_last
+    ).to(device)
     if args.compile:
         pair.model_a = torch.compile(pair.model_a)
         pair.model_b = torch.compile(pair.model_b)

@@ -184,7 +184,13 @@ def table_rows(stats: dict, shapes: Sequence[tuple[int, ...]] | None = None) -> 
         for k, level in enumerate(out["w1"]):
             shape = "x".join(map(str, shapes[k])) if shapes else ""
             rows.append(
-                [f"{direction.upper()}^-1(z)", str(k), shape, *[f"{level[name]:.4g}" for name in DISTANCES], f"{out['max_err'][k]:.3g}"]
+                [
+                    f"{direction.upper()}^-1(z)",
+                    str(k),
+                    shape,
+                    *[f"{level[name]:.4g}" for name in DISTANCES],
+                    f"{out['max_err'][k]:.3g}",
+                ]
             )
     return columns, rows
 
@@ -263,7 +269,10 @@ class InversionTest(EvalCallback):
             arrays[f"valid_from_{d}"] = stats[d]["valid"]
         self.save_arrays(trainer, arrays)
         other = {"a": "zb", "b": "za"}
-        self.log_histograms(trainer, {f"from_{d}/level{k}/{other[d]}": arrays[f"from_{d}/{other[d]}_{k}"] for d in MODELS for k in range(len(shapes))})
+        self.log_histograms(
+            trainer,
+            {f"from_{d}/level{k}/{other[d]}": arrays[f"from_{d}/{other[d]}_{k}"] for d in MODELS for k in range(len(shapes))},
+        )
 
         columns, rows = table_rows(stats, shapes)
         self.out_path(trainer, "_table.md").write_text(
@@ -307,7 +316,9 @@ class InversionTest(EvalCallback):
             w = stats[direction]["w1"][k]
             ax = axes[0, k]
             for key, color in ((other, "tab:orange"), (own, "tab:blue")):
-                ax.scatter(z, arrays[f"from_{direction}/{key}_{k}"], s=1, alpha=0.3, color=color, label=LABELS[key], rasterized=True)
+                ax.scatter(
+                    z, arrays[f"from_{direction}/{key}_{k}"], s=1, alpha=0.3, color=color, label=LABELS[key], rasterized=True
+                )
             ax.plot([-4.5, 4.5], [-4.5, 4.5], color="k", lw=0.5)
             ax.set(xlim=(-4.5, 4.5), ylim=(-4.5, 4.5), xlabel="z", title=f"level {k} {'x'.join(map(str, shapes[k]))}")
             if k == 0:
@@ -316,7 +327,10 @@ class InversionTest(EvalCallback):
             ax = axes[1, k]
             values = arrays[f"from_{direction}/{other}_{k}"]
             values = values[np.abs(values) < 50]
-            ax.hist(values, bins=self.bins, range=(-4.5, 4.5), density=True, color="tab:orange", alpha=0.6, label=LABELS[other])
+            if values.size:
+                ax.hist(
+                    values, bins=self.bins, range=(-4.5, 4.5), density=True, color="tab:orange", alpha=0.6, label=LABELS[other]
+                )
             ax.plot(grid, pdf, color="k", lw=1, label="N(0,1)")
             name_other = f"{other}_normal"
             ax.set(xlabel=LABELS[other], title=f"W1({LABELS[other]}, N)={w[name_other]:.3g}, W1(z, N)={w['z_normal']:.3g}")

@@ -1,0 +1,242 @@
+"""Glow pair: two multi-scale Glows, A and B, trained by maximum likelihood in bits per dimension.
+
+- Data: images in [0, 1] are reduced to ``n_bits`` (default 5) and dequantised:
+  ``x = floor(x * 255 / 2**(8 - n_bits)) / 2**n_bits - 0.5 + u / 2**n_bits``, ``u ~ U[0, 1)``.
+- Loss: ``-log2 p(x) / D + n_bits`` (``D`` pixels of the one channel): the discrete
+  probability of the ``n_bits`` image, in bits per dimension.
+- Sampling: level ``k``'s standardised latent for sample ``i`` is
+  ``temperature * counter_normal(seed, i, shape_k, stream=k)``, so A and B decode the same
+  latents, whatever the batch.
+- A non-finite loss, log-determinant or gradient never reaches the weights: that model's
+  update is skipped and counted; ``max_bad_steps`` of them in a row stop training with a
+  :class:`~galgen_lightning.errors.GalgenError` that names the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+from torch import Tensor
+
+from galgen_lightning.errors import GalgenError
+from galgen_lightning.glow.network import FlowStep, Glow, latent_shapes
+from galgen_lightning.noise import counter_normal
+from galgen_lightning.pair import MODELS, PairModule
+
+log = logging.getLogger(__name__)
+
+VAL_SEED = 12345  # fixed dequantisation noise of the validation images, so epochs compare
+
+
+def dequantize(x: Tensor, n_bits: int, noise: Tensor) -> Tensor:
+    """Images in [0, 1] -> ``n_bits`` levels in [-0.5, 0.5), plus ``noise`` in [0, 1) of one bin."""
+    n_bins = 2**n_bits
+    levels = torch.floor(x * (255 / 2 ** (8 - n_bits))).clamp(0, n_bins - 1)
+    return levels / n_bins - 0.5 + noise / n_bins
+
+
+def to_image(x: Tensor, n_bits: int) -> Tensor:
+    """Model space ``[-0.5, 0.5)`` back to [0, 1] (the inverse of the reduction, clamped)."""
+    scale = 2**n_bits * 2 ** (8 - n_bits) / 255
+    return ((x + 0.5) * scale).clamp(0, 1)
+
+
+def bits_per_dim(log_p: Tensor, logdet: Tensor, dims: int, n_bits: int) -> Tensor:
+    """Per-sample ``-(log p(z) + log|det|) / (D log 2) + n_bits``: bits per dimension of the
+    ``n_bits`` discrete image (density times the bin volume ``2**-(n_bits D)``)."""
+    return -(log_p + logdet) / (dims * math.log(2)) + n_bits
+
+
+def uniform_from_normal(z: Tensor) -> Tensor:
+    """``Phi(z)``: turns counter-based normals into uniforms in [0, 1)."""
+    return (0.5 * (1 + torch.erf(z / math.sqrt(2)))).clamp(0, 1 - 1e-7)
+
+
+class GlowPair(PairModule):
+    """Two multi-scale Glows, A and B, for the two-models and inversion tests.
+
+    Args:
+        image_size: image side (linked from ``data.image_size``); divisible by ``2**n_block``.
+        channels: image channels.
+        n_flow: steps of flow per level (paper 32).
+        n_block: levels (paper 4).
+        hidden: coupling network width (paper 512).
+        affine: affine coupling (``sigmoid(s + 2)`` scale) instead of additive.
+        n_bits: bits per pixel the images are reduced to (paper 5).
+        lr: Adam learning rate (paper 1e-4).
+        temperature: sampling temperature of :meth:`generate` (scales the standardised
+            latents; 1 samples the model's distribution, 0.7 the Glow paper's choice for
+            cleaner images).
+        max_bad_steps: stop after this many consecutive skipped (non-finite) updates of one model.
+        check_grads: also skip an update whose gradients are non-finite (one fused norm per step).
+        sample_batch_size: samples per generation batch.
+        compile_mode: if set (e.g. ``"reduce-overhead"``: CUDA graphs, or ``"default"``),
+            ``torch.compile`` every step of flow after the first training batch (which
+            initialises ActNorm eagerly). Steps of one level share a graph, so compilation is
+            short; aimed at GPUs, where the small kernels of a Glow make training overhead bound.
+    """
+
+    def __init__(
+        self,
+        image_size: int = 64,
+        channels: int = 1,
+        n_flow: int = 32,
+        n_block: int = 4,
+        hidden: int = 512,
+        affine: bool = False,
+        n_bits: int = 5,
+        lr: float = 1e-4,
+        temperature: float = 0.7,
+        max_bad_steps: int = 20,
+        check_grads: bool = True,
+        sample_batch_size: int = 64,
+        compile_mode: str | None = None,
+    ) -> None:
+        super().__init__(image_size=image_size, channels=channels)
+        if n_block < 1 or n_flow < 1 or hidden < 1:
+            raise GalgenError(f"model: n_block, n_flow and hidden must be positive, got {n_block}, {n_flow}, {hidden}")
+        if image_size % 2**n_block:
+            raise GalgenError(
+                f"model: image_size {image_size} is not divisible by 2**n_block = {2**n_block}; lower model.n_block"
+            )
+        if not 1 <= n_bits <= 8:
+            raise GalgenError(f"model.n_bits must be in 1..8, got {n_bits}")
+        if max_bad_steps < 1:
+            raise GalgenError(f"model.max_bad_steps must be positive, got {max_bad_steps}")
+        self.save_hyperparameters()
+        self.model_a = Glow(channels, n_flow, n_block, hidden, affine)
+        self.model_b = Glow(channels, n_flow, n_block, hidden, affine)
+        self.skipped = {w: 0 for w in MODELS}  # skipped updates so far (this process)
+        self.streak = {w: 0 for w in MODELS}  # consecutive skipped updates
+        self._bad_now = {w: "" for w in MODELS}  # why this step's update of a model is skipped
+        self._stepped = False
+        self._compiled = False
+
+    @property
+    def latent_shapes(self) -> list[tuple[int, int, int]]:
+        """Per-level latent shapes ``(c, h, w)``."""
+        return latent_shapes(self.channels, self.image_size, self.hparams.n_block)
+
+    @property
+    def dims(self) -> int:
+        return self.channels * self.image_size**2
+
+    # --- likelihood --------------------------------------------------------------------------
+    def bits_per_dim(self, which: str, x: Tensor, noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Per-sample bits/dim of images ``x`` in [0, 1] under model ``which``, and the logdet.
+
+        Args:
+            which: ``"a"`` or ``"b"``.
+            x: ``(B, c, h, w)`` images in [0, 1].
+            noise: dequantisation noise in [0, 1) (default: fresh uniform noise).
+        """
+        noise = torch.rand_like(x) if noise is None else noise
+        out = self.model(which)(dequantize(x, self.hparams.n_bits, noise))
+        return bits_per_dim(out.log_p, out.logdet, self.dims, self.hparams.n_bits), out.logdet
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
+        losses, finite = {}, []
+        for which in MODELS:
+            bpd, logdet = self.bits_per_dim(which, batch[which])
+            losses[which] = bpd.mean()
+            finite.append(torch.isfinite(losses[which]) & torch.isfinite(logdet).all())
+        flags = torch.stack(finite).tolist()  # host synchronisation: is either loss non-finite?
+        total = None
+        for which, ok in zip(MODELS, flags):
+            if not ok:
+                self._bad_now[which] = self._bad_now[which] or "loss or log-determinant"
+                continue
+            self.log(
+                f"train/bpd_{which}", losses[which], prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch[which])
+            )
+            total = losses[which] if total is None else total + losses[which]
+        return total  # None: Lightning skips backward; a model left out gets no gradient, no update
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Drop the gradients of a model whose loss was non-finite, or whose gradients are."""
+        check = [w for w in MODELS if not self._bad_now[w]] if self.hparams.check_grads else []
+        grads = {w: [p.grad for p in self.model(w).parameters() if p.grad is not None] for w in check}
+        check = [w for w in check if grads[w]]
+        if check:
+            norms = [torch.stack(torch._foreach_norm(grads[w])) for w in check]
+            flags = torch.stack([torch.isfinite(n).all() for n in norms]).tolist()
+            for which, ok in zip(check, flags):
+                if not ok:
+                    self._bad_now[which] = "gradient"
+        for which in MODELS:
+            if self._bad_now[which]:
+                for p in self.model(which).parameters():
+                    p.grad = None  # Adam leaves parameters without a gradient untouched
+        self._stepped = True
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self._stepped:  # once per optimizer step (not per accumulated micro-batch)
+            self._stepped = False
+            self._count_bad_steps()
+        if self.hparams.compile_mode and not self._compiled:
+            self.compile_steps(self.hparams.compile_mode)
+
+    def compile_steps(self, mode: str = "reduce-overhead") -> None:
+        """``torch.compile`` every step of flow of both models in place (the state dict is unchanged)."""
+        for which in MODELS:
+            for module in self.model(which).modules():
+                if isinstance(module, FlowStep):
+                    module.compile(mode=mode)
+        self._compiled = True
+
+    def _count_bad_steps(self) -> None:
+        for which in MODELS:
+            reason = self._bad_now[which]
+            if reason:
+                self.skipped[which] += 1
+                self.streak[which] += 1
+                if self.streak[which] == 1:
+                    log.warning(
+                        "glow model %s: non-finite %s at global step %d; update skipped", which.upper(), reason, self.global_step
+                    )
+            else:
+                self.streak[which] = 0
+            self.log(f"train/skipped_{which}", float(self.skipped[which]), on_step=True, on_epoch=False)
+        reasons = dict(self._bad_now)
+        self._bad_now = {w: "" for w in MODELS}
+        for which in MODELS:
+            if self.streak[which] >= self.hparams.max_bad_steps:
+                raise GalgenError(
+                    f"glow model {which.upper()}: {self.streak[which]} updates in a row skipped for a non-finite "
+                    f"{reasons[which]} (model.max_bad_steps={self.hparams.max_bad_steps}, global step {self.global_step}); "
+                    f"training stopped, {self._last_checkpoint()}; try a lower model.lr"
+                    + (" or additive coupling (model.affine=false)" if self.hparams.affine else "")
+                )
+
+    def _last_checkpoint(self) -> str:
+        """Where the last checkpoint is (skipped steps never change the weights, so it is good)."""
+        callback = getattr(self.trainer, "checkpoint_callback", None)
+        if callback is None:
+            return "and no checkpoint was saved (no checkpoint callback)"
+        path = getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")
+        return f"the last good checkpoint is {path}" if path else "and no checkpoint was saved yet"
+
+    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+        x = batch
+        start = batch_idx * len(x)
+        idx = torch.arange(start, start + len(x), device=x.device)
+        noise = uniform_from_normal(counter_normal(VAL_SEED, idx, tuple(x.shape[1:]))).to(x.dtype)
+        for which in MODELS:
+            bpd, _ = self.bits_per_dim(which, x, noise)
+            self.log(f"val/bpd_{which}", bpd.mean(), on_epoch=True, batch_size=len(x), sync_dist=True)
+
+    def configure_optimizers(self):
+        # fused Adam on GPUs: one kernel for the ~1,500 parameter tensors of each Glow
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, fused=self.device.type == "cuda")
+
+    # --- sampling ----------------------------------------------------------------------------
+    def latents(self, indices: Tensor, seed: int) -> list[Tensor]:
+        """Standard-normal latents of every level for samples ``indices`` (level ``k``: stream ``k``)."""
+        return [counter_normal(seed, indices, shape, stream=k) for k, shape in enumerate(self.latent_shapes)]
+
+    def generate(self, which: str, indices: Tensor, seed: int) -> tuple[Tensor, Tensor, dict[str, float]]:
+        x = self.model(which).reverse(self.latents(indices, seed), standardized=True, temperature=self.hparams.temperature)
+        ok = torch.isfinite(x).flatten(1).all(dim=1)
+        return to_image(x.float(), self.hparams.n_bits), ok, {"nonfinite": float((~ok).sum())}
