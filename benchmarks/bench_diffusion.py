@@ -20,6 +20,7 @@ import argparse
 import json
 import resource
 import time
+import warnings
 
 import torch
 
@@ -85,6 +86,7 @@ def bench_sampler(pair: DiffusionPair, batch: int, steps: int) -> float:
 
 
 def main() -> None:
+    warnings.filterwarnings("ignore", message=".*self.log.*")  # training_step outside a Trainer
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--size", choices=sorted(PROFILES), default="small")

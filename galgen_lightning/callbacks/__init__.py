@@ -2,8 +2,9 @@
 
 from galgen_lightning.callbacks.common import EvalCallback, run_dir, to_uint8
 from galgen_lightning.callbacks.denoising import DenoisingTest
+from galgen_lightning.callbacks.discriminator import DiscriminatorTest
 from galgen_lightning.callbacks.inversion import InversionTest
 from galgen_lightning.callbacks.rundir import RunDirectory
 from galgen_lightning.callbacks.two_models import TwoModelsTest
 
-__all__ = ["DenoisingTest", "EvalCallback", "InversionTest", "RunDirectory", "TwoModelsTest", "run_dir", "to_uint8"]
+__all__ = ["DenoisingTest", "DiscriminatorTest", "EvalCallback", "InversionTest", "RunDirectory", "TwoModelsTest", "run_dir", "to_uint8"]

@@ -90,14 +90,19 @@ def discriminator_losses(
         device = pair.device
         fakes: dict[str, torch.Tensor] = {}
         for g in MODELS:
-            parts = [pair.fake_images(g, torch.arange(s, min(n, s + batch_size), device=device), seed, ema).cpu() for s in range(0, n, batch_size)]
+            parts = [
+                pair.fake_images(g, torch.arange(s, min(n, s + batch_size), device=device), seed, ema).cpu()
+                for s in range(0, n, batch_size)
+            ]
             fakes[g] = torch.cat(parts)
         real = {d: draw(reals[d], n, seed) for d in MODELS}
         if val and "val" in reals:
             real["val"] = draw(reals["val"], n, seed + 1)
 
         def score(d: str, images: torch.Tensor) -> torch.Tensor:
-            return torch.cat([pair.discriminator_scores(d, images[s : s + batch_size], head).cpu() for s in range(0, n, batch_size)])
+            return torch.cat(
+                [pair.discriminator_scores(d, images[s : s + batch_size], head).cpu() for s in range(0, n, batch_size)]
+            )
 
         out: dict[str, np.ndarray] = {}
         for d in MODELS:
@@ -255,16 +260,30 @@ class DiscriminatorTest(EvalCallback):
         colours = {"da_ga": "tab:red", "da_gb": "tab:blue", "db_gb": "tab:blue", "db_ga": "tab:red", "da_val": "k", "db_val": "k"}
         finite = np.concatenate([_finite(v) for k, v in losses.items() if not k.startswith("score_")] or [np.zeros(1)])
         low, high = min(0.0, float(finite.min())), max(4.0, float(np.percentile(finite, 99.5)) if finite.size else 4.0)
-        bins = np.linspace(low, high, 61)
+        bins = np.linspace(low, high, 41)
         fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
         for ax, d in zip(axes[:2], MODELS):
             own, other = f"d{d}_g{d}", f"d{d}_g{'b' if d == 'a' else 'a'}"
             for key, style in ((own, "stepfilled"), (other, "step")):
-                ax.hist(_finite(losses[key]), bins=bins, histtype=style, alpha=0.45 if style == "stepfilled" else 1.0, lw=1.5,
-                        color=colours[key], label=f"{LABELS[key]}: {scalars[key + '_mean']:.3f} ± {scalars[key + '_std']:.3f}")
+                ax.hist(
+                    _finite(losses[key]),
+                    bins=bins,
+                    histtype=style,
+                    alpha=0.45 if style == "stepfilled" else 1.0,
+                    lw=1.5,
+                    color=colours[key],
+                    label=f"{LABELS[key]}: {scalars[key + '_mean']:.3f} ± {scalars[key + '_std']:.3f}",
+                )
             if f"d{d}_val" in losses:
                 key = f"d{d}_val"
-                ax.hist(_finite(losses[key]), bins=bins, histtype="step", ls="--", color="k", label=f"{LABELS[key]}: {scalars[key + '_mean']:.3f}")
+                ax.hist(
+                    _finite(losses[key]),
+                    bins=bins,
+                    histtype="step",
+                    ls="--",
+                    color="k",
+                    label=f"{LABELS[key]}: {scalars[key + '_mean']:.3f}",
+                )
             ax.axvline(TARGET, color="k", ls=":", lw=1)
             ax.set_title(f"discriminator {d.upper()}")
             ax.set_xlabel("per-sample hinge loss")
@@ -281,5 +300,5 @@ class DiscriminatorTest(EvalCallback):
         ax.set_ylabel("mean loss")
         ax.set_title(f"max W1 {scalars['max_w1']:.3f}, max |mean - 2| {scalars['max_mean_dev']:.3f}")
         ax.legend(fontsize=7)
-        fig.suptitle(f"discriminator test, epoch {epoch}")
+        fig.suptitle(f"discriminator test, epoch {epoch}", y=1.03)
         return fig

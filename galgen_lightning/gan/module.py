@@ -1,0 +1,397 @@
+"""GANPair: two light-weight GANs, A and B, trained with manual optimization.
+
+One ``training_step`` is one iteration of the reference loop for *each* model: a discriminator
+update then a generator update of A (on ``batch["a"]`` only), then the same for B (on
+``batch["b"]`` only). Four optimizers (G_A, D_A, G_B, D_B), so Lightning's ``global_step``
+advances by **4 per batch**: ``max_steps``, ``ModelCheckpoint(every_n_train_steps)`` and the
+``step`` axis of the loggers count optimizer steps, whereas ``log_every_n_steps`` and
+``val_check_interval`` count batches. See ``docs/gan.md``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from galgen_lightning.gan.networks import (
+    Discriminator,
+    Generator,
+    auto_aug_prob,
+    diff_augment,
+    generator_loss,
+    gradient_penalty,
+    hinge_loss,
+    hinge_per_sample,
+)
+from galgen_lightning.noise import counter_normal
+from galgen_lightning.pair import MODELS, PairModule
+
+OPTIMIZERS_PER_BATCH = 4  # G_A, D_A, G_B, D_B: global_step advances by this per training batch
+HEADS = ("main", "small", "both")
+
+
+class LightweightGAN(nn.Module):
+    """One model of the pair: generator ``G``, discriminator ``D`` and the EMA generator ``G_ema``."""
+
+    def __init__(self, generator: Generator, discriminator: Discriminator) -> None:
+        super().__init__()
+        self.G = generator
+        self.D = discriminator
+        self.G_ema = copy.deepcopy(generator).requires_grad_(False)
+
+    @torch.no_grad()
+    def update_ema(self, beta: float) -> None:
+        """``G_ema <- beta * G_ema + (1 - beta) * G`` for parameters and float buffers (batch-norm
+        running statistics); integer buffers are copied."""
+        torch._foreach_lerp_(list(self.G_ema.parameters()), [p.detach() for p in self.G.parameters()], 1.0 - beta)
+        for ema, live in zip(self.G_ema.buffers(), self.G.buffers()):
+            if ema.dtype.is_floating_point:
+                ema.lerp_(live, 1.0 - beta)
+            else:
+                ema.copy_(live)
+
+    @torch.no_grad()
+    def reset_ema(self) -> None:
+        """``G_ema <- G``."""
+        self.G_ema.load_state_dict(self.G.state_dict())
+
+
+def head_scores(main: Tensor, small: Tensor, head: str) -> Tensor:
+    """The per-sample score of ``head``: ``"main"``, ``"small"`` or ``"both"`` (their mean)."""
+    if head == "main":
+        return main
+    if head == "small":
+        return small
+    if head == "both":
+        return 0.5 * (main + small)
+    raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+
+
+def discriminator_objective(
+    D: Callable[..., tuple[Tensor, Tensor, Tensor | None]],
+    real: Tensor,
+    fake: Tensor,
+    augment: Callable[[Tensor], Tensor],
+    gp_weight: float = 0.0,
+    D_gp: Callable[..., tuple[Tensor, Tensor, Tensor | None]] | None = None,
+) -> dict[str, Tensor]:
+    """The discriminator's loss on one batch: hinge on both heads + reconstruction (+ penalty).
+
+    Args:
+        D: the discriminator (possibly compiled).
+        real: training images.
+        fake: generated images (detached here).
+        augment: DiffAugment applied to both.
+        gp_weight: gradient-penalty weight; 0 skips the penalty.
+        D_gp: the discriminator used when the penalty is on (an eager one: compiled graphs do not
+            support the double backward); default ``D``.
+
+    Returns:
+        ``loss`` (what is minimised), ``hinge`` (main + small head), ``recon``, ``gp`` (0 when
+        off), ``real_score`` and ``fake_score`` (mean main-head outputs).
+    """
+    real_in = augment(real)
+    fake_in = augment(fake.detach())
+    net = D
+    if gp_weight > 0:
+        real_in = real_in.detach().requires_grad_(True)
+        fake_in = fake_in.detach().requires_grad_(True)
+        net = D_gp or D
+    real_main, real_small, recon = net(real_in, reconstruct=True)
+    fake_main, fake_small, _ = net(fake_in)
+    hinge = hinge_loss(real_main, fake_main) + hinge_loss(real_small, fake_small)
+    assert recon is not None
+    loss = hinge + recon
+    gp = torch.zeros((), device=real.device)
+    if gp_weight > 0:
+        gp = gradient_penalty([real_in, fake_in], [real_main, real_small, fake_main, fake_small], gp_weight)
+        loss = loss + gp
+    return {
+        "loss": loss,
+        "hinge": hinge.detach(),
+        "recon": recon.detach(),
+        "gp": gp.detach(),
+        "real_score": real_main.detach().float().mean(),
+        "fake_score": fake_main.detach().float().mean(),
+    }
+
+
+class GANPair(PairModule):
+    """Two light-weight GANs, A and B, their EMA generators, and the shared-latent sampler.
+
+    Args:
+        image_size: image side (linked from ``data.image_size``), a power of two >= 16.
+        channels: image channels.
+        latent_dim: latent size (256 in the reference).
+        fmap_max: most channels of any stage (512 in the reference).
+        fmap_inverse_coef: width rule of the reference (12): generator channels at side ``s`` are
+            ``min(fmap_max, 2**(coef+1)/s)``, discriminator ``min(fmap_max, 2**coef/s)``.
+        attn_sizes: feature-map sides with attention, in G and D (``[32]`` in the reference;
+            ``[]`` for none). The discriminator's small head always has attention.
+        attn_heads: attention heads (8 in the reference).
+        attn_dim_head: channels per attention head (64 in the reference).
+        small_size: side of the discriminator's second head input (default
+            ``min(32, image_size // 2)``).
+        small_width: channels of the second head (64 in the reference).
+        decoder_upsamples: x2 stages of the reconstruction decoder from 8x8 features (4 in the
+            reference, i.e. it reconstructs at 128 px).
+        lr: Adam learning rate of all four optimizers.
+        betas: Adam betas.
+        accumulate: micro-batches per batch: each model's batch is split into this many chunks
+            whose gradients are accumulated before the update (the reference's batch 10 x 4 is
+            ``data.batch_size: 40`` with ``accumulate: 4``). Steps per batch stay 4.
+        gp_weight: gradient-penalty weight (10); 0 disables it.
+        gp_every: the penalty is added every this many iterations (batches), from the first.
+        aug_prob: DiffAugment probability; ``null`` chooses the reference's
+            ``min(0.5, (1e5 - N) * 3e-6)`` for ``N < 1e5`` images per model (``data.n``), else 0.
+        aug_types: DiffAugment operations, from ``translation`` and ``cutout``.
+        ema_beta: EMA decay of the sampling generator (0.995).
+        ema_every: the EMA is updated every this many iterations (10 in the reference).
+        ema_start: before this many iterations the EMA generator is a plain copy of the live one
+            (the reference averages only after 20,000 iterations).
+        channels_last: channels-last memory format (faster convolutions on GPUs).
+        compile: ``torch.compile`` the generators and discriminators for training (the gradient
+            penalty steps use the eager discriminator: compiled graphs have no double backward).
+        sample_batch_size: generation batch of the evaluation callbacks.
+    """
+
+    def __init__(
+        self,
+        image_size: int = 64,
+        channels: int = 1,
+        latent_dim: int = 256,
+        fmap_max: int = 512,
+        fmap_inverse_coef: int = 12,
+        attn_sizes: list[int] = [32],  # noqa: B006 (jsonargparse needs a literal default)
+        attn_heads: int = 8,
+        attn_dim_head: int = 64,
+        small_size: int | None = None,
+        small_width: int = 64,
+        decoder_upsamples: int = 4,
+        lr: float = 2e-4,
+        betas: tuple[float, float] = (0.5, 0.9),
+        accumulate: int = 1,
+        gp_weight: float = 10.0,
+        gp_every: int = 4,
+        aug_prob: float | None = None,
+        aug_types: list[str] = ["translation", "cutout"],  # noqa: B006
+        ema_beta: float = 0.995,
+        ema_every: int = 10,
+        ema_start: int = 20000,
+        channels_last: bool = False,
+        compile: bool = False,
+        sample_batch_size: int = 256,
+    ) -> None:
+        super().__init__(image_size=image_size, channels=channels)
+        if accumulate < 1 or gp_every < 1 or ema_every < 1:
+            raise ValueError("accumulate, gp_every and ema_every must be positive")
+        unknown = set(aug_types) - {"translation", "cutout"}
+        if unknown:
+            raise ValueError(f"unknown aug_types {sorted(unknown)}; choose from translation, cutout")
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.model_a = self._build()
+        self.model_b = self._build()
+        self.aug_prob = aug_prob if aug_prob is not None else 0.0
+        self._compiled: dict[str, tuple[Callable, Callable]] = {}
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def _build(self) -> LightweightGAN:
+        hp = self.hparams
+        G = Generator(
+            hp.image_size,
+            hp.channels,
+            hp.latent_dim,
+            hp.fmap_max,
+            hp.fmap_inverse_coef,
+            hp.attn_sizes,
+            hp.attn_heads,
+            hp.attn_dim_head,
+        )
+        D = Discriminator(
+            hp.image_size,
+            hp.channels,
+            hp.fmap_max,
+            hp.fmap_inverse_coef,
+            hp.attn_sizes,
+            hp.small_size,
+            hp.small_width,
+            hp.decoder_upsamples,
+            hp.attn_heads,
+            hp.attn_dim_head,
+        )
+        return LightweightGAN(G, D)
+
+    # ------------------------------------------------------------------ set-up
+    def on_fit_start(self) -> None:
+        if self.hparams.aug_prob is None:
+            n = getattr(getattr(self.trainer, "datamodule", None), "n", None)
+            self.aug_prob = auto_aug_prob(int(n)) if n is not None else 0.0
+        if self.hparams.compile and not self._compiled:
+            self._compiled = {w: (torch.compile(self.model(w).G), torch.compile(self.model(w).D)) for w in MODELS}
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        fused = self.device.type == "cuda"  # one kernel per update on GPUs
+        opts = []
+        for which in MODELS:
+            net = self.model(which)
+            for params in (net.G.parameters(), net.D.parameters()):
+                opts.append(torch.optim.Adam(params, lr=hp.lr, betas=tuple(hp.betas), fused=fused))
+        return opts  # [G_A, D_A, G_B, D_B]
+
+    def _prepare(self, x: Tensor) -> Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
+
+    def _nets(self, which: str) -> tuple[Callable, Callable]:
+        """(generator, discriminator) used for training: compiled when asked, else eager."""
+        if which in self._compiled:
+            return self._compiled[which]
+        net = self.model(which)
+        return net.G, net.D
+
+    def _augment(self, x: Tensor) -> Tensor:
+        return diff_augment(x, self.aug_prob, self.hparams.aug_types)
+
+    def _chunks(self, n: int) -> list[tuple[slice, float]]:
+        """Micro-batch slices of a batch of ``n`` and the weight of each (its share of ``n``)."""
+        k = min(self.hparams.accumulate, n)
+        bounds = [round(i * n / k) for i in range(k + 1)]
+        return [(slice(a, b), (b - a) / n) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+    def _latents(self, n: int) -> Tensor:
+        return torch.randn(n, self.hparams.latent_dim, device=self.device)
+
+    # ------------------------------------------------------------------ training
+    @property
+    def iteration(self) -> int:
+        """Training iterations (batches) done so far: ``global_step // 4``."""
+        return self.global_step // OPTIMIZERS_PER_BATCH
+
+    def _discriminator_update(self, which: str, real: Tensor, opt, apply_gp: bool) -> dict[str, Tensor]:
+        G, D = self._nets(which)
+        stats: dict[str, Tensor] = {}
+        self.toggle_optimizer(opt)
+        try:
+            opt.zero_grad(set_to_none=True)
+            for part, weight in self._chunks(len(real)):
+                x = real[part]
+                with torch.no_grad():
+                    fake = self._prepare(G(self._latents(len(x))))
+                gp_weight = self.hparams.gp_weight if apply_gp else 0.0
+                out = discriminator_objective(D, x, fake, self._augment, gp_weight, self.model(which).D)
+                self.manual_backward(out["loss"] * weight)
+                for key, value in out.items():
+                    if key != "loss":
+                        stats[key] = stats.get(key, 0.0) + value * weight
+            opt.step()
+        finally:
+            self.untoggle_optimizer(opt)
+        return stats
+
+    def _generator_update(self, which: str, n: int, opt) -> Tensor:
+        G, D = self._nets(which)
+        total = torch.zeros((), device=self.device)
+        self.toggle_optimizer(opt)
+        try:
+            opt.zero_grad(set_to_none=True)
+            for part, weight in self._chunks(n):
+                fake = self._prepare(G(self._latents(part.stop - part.start)))
+                main, small, _ = D(self._augment(fake))
+                loss = generator_loss(main) + generator_loss(small)
+                self.manual_backward(loss * weight)
+                total = total + loss.detach() * weight
+            opt.step()
+        finally:
+            self.untoggle_optimizer(opt)
+        return total
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        hp = self.hparams
+        iteration = self.iteration
+        apply_gp = hp.gp_weight > 0 and iteration % hp.gp_every == 0
+        opts = self.optimizers()
+        for k, which in enumerate(MODELS):
+            g_opt, d_opt = opts[2 * k], opts[2 * k + 1]
+            real = self._prepare(batch[which])
+            d = self._discriminator_update(which, real, d_opt, apply_gp)
+            g = self._generator_update(which, len(real), g_opt)
+            if (iteration + 1) % hp.ema_every == 0:
+                if iteration + 1 > hp.ema_start:
+                    self.model(which).update_ema(hp.ema_beta)
+                else:
+                    self.model(which).reset_ema()
+            kw = dict(on_step=True, on_epoch=True, batch_size=len(real))
+            self.log(f"train/d_loss_{which}", d["hinge"], prog_bar=True, **kw)
+            self.log(f"train/g_loss_{which}", g, prog_bar=True, **kw)
+            self.log(f"train/recon_{which}", d["recon"], **kw)
+            self.log(f"train/d_real_{which}", d["real_score"], **kw)
+            self.log(f"train/d_fake_{which}", d["fake_score"], **kw)
+            if apply_gp:
+                self.log(f"train/gp_{which}", d["gp"], **kw)
+        self.log("train/aug_prob", self.aug_prob, on_step=False, on_epoch=True, batch_size=1)
+
+    # ------------------------------------------------------------------ validation
+    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+        """D scores on held-out images and on samples with fixed latents, and their hinge loss.
+
+        ``val/hinge_<m>`` is the mean of ``relu(1 + D_m(held-out)) + relu(1 - D_m(G_m(z)))``: 2
+        when D cannot tell; below 2 when it separates them. Compare with ``train/d_loss_<m>``
+        (two heads, so 4 when D cannot tell) and the discriminator test.
+        """
+        x = self._prepare(batch)
+        idx = torch.arange(batch_idx * len(x), (batch_idx + 1) * len(x), device=x.device)
+        for which in MODELS:
+            fake = self.fake_images(which, idx, seed=12345, ema=False)
+            real_score = self.discriminator_scores(which, x)
+            fake_score = self.discriminator_scores(which, fake)
+            kw = dict(on_epoch=True, batch_size=len(x), sync_dist=True)
+            self.log(f"val/d_real_{which}", real_score.mean(), **kw)
+            self.log(f"val/d_fake_{which}", fake_score.mean(), **kw)
+            self.log(f"val/hinge_{which}", hinge_per_sample(real_score, fake_score).mean(), **kw)
+
+    # ------------------------------------------------------------------ sampling and scoring
+    def _autocast(self, device: torch.device):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    def fake_images(self, which: str, indices: Tensor, seed: int, ema: bool = True) -> Tensor:
+        """Raw generator output for the samples ``indices`` (not clamped), float32.
+
+        The latent of sample ``i`` is ``counter_normal(seed, i, (latent_dim,))`` and its
+        noise-injection maps come from streams 1, 2, ... of the same counter: the same for A and B
+        and independent of the batch. Uses the modules in their current mode (call in eval mode
+        for batch-independent batch norm).
+        """
+        net = self.model(which)
+        G = net.G_ema if ema else net.G
+        z = counter_normal(seed, indices, (self.hparams.latent_dim,), stream=0)
+
+        def noise(stage: int, shape: tuple[int, int, int]) -> Tensor:
+            return counter_normal(seed, indices, shape, stream=stage + 1)
+
+        with torch.no_grad(), self._autocast(indices.device):
+            return G(z, noise).float()
+
+    def discriminator_scores(self, which: str, images: Tensor, head: str = "main") -> Tensor:
+        """Per-sample output of discriminator ``which`` (no augmentation), ``(B,)`` float32."""
+        with torch.no_grad(), self._autocast(images.device):
+            main, small, _ = self.model(which).D(self._prepare(images.to(self.device)))
+        return head_scores(main.float(), small.float(), head)
+
+    def generate(self, which: str, indices: Tensor, seed: int) -> tuple[Tensor, Tensor, dict[str, float]]:
+        """Samples of the EMA generator of ``which``, clamped to [0, 1]; non-finite ones are not ok."""
+        x = self.fake_images(which, indices, seed, ema=True)
+        ok = torch.isfinite(x).flatten(1).all(dim=1)
+        return x.clamp(0.0, 1.0), ok, {}
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters of one generator and one discriminator (the EMA copy not counted)."""
+        net = self.model_a
+        return {
+            "generator": sum(p.numel() for p in net.G.parameters()),
+            "discriminator": sum(p.numel() for p in net.D.parameters()),
+        }

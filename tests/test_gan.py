@@ -1,0 +1,272 @@
+"""The light-weight GAN pair and the four-way discriminator test, with tiny models at 16 px."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import CONFIGS, read_jsonl, run_cli
+
+from galgen_lightning.callbacks.discriminator import CURVES, DiscriminatorTest, discriminator_losses, discriminator_statistics
+from galgen_lightning.gan import (
+    Discriminator,
+    GANPair,
+    Generator,
+    auto_aug_prob,
+    count_parameters,
+    diff_augment,
+    discriminator_objective,
+    generator_loss,
+    hinge_loss,
+    hinge_per_sample,
+)
+
+TINY_MODEL = dict(
+    image_size=16,
+    latent_dim=16,
+    fmap_max=16,
+    fmap_inverse_coef=7,
+    attn_sizes=[16],
+    attn_heads=1,
+    attn_dim_head=8,
+    small_width=8,
+    decoder_upsamples=1,
+    sample_batch_size=16,
+)
+
+
+def tiny_pair(**overrides) -> GANPair:
+    torch.manual_seed(0)
+    return GANPair(**{**TINY_MODEL, **overrides})
+
+
+@pytest.fixture(scope="module")
+def blob_file(tmp_path_factory):
+    """200 galaxy-like 16x16 images (a Gaussian blob on noise) in a .npy file: the data path is
+    tested elsewhere; here it only has to be fast (no GalSim rendering)."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:16, :16]
+    cy, cx = rng.uniform(5, 11, (2, 200, 1, 1))
+    width = rng.uniform(1.5, 4, (200, 1, 1))
+    blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * width**2))
+    images = (0.6 * blob + 0.4 * rng.uniform(0, 1, (200, 16, 16))).astype(np.float32)
+    path = tmp_path_factory.mktemp("blobs") / "blobs.npy"
+    np.save(path, images)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny convolutions run faster on one thread (and on a busy machine, much faster)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ----------------------------------------------------------------------------- losses
+def test_hinge_signs_and_the_value_two():
+    zeros = torch.zeros(5)
+    assert torch.equal(hinge_per_sample(zeros, zeros), torch.full((5,), 2.0))
+    assert hinge_loss(zeros, zeros).item() == 2.0
+    # the reference's convention: real images are pushed below -1, generated ones above +1
+    assert hinge_loss(torch.full((5,), -1.0), torch.full((5,), 1.0)).item() == 0.0
+    assert hinge_loss(torch.full((5,), 1.0), torch.full((5,), -1.0)).item() == 4.0
+    # the generator lowers D(fake)
+    assert generator_loss(torch.tensor([0.5, 1.5])).item() == 1.0
+
+    def silent(x, reconstruct=False):  # a discriminator that cannot tell: 0 on both heads
+        z = x.sum(dim=(1, 2, 3)) * 0
+        return z, z, (z.sum() if reconstruct else None)
+
+    real, fake = torch.rand(4, 1, 16, 16), torch.rand(4, 1, 16, 16)
+    out = discriminator_objective(silent, real, fake, lambda x: x)
+    assert out["hinge"].item() == 4.0  # 2 per head, two heads
+    assert out["loss"].item() == 4.0
+    with_gp = discriminator_objective(silent, real, fake, lambda x: x, gp_weight=10.0)
+    assert with_gp["gp"].item() == 0.0
+
+
+def test_auto_augmentation_probability():
+    assert auto_aug_prob(1000) == pytest.approx(min(0.5, 99000 * 3e-6))
+    assert auto_aug_prob(10) == pytest.approx(0.29997)  # the min with 0.5 never binds: at most 0.3
+    assert auto_aug_prob(100000) == 0.0
+
+
+def test_diff_augment_is_differentiable_and_optional():
+    x = torch.rand(6, 1, 16, 16, requires_grad=True)
+    assert diff_augment(x, 0.0, ["translation", "cutout"]) is x
+    y = diff_augment(x, 1.0, ["translation", "cutout"])
+    assert y.shape == x.shape and (y == 0).any()
+    y.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+# ----------------------------------------------------------------------------- networks
+def test_paper_size_parameter_counts():
+    G = Generator(64, 1, latent_dim=256, attn_sizes=[32])
+    D = Discriminator(64, 1, attn_sizes=[32])
+    assert count_parameters(G) == 23_613_317  # design notes: 23.6 M
+    assert count_parameters(D) == 11_723_108  # design notes: 11.7 M
+
+
+def test_skip_layer_excitation_starts_at_128_px():
+    small = dict(latent_dim=8, fmap_max=8, fmap_inverse_coef=6, attn_sizes=[])
+    assert len(Generator(64, **small).sle) == 0
+    g128 = Generator(128, **small)
+    assert g128.sle_pairs == {16: 128}
+    assert g128(torch.randn(2, 8)).shape == (2, 1, 128, 128)
+
+
+# ----------------------------------------------------------------------------- sampling
+def test_same_latents_for_a_and_b_and_batch_size_invariance():
+    pair = tiny_pair()
+    one = pair.sample(6, seed=3, batch_size=6)
+    two = pair.sample(6, seed=3, batch_size=4)
+    assert torch.equal(one.a, two.a) and torch.equal(one.b, two.b)
+    assert one.a.shape == (6, 1, 16, 16) and one.a.min() >= 0 and one.a.max() <= 1
+    assert not torch.equal(one.a, one.b)  # independent initialisations
+    # give B the weights of A: the same latents and noise must then give the same images
+    pair.model_b.load_state_dict(pair.model_a.state_dict())
+    same = pair.sample(6, seed=3, batch_size=5)
+    assert torch.equal(same.a, same.b)
+    assert not torch.equal(pair.sample(6, seed=4).a, same.a)
+
+
+# ----------------------------------------------------------------------------- the four-way test
+def _reals(n: int = 10) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return {s: torch.rand(n, 1, 16, 16, generator=g) for s in ("a", "b", "val")}
+
+
+def test_swapping_a_and_b_swaps_the_curves():
+    pair, reals = tiny_pair(), _reals()
+    losses = discriminator_losses(pair, reals, n=12, seed=5, batch_size=5)
+    pair.model_a, pair.model_b = pair.model_b, pair.model_a
+    swapped = discriminator_losses(pair, {"a": reals["b"], "b": reals["a"], "val": reals["val"]}, n=12, seed=5, batch_size=12)
+    for key, twin in (("da_ga", "db_gb"), ("da_gb", "db_ga"), ("db_gb", "da_ga"), ("db_ga", "da_gb"), ("da_val", "db_val")):
+        np.testing.assert_allclose(swapped[key], losses[twin], rtol=1e-5, atol=1e-6)
+    stats = discriminator_statistics(losses)
+    assert {f"{c}_mean" for c in CURVES} <= stats.keys()
+    assert stats["score"] == max(stats["max_w1"], stats["max_mean_dev"])
+    assert stats["max_mean_gap"] >= 0 and np.isfinite(stats["overfit_a"])
+
+
+def test_a_discriminator_that_cannot_tell_scores_two_everywhere():
+    pair = tiny_pair()
+    pair.discriminator_scores = lambda which, images, head="main": torch.zeros(len(images))
+    losses = discriminator_losses(pair, _reals(), n=7)
+    for key in CURVES:
+        assert np.all(losses[key] == 2.0)
+    stats = discriminator_statistics(losses)
+    assert stats["score"] == 0.0 and stats["max_mean_dev"] == 0.0 and stats["da_ga_mean"] == 2.0
+
+
+# ----------------------------------------------------------------------------- training
+class _Pairs:
+    """A fixed list of training batches ``{"a", "b"}`` for a Trainer."""
+
+    def __init__(self, batches: list[dict[str, torch.Tensor]]) -> None:
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def test_a_few_steps_lower_the_discriminator_loss():
+    import lightning as L
+
+    pair = tiny_pair(lr=2e-3, aug_prob=0.0, gp_every=1000)
+    g = torch.Generator().manual_seed(2)
+    real = {m: 0.8 * torch.rand(8, 1, 16, 16, generator=g) ** 4 for m in ("a", "b")}  # fixed "galaxies"
+
+    def d_loss() -> float:
+        pair.eval()
+        fake = pair.fake_images("a", torch.arange(8), seed=9, ema=False)
+        loss = hinge_per_sample(pair.discriminator_scores("a", real["a"]), pair.discriminator_scores("a", fake)).mean().item()
+        pair.train()
+        return loss
+
+    before = d_loss()
+    trainer = L.Trainer(
+        max_steps=4 * 12,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(pair, train_dataloaders=_Pairs([real] * 12))
+    assert trainer.global_step == 4 * 12  # four optimizer steps (G_A, D_A, G_B, D_B) per batch
+    after = d_loss()
+    assert after < before - 0.1, (before, after)
+
+
+def test_monitor_key_reaches_model_checkpoint(tmp_path, blob_file):
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from galgen_lightning.data import ArrayFile, GalaxyPairDataModule
+
+    dm = GalaxyPairDataModule(ArrayFile(str(blob_file)), image_size=16, n=8, n_val=16, batch_size=4)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="discriminator/score", mode="min")
+    test = DiscriminatorTest(n_samples=8)
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[test, ckpt],
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(tiny_pair(), datamodule=dm)
+    assert trainer.global_step == 8
+    assert ckpt.best_model_score is not None and torch.isfinite(ckpt.best_model_score)
+    assert "val/hinge_a" in trainer.callback_metrics
+    record = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if r["test"] == "discriminator"][0]
+    assert record["score"] == pytest.approx(float(ckpt.best_model_score), rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- the CLI
+FAMILY = [f"--config={CONFIGS / 'gan.yaml'}", f"--config={CONFIGS / 'quick' / 'gan.yaml'}"]
+TINY = [
+    "--data.n=8",
+    "--data.n_val=32",
+    "--data.batch_size=4",
+    "--model.init_args.latent_dim=16",
+    "--model.init_args.fmap_max=16",
+    "--model.init_args.fmap_inverse_coef=7",
+    "--model.init_args.attn_heads=1",
+    "--model.init_args.attn_dim_head=8",
+    "--model.init_args.small_width=8",
+    "--model.init_args.decoder_upsamples=1",
+    "--model.init_args.attn_sizes=[16]",
+    "--trainer.fast_dev_run=true",
+]
+
+
+def test_cli_fast_dev_run_writes_the_discriminator_test(tmp_path, blob_file):
+    run = tmp_path / "run"
+    source = ["--data.source=galgen_lightning.data.ArrayFile", f"--data.source.path={blob_file}", "--data.image_size=16"]
+    code = run_cli(["fit", *FAMILY, *source, *TINY, f"--trainer.default_root_dir={run}"])
+    assert code == 0
+    assert json.loads((run / "status.json").read_text())["state"] == "complete"
+    assert "GANPair" in (run / "config.yaml").read_text()
+    records = read_jsonl(run / "metrics.jsonl")
+    assert {r["test"] for r in records} == {"two_models", "discriminator"}
+    disc = [r for r in records if r["test"] == "discriminator"][0]
+    assert {"score", "max_w1", "max_mean_dev", "da_ga_mean", "db_ga_std", "da_val_mean"} <= disc.keys()
+    folder = run / "eval" / "discriminator"
+    assert (folder / "epoch_0000.png").stat().st_size > 1000
+    arrays = np.load(folder / "epoch_0000.npz")
+    assert set(CURVES) <= set(arrays.files) and arrays["da_ga"].shape == (256,)
