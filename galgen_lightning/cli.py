@@ -119,6 +119,9 @@ def main(args: list[str] | None = None) -> None:
     except GalgenError as e:
         print(f"galgen: error: {e}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
+            sys.modules["wandb"].finish()  # the next in-process run gets its own W&B run
 
 
 if __name__ == "__main__":
