@@ -113,7 +113,7 @@ class GalaxyPairDataModule(L.LightningDataModule):
     def _pool_size(self, attempt: int) -> int:
         """How many images to load: the need plus a margin for duplicates, growing per attempt."""
         need = 2 * self.n + self.n_val
-        return min(self.source.available(), math.ceil(need * (1.1 + attempt)) + 64)
+        return min(self.source.available(), math.ceil(need * (1.25 + attempt)) + 64)
 
     def prepare_data(self) -> None:
         """Render or convert the source once (rank zero); ``setup`` then reads the cache."""
