@@ -12,13 +12,15 @@ A source is a small class with three methods, chosen in the config as
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import json
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from galgen_lightning.errors import GalgenError
 
@@ -29,12 +31,18 @@ def default_cache_dir() -> Path:
 
 
 def resize(images: np.ndarray, image_size: int, name: str) -> np.ndarray:
-    """Area-average square images ``(n, h, w)`` down to ``image_size`` (never up).
+    """Centre-crop images ``(n, h, w)`` to a square and area-average it down to ``image_size`` (never up).
+
+    The averaging windows are those of ``torch.nn.functional.interpolate(mode="area")``
+    (adaptive average pooling), computed with numpy so that worker processes need no torch.
 
     Args:
-        images: float32 ``(n, h, w)``.
+        images: ``(n, h, w)`` array (any real dtype).
         image_size: target side.
         name: what to call the images in an error message (file or source name).
+
+    Returns:
+        ``(n, image_size, image_size)`` float32.
     """
     h, w = images.shape[-2:]
     if min(h, w) < image_size:
@@ -43,9 +51,20 @@ def resize(images: np.ndarray, image_size: int, name: str) -> np.ndarray:
     top, left = (h - side) // 2, (w - side) // 2
     images = images[:, top : top + side, left : left + side]
     if side == image_size:
-        return np.ascontiguousarray(images, dtype=np.float32)
-    t = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None]
-    return F.interpolate(t, size=(image_size, image_size), mode="area")[:, 0].numpy()
+        return np.array(images, dtype=np.float32)  # a copy: never a view of the caller's (cached) array
+    return _area_pool(_area_pool(np.asarray(images, dtype=np.float64), image_size, axis=1), image_size, axis=2).astype(np.float32)
+
+
+def _area_pool(x: np.ndarray, size: int, axis: int) -> np.ndarray:
+    """Adaptive average pooling of ``x`` along ``axis`` to ``size`` bins (torch's window bounds)."""
+    n = x.shape[axis]
+    i = np.arange(size)
+    start, stop = (i * n) // size, -(-((i + 1) * n) // size)
+    sums = np.cumsum(x, axis=axis)
+    sums = np.concatenate([np.zeros_like(np.take(sums, [0], axis=axis)), sums], axis=axis)
+    shape = [1] * x.ndim
+    shape[axis] = size
+    return (np.take(sums, stop, axis=axis) - np.take(sums, start, axis=axis)) / (stop - start).reshape(shape)
 
 
 class GalaxySource:
@@ -150,47 +169,6 @@ class SyntheticGalaxies(GalaxySource):
         return np.concatenate(parts)[:count]
 
 
-class ArrayFile(GalaxySource):
-    """Images from a ``.npy`` file of shape ``(N, H, W)`` or ``(N, 1, H, W)``, values in [0, 1].
-
-    (Readers for FITS cutouts, other array layouts and image folders plug in the same way.)
-
-    Args:
-        path: the ``.npy`` file.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = Path(path).expanduser()
-
-    def _array(self) -> np.ndarray:
-        if not self.path.exists():
-            raise GalgenError(f"data.source.path: {self.path} does not exist")
-        try:
-            arr = np.load(self.path, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise GalgenError(f"data.source.path: {self.path} is not a readable .npy array ({e})") from None
-        if arr.ndim == 4 and arr.shape[1] == 1:
-            arr = arr[:, 0]
-        if arr.ndim != 3:
-            raise GalgenError(f"data.source.path: {self.path} has shape {arr.shape}; expected (N, H, W) or (N, 1, H, W)")
-        return arr
-
-    def available(self) -> int:
-        return len(self._array())
-
-    def describe(self) -> dict:
-        stat = self.path.stat() if self.path.exists() else None
-        return {"source": "array", "path": str(self.path), "bytes": stat.st_size if stat else None}
-
-    def load(self, count: int, image_size: int) -> np.ndarray:
-        arr = np.array(self._array()[:count], dtype=np.float32)
-        if not np.isfinite(arr).all():
-            raise GalgenError(f"data.source.path: {self.path} holds NaN or infinite pixels")
-        if arr.min() < 0 or arr.max() > 1:
-            raise GalgenError(f"data.source.path: {self.path} has values in [{arr.min():g}, {arr.max():g}]; expected [0, 1]")
-        return resize(arr, image_size, str(self.path))
-
-
 def _read_chunk(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     try:
         arr = np.load(path, allow_pickle=False)
@@ -202,17 +180,73 @@ def _read_chunk(path: Path, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _write_atomic(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
+    write_atomic(path, lambda f: np.save(f, arr))
+
+
+_WHY = {
+    errno.EROFS: "it is on a read-only file system",
+    errno.EACCES: "permission denied (read-only?)",
+    errno.EPERM: "permission denied (read-only?)",
+    errno.ENOSPC: "no space left on the disk",
+    getattr(errno, "EDQUOT", errno.ENOSPC): "no space left on the disk (quota)",
+}
+
+
+def cache_error(where: Path, error: OSError, action: str = "write") -> GalgenError:
+    """A one-line :class:`GalgenError` for a data cache that cannot be written (read-only, full, ...)."""
+    why = _WHY.get(error.errno or 0) or error.strerror or type(error).__name__
+    return GalgenError(
+        f"cannot {action} the data cache {where}: {why}; "
+        "free space or point data.source.init_args.cache_dir (or GALGEN_CACHE_DIR) to a writable directory"
+    )
+
+
+def make_cache_dir(folder: Path) -> None:
+    """``mkdir -p folder``, or a :class:`GalgenError` naming it."""
     try:
-        np.save(tmp, arr)
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise cache_error(folder, e, "create") from None
+
+
+def write_atomic(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
+    """Write a cache file all or nothing: ``write`` fills a temporary file that then replaces ``path``.
+
+    An interruption (Ctrl-C, a full disk) leaves the previous ``path``, if any, untouched and no
+    temporary file behind. The temporary name (``.<name>.tmp<pid>``) matches no cache glob.
+
+    Raises:
+        GalgenError: naming the cache directory when it cannot be written.
+    """
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise GalgenError(f"cannot write the data cache {path}: {e.strerror}") from None
+        raise cache_error(path.parent, e) from None
+    finally:
+        if tmp.exists():
+            tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write ``data`` as JSON with :func:`write_atomic`."""
+    text = json.dumps(data, indent=1, sort_keys=True).encode()
+    write_atomic(path, lambda f: f.write(text))
+
+
+def __getattr__(name: str) -> Any:
+    """``ArrayFile`` lives in :mod:`galgen_lightning.data.readers` now; keep the old import path."""
+    if name == "ArrayFile":
+        from galgen_lightning.data.readers import ArrayFile
+
+        return ArrayFile
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def content_hash(image: np.ndarray) -> str:
     """SHA-1 of an image's float32 bytes: equal hashes mean equal pixels."""
     return hashlib.sha1(np.ascontiguousarray(image, dtype=np.float32).tobytes()).hexdigest()
-
-

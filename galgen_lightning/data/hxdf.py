@@ -1,0 +1,150 @@
+"""Real galaxies that need no download: stamps cut from the Hubble eXtreme Deep Field.
+
+scikit-image ships a colour JPEG of the Hubble XDF (``skimage.data.hubble_deep_field()``,
+872 x 1000 pixels, in its own data folder: no network). :class:`HubbleDeepField` finds the
+galaxies in it with a photutils segmentation and cuts a centred square stamp around each one
+large enough. About a hundred galaxies: too few to train a large N, but real pixels, for the
+smallest-N experiments, for tests of the real-data path and as a real reference beside the
+synthetic set.
+
+The recipe, deterministic: grayscale = the mean of the 8-bit RGB channels / 255 (the grayscale
+of the Lupton images elsewhere in galgen); background level and noise = sigma-clipped median
+and standard deviation of the whole image; sources = connected regions of at least
+``min_area`` pixels above ``nsigma`` noise levels (``photutils.segmentation.detect_sources``);
+centre = the flux-weighted centroid of the region. Sources are taken from the largest down;
+a source whose stamp would leave the image, or whose centre lies within ``min_separation``
+pixels of a larger taken source (the stamps would nearly coincide), is dropped, and so is a
+stamp with more than 30% zero pixels. ``load`` returns the stamps from the largest source down.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from galgen_lightning.data.sources import GalaxySource, resize
+from galgen_lightning.errors import GalgenError
+
+HXDF_VERSION: int = 1
+"""Bump whenever the stamp recipe changes (it is written to the manifest)."""
+
+MAX_ZERO_FRACTION = 0.3
+
+
+def hubble_deep_field_gray() -> np.ndarray:
+    """The XDF image that scikit-image ships, as float64 grayscale in [0, 1] (mean of R, G, B / 255)."""
+    try:
+        from skimage import data
+    except ImportError:
+        raise GalgenError("data.source: HubbleDeepField needs scikit-image (pip install scikit-image)") from None
+    try:
+        rgb = data.hubble_deep_field()
+    except Exception as e:  # a scikit-image without its data files would try to download
+        raise GalgenError(f"data.source: scikit-image could not open its Hubble Deep Field image ({type(e).__name__}: {e})") from None
+    return rgb.astype(np.float64).mean(axis=-1) / 255.0
+
+
+@functools.lru_cache(maxsize=4)
+def find_stamps(stamp: int, min_area: int, nsigma: float, min_separation: float) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Cut the galaxy stamps (see the module docstring).
+
+    Returns:
+        ``(stamps, centres, counts)``: ``(K, stamp, stamp)`` float32 in [0, 1], the ``(K, 2)``
+        integer (row, column) centres in the XDF image, and how many sources were detected and
+        dropped for each reason.
+    """
+    from astropy.stats import sigma_clipped_stats
+    from photutils.segmentation import detect_sources
+    from scipy import ndimage
+
+    gray = hubble_deep_field_gray()
+    _, median, std = sigma_clipped_stats(gray, sigma=3.0, maxiters=10)
+    signal = gray - median
+    segments = detect_sources(signal, nsigma * std, min_area)
+    counts = {"detected": 0, "edge": 0, "crowded": 0, "zeros": 0}
+    if segments is None:
+        return np.zeros((0, stamp, stamp), np.float32), np.zeros((0, 2), np.int64), counts
+    labels = np.asarray(segments.data)
+    n = int(labels.max())
+    counts["detected"] = n
+    areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    centroids = np.array(ndimage.center_of_mass(np.clip(signal, 0.0, None), labels, np.arange(1, n + 1)))
+    order = sorted(range(n), key=lambda i: (-areas[i], centroids[i][0], centroids[i][1]))
+    half = stamp // 2
+    stamps, centres = [], []
+    for i in order:
+        row, col = (int(round(v)) for v in centroids[i])
+        top, left = row - half, col - half
+        if top < 0 or left < 0 or top + stamp > gray.shape[0] or left + stamp > gray.shape[1]:
+            counts["edge"] += 1
+            continue
+        if centres and np.hypot(*(np.array(centres) - (row, col)).T).min() < min_separation:
+            counts["crowded"] += 1
+            continue
+        cut = gray[top : top + stamp, left : left + stamp]
+        if (cut == 0).mean() > MAX_ZERO_FRACTION:
+            counts["zeros"] += 1
+            continue
+        stamps.append(cut.astype(np.float32))
+        centres.append((row, col))
+    out = np.stack(stamps) if stamps else np.zeros((0, stamp, stamp), np.float32)
+    out.flags.writeable = False  # shared by every caller of the cache
+    return out, np.array(centres, dtype=np.int64).reshape(-1, 2), counts
+
+
+class HubbleDeepField(GalaxySource):
+    """Real galaxies without a download: centred stamps cut from the Hubble XDF image of scikit-image.
+
+    About a hundred galaxies (``available()`` says how many): for the smallest-N experiments,
+    tests of the real-data path and as a real reference beside the synthetic set. ``load``
+    area-averages the stamps to ``image_size`` (never up).
+
+    Args:
+        stamp: side of the stamps in XDF pixels (``data.image_size`` may not exceed it).
+        min_area: smallest source, in pixels above the detection threshold.
+        nsigma: detection threshold in background noise levels.
+        min_separation: drop a source centred this close (pixels) to a larger one.
+    """
+
+    def __init__(self, stamp: int = 64, min_area: int = 100, nsigma: float = 3.0, min_separation: float = 16.0) -> None:
+        for name, value in (("stamp", stamp), ("min_area", min_area), ("nsigma", nsigma)):
+            if value <= 0:
+                raise GalgenError(f"data.source.{name} must be positive, got {value}")
+        if min_separation < 0:
+            raise GalgenError(f"data.source.min_separation must not be negative, got {min_separation}")
+        self.stamp = stamp
+        self.min_area = min_area
+        self.nsigma = nsigma
+        self.min_separation = min_separation
+
+    def _stamps(self) -> tuple[np.ndarray, np.ndarray, dict]:
+        return find_stamps(self.stamp, self.min_area, float(self.nsigma), float(self.min_separation))
+
+    def available(self) -> int:
+        return len(self._stamps()[0])
+
+    def centres(self) -> np.ndarray:
+        """``(K, 2)`` (row, column) centres of the stamps in the XDF image, in ``load`` order."""
+        return self._stamps()[1].copy()
+
+    def load(self, count: int, image_size: int) -> np.ndarray:
+        if image_size > self.stamp:
+            raise GalgenError(f"data.image_size={image_size} is larger than the Hubble Deep Field stamps (data.source.stamp={self.stamp})")
+        stamps = self._stamps()[0]
+        if len(stamps) == 0:
+            raise GalgenError(f"data.source: no galaxy of at least {self.min_area} pixels found in the Hubble Deep Field")
+        return resize(stamps[:count], image_size, "the Hubble Deep Field stamps")
+
+    def describe(self) -> dict:
+        stamps, _, counts = self._stamps()
+        return {
+            "source": "hxdf",
+            "version": HXDF_VERSION,
+            "stamp": self.stamp,
+            "min_area": self.min_area,
+            "nsigma": self.nsigma,
+            "min_separation": self.min_separation,
+            "galaxies": len(stamps),
+            "report": dict(counts),
+        }
