@@ -68,11 +68,11 @@ def fits_dir(root: Path, count: int, side: int = 40, seed: int = 0) -> Path:
 
 
 def direct_gray(g: np.ndarray, r: np.ndarray, z: np.ndarray, crop: int, image_size: int, q: float, stretch: float) -> np.ndarray:
-    """The paper's preprocessing written out with astropy: centre crop, make_lupton_rgb(z, r, g),
-    mean of the 8-bit channels / 255, block-average to image_size."""
+    """The paper's preprocessing written out with astropy: centre crop of the float32 bands as
+    stored, make_lupton_rgb(z, r, g), mean of the 8-bit channels / 255, block-average to image_size."""
     h = g.shape[0]
     a = (h - crop) // 2
-    cut = [b[a : a + crop, a : a + crop].astype(np.float64) for b in (z, r, g)]
+    cut = [b[a : a + crop, a : a + crop] for b in (z, r, g)]
     rgb = make_lupton_rgb(*cut, Q=q, stretch=stretch)
     gray = rgb.astype(np.float64).mean(axis=-1) / 255.0
     f = crop // image_size
@@ -508,3 +508,20 @@ def test_cli_bad_fits_directory_is_one_line_and_exit_2(tmp_path, capsys, kind):
 def test_data_overlays_parse(overlay, capsys):
     assert run_cli(["fit", *FAMILY, f"--config={CONFIGS / 'data' / overlay}", "--print_config"]) == 0
     assert "class_path: galgen_lightning.data." in capsys.readouterr().out
+
+
+def test_lupton_png_folder_gives_what_the_fits_reader_gives(tmp_path):
+    """The grayscale of an image folder is the Lupton grayscale: a lossless PNG of make_lupton_rgb
+    of the crop reads back as the FITS reader's image of the same cutout."""
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+    (tmp_path / "fits").mkdir()
+    (tmp_path / "png").mkdir()
+    for i in range(3):
+        g, r, z = galaxy_bands(rng, 40)
+        write_cube(tmp_path / "fits" / f"{i}.fits", np.stack([g, r, z]))
+        Image.fromarray(make_lupton_rgb(z[4:36, 4:36], r[4:36, 4:36], g[4:36, 4:36], Q=8.0, stretch=0.2)).save(tmp_path / "png" / f"{i}.png")
+    from_fits = FitsCutouts(str(tmp_path / "fits"), crop=32, workers=1, cache_dir=cache_of(tmp_path)).load(3, 16)
+    from_png = ImageFolder(str(tmp_path / "png"), workers=1, cache_dir=cache_of(tmp_path)).load(3, 16)
+    np.testing.assert_allclose(from_png, from_fits, atol=1e-6)

@@ -327,7 +327,7 @@ class CachedReader(GalaxySource):
         left = Counter(j for j, _ in pieces)
         convert = self._converter(image_size)
         print(
-            f"galgen: converting {self._unit_text(total)} {bounds[run[0]][0]}-{bounds[run[-1]][1] - 1} of {len(inputs)} "
+            f"galgen: converting {self._unit_text(total)} {bounds[run[0]][0]:,}-{bounds[run[-1]][1] - 1:,} of {len(inputs):,} "
             f"from {self._where()} at {image_size}px into {folder} ({workers} worker{'s' * (workers > 1)})",
             flush=True,
         )
@@ -498,8 +498,9 @@ def fits_to_gray(planes: Sequence[np.ndarray], file_bands: str | None, recipe: F
 
     NaN/infinite pixels anywhere in the used bands, or more than ``max_zero_fraction`` zero
     pixels in one of them, reject the cutout (the paper's source pipeline does the same on the
-    full cutout). The centred ``crop`` goes through ``make_lupton_rgb`` and the grayscale
-    conversion of the synthetic set, then is area-averaged to ``image_size``.
+    full cutout). The centred ``crop`` goes through ``make_lupton_rgb`` (in the file's single
+    precision when it has it, else in double) and the grayscale conversion of the synthetic
+    set, then is area-averaged to ``image_size``.
 
     Raises:
         Reject: the rejection, with its reason.
@@ -517,23 +518,25 @@ def fits_to_gray(planes: Sequence[np.ndarray], file_bands: str | None, recipe: F
     shapes = {p.shape for p in planes}
     if len(shapes) != 1:
         raise Reject(SHAPES, f"band shapes differ: {', '.join(str(p.shape) for p in planes)}")
-    used = np.stack([np.asarray(planes[bands.index(b)], dtype=np.float64) for b in recipe.rgb])  # R, G, B
-    bad = int((~np.isfinite(used)).sum())
+    used = [np.asarray(planes[bands.index(b)]) for b in recipe.rgb]  # R, G, B, whole cutouts
+    bad = sum(p.size - int(np.count_nonzero(np.isfinite(p))) for p in used)
     if bad:
         raise Reject(NAN, f"{bad} NaN or infinite pixels")
-    zeros = (used == 0).mean(axis=(1, 2))
-    if zeros.max() > recipe.max_zero_fraction:
-        worst = int(zeros.argmax())
+    zeros = [np.count_nonzero(p == 0) / p.size for p in used]
+    worst = int(np.argmax(zeros))
+    if zeros[worst] > recipe.max_zero_fraction:
         raise Reject(ZEROS, f"{zeros[worst]:.0%} of its {recipe.rgb[worst]} pixels are zero")
-    h, w = used.shape[1:]
+    h, w = used[0].shape
     side = recipe.crop or min(h, w)
     if side > min(h, w):
         raise Reject(SMALL, f"is {h}x{w}, smaller than data.source.crop={recipe.crop}")
     if side < recipe.image_size:
         raise Reject(FATAL, f"cutout is {h}x{w}, smaller than data.image_size={recipe.image_size}")
     top, left = (h - side) // 2, (w - side) // 2
-    used = used[:, top : top + side, left : left + side]
-    gray = _lupton_gray(used[::-1], recipe.q, recipe.stretch)  # _lupton_gray takes (B, G, R)
+    cut = np.stack([p[top : top + side, left : left + side] for p in used])
+    # single-precision data (what FITS cutouts hold) stays single: astropy maps it twice as fast
+    cut = cut.astype(np.float32 if cut.dtype.kind == "f" and cut.dtype.itemsize == 4 else np.float64)
+    gray = _lupton_gray(cut[::-1], recipe.q, recipe.stretch)  # _lupton_gray takes (B, G, R)
     return resize(gray[None], recipe.image_size, name)[0]
 
 
@@ -818,6 +821,34 @@ def rows_to_gray(block: np.ndarray, layout: str) -> np.ndarray:
     return x / scale if scale != 1.0 else x
 
 
+@dataclass(frozen=True)
+class ArrayHeader:
+    """Shape and dtype of an array that was not read."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+
+def _npz_header(path: Path, pick: Callable[[list[str], str], str]) -> ArrayHeader | None:
+    """Shape and dtype of the ``.npz`` member that ``pick`` chooses, read from its header only
+    (``None`` when the file cannot be read that way: the caller loads it and reports)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            members = [n[:-4] for n in zf.namelist() if n.endswith(".npy")]
+            name = pick(members, "array")
+            with zf.open(f"{name}.npy") as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                elif version == (2, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+                else:
+                    return None
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
+        return None
+    return ArrayHeader(tuple(shape), np.dtype(dtype))
+
+
 class ArrayFile(CachedReader):
     """Images from an array file: ``.npy``, ``.npz`` or HDF5 (``.h5``, ``.hdf5``).
 
@@ -852,8 +883,9 @@ class ArrayFile(CachedReader):
 
     # ---------------------------------------------------------------- opening
     @contextmanager
-    def _open(self) -> Iterator[Any]:
-        """The array (memory-mapped ``.npy``, loaded ``.npz`` member or HDF5 dataset), checked."""
+    def _open(self, header_only: bool = False) -> Iterator[Any]:
+        """The array (memory-mapped ``.npy``, loaded ``.npz`` member or HDF5 dataset), checked;
+        with ``header_only``, an ``.npz`` member may come as its shape and dtype only."""
         p, opt = self.path, self.option
         if not p.exists():
             raise GalgenError(f"{opt}: {p} does not exist")
@@ -867,6 +899,10 @@ class ArrayFile(CachedReader):
                 raise GalgenError(f"{opt}: {p} is not a readable .npy array ({_first_line(e)})") from None
             yield self._checked(arr)
         elif suffix == ".npz":
+            header = _npz_header(p, self._pick) if header_only else None
+            if header is not None:
+                yield self._checked(header)
+                return
             try:
                 with np.load(p, allow_pickle=False) as z:
                     name = self._pick(list(z.files), "array")
@@ -915,7 +951,7 @@ class ArrayFile(CachedReader):
         return {"path": str(self.path.resolve()), "key": self.key}
 
     def _scan(self) -> tuple[list[str], list[Any], dict]:
-        with self._open():
+        with self._open(header_only=True):
             pass
         assert self._shape is not None
         st = self.path.stat()
