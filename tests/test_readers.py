@@ -227,7 +227,7 @@ def test_no_usable_cutout_is_one_clear_error(tmp_path):
     folder.mkdir()
     for i in range(3):
         write_cube(folder / f"n{i}.fits", np.full((3, 20, 20), np.nan, np.float32))
-    with pytest.raises(GalgenError, match=r"no usable image among the 3 .* 3 rejected \(3 NaN or infinite pixels\): n0.fits"):
+    with pytest.raises(GalgenError, match=r"directory: none of the 3 cutouts in .*/in is usable: 3 rejected \(3 NaN or infinite pixels\): n0.fits"):
         FitsCutouts(str(folder), workers=1, cache_dir=cache_of(tmp_path)).load(3, 16)
 
 
@@ -258,7 +258,7 @@ def test_bad_options_are_one_line_errors(tmp_path):
             FitsCutouts(str(tmp_path), **kwargs)
     folder = fits_dir(tmp_path / "in", 1)
     src = FitsCutouts(str(folder), bands="gri", workers=1, cache_dir=cache_of(tmp_path))
-    with pytest.raises(GalgenError, match=r"no usable image.*without 'z' that data.source.rgb='zrg' needs"):
+    with pytest.raises(GalgenError, match=r"none of the 1 cutout in .* is usable.*without 'z' that data.source.rgb='zrg' needs"):
         src.load(1, 16)
 
 

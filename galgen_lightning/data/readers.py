@@ -282,7 +282,7 @@ class CachedReader(GalaxySource):
         complete = k >= len(bounds)
         self._record(names, reasons, details, have, complete, converted)
         if have == 0:
-            raise GalgenError(f"{self.option}: no usable image among the {len(names)} in {self._where()}: {self._rejected_text()}")
+            raise GalgenError(f"{self.option}: none of the {self._unit_text(len(names))} in {self._location()} is usable: {self._rejected_text()}")
         return np.concatenate(images)[:count]
 
     def describe(self) -> dict:
@@ -354,8 +354,13 @@ class CachedReader(GalaxySource):
                 raise GalgenError(f"{self._display(names[start + i])}: {detail} (data.source.strict is true; set it to false to skip such inputs)")
 
     # ------------------------------------------------------------------ reporting
-    def _where(self) -> str:
+    def _location(self) -> str:
+        """The input's path, for messages."""
         return self.option
+
+    def _where(self) -> str:
+        """What and where the input is, for messages."""
+        return f"{self.kind} in {self._location()}"
 
     def _unit_text(self, n: int) -> str:
         return f"{n:,} {self.unit}{'s' * (n != 1)}"
@@ -689,6 +694,9 @@ class FitsCutouts(CachedReader):
     def _display(self, name: str) -> str:
         return str(self.directory / name)
 
+    def _location(self) -> str:
+        return str(self.directory)
+
     def _where(self) -> str:
         return f"FITS cutouts in {self.directory}"
 
@@ -788,6 +796,9 @@ class ImageFolder(CachedReader):
 
     def _display(self, name: str) -> str:
         return str(self.directory / name)
+
+    def _location(self) -> str:
+        return str(self.directory)
 
     def _where(self) -> str:
         return f"images in {self.directory}"
@@ -1006,5 +1017,8 @@ class ArrayFile(CachedReader):
     def _display(self, name: str) -> str:
         return f"{self.path} {name}"
 
+    def _location(self) -> str:
+        return str(self.path)
+
     def _where(self) -> str:
-        return f"{self.path}"
+        return str(self.path)
