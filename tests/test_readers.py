@@ -525,3 +525,17 @@ def test_lupton_png_folder_gives_what_the_fits_reader_gives(tmp_path):
     from_fits = FitsCutouts(str(tmp_path / "fits"), crop=32, workers=1, cache_dir=cache_of(tmp_path)).load(3, 16)
     from_png = ImageFolder(str(tmp_path / "png"), workers=1, cache_dir=cache_of(tmp_path)).load(3, 16)
     np.testing.assert_allclose(from_png, from_fits, atol=1e-6)
+
+
+def test_a_complete_cache_is_read_without_writing(tmp_path, monkeypatch):
+    """A converted set on a read-only medium still serves its images (nothing is written again)."""
+    folder = fits_dir(tmp_path / "in", 6)
+    want = FitsCutouts(str(folder), workers=1, chunk=4, cache_dir=cache_of(tmp_path)).load(6, 16)
+
+    def read_only(path, write):
+        raise GalgenError(f"attempted to write {path}")
+
+    monkeypatch.setattr(readers_module, "write_atomic", read_only)
+    monkeypatch.setattr(readers_module, "write_json_atomic", read_only)
+    again = FitsCutouts(str(folder), workers=1, chunk=4, cache_dir=cache_of(tmp_path))
+    assert again.available() == 6 and np.array_equal(again.load(6, 16), want)
