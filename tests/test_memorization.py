@@ -68,9 +68,10 @@ def test_pair_trained_on_four_images_copies_its_own_subset(tmp_path, tiny_source
     result = [r for r in records if r["test"] == "two_models"][-1]
     assert result["valid_a"] + result["valid_b"] >= 256  # the sampler converged for most samples
     assert result["gap_median"] > 0 and result["gap_p_value"] < 1e-3, result
-    # the denoising signature (the paper's Figures 5-6): each denoiser restores its own training
-    # image better than the other model's training image and than a held-out image
+    # the denoising signature (the paper's Figures 5-6), averaged over the 4 training images and
+    # held-out images: each denoiser restores its own training images better than the other
+    # model restores them (paired, same images and noise) and better than held-out images
     psnr = [r for r in records if r["test"] == "denoising"][-1]
-    for own, other in (("a", "b"), ("b", "a")):
-        assert psnr[f"gain_{own}_train_{own}"] > psnr[f"gain_{own}_train_{other}"] + 1.0, psnr
-        assert psnr[f"gain_{own}_train_{own}"] > psnr[f"gain_{own}_val"] + 1.0, psnr
+    for which in ("a", "b"):
+        assert psnr[f"own_vs_other_{which}"] > 1.0, psnr
+        assert psnr[f"own_vs_val_{which}"] > 1.0, psnr
