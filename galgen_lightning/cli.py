@@ -107,6 +107,10 @@ class GalgenCLI(LightningCLI):
         return folder
 
 
+EXTRA_COMMANDS = {"report": "galgen_lightning.report", "sweep": "galgen_lightning.sweep"}
+"""Subcommands outside LightningCLI: ``galgen report --help``, ``galgen sweep --help``."""
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``galgen`` command (``args`` for in-process use and tests)."""
     if "WANDB_MODE" not in os.environ and not wandb_logged_in():
@@ -114,7 +118,13 @@ def main(args: list[str] | None = None) -> None:
     os.environ.setdefault("WANDB_SILENT", "true")
     if args is not None:  # in-process use: the argument list is the command
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+    argv = sys.argv[1:] if args is None else list(args)
     try:
+        if argv and argv[0] in EXTRA_COMMANDS:  # galgen report / galgen sweep: their own small CLIs
+            import importlib
+
+            importlib.import_module(EXTRA_COMMANDS[argv[0]]).main(argv[1:])
+            return
         GalgenCLI(args=args)
     except GalgenError as e:
         print(f"galgen: error: {e}", file=sys.stderr)

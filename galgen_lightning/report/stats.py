@@ -1,0 +1,335 @@
+"""The report's statistics: bootstrap intervals, the verdict per run, N* and the transition checks."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from galgen_lightning.report.runs import Run
+
+# --- the verdict's rules (documented in docs/report.md; not tuned per sweep) -------------------
+MEMORIZED_RATE = 0.5
+"""A pair *memorizes* when more than this share of samples is closer to a training image of its
+own subset than the calibration quantile of held-out real galaxies (most samples are copies)."""
+SIGNIFICANCE = 0.01
+"""One-sided p-value under which samples count as significantly closer to their own subset."""
+PARTIAL_RATE = 0.1
+"""Above this memorization rate (ten times the 1% expected by chance with the default 99th
+percentile) a pair is at least *partly* memorizing, even when the gap is not significant."""
+MIN_VALID = 8
+"""Fewer valid samples (A and B together) than this: no verdict."""
+
+
+def finite(x: Any) -> np.ndarray:
+    """The finite values of ``x``, flattened, as float64."""
+    x = np.asarray(x, dtype=np.float64).ravel()
+    return x[np.isfinite(x)]
+
+
+def _ci(values: np.ndarray, confidence: float) -> tuple[float, float]:
+    v = values[np.isfinite(values)]
+    if v.size == 0:
+        return (math.nan, math.nan)
+    tail = (1 - confidence) / 2 * 100
+    lo, hi = np.percentile(v, [tail, 100 - tail])
+    return (float(lo), float(hi))
+
+
+def bootstrap_two_models(
+    arrays: dict[str, np.ndarray], quantile: float, n_boot: int, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """Bootstrap replicates of the two-models statistics from the callback's per-sample arrays.
+
+    Samples are resampled with their own and other similarities together (the gap is paired);
+    the held-out reference is resampled too (by validation image: the callback stores the
+    held-out set's similarities to A and then to B), so the threshold varies as it should.
+
+    Returns:
+        ``{"memorization_rate": (n_boot,), "gap_median": ..., "a_vs_b_median": ...}``; NaN
+        replicates where there is nothing to resample.
+    """
+    own = np.concatenate([np.asarray(arrays.get(f"own_{w}", []), float).ravel() for w in "ab"])
+    other = np.concatenate([np.asarray(arrays.get(f"other_{w}", []), float).ravel() for w in "ab"])
+    heldout = np.asarray(arrays.get("heldout", []), float).ravel()
+    a_vs_b = np.asarray(arrays.get("a_vs_b", []), float).ravel()
+    out = {k: np.full(n_boot, np.nan) for k in ("memorization_rate", "gap_median", "a_vs_b_median")}
+    if own.size and heldout.size:
+        idx = rng.integers(0, own.size, size=(n_boot, own.size))
+        if heldout.size % 2 == 0:  # [val vs A, val vs B]: resample validation images
+            half = heldout.size // 2
+            j = rng.integers(0, half, size=(n_boot, half))
+            ref = np.concatenate([heldout[:half][j], heldout[half:][j]], axis=1)
+        else:
+            ref = heldout[rng.integers(0, heldout.size, size=(n_boot, heldout.size))]
+        threshold = np.quantile(ref, quantile, axis=1)
+        out["memorization_rate"] = np.mean(own[idx] > threshold[:, None], axis=1)
+        if other.size == own.size:
+            out["gap_median"] = np.median(own[idx] - other[idx], axis=1)
+    if a_vs_b.size:
+        out["a_vs_b_median"] = np.median(a_vs_b[rng.integers(0, a_vs_b.size, size=(n_boot, a_vs_b.size))], axis=1)
+    return out
+
+
+@dataclass
+class Verdict:
+    """What a run shows, and on what evidence."""
+
+    label: str
+    evidence: str
+    numbers: dict[str, Any]
+
+
+def fmt(x: Any, digits: int = 3) -> str:
+    """A number for a table: 3 decimals, integers with thousands separators, n/a for None/NaN."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    if isinstance(x, (int, np.integer)):
+        return f"{int(x):,}"
+    return f"{float(x):.{digits}f}"
+
+
+def fmt_ci(value: Any, ci: tuple[float, float] | None) -> str:
+    """``value [low, high]``, or the value alone without an interval."""
+    if ci is None or not all(math.isfinite(c) for c in ci):
+        return fmt(value)
+    return f"{fmt(value)} [{fmt(ci[0])}, {fmt(ci[1])}]"
+
+
+def fmt_p(x: Any) -> str:
+    """A p-value with two significant digits."""
+    if x is None or not math.isfinite(float(x)):
+        return "n/a"
+    return f"{float(x):.2g}"
+
+
+def judge(run: Run, n_boot: int, confidence: float, rng: np.random.Generator) -> Verdict:
+    """Memorizes / partly memorizes / generalizes, from the calibrated two-models numbers."""
+    rec = run.last("two_models")
+    numbers: dict[str, Any] = {"state": run.state}
+    if rec is None:
+        label = "no result" if run.complete else f"no result yet ({run.state})"
+        return Verdict(label, "the two-models test has not written a result", numbers)
+    quantile = float(run.callback_args("TwoModelsTest").get("quantile", 0.99))
+    for key in (
+        "memorization_rate",
+        "gap_median",
+        "gap_p_value",
+        "a_vs_b_median",
+        "memorization_threshold",
+        "nearest_own_median",
+        "nearest_other_median",
+        "heldout_median",
+        "valid_a",
+        "valid_b",
+    ):
+        numbers[key] = rec.get(key)
+    numbers["epoch"] = rec.get("epoch")
+    numbers["quantile"] = quantile
+    arrays = run.arrays("two_models", rec.get("epoch"))
+    reps = bootstrap_two_models(arrays, quantile, n_boot, rng) if arrays and n_boot > 0 else {}
+    numbers["replicates"] = reps
+    for key in ("memorization_rate", "gap_median", "a_vs_b_median"):
+        numbers[f"{key}_ci"] = _ci(reps[key], confidence) if key in reps else None
+    rate, gap, p, ab = (rec.get(k) for k in ("memorization_rate", "gap_median", "gap_p_value", "a_vs_b_median"))
+    valid = sum(int(rec.get(f"valid_{w}") or 0) for w in "ab")
+    chance = 1 - quantile
+    parts = [
+        f"memorization rate {fmt_ci(rate, numbers['memorization_rate_ci'])} (chance {chance:.2g})",
+        f"own-other gap {fmt_ci(gap, numbers['gap_median_ci'])}, p={fmt_p(p)}",
+        f"A vs B {fmt_ci(ab, numbers['a_vs_b_median_ci'])}",
+        f"{valid} valid samples",
+    ]
+    significant = p is not None and gap is not None and float(p) < SIGNIFICANCE and float(gap) > 0
+    if rate is None or valid < MIN_VALID:
+        label = "inconclusive"
+        parts.insert(0, f"only {valid} valid samples" if valid < MIN_VALID else "no memorization rate")
+    elif rate > MEMORIZED_RATE:
+        label = "memorizes"
+        parts.insert(0, f"most samples ({rate:.0%}) are closer to an own training image than held-out galaxies ever are")
+    elif significant or rate > PARTIAL_RATE:
+        label = "partly memorizes"
+        why = []
+        if significant:
+            why.append("samples are significantly closer to their own subset than to the other")
+        if rate > PARTIAL_RATE:
+            why.append(f"{rate:.0%} of samples pass the calibrated threshold")
+        parts.insert(0, "; ".join(why) + f", but not most (rate <= {MEMORIZED_RATE})")
+    else:
+        label = "generalizes"
+        parts.insert(0, "samples are no closer to their own subset than to the other, and few pass the calibrated threshold")
+    parts += family_evidence(run)
+    if not run.complete:
+        label += f" (incomplete: {run.state})"
+        parts.insert(0, f"run not complete (status {run.state}, epoch {run.status.get('epoch', '?')})")
+    return Verdict(label, "; ".join(parts), numbers)
+
+
+def family_evidence(run: Run) -> list[str]:
+    """Extra evidence of the family's own test (inversion for flows, discriminator for GANs)."""
+    out = []
+    inv = run.last("inversion")
+    if inv:
+        levels = sorted({int(m.group(1)) for k in inv for m in [re.match(r"from_a/level(\d+)/w1_z_zb$", k)] if m})
+        ratios = []
+        for k in levels:
+            w, floor = inv.get(f"from_a/level{k}/w1_z_zb"), inv.get(f"from_a/level{k}/w1_z_normal")
+            if w is not None and floor:
+                ratios.append(w / floor)
+        if ratios:
+            out.append(
+                f"inversion: W1(z, z_B) is {min(ratios):.1f}-{max(ratios):.1f}x the finite-sample floor W1(z, N) over {len(ratios)} levels"
+            )
+    disc = run.last("discriminator")
+    if disc:
+        s = f"discriminator test: max W1 between the four curves {fmt(disc.get('max_w1'))}, max |mean - 2| {fmt(disc.get('max_mean_dev'))}"
+        over = [disc.get(f"overfit_{w}") for w in "ab"]
+        if all(v is not None for v in over):
+            s += f", held-out minus training loss {fmt(over[0])} (D_A) / {fmt(over[1])} (D_B)"
+        out.append(s)
+    return out
+
+
+def estimate_n_star(
+    points: list[tuple[int, float, np.ndarray | None]], level: float = MEMORIZED_RATE, confidence: float = 0.95
+) -> dict:
+    """The N where the memorization rate falls through ``level``, by log-linear interpolation.
+
+    Args:
+        points: ``(N, rate, bootstrap replicates of the rate or None)``, one per N.
+        level: the crossing level (0.5: most samples memorized below N*).
+        confidence: of the bootstrap interval.
+
+    Returns:
+        ``{"n_star", "ci", "bracketed", "statement", "share_bracketed"}``.
+    """
+    pts = sorted((n, r, reps) for n, r, reps in points if r is not None and math.isfinite(r) and n)
+    if not pts:
+        return {
+            "n_star": None,
+            "ci": None,
+            "bracketed": False,
+            "statement": "no complete run with a memorization rate",
+            "share_bracketed": 0.0,
+        }
+    ns = np.array([p[0] for p in pts], float)
+    rates = np.array([p[1] for p in pts], float)
+
+    def crossing(r: np.ndarray) -> float | None:
+        for i in range(len(r) - 1):
+            if r[i] > level >= r[i + 1]:
+                t = (r[i] - level) / (r[i] - r[i + 1])
+                return float(np.exp(np.log(ns[i]) + t * (np.log(ns[i + 1]) - np.log(ns[i]))))
+        return None
+
+    n_star = crossing(rates)
+    result: dict[str, Any] = {"n_star": n_star, "ci": None, "bracketed": n_star is not None, "share_bracketed": 0.0}
+    if all(p[2] is not None for p in pts) and len(pts) > 1:
+        reps = np.stack([np.asarray(p[2], float) for p in pts], axis=1)
+        found = np.array([c for row in reps if np.all(np.isfinite(row)) for c in [crossing(row)] if c is not None])
+        result["share_bracketed"] = float(len(found) / len(reps)) if len(reps) else 0.0
+        if found.size:
+            tail = (1 - confidence) / 2 * 100
+            result["ci"] = tuple(float(v) for v in np.percentile(found, [tail, 100 - tail]))
+    if n_star is not None:
+        ci = result["ci"]
+        statement = f"N* ~ {n_star:,.0f}: the memorization rate falls through {level} between N={ns[rates > level][-1]:,.0f} and N={ns[rates <= level][0]:,.0f}"
+        if ci:
+            statement += f" (bootstrap {confidence:.0%} interval {ci[0]:,.0f} to {ci[1]:,.0f}, bracketed in {result['share_bracketed']:.0%} of replicates)"
+        if np.any(np.diff(rates) > 0):
+            statement += "; note: the rate is not monotonic in N"
+    elif rates[0] <= level:
+        statement = (
+            f"not bracketed: the memorization rate is {rates[0]:.2f} <= {level} already at the smallest N ({ns[0]:,.0f}), "
+            f"so N* < {ns[0]:,.0f} or this training budget does not reach memorization (see the own-other gap)"
+        )
+    else:
+        statement = (
+            f"not bracketed: the memorization rate stays above {level} up to the largest N ({ns[-1]:,.0f}), so N* > {ns[-1]:,.0f}"
+        )
+    result["statement"] = statement
+    return result
+
+
+def transition_checks(rows: list[dict]) -> list[tuple[str, bool | None, str]]:
+    """The issue's three signs of the transition over N, each with its numbers."""
+    rows = [r for r in rows if r["complete"] and r.get("memorization_rate") is not None]
+    if len(rows) < 2:
+        return [("at least two complete runs over N", False, f"{len(rows)} complete run(s) with results")]
+    first, last = rows[0], rows[-1]
+    checks = []
+    r0 = first["memorization_rate"]
+    checks.append(
+        (
+            f"most samples memorized at the smallest N (rate > {MEMORIZED_RATE})",
+            r0 > MEMORIZED_RATE,
+            f"N={first['n']:,}: {fmt_ci(r0, first.get('memorization_rate_ci'))}",
+        )
+    )
+    falls = last["memorization_rate"] < r0
+    sep = (
+        first.get("memorization_rate_ci")
+        and last.get("memorization_rate_ci")
+        and last["memorization_rate_ci"][1] < first["memorization_rate_ci"][0]
+    )
+    checks.append(
+        (
+            "the memorization rate falls as N grows",
+            falls,
+            f"{fmt(r0)} at N={first['n']:,} -> {fmt(last['memorization_rate'])} at N={last['n']:,}"
+            + (" (intervals separate)" if sep else ""),
+        )
+    )
+    a0, a1 = first.get("a_vs_b_median"), last.get("a_vs_b_median")
+    rises = a0 is not None and a1 is not None and a1 > a0
+    checks.append(
+        (
+            "the median A-vs-B similarity rises",
+            rises if a0 is not None and a1 is not None else None,
+            f"{fmt(a0)} at N={first['n']:,} -> {fmt(a1)} at N={last['n']:,}",
+        )
+    )
+    return checks
+
+
+def diagnose(rows: list[dict]) -> list[str]:
+    """Plain reasons when the expected transition does not show (never a re-tuned threshold)."""
+    notes = []
+    done = [r for r in rows if r["complete"] and r.get("memorization_rate") is not None]
+    if not done:
+        return notes
+    first = done[0]
+    if first["memorization_rate"] <= MEMORIZED_RATE:
+        if first.get("gap_p_value") is not None and first["gap_p_value"] < SIGNIFICANCE and (first.get("gap_median") or 0) > 0:
+            notes.append(
+                f"At N={first['n']:,} the samples lean towards their own training subset (gap {fmt(first.get('gap_median'))}, p={fmt_p(first.get('gap_p_value'))}) "
+                f"but only {first['memorization_rate']:.0%} are closer to a training image than held-out galaxies are: the models are "
+                "biased towards their training images without copying them. With a fixed threshold this is under-training for "
+                "memorization (too few steps or too little capacity for the image size), not a sign of generalization; train longer, "
+                "use a larger model or a smaller N."
+            )
+        else:
+            notes.append(
+                f"At N={first['n']:,} the samples are neither copies nor significantly closer to their own subset: this budget shows "
+                "no memorization at all (or the models did not learn); check the sample grids in the run's eval/two_models/."
+            )
+        invalid = first.get("invalid_share")
+        if invalid and invalid > 0.25:
+            notes.append(
+                f"At N={first['n']:,}, {invalid:.0%} of the samples were invalid (diverged or hit the sampler's step limit) and are left out."
+            )
+        near = first.get("nearest_own_median")
+        thr = first.get("memorization_threshold")
+        if near is not None and thr is not None:
+            notes.append(
+                f"At N={first['n']:,} the median sample is at {fmt(near)} from its nearest own training image, against a threshold of {fmt(thr)} (the held-out 99th percentile)."
+            )
+    return notes
+
+
+def fmt_g(x: Any) -> str:
+    """Four significant digits, n/a for None."""
+    return "n/a" if x is None else f"{float(x):.4g}"

@@ -1,0 +1,314 @@
+"""`galgen report` on a fake sweep written by hand in the callbacks' formats, checked in a real headless browser."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import run_cli
+
+QUANTILE = 0.99
+DISTANCES = ("z_za", "z_zb", "za_zb", "za_normal", "zb_normal", "z_normal")
+
+
+def _write_run(
+    folder: Path, model: dict, n: int, image_size: int, state: str = "complete", callbacks: list | None = None
+) -> None:
+    folder.mkdir(parents=True)
+    config = {
+        "model": model,
+        "data": {"n": n, "image_size": image_size, "seed": 0, "n_val": 100},
+        "trainer": {
+            "callbacks": callbacks
+            or [{"class_path": "galgen_lightning.callbacks.TwoModelsTest", "init_args": {"quantile": QUANTILE, "n_samples": 40}}]
+        },
+    }
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    (folder / "manifest.json").write_text(json.dumps({"n": n, "image_size": image_size, "seed": 0}))
+    (folder / "status.json").write_text(json.dumps({"state": state, "epoch": 4}))
+
+
+def _append(folder: Path, record: dict) -> None:
+    with (folder / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _save(folder: Path, test: str, epoch: int, arrays: dict) -> None:
+    path = folder / "eval" / test / f"epoch_{epoch:04d}.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **arrays)
+
+
+def _two_models(folder: Path, rate: float, a_vs_b: float, gap: float, rng: np.random.Generator, epoch: int = 4) -> None:
+    """Per-sample arrays with a given share of samples above the held-out 99th percentile."""
+    from scipy.stats import wilcoxon
+
+    heldout = rng.uniform(0.5, 0.8, 200).astype(np.float32)  # [val vs A, val vs B]
+    arrays = {"heldout": heldout}
+    for w in "ab":
+        k = int(round(rate * 40))
+        own = np.concatenate([rng.uniform(0.9, 0.99, k), rng.uniform(0.55, 0.75, 40 - k)]).astype(np.float32)
+        arrays[f"own_{w}"], arrays[f"other_{w}"] = own, (own - gap - rng.normal(0, 0.01, 40)).astype(np.float32)
+        arrays[f"own_index_{w}"] = np.zeros(40, np.int64)
+        arrays[f"sample_index_{w}"] = np.arange(40)
+    arrays["a_vs_b"] = np.clip(rng.normal(a_vs_b, 0.05, 40), -1, 1).astype(np.float32)
+    arrays["plain_a_vs_b"], arrays["plain_heldout"] = arrays["a_vs_b"], heldout
+    for w in "ab":
+        arrays[f"plain_own_{w}"], arrays[f"plain_other_{w}"] = arrays[f"own_{w}"], arrays[f"other_{w}"]
+    _save(folder, "two_models", epoch, arrays)
+    own = np.concatenate([arrays["own_a"], arrays["own_b"]])
+    other = np.concatenate([arrays["other_a"], arrays["other_b"]])
+    threshold = float(np.quantile(heldout, QUANTILE))
+    record = {
+        "epoch": epoch,
+        "step": 100,
+        "test": "two_models",
+        "a_vs_b_median": float(np.median(arrays["a_vs_b"])),
+        "memorization_rate": float(np.mean(own > threshold)),
+        "memorization_threshold": threshold,
+        "gap_median": float(np.median(own - other)),
+        "gap_p_value": float(wilcoxon(own, other, alternative="greater").pvalue),
+        "nearest_own_median": float(np.median(own)),
+        "nearest_other_median": float(np.median(other)),
+        "heldout_median": float(np.median(heldout)),
+        "valid_a": 40.0,
+        "valid_b": 40.0,
+        "plain/memorization_rate": float(np.mean(own > threshold)),
+        "plain/memorization_threshold": threshold,
+    }
+    _append(folder, record)
+
+
+@pytest.fixture(scope="module")
+def fake_sweep(tmp_path_factory) -> Path:
+    """Diffusion over N = 10, 100, 1000 (+ an unfinished N = 10000), one Glow and one GAN run, morphology on one run."""
+    root = tmp_path_factory.mktemp("sweep")
+    rng = np.random.default_rng(0)
+    diffusion = {"class_path": "galgen_lightning.diffusion.DiffusionPair", "init_args": {"blocks": 2, "width": 4}}
+    for n, rate, ab, gap, state in (
+        (10, 0.9, 0.3, 0.1, "complete"),
+        (100, 0.7, 0.5, 0.05, "complete"),
+        (1000, 0.2, 0.8, 0.0, "complete"),
+        (10000, 0.0, 0.9, 0.0, "running"),
+    ):
+        run = root / f"diffusion-small-n{n}-seed0"
+        _write_run(run, diffusion, n, 16, state)
+        _two_models(run, rate, ab, gap, rng)
+        x = np.linspace(5, 35, 6).astype(np.float32)
+        curves = {f"psnr_in_{i}": x for i in ("train_a", "train_b", "val")}
+        curves.update({f"psnr_out_{w}_{i}": x + 5 for w in "ab" for i in ("train_a", "train_b", "val")})
+        _save(run, "denoising", 4, curves)
+        _append(run, {"epoch": 4, "step": 100, "test": "denoising", "gain_a_val": 5.0})
+    # the morphology callback's format: <group>/<variable> (NaN where a fit failed), <group>/used, flags, strings
+    variables = ("concentration", "asymmetry", "smoothness", "gini", "m20")
+    groups = ("real_a", "real_b", "val", "sample_a", "sample_b")
+    morph = {"variables": np.array(variables), "groups": np.array(groups), "max_flag": np.array(1)}
+    for g in groups:
+        for i, v in enumerate(variables):
+            morph[f"{g}/{v}"] = rng.normal(1 + i, 0.3, 30)
+        morph[f"{g}/used"], morph[f"{g}/flag"] = np.ones(30, bool), np.zeros(30, int)
+        morph[f"{g}/reason"], morph[f"{g}/sky"] = np.array([""] * 30), np.zeros(30)
+    for v in variables:
+        morph[f"sample_a/{v}"][:3] = np.nan  # three failed fits
+    morph["sample_a/used"][:5] = False  # and two flagged ones: left out
+    morph["sample_a/reason"][:3] = "no_source"
+    _save(root / "diffusion-small-n100-seed0", "morphology", 4, morph)
+    record = {"epoch": 4, "step": 100, "test": "morphology", "sample_a/used": 25.0, "sample_a/n": 30.0}
+    record.update(
+        {f"{c}/{v}_{k}": 0.1 for c in ("sample_a_vs_real_a", "real_a_vs_val") for v in variables for k in ("w1", "ks", "ks_p")}
+    )
+    _append(root / "diffusion-small-n100-seed0", record)
+
+    glow = root / "glow-small-n10-seed0"
+    _write_run(
+        glow, {"class_path": "galgen_lightning.glow.GlowPair", "init_args": {"n_flow": 1, "n_block": 2, "hidden": 8}}, 10, 16
+    )
+    _two_models(glow, 0.0, 0.2, 0.0, rng)
+    record = {"epoch": 4, "step": 100, "test": "inversion"}
+    arrays = {}
+    for d in "ab":
+        for k in range(2):
+            for name in DISTANCES:
+                record[f"from_{d}/level{k}/w1_{name}"] = 0.05 if name != "z_za" else 1e-6
+            record[f"from_{d}/level{k}/max_err"] = 1e-5
+            z = rng.normal(size=500).astype(np.float32)
+            arrays.update(
+                {f"from_{d}/z_{k}": z, f"from_{d}/za_{k}": z, f"from_{d}/zb_{k}": rng.normal(size=500).astype(np.float32)}
+            )
+    _append(glow, record)
+    _save(glow, "inversion", 4, arrays)
+
+    gan = root / "gan-small-n10-seed0"
+    gan_model = {
+        "class_path": "galgen_lightning.gan.GANPair",
+        "init_args": {
+            "latent_dim": 16,
+            "fmap_max": 16,
+            "fmap_inverse_coef": 6,
+            "attn_sizes": [],
+            "small_width": 8,
+            "decoder_upsamples": 2,
+        },
+    }
+    _write_run(gan, gan_model, 10, 32)
+    _two_models(gan, 0.0, 0.1, 0.0, rng)
+    for epoch in range(3):
+        losses = {
+            c: rng.normal(2 + 0.5 * (2 - epoch) * (i - 1.5), 0.2, 64).astype(np.float32)
+            for i, c in enumerate(("da_ga", "da_gb", "db_gb", "db_ga"))
+        }
+        _save(gan, "discriminator", epoch, losses)
+        _append(
+            gan,
+            {
+                "epoch": epoch,
+                "step": epoch * 10,
+                "test": "discriminator",
+                "score": 1.0 / (epoch + 1),
+                "max_w1": 0.5,
+                "max_mean_dev": 0.2,
+                "overfit_a": 0.1,
+                "overfit_b": 0.0,
+            },
+        )
+    return root
+
+
+@pytest.fixture(scope="module")
+def built(fake_sweep, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("report")
+    assert run_cli(["report", str(fake_sweep), "--out", str(out), "--bootstrap", "200"]) == 0
+    return out, json.loads((out / "summary.json").read_text())
+
+
+def test_report_summary_verdicts_and_n_star(built):
+    out, summary = built
+    groups = summary["groups"]
+    assert set(groups) == {"diffusion (16 px)", "glow (16 px)", "gan (32 px)"}
+    diff = groups["diffusion (16 px)"]
+    runs = {r["n"]: r for r in diff["runs"]}
+    assert runs[10]["verdict"] == "memorizes" and runs[100]["verdict"] == "memorizes"
+    assert runs[1000]["verdict"] in ("partly memorizes", "generalizes")
+    assert "incomplete" in runs[10000]["verdict"] and not runs[10000]["complete"]
+    lo, hi = runs[10]["memorization_rate_ci"]
+    assert lo <= runs[10]["memorization_rate"] <= hi and hi - lo > 0
+    # the rate falls through 0.5 between N=100 (0.7) and N=1000 (0.2): log-linear, 10**2.4 ~ 251
+    n_star = diff["n_star"]
+    assert n_star["bracketed"] and 200 < n_star["n_star"] < 320
+    assert n_star["ci"][0] < n_star["n_star"] < n_star["ci"][1]
+    assert all(c["ok"] for c in diff["checks"])
+    assert runs[10]["parameters"]["model"] > 0 and runs[10]["pixels"] == 10 * 16 * 16
+    assert runs[10]["pixels_per_parameter"] == pytest.approx(10 * 256 / runs[10]["parameters"]["model"])
+    assert groups["gan (32 px)"]["runs"][0]["parameters"].get("generator", 0) > 0
+    assert not groups["glow (16 px)"]["n_star"]["bracketed"]  # one N only: nothing to bracket, said so
+    assert "not bracketed" in groups["glow (16 px)"]["n_star"]["statement"]
+
+
+def test_report_files_and_html(built):
+    out, _ = built
+    figures = sorted(p.name for p in (out / "figures").glob("*.png"))
+    for prefix in (
+        "summary_diffusion",
+        "two_models_diffusion",
+        "denoising_diffusion",
+        "inversion_glow",
+        "discriminator_epochs_gan",
+        "discriminator_n_gan",
+        "morphology_diffusion",
+    ):
+        assert any(f.startswith(prefix) for f in figures), (prefix, figures)
+    assert not any(f.startswith(("morphology_glow", "morphology_gan")) for f in figures)  # only where the test ran
+    page = (out / "index.html").read_text()
+    assert page.count('src="data:image/png;base64,') == len(figures)
+    assert "http://" not in page and "https://" not in page  # self-contained
+    assert "incomplete: running" in page and 'class="incomplete"' in page
+    assert "W1(z, z_B)" in page and (out / "inversion_table_glow-16-px.csv").exists()
+    assert "1 incomplete run(s) left out: N=10000 running" in page
+    assert "sample_a vs real_a" in page and "real_a vs val" in page  # the morphology test's distances
+    assert (out / "summary.csv").read_text().count("\n") == 7
+
+
+def test_report_of_one_run(fake_sweep, tmp_path):
+    assert (
+        run_cli(["report", str(fake_sweep / "diffusion-small-n10-seed0"), "--out", str(tmp_path / "r"), "--bootstrap", "0"]) == 0
+    )
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    (run,) = summary["groups"]["diffusion (16 px)"]["runs"]
+    assert run["verdict"] == "memorizes" and run["memorization_rate_ci"] is None
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "no_metrics"])
+def test_report_bad_input_is_one_line(tmp_path, capsys, case):
+    path = tmp_path / "x"
+    if case != "missing":
+        path.mkdir()
+    if case == "no_metrics":
+        (path / "status.json").write_text(json.dumps({"state": "failed"}))
+    assert run_cli(["report", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("galgen: error: report:") and str(path) in err[0]
+
+
+def _chromium() -> str | None:
+    for name in (os.environ.get("GALGEN_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+PROBE = """<script>window.addEventListener('load', function () {
+  var out = document.createElement('pre'); out.id = 'probe';
+  out.textContent = JSON.stringify(Array.prototype.map.call(document.images, function (i) { return [i.complete, i.naturalWidth, i.naturalHeight]; }));
+  document.body.appendChild(out);
+});</script>"""
+
+
+def test_report_renders_in_headless_chromium(built, tmp_path):
+    """Every figure decodes in a real browser, and the page is not blank."""
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("no chromium (make test installs Debian's chromium with apt-get)")
+    out, _ = built
+    flags = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-quic",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    page = out / "index.html"
+    probe = out / "probe.html"
+    probe.write_text(page.read_text().replace("</body>", PROBE + "</body>"))
+    dom = subprocess.run(
+        [*flags, "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120
+    )
+    match = re.search(r'<pre id="probe">(.*?)</pre>', dom.stdout, re.S)
+    assert match, dom.stderr[-2000:]
+    images = json.loads(match.group(1))
+    assert len(images) == len(list((out / "figures").glob("*.png"))) > 0
+    assert all(complete and width > 0 and height > 0 for complete, width, height in images), images
+
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [*flags, "--window-size=1280,2400", "--hide-scrollbars", f"--screenshot={shot}", page.as_uri()],
+        capture_output=True,
+        timeout=120,
+    )
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(shot)[..., :3]
+    assert pixels.shape[0] >= 2000 and pixels.std() > 0.05
+    assert (pixels.mean(axis=2) < 0.9).mean() > 0.02  # text and figures, not an empty white page
