@@ -6,6 +6,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.galgen-installed
 TORCH_VERSION ?= 2.13.0
+FAMILY ?= diffusion
+PROFILE ?= auto
+SWEEP_OUT ?= runs/sweep
+CHROMIUM ?= /usr/bin/chromium
 export WANDB_SILENT := true
 
 .DEFAULT_GOAL := help
@@ -27,14 +31,29 @@ $(STAMP): pyproject.toml
 demo: install ## Train diffusion pairs at a small and a larger N on synthetic galaxies (CPU, < 10 min) and print the verdict
 	$(PY) -m galgen_lightning.demo
 
-test: install ## Run the whole test suite (slow tests included), W&B disabled
+test: install browser ## Run the whole test suite (slow tests included), W&B disabled
 	WANDB_MODE=disabled $(PY) -m pytest -q
 
-test-fast: install ## Run the tests without the slow ones
+test-fast: install browser ## Run the tests without the slow ones
 	WANDB_MODE=disabled $(PY) -m pytest -q -m "not slow"
 
 bench: install ## CPU benchmarks at a small size (JSON); on a GPU machine: make bench DEVICE=cuda SIZE=full
 	$(PY) benchmarks/bench_diffusion.py --device $(or $(DEVICE),cpu) --size $(or $(SIZE),small)
+
+sweep: install ## Train pairs over N, then the report: FAMILY=diffusion|glow|gan PROFILE=auto|small|paper [NS=1,10,100 PER_GPU=1 FIT_ARGS=...]
+	$(VENV)/bin/galgen sweep --family $(FAMILY) --profile $(PROFILE) --out $(SWEEP_OUT) $(if $(NS),--ns '[$(NS)]') $(if $(PER_GPU),--per_gpu true) $(if $(FIT_ARGS),--fit_args='$(FIT_ARGS)')
+
+report: install ## HTML report of a run or a sweep: make report [RUN=runs/sweep] -> <RUN>/report/index.html
+	$(VENV)/bin/galgen report $(or $(RUN),$(SWEEP_OUT))
+
+browser: ## Install Debian's chromium (the report's headless-browser test) when it is missing
+	@test -x $(CHROMIUM) || command -v chromium > /dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo > /dev/null 2>&1; then SUDO="sudo -n"; else SUDO=none; fi; \
+	  echo "installing chromium with apt-get (for the report's headless-browser test)"; \
+	  if [ "$$SUDO" != none ] && { $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	       $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } > /tmp/galgen-apt.log 2>&1; then \
+	    echo "chromium installed: $$(command -v chromium)"; \
+	  else echo "WARNING: could not install chromium (needs apt-get as root or passwordless sudo; log in /tmp/galgen-apt.log): the browser test will be skipped"; fi; }
 
 lint: install ## ruff
 	$(VENV)/bin/ruff check galgen_lightning tests benchmarks

@@ -1,0 +1,605 @@
+"""``galgen sweep``: train pairs of one family over N, skip what is finished, resume what is not.
+
+    galgen sweep                                   # diffusion; paper profile on a GPU, small on a CPU
+    galgen sweep --family glow --profile small --ns '[1, 10, 100]'
+    galgen sweep --family diffusion --profile paper --per_gpu true     # one run per GPU
+
+A *profile* is a ``galgen fit`` config: ``paper`` is ``configs/<family>.yaml`` (64 px, the
+paper's models, a GPU), ``small`` is ``configs/sweep/<family>-small.yaml`` (small images and
+models for a CPU), and any other YAML path works too. A profile may carry a ``sweep:`` section,
+which the sweep removes before handing the rest to ``galgen fit``::
+
+    sweep:
+      base: [../diffusion.yaml]   # configs applied first, relative to the profile file
+      ns: [1, 10, 100, 1000]      # the N of this profile (default 10 ... 100,000)
+      max_fraction: 0.5           # N <= max_fraction * (images in the source - n_val)
+
+Each N trains one pair with ``galgen fit`` in its own run directory
+``<out>/<family>-<profile>-n<N>-seed<S>``. Rerunning the same command skips runs whose
+``status.json`` says ``complete``, resumes interrupted ones from ``checkpoints/last.ckpt``
+(``--ckpt_path``), and starts the rest; an attempt that died before its first checkpoint is
+moved to ``<out>/.attempts/``. Runs go one after the other (each ``galgen fit`` a child
+process, so DDP over several GPUs works), or one per GPU with ``--per_gpu true``. At the end
+``galgen report`` is written to ``<out>/report/``.
+
+For many machines use W&B sweeps (``configs/sweep/wandb-<family>.yaml``) or SLURM with
+Lightning's multi-node DDP: ``docs/sweep.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from galgen_lightning.errors import GalgenError
+
+DEFAULT_NS = (10, 100, 1000, 10000, 100000)
+FAMILIES = ("diffusion", "glow", "gan")
+PROFILES = ("auto", "small", "paper")
+
+
+# --- configs -----------------------------------------------------------------------------------
+def _load_yaml(path: Path) -> dict:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise GalgenError(f"sweep: cannot read {path}: {e}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise GalgenError(f"sweep: {path} is not a YAML mapping")
+    return data
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """Merge ``over`` into a copy of ``base`` like repeated ``--config`` files: mappings merge,
+    everything else (lists included) is replaced."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+@dataclass
+class Profile:
+    """A resolved sweep profile.
+
+    Attributes:
+        name: ``small``, ``paper`` or the stem of a custom file.
+        path: the profile file.
+        configs: the ``--config`` files of every run, in order.
+        ns: the N of the profile (before the cap).
+        max_fraction: cap on N as a share of the usable images.
+        merged: the configs merged (used for the cap; the real parse is ``galgen fit``'s).
+    """
+
+    name: str
+    path: Path
+    configs: list[Path]
+    ns: list[int]
+    max_fraction: float
+    merged: dict = field(default_factory=dict)
+
+
+def detect_gpus() -> int:
+    """How many CUDA GPUs this process can see (0 without torch or CUDA)."""
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # noqa: BLE001 (no usable torch: no GPU)
+        return 0
+
+
+def resolve_profile(family: str, profile: str, configs_dir: Path, out: Path, gpus: int | None = None) -> Profile:
+    """Find the profile's file and split it into ``galgen fit`` configs and sweep settings.
+
+    Args:
+        family: ``diffusion``, ``glow`` or ``gan``.
+        profile: ``auto`` (``paper`` where a CUDA GPU is visible, else ``small``), ``small``,
+            ``paper``, another name looked up as ``configs/sweep/<family>-<name>.yaml``, or a
+            path to a YAML file.
+        configs_dir: galgen's ``configs`` folder.
+        out: the sweep folder (a profile with a ``sweep:`` section is written there without it).
+        gpus: GPUs visible (default: detected), for ``auto``.
+    """
+    if family not in FAMILIES:
+        raise GalgenError(f"sweep: --family must be one of {', '.join(FAMILIES)}, got {family!r}")
+    if profile == "auto":
+        gpus = detect_gpus() if gpus is None else gpus
+        profile = "paper" if gpus else "small"
+        why = f"{gpus} CUDA GPU(s) found" if gpus else "no CUDA GPU found; --profile paper for the paper-size runs"
+        print(f"[sweep] profile: {profile} ({why})", flush=True)
+    if profile == "paper":
+        path = configs_dir / f"{family}.yaml"
+    elif profile.endswith((".yaml", ".yml")) or os.sep in profile:
+        path = Path(profile)
+        profile = path.stem
+    else:
+        path = configs_dir / "sweep" / f"{family}-{profile}.yaml"
+    if not path.is_file():
+        raise GalgenError(f"sweep: profile file {path} not found (run from the galgen repository or pass --configs_dir)")
+    data = _load_yaml(path)
+    settings = data.pop("sweep", None) or {}
+    if not isinstance(settings, dict):
+        raise GalgenError(f"sweep: the 'sweep' section of {path} must be a mapping")
+    unknown = set(settings) - {"base", "ns", "max_fraction"}
+    if unknown:
+        raise GalgenError(f"sweep: unknown keys {sorted(unknown)} in the 'sweep' section of {path} (base, ns, max_fraction)")
+    base = [(path.parent / b).resolve() for b in settings.get("base") or []]
+    for b in base:
+        if not b.is_file():
+            raise GalgenError(f"sweep: base config {b} of {path} not found")
+    fit_config = path
+    if "sweep" in _load_yaml(path):  # hand galgen fit the profile without its sweep section
+        import yaml
+
+        folder = out / "configs"
+        folder.mkdir(parents=True, exist_ok=True)
+        fit_config = folder / f"{family}-{profile}.yaml"
+        header = f"# {path} without its 'sweep' section (written by galgen sweep; edit the original)\n"
+        fit_config.write_text(header + yaml.safe_dump(data, sort_keys=False))
+    merged: dict = {}
+    for c in [*base, path]:
+        merged = deep_merge(merged, {k: v for k, v in _load_yaml(c).items() if k != "sweep"})
+    ns = [int(n) for n in settings.get("ns") or DEFAULT_NS]
+    return Profile(profile, path, [*base, fit_config], ns, float(settings.get("max_fraction", 0.5)), merged)
+
+
+def usable_images(merged: dict) -> tuple[int | None, int, str]:
+    """``(images in the source, n_val, note)`` from the merged configs (None when unknown)."""
+    data = merged.get("data") or {}
+    n_val = int(data.get("n_val", 500))
+    source = data.get("source")
+    if source is None:
+        return 25000, n_val, "the default synthetic set"
+    if isinstance(source, dict) and source.get("class_path"):
+        init = source.get("init_args") or {}
+        class_path = str(source["class_path"])
+        if class_path.endswith("SyntheticGalaxies"):  # no import needed
+            return int(init.get("size", 25000)), n_val, f"synthetic set of {int(init.get('size', 25000)):,}"
+        try:
+            import importlib
+
+            module, name = class_path.rsplit(".", 1) if "." in class_path else ("galgen_lightning.data", class_path)
+            src = getattr(importlib.import_module(module), name)(**init)
+            return int(src.available()), n_val, f"{name} with {int(src.available()):,} images"
+        except GalgenError:
+            raise
+        except Exception as e:  # noqa: BLE001 (the cap is then left to galgen fit)
+            return None, n_val, f"cannot size {class_path} ({type(e).__name__}: {e})"
+    return None, n_val, "unknown source"
+
+
+def plan_ns(ns: list[int], max_n: int | None) -> tuple[list[int], list[int]]:
+    """``(kept, dropped)``: the distinct positive N up to ``max_n``, in increasing order."""
+    ns = sorted({int(n) for n in ns})
+    if any(n < 1 for n in ns):
+        raise GalgenError(f"sweep: every N must be positive, got {ns}")
+    if max_n is None:
+        return ns, []
+    return [n for n in ns if n <= max_n], [n for n in ns if n > max_n]
+
+
+# --- runs --------------------------------------------------------------------------------------
+@dataclass
+class RunPlan:
+    """One N of the sweep.
+
+    Attributes:
+        n: images per model.
+        folder: the run directory.
+        action: ``skip`` (complete), ``resume`` (from ``checkpoints/last.ckpt``) or ``train``.
+        args: the ``galgen`` arguments (``fit ...``).
+    """
+
+    n: int
+    folder: Path
+    action: str
+    args: list[str]
+    state: str = ""
+    duration: float | None = None
+    returncode: int | None = None
+
+
+def run_name(family: str, profile: str, n: int, seed: int) -> str:
+    """The deterministic run directory name, ``<family>-<profile>-n<N>-seed<S>``."""
+    return f"{family}-{profile}-n{n}-seed{seed}"
+
+
+def read_status(folder: Path) -> dict:
+    try:
+        return json.loads((folder / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def fingerprint(configs: list[Path], extra: list[str]) -> str:
+    """SHA-1 of the config files' contents and the extra arguments (to notice a changed profile)."""
+    h = hashlib.sha1()
+    for c in configs:
+        h.update(Path(c).read_bytes())
+    h.update("\0".join(extra).encode())
+    return h.hexdigest()
+
+
+def plan_runs(family: str, profile: Profile, ns: list[int], seed: int, out: Path, fit_args: list[str]) -> list[RunPlan]:
+    """Decide, per N, whether to skip, resume or train, and build each ``galgen fit`` command."""
+    plans = []
+    for n in ns:
+        folder = out / run_name(family, profile.name, n, seed)
+        args = [
+            "fit",
+            *(f"--config={c}" for c in profile.configs),
+            f"--data.n={n}",
+            f"--data.seed={seed}",
+            f"--seed_everything={seed}",
+        ]
+        args += [f"--trainer.default_root_dir={folder}", *fit_args]
+        status = read_status(folder)
+        state = str(status.get("state") or status.get("status") or "")
+        last = folder / "checkpoints" / "last.ckpt"
+        if state == "complete":
+            action = "skip"
+        elif last.is_file():
+            action = "resume"
+            args.append(f"--ckpt_path={last}")
+        else:
+            action = "train"
+        plans.append(RunPlan(n, folder, action, args, state))
+    return plans
+
+
+def set_aside(folder: Path, out: Path) -> Path | None:
+    """Move a run directory that cannot be resumed (no checkpoint) to ``<out>/.attempts/``."""
+    if not folder.exists() or not any(folder.iterdir()):
+        return None
+    dest = out / ".attempts" / f"{folder.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(folder), str(dest))
+    return dest
+
+
+@contextlib.contextmanager
+def sweep_lock(out: Path) -> Iterator[None]:
+    """One sweep at a time per output folder (``<out>/.sweep.lock``)."""
+    import fcntl
+
+    out.mkdir(parents=True, exist_ok=True)
+    handle = (out / ".sweep.lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        handle.close()
+        raise GalgenError(f"sweep: another galgen sweep is using {out} (lock {out / '.sweep.lock'})") from e
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+class Progress:
+    """Which run of how many is training, and the time left from the runs done so far."""
+
+    def __init__(self, plans: list[RunPlan], history: dict[str, float], slots: int = 1) -> None:
+        self.total = len(plans)
+        self.todo = [p for p in plans if p.action != "skip"]
+        self.skipped = self.total - len(self.todo)
+        self.durations = list(history.values())
+        self.start = time.time()
+        self.finished = 0
+        self.slots = max(1, slots)
+
+    def per_run(self) -> float | None:
+        return sum(self.durations) / len(self.durations) if self.durations else None
+
+    def left(self, running_since: list[float]) -> str:
+        per = self.per_run()
+        if per is None:
+            return "time left: unknown until the first run finishes"
+        remaining = len(self.todo) - self.finished
+        now = time.time()
+        in_flight = sum(max(per - (now - t), 0.0) for t in running_since)
+        waiting = max(remaining - len(running_since), 0) * per
+        left = (in_flight + waiting) / self.slots if self.slots > 1 else in_flight + waiting
+        return f"time left ~{_duration(left)} ({_duration(per)} per run)"
+
+    def line(self, plan: RunPlan, index: int, running_since: list[float]) -> str:
+        what = "resuming" if plan.action == "resume" else "training"
+        return (
+            f"[sweep {index}/{self.total}] {what} {plan.folder.name} (N={plan.n:,}) | {self.finished} done this time, "
+            f"{self.skipped} already complete | elapsed {_duration(time.time() - self.start)} | {self.left(running_since)}"
+        )
+
+    def done(self, plan: RunPlan) -> None:
+        self.finished += 1
+        if plan.returncode == 0 and plan.duration is not None:
+            self.durations.append(plan.duration)
+
+
+Runner = Callable[[list[str], dict[str, str], Path | None], "subprocess.Popen | int"]
+
+
+def subprocess_runner(args: list[str], env: dict[str, str], log: Path | None) -> subprocess.Popen:
+    """Start ``python -m galgen_lightning.cli <args>`` (a child process: DDP relaunches it cleanly)."""
+    cmd = [sys.executable, "-m", "galgen_lightning.cli", *args]
+    if log is None:
+        return subprocess.Popen(cmd, env=env)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    handle = log.open("a")
+    handle.write(f"\n$ {shlex.join(cmd)}\n")
+    handle.flush()
+    return subprocess.Popen(cmd, env=env, stdout=handle, stderr=subprocess.STDOUT)
+
+
+def _wait(handle: Any) -> int:
+    return handle if isinstance(handle, int) else handle.wait()
+
+
+def _poll(handle: Any) -> int | None:
+    return handle if isinstance(handle, int) else handle.poll()
+
+
+def write_state(out: Path, plans: list[RunPlan], meta: dict) -> None:
+    """``<out>/sweep.json``: the sweep's settings and each run's state and duration."""
+    old = {}
+    with contextlib.suppress(OSError, ValueError):
+        old = {r["run"]: r for r in json.loads((out / "sweep.json").read_text()).get("runs", [])}
+    runs = []
+    for p in plans:
+        rec = dict(old.get(p.folder.name, {}))
+        rec.update({"run": p.folder.name, "n": p.n, "state": read_status(p.folder).get("state", p.state or "not started")})
+        if p.duration is not None and p.returncode == 0:
+            rec["duration_s"] = round(p.duration, 1)
+        if p.returncode is not None:
+            rec["returncode"] = p.returncode
+        runs.append(rec)
+    tmp = out / "sweep.json.tmp"
+    tmp.write_text(json.dumps({**meta, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), "runs": runs}, indent=1) + "\n")
+    tmp.replace(out / "sweep.json")
+
+
+def previous_durations(out: Path) -> dict[str, float]:
+    """Run durations recorded by earlier invocations (for the time-left estimate)."""
+    try:
+        runs = json.loads((out / "sweep.json").read_text()).get("runs", [])
+    except (OSError, ValueError):
+        return {}
+    return {r["run"]: float(r["duration_s"]) for r in runs if r.get("duration_s")}
+
+
+def execute(
+    plans: list[RunPlan],
+    out: Path,
+    meta: dict,
+    runner: Runner | None = None,
+    gpus: list[int] | None = None,
+    poll_s: float = 2.0,
+) -> list[RunPlan]:
+    """Train the runs that need it: one after the other, or one per GPU in ``gpus``.
+
+    Returns the plans that failed. A Ctrl+C stops the sweep after the runs in flight have shut
+    down (Lightning saves nothing new; the next invocation resumes from the last checkpoint).
+    """
+    runner = runner or subprocess_runner
+    progress = Progress(plans, previous_durations(out), slots=len(gpus) if gpus else 1)
+    base_env = dict(os.environ)
+    pending = [(i + 1, p) for i, p in enumerate(plans) if p.action != "skip"]
+    for p in plans:
+        if p.action == "skip":
+            print(f"[sweep] skip {p.folder.name}: complete", flush=True)
+    failed: list[RunPlan] = []
+    running: dict[int | None, tuple[RunPlan, Any, float]] = {}
+    free = list(gpus) if gpus else [None]
+    try:
+        while pending or running:
+            while pending and free:
+                index, plan = pending.pop(0)
+                if plan.action == "train":
+                    moved = set_aside(plan.folder, out)
+                    if moved:
+                        print(f"[sweep] {plan.folder.name} had an attempt without a checkpoint: moved to {moved}", flush=True)
+                plan.folder.mkdir(parents=True, exist_ok=True)
+                (plan.folder / "sweep.json").write_text(
+                    json.dumps({"args": plan.args, "fingerprint": meta.get("fingerprint")}, indent=1) + "\n"
+                )
+                gpu = free.pop(0)
+                env = dict(base_env)
+                args = list(plan.args)
+                log = None
+                if gpu is not None:
+                    env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+                    args.append("--trainer.devices=1")
+                    log = plan.folder / "sweep.log"
+                print(
+                    progress.line(plan, index, [t for _, _, t in running.values()])
+                    + (f" | GPU {gpu}, log {log}" if gpu is not None else ""),
+                    flush=True,
+                )
+                running[gpu] = (plan, runner(args, env, log), time.time())
+                if gpu is None:
+                    break  # sequential: wait for it below
+            time.sleep(0 if not running else (poll_s if gpus else 0))
+            for gpu, (plan, handle, started) in list(running.items()):
+                code = _wait(handle) if gpu is None else _poll(handle)
+                if code is None:
+                    continue
+                plan.returncode, plan.duration = code, time.time() - started
+                del running[gpu]
+                free.append(gpu)
+                progress.done(plan)
+                state = read_status(plan.folder).get("state", "?")
+                if code == 0 and state == "complete":
+                    print(f"[sweep] {plan.folder.name} complete in {_duration(plan.duration)}", flush=True)
+                else:
+                    failed.append(plan)
+                    print(f"[sweep] {plan.folder.name} FAILED (exit {code}, status {state}); see {plan.folder}", flush=True)
+                write_state(out, plans, meta)
+    except KeyboardInterrupt:
+        print("\n[sweep] interrupted: waiting for the runs in flight to stop ...", flush=True)
+        for _plan, handle, _ in running.values():
+            with contextlib.suppress(Exception):
+                _wait(handle)
+        write_state(out, plans, meta)
+        raise
+    return failed
+
+
+def sweep(
+    family: str = "diffusion",
+    profile: str = "auto",
+    ns: list[int] | None = None,
+    max_fraction: float | None = None,
+    max_n: int | None = None,
+    seed: int = 0,
+    out: str = "runs/sweep",
+    configs_dir: str = "configs",
+    per_gpu: bool = False,
+    gpus: list[int] | None = None,
+    fit_args: str = "",
+    report: bool = True,
+    dry_run: bool = False,
+) -> int:
+    """Train pairs of one family over N (skipping finished runs, resuming interrupted ones), then the report.
+
+    Args:
+        family: model family: diffusion, glow or gan.
+        profile: auto (paper where a CUDA GPU is visible, else small), small, paper, or a YAML file.
+        ns: the N to train (default: the profile's, else 10, 100, 1000, 10000, 100000).
+        max_fraction: cap N at this share of the source's images minus n_val (default: the profile's, else 0.5).
+        max_n: cap N at this value instead (when the cap cannot be read from the configs).
+        seed: split and initialisation seed of every run (``data.seed`` and ``seed_everything``).
+        out: folder of the sweep's run directories, state (sweep.json) and report.
+        configs_dir: galgen's configs folder.
+        per_gpu: run one pair per GPU at a time (child processes with CUDA_VISIBLE_DEVICES).
+        gpus: GPU indices for per_gpu (default: every visible GPU).
+        fit_args: extra ``galgen fit`` arguments for every run, one string, e.g.
+            ``--fit_args="--trainer.max_epochs=3"`` (part of the fingerprint of the runs).
+        report: write ``galgen report`` of ``out`` at the end.
+        dry_run: print the plan and stop.
+
+    Returns:
+        0 when every run is complete, 1 when some failed.
+    """
+    out_dir = Path(out)
+    configs = Path(configs_dir)
+    gpu_count = detect_gpus() if (profile == "auto" or per_gpu) else None
+    prof = resolve_profile(family, profile, configs, out_dir, gpu_count)
+    fraction = prof.max_fraction if max_fraction is None else max_fraction
+    if not 0 < fraction <= 0.5:
+        raise GalgenError(f"sweep: --max_fraction must be in (0, 0.5], got {fraction}")
+    if max_n is None:
+        size, n_val, note = usable_images(prof.merged)
+        cap = int(fraction * (size - n_val)) if size is not None else None
+        cap_note = f"N <= {cap:,} ({fraction:g} x ({note} - n_val {n_val}))" if cap is not None else f"no cap ({note})"
+    else:
+        cap, cap_note = max_n, f"N <= {max_n:,} (--max_n)"
+    kept, dropped = plan_ns(list(ns) if ns else prof.ns, cap)
+    extra = shlex.split(fit_args)
+    print(f"[sweep] {family}, profile {prof.name} ({prof.path}): N = {', '.join(f'{n:,}' for n in kept)}; {cap_note}", flush=True)
+    if dropped:
+        print(f"[sweep] dropped N = {', '.join(f'{n:,}' for n in dropped)}: above the cap", flush=True)
+    if not kept:
+        raise GalgenError(f"sweep: no N left under the cap ({cap_note})")
+    plans = plan_runs(family, prof, kept, seed, out_dir, extra)
+    fp = fingerprint(prof.configs, extra)
+    for p in plans:
+        old = _read_json(p.folder / "sweep.json").get("fingerprint")
+        if p.action != "train" and old and old != fp:
+            print(
+                f"[sweep] warning: {p.folder.name} was started with other configs or arguments; delete it to retrain with the current ones",
+                flush=True,
+            )
+    counts = {a: sum(p.action == a for p in plans) for a in ("skip", "resume", "train")}
+    print(
+        f"[sweep] {len(plans)} runs: {counts['skip']} complete (skipped), {counts['resume']} to resume, {counts['train']} to train",
+        flush=True,
+    )
+    if dry_run:
+        for p in plans:
+            print(f"  {p.action:>6s}  galgen {shlex.join(p.args)}")
+        return 0
+    devices = None
+    if per_gpu:
+        devices = list(gpus) if gpus else list(range(gpu_count or 0))
+        if not devices:
+            raise GalgenError("sweep: --per_gpu needs CUDA GPUs and none is visible")
+        print(f"[sweep] one run per GPU on GPUs {devices}", flush=True)
+    meta = {
+        "family": family,
+        "profile": prof.name,
+        "profile_file": str(prof.path),
+        "configs": [str(c) for c in prof.configs],
+        "ns": kept,
+        "seed": seed,
+        "fit_args": extra,
+        "fingerprint": fp,
+    }
+    started = time.time()
+    with sweep_lock(out_dir):
+        write_state(out_dir, plans, meta)
+        try:
+            failed = execute(plans, out_dir, meta, gpus=devices)
+        except KeyboardInterrupt:
+            print("[sweep] stopped. Run the same command again to resume (finished runs are skipped).", flush=True)
+            return 130
+    print(
+        f"[sweep] finished in {_duration(time.time() - started)}: {len(plans) - len(failed)}/{len(plans)} runs complete",
+        flush=True,
+    )
+    if report:
+        from galgen_lightning.report import report as write_report
+
+        try:
+            write_report(str(out_dir), str(out_dir / "report"))
+        except GalgenError as e:
+            print(f"[sweep] no report: {e}", flush=True)
+    if failed:
+        print(
+            "[sweep] failed: " + ", ".join(p.folder.name for p in failed) + " (rerun the same command to retry them)", flush=True
+        )
+        return 1
+    return 0
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def main(argv: list[str]) -> None:
+    """``galgen sweep ...`` (dispatched by :func:`galgen_lightning.cli.main`)."""
+    from jsonargparse import auto_cli
+
+    code = auto_cli(sweep, args=argv, prog="galgen sweep")
+    if code:
+        sys.exit(code)

@@ -1,0 +1,165 @@
+"""`galgen sweep`: the plan over N, skipping finished runs, resuming interrupted ones (a fake runner),
+and one real tiny sweep through `galgen fit` that is interrupted and resumed from its checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import CONFIGS, read_jsonl, run_cli
+
+import galgen_lightning.sweep as sweep_module
+from galgen_lightning.errors import GalgenError
+from galgen_lightning.sweep import sweep, sweep_lock
+
+
+def _option(args: list[str], name: str) -> str | None:
+    values = [a.split("=", 1)[1] for a in args if a.startswith(f"--{name}=")]
+    return values[-1] if values else None
+
+
+@pytest.fixture
+def fake_runner(monkeypatch):
+    """Replaces `galgen fit` by a function that writes a complete run directory and records the call."""
+    calls: list[list[str]] = []
+
+    def run(args, env, log):
+        calls.append(list(args))
+        folder = Path(_option(args, "trainer.default_root_dir"))
+        folder.mkdir(parents=True, exist_ok=True)
+        record = {
+            "epoch": 0,
+            "test": "two_models",
+            "memorization_rate": 0.0,
+            "a_vs_b_median": 0.5,
+            "gap_median": 0.0,
+            "gap_p_value": 0.5,
+        }
+        (folder / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+        (folder / "status.json").write_text(json.dumps({"state": "complete"}))
+        return 0
+
+    monkeypatch.setattr(sweep_module, "subprocess_runner", run)
+    return calls
+
+
+@pytest.fixture
+def profile(tmp_path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    data = {"class_path": "galgen_lightning.data.SyntheticGalaxies", "init_args": {"size": 100}}
+    path.write_text(yaml.safe_dump({"sweep": {"ns": [2, 4, 8, 1000]}, "data": {"source": data, "n_val": 16}}))
+    return path
+
+
+def _run(folder: Path, state: str, checkpoint: bool = False) -> None:
+    folder.mkdir(parents=True)
+    (folder / "status.json").write_text(json.dumps({"state": state}))
+    if checkpoint:
+        (folder / "checkpoints").mkdir()
+        (folder / "checkpoints" / "last.ckpt").write_bytes(b"x")
+
+
+def test_sweep_skips_finished_resumes_interrupted_and_caps_n(tmp_path, profile, fake_runner, capsys):
+    out = tmp_path / "sweep"
+    _run(out / "diffusion-tiny-n2-seed0", "complete")
+    _run(out / "diffusion-tiny-n4-seed0", "failed", checkpoint=True)  # interrupted after a checkpoint
+    _run(out / "diffusion-tiny-n8-seed0", "running")  # killed before its first checkpoint
+    assert sweep(family="diffusion", profile=str(profile), out=str(out), report=False) == 0
+    text = capsys.readouterr().out
+    assert "dropped N = 1,000: above the cap" in text and "N <= 42" in text  # 0.5 * (100 - 16)
+    assert [_option(c, "data.n") for c in fake_runner] == ["4", "8"]  # N=2 was complete
+    assert _option(fake_runner[0], "ckpt_path") == str(out / "diffusion-tiny-n4-seed0" / "checkpoints" / "last.ckpt")
+    assert _option(fake_runner[1], "ckpt_path") is None
+    assert [p.name.rsplit("-", 2)[0] for p in (out / ".attempts").iterdir()] == ["diffusion-tiny-n8-seed0"]
+    assert "[sweep 2/3] resuming diffusion-tiny-n4-seed0" in text and "[sweep 3/3] training diffusion-tiny-n8-seed0" in text
+    assert "time left ~" in text  # after the first run finished
+    state = json.loads((out / "sweep.json").read_text())
+    assert [r["state"] for r in state["runs"]] == ["complete"] * 3
+
+    fake_runner.clear()  # a second invocation has nothing left to do
+    assert sweep(family="diffusion", profile=str(profile), out=str(out), report=True) == 0
+    assert fake_runner == []
+    assert (out / "report" / "index.html").exists()
+
+
+def test_sweep_refuses_a_second_sweep_on_the_same_folder(tmp_path, profile, fake_runner):
+    out = tmp_path / "sweep"
+    with sweep_lock(out), pytest.raises(GalgenError, match="another galgen sweep"):
+        sweep(family="diffusion", profile=str(profile), out=str(out), report=False)
+    assert fake_runner == []
+
+
+def test_sweep_cli_errors_and_dry_run(tmp_path, profile, capsys):
+    assert run_cli(["sweep", "--family", "vae", "--out", str(tmp_path / "s")]) == 2
+    assert "--family must be one of" in capsys.readouterr().err
+    assert (
+        run_cli(
+            [
+                "sweep",
+                "--family",
+                "glow",
+                "--profile",
+                "small",
+                "--configs_dir",
+                str(CONFIGS),
+                "--out",
+                str(tmp_path / "s"),
+                "--dry_run",
+                "true",
+            ]
+        )
+        == 0
+    )
+    text = capsys.readouterr().out
+    assert "glow-small-n1-seed0" in text and "configs/glow.yaml" in text
+    assert run_cli(["sweep", "--profile", str(profile), "--ns", "[500]", "--out", str(tmp_path / "s")]) == 2
+    assert "no N left under the cap" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_real_tiny_sweep_resumes_from_checkpoint(tmp_path, capsys, monkeypatch):
+    """Real `galgen fit` runs: train N=4 (in-process), mark it interrupted, and the sweep resumes it with
+    --ckpt_path in a child process (the sweep's own runner)."""
+    profile = tmp_path / "tiny.yaml"
+    overlay = {
+        "sweep": {"base": [str(CONFIGS / "diffusion.yaml")], "ns": [4]},
+        "model": {"init_args": {"blocks": 2, "width": 4, "max_steps": 10, "sample_batch_size": 16}},
+        "data": {
+            "source": {"class_path": "galgen_lightning.data.SyntheticGalaxies", "init_args": {"size": 300}},
+            "image_size": 16,
+            "n_val": 16,
+            "batch_size": 4,
+            "samples_per_epoch": 8,
+            "num_workers": 0,
+        },
+        "trainer": {
+            "accelerator": "cpu",
+            "precision": "32-true",
+            "max_epochs": 1,
+            "log_every_n_steps": 1,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "logger": [{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": ".", "name": "csv"}}],
+            "callbacks": [
+                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"dirpath": None, "save_last": True}},
+                {"class_path": "galgen_lightning.callbacks.TwoModelsTest", "init_args": {"n_samples": 8}},
+            ],
+        },
+    }
+    profile.write_text(yaml.safe_dump(overlay))
+    out = tmp_path / "sweep"
+    run = out / "diffusion-tiny-n4-seed0"
+    with monkeypatch.context() as m:  # the first run in-process, to save a child's start-up
+        m.setattr(sweep_module, "subprocess_runner", lambda args, env, log: run_cli(args))
+        assert sweep(family="diffusion", profile=str(profile), out=str(out), report=False) == 0
+    assert json.loads((run / "status.json").read_text())["state"] == "complete"
+    assert (run / "checkpoints" / "last.ckpt").exists()
+    status = json.loads((run / "status.json").read_text())
+    (run / "status.json").write_text(json.dumps({**status, "state": "failed", "error": "KeyboardInterrupt"}))
+    assert sweep(family="diffusion", profile=str(profile), out=str(out), report=False) == 0
+    assert "resuming diffusion-tiny-n4-seed0" in capsys.readouterr().out
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "complete" and any(a.startswith("--ckpt_path=") for a in status["command"])
+    assert [r["test"] for r in read_jsonl(run / "metrics.jsonl")].count("two_models") >= 1
