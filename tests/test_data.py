@@ -72,6 +72,15 @@ def test_datamodule_on_array_file(tmp_path):
     assert torch.equal(dm2.subset_images("a"), a)
 
 
+def test_too_few_images_after_deduplication_names_the_source(tmp_path):
+    path = tmp_path / "dups.npy"
+    imgs = _images(20, side=16)
+    np.save(path, np.concatenate([imgs, imgs, imgs]))  # 60 images, only 20 distinct
+    dm = GalaxyPairDataModule(ArrayFile(str(path)), image_size=16, n=20, n_val=10)
+    with pytest.raises(GalgenError, match=r"data.source \(array .*dups.npy\): 2 \* n \+ n_val = 50 .* only 20 usable .* 40 duplicates"):
+        dm.setup("fit")
+
+
 def test_tiling_gives_the_same_epoch_length_whatever_n():
     a, b = torch.rand(3, 1, 4, 4), torch.rand(3, 1, 4, 4)
     ds = TiledPairs(a, b, length=10, flips=False)

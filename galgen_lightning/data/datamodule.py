@@ -130,11 +130,24 @@ class GalaxyPairDataModule(L.LightningDataModule):
             if (~drop).sum() >= 2 * self.n + self.n_val or count >= self.source.available():
                 break
             attempt += 1
+        need = 2 * self.n + self.n_val
+        if (~drop).sum() < need:
+            raise GalgenError(
+                f"data.source ({self._source_label()}): 2 * n + n_val = {need} images needed but only {int((~drop).sum())} "
+                f"usable remain ({len(images)} read, {int(drop.sum())} duplicates removed); lower data.n or data.n_val"
+            )
         self.split = make_split(images, self.n, self.n_val, self.seed, drop)
         self.hashes = check_disjoint(images, self.split)
         self.subsets = {s: torch.from_numpy(np.ascontiguousarray(images[self.split.indices(s)]))[:, None] for s in SUBSETS}
         self.pixel_mean = float(torch.cat([self.subsets["a"], self.subsets["b"]]).mean())
         self._check_same_on_all_ranks()
+
+    def _source_label(self) -> str:
+        """The source's kind and where it reads from, for error messages."""
+        info = self.source.describe()
+        kind = info.get("source", type(self.source).__name__)
+        where = info.get("directory") or info.get("path")
+        return f"{kind} {where}" if where else str(kind)
 
     def split_digest(self) -> str:
         """SHA-1 over the content hashes of A, B and validation: one string per split."""
