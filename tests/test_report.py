@@ -46,7 +46,9 @@ def _save(folder: Path, test: str, epoch: int, arrays: dict) -> None:
     np.savez_compressed(path, **arrays)
 
 
-def _two_models(folder: Path, rate: float, a_vs_b: float, gap: float, rng: np.random.Generator, epoch: int = 4) -> None:
+def _two_models(
+    folder: Path, rate: float, a_vs_b: float, gap: float, rng: np.random.Generator, epoch: int = 4, faint_a: bool = False
+) -> None:
     """Per-sample arrays with a given share of samples above the held-out 99th percentile."""
     from scipy.stats import wilcoxon
 
@@ -59,6 +61,9 @@ def _two_models(folder: Path, rate: float, a_vs_b: float, gap: float, rng: np.ra
         arrays[f"own_index_{w}"] = np.zeros(40, np.int64)
         arrays[f"sample_index_{w}"] = np.arange(40)
     arrays["a_vs_b"] = np.clip(rng.normal(a_vs_b, 0.05, 40), -1, 1).astype(np.float32)
+    for w in "ab":
+        arrays[f"samples_{w}"] = rng.uniform(0, 0.02 if faint_a and w == "a" else 1, (40, 1, 4, 4)).astype(np.float32)
+        arrays[f"ok_{w}"] = np.ones(40, bool)
     arrays["plain_a_vs_b"], arrays["plain_heldout"] = arrays["a_vs_b"], heldout
     for w in "ab":
         arrays[f"plain_own_{w}"], arrays[f"plain_other_{w}"] = arrays[f"own_{w}"], arrays[f"other_{w}"]
@@ -130,7 +135,7 @@ def fake_sweep(tmp_path_factory) -> Path:
     _write_run(
         glow, {"class_path": "galgen_lightning.glow.GlowPair", "init_args": {"n_flow": 1, "n_block": 2, "hidden": 8}}, 10, 16
     )
-    _two_models(glow, 0.0, 0.2, 0.0, rng)
+    _two_models(glow, 0.0, 0.2, 0.0, rng, faint_a=True)
     record = {"epoch": 4, "step": 100, "test": "inversion"}
     arrays = {}
     for d in "ab":
@@ -207,8 +212,12 @@ def test_report_summary_verdicts_and_n_star(built):
     assert runs[10]["parameters"]["model"] > 0 and runs[10]["pixels"] == 10 * 16 * 16
     assert runs[10]["pixels_per_parameter"] == pytest.approx(10 * 256 / runs[10]["parameters"]["model"])
     assert groups["gan (32 px)"]["runs"][0]["parameters"].get("generator", 0) > 0
-    assert not groups["glow (16 px)"]["n_star"]["bracketed"]  # one N only: nothing to bracket, said so
-    assert "not bracketed" in groups["glow (16 px)"]["n_star"]["statement"]
+    glow = groups["glow (16 px)"]
+    assert not glow["n_star"]["bracketed"]  # one N only: nothing to bracket, said so
+    assert "not bracketed" in glow["n_star"]["statement"]
+    assert "model A's samples are faint" in glow["runs"][0]["evidence"]  # faded samples are diagnosed, not hidden
+    assert any("model A's valid samples are faint" in note for note in glow["notes"])
+    assert not any("faint" in note for note in diff["notes"])
 
 
 def test_report_files_and_html(built):

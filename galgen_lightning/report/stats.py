@@ -22,6 +22,38 @@ PARTIAL_RATE = 0.1
 percentile) a pair is at least *partly* memorizing, even when the gap is not significant."""
 MIN_VALID = 8
 """Fewer valid samples (A and B together) than this: no verdict."""
+FAINT_RATIO = 0.2
+"""A model whose valid samples have a median pixel standard deviation below this share of the
+other model's is reported as producing faint (faded) samples: a diagnosis, not a criterion."""
+
+
+def sample_brightness(arrays: dict[str, np.ndarray] | None) -> dict[str, float]:
+    """Median per-sample pixel standard deviation of each model's valid samples (``std_a``, ``std_b``)."""
+    out: dict[str, float] = {}
+    for w in "ab":
+        x = None if arrays is None else arrays.get(f"samples_{w}")
+        if x is None or not np.size(x):
+            continue
+        ok = arrays.get(f"ok_{w}")
+        x = np.asarray(x, np.float64).reshape(len(x), -1)
+        if ok is not None and np.shape(ok) == (len(x),):
+            x = x[np.asarray(ok, bool)]
+        x = x[np.all(np.isfinite(x), axis=1)]
+        if len(x):
+            out[f"std_{w}"] = float(np.median(x.std(axis=1)))
+    return out
+
+
+def faint_model(numbers: dict) -> tuple[str, float, float] | None:
+    """``(model, its median pixel std, the other's)`` when one model's samples are much fainter."""
+    a, b = numbers.get("sample_std_a"), numbers.get("sample_std_b")
+    if a is None or b is None:
+        return None
+    if a < FAINT_RATIO * b:
+        return ("A", a, b)
+    if b < FAINT_RATIO * a:
+        return ("B", b, a)
+    return None
 
 
 def finite(x: Any) -> np.ndarray:
@@ -127,9 +159,13 @@ def judge(run: Run, n_boot: int, confidence: float, rng: np.random.Generator) ->
         "valid_b",
     ):
         numbers[key] = rec.get(key)
+    for key in ("memorization_rate", "gap_median", "diverged", "step_limit"):
+        for w in "ab":
+            numbers[f"{key}_{w}"] = rec.get(f"{key}_{w}")
     numbers["epoch"] = rec.get("epoch")
     numbers["quantile"] = quantile
     arrays = run.arrays("two_models", rec.get("epoch"))
+    numbers.update({f"sample_{k}": v for k, v in sample_brightness(arrays).items()})
     reps = bootstrap_two_models(arrays, quantile, n_boot, rng) if arrays and n_boot > 0 else {}
     numbers["replicates"] = reps
     for key in ("memorization_rate", "gap_median", "a_vs_b_median"):
@@ -161,6 +197,10 @@ def judge(run: Run, n_boot: int, confidence: float, rng: np.random.Generator) ->
     else:
         label = "generalizes"
         parts.insert(0, "samples are no closer to their own subset than to the other, and few pass the calibrated threshold")
+    faint = faint_model(numbers)
+    if faint:
+        other = "B" if faint[0] == "A" else "A"
+        parts.append(f"model {faint[0]}'s samples are faint (median pixel std {faint[1]:.3g} against {faint[2]:.3g} for {other})")
     parts += family_evidence(run)
     if not run.complete:
         label += f" (incomplete: {run.state})"
@@ -296,36 +336,71 @@ def transition_checks(rows: list[dict]) -> list[tuple[str, bool | None, str]]:
 
 
 def diagnose(rows: list[dict]) -> list[str]:
-    """Plain reasons when the expected transition does not show (never a re-tuned threshold)."""
-    notes = []
+    """Plain reasons when the expected transition does not show (never a re-tuned threshold).
+
+    For the smallest N whose rate is not above 0.5: do the two models disagree, did one model's
+    samples fade or diverge, and otherwise, do the samples lean towards their own subset without
+    being copies (under-trained for memorization) or not at all. Faint samples are reported at
+    every N.
+    """
+    notes: list[str] = []
     done = [r for r in rows if r["complete"] and r.get("memorization_rate") is not None]
     if not done:
         return notes
     first = done[0]
+    at = f"At N={first['n']:,}"
     if first["memorization_rate"] <= MEMORIZED_RATE:
-        if first.get("gap_p_value") is not None and first["gap_p_value"] < SIGNIFICANCE and (first.get("gap_median") or 0) > 0:
+        specific = False
+        ra, rb = first.get("memorization_rate_a"), first.get("memorization_rate_b")
+        if ra is not None and rb is not None and abs(ra - rb) > MEMORIZED_RATE:
+            specific = True
+            hi, lo = ("A", "B") if ra > rb else ("B", "A")
+            valid = {w.upper(): int(first.get(f"valid_{w}") or 0) for w in "ab"}
             notes.append(
-                f"At N={first['n']:,} the samples lean towards their own training subset (gap {fmt(first.get('gap_median'))}, p={fmt_p(first.get('gap_p_value'))}) "
-                f"but only {first['memorization_rate']:.0%} are closer to a training image than held-out galaxies are: the models are "
-                "biased towards their training images without copying them. With a fixed threshold this is under-training for "
-                "memorization (too few steps or too little capacity for the image size), not a sign of generalization; train longer, "
-                "use a larger model or a smaller N."
+                f"{at} the two models disagree: model {hi} memorizes ({max(ra, rb):.0%} of its {valid[hi]} valid samples pass "
+                f"the threshold), model {lo} does not ({min(ra, rb):.0%} of {valid[lo]}); the pooled rate averages the two."
             )
-        else:
+        bad = []
+        for w in "ab":
+            diverged, limit = int(first.get(f"diverged_{w}") or 0), int(first.get(f"step_limit_{w}") or 0)
+            if diverged or limit:
+                bad.append(f"model {w.upper()}: {diverged} diverged, {limit} at the step limit")
+        if bad and (first.get("invalid_share") or 0) > 0.25:
+            specific = True
+            notes.append(f"{at} {first['invalid_share']:.0%} of the samples are invalid and left out ({'; '.join(bad)}).")
+        specific = specific or faint_model(first) is not None
+        leans = (
+            first.get("gap_p_value") is not None and first["gap_p_value"] < SIGNIFICANCE and (first.get("gap_median") or 0) > 0
+        )
+        if leans and not specific:
             notes.append(
-                f"At N={first['n']:,} the samples are neither copies nor significantly closer to their own subset: this budget shows "
-                "no memorization at all (or the models did not learn); check the sample grids in the run's eval/two_models/."
+                f"{at} the samples lean towards their own training subset (gap {fmt(first.get('gap_median'))}, "
+                f"p={fmt_p(first.get('gap_p_value'))}) but only {first['memorization_rate']:.0%} are closer to a training image than "
+                "held-out galaxies are: the models are biased towards their training images without copying them. This is "
+                "under-training for memorization (too few steps or too little capacity for the image size), not generalization; "
+                "train longer, use a larger model or a smaller N."
             )
-        invalid = first.get("invalid_share")
-        if invalid and invalid > 0.25:
+        elif not leans and not specific:
             notes.append(
-                f"At N={first['n']:,}, {invalid:.0%} of the samples were invalid (diverged or hit the sampler's step limit) and are left out."
+                f"{at} the samples are neither copies nor significantly closer to their own subset: this budget shows no "
+                "memorization at all (or the models did not learn); check the sample grids in the run's eval/two_models/."
             )
-        near = first.get("nearest_own_median")
-        thr = first.get("memorization_threshold")
+        near, thr = first.get("nearest_own_median"), first.get("memorization_threshold")
         if near is not None and thr is not None:
             notes.append(
-                f"At N={first['n']:,} the median sample is at {fmt(near)} from its nearest own training image, against a threshold of {fmt(thr)} (the held-out 99th percentile)."
+                f"{at} the median sample's similarity to its nearest own training image is {fmt(near)}, against a threshold of "
+                f"{fmt(thr)} (the held-out quantile)."
+            )
+    for row in done:
+        faint = faint_model(row)
+        if faint:
+            notes.append(
+                f"At N={row['n']:,} model {faint[0]}'s valid samples are faint: median pixel standard deviation {faint[1]:.3g} against "
+                f"{faint[2]:.3g} for the other model ({faint[2] / max(faint[1], 1e-12):.0f}x). Their brightness most likely drifted towards zero during sampling: a "
+                "bias-free denoiser is scale-equivariant (f(a y) = a f(y)), so nothing pins the image amplitude, and a trajectory can "
+                "shrink towards zero while keeping a galaxy-like shape (the mean-removed cosine ignores amplitude). Such samples pass "
+                "the sampler's checks and are counted as valid, but they are not copies of training images, which lowers the "
+                "memorization rate; look at the sample grid in the run's eval/two_models/."
             )
     return notes
 
