@@ -26,7 +26,7 @@ def fake_runner(monkeypatch):
     calls: list[list[str]] = []
 
     def run(args, env, log):
-        calls.append(list(args))
+        calls.append([*args, f"CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES')}", f"log={log}"])
         folder = Path(_option(args, "trainer.default_root_dir"))
         folder.mkdir(parents=True, exist_ok=True)
         record = {
@@ -82,6 +82,17 @@ def test_sweep_skips_finished_resumes_interrupted_and_caps_n(tmp_path, profile, 
     assert sweep(family="diffusion", profile=str(profile), out=str(out), report=True) == 0
     assert fake_runner == []
     assert (out / "report" / "index.html").exists()
+
+
+def test_sweep_one_run_per_gpu(tmp_path, profile, fake_runner, capsys):
+    out = tmp_path / "sweep"
+    assert sweep(family="diffusion", profile=str(profile), out=str(out), per_gpu=True, gpus=[0, 3], report=False) == 0
+    assert sorted(_option(c, "data.n") for c in fake_runner) == ["2", "4", "8"]
+    assert all(_option(c, "trainer.devices") == "1" for c in fake_runner)
+    gpus = [c[-2] for c in fake_runner]
+    assert set(gpus) <= {"CUDA_VISIBLE_DEVICES=0", "CUDA_VISIBLE_DEVICES=3"} and len(set(gpus)) == 2
+    assert all(c[-1].endswith("sweep.log") for c in fake_runner)
+    assert "one run per GPU on GPUs [0, 3]" in capsys.readouterr().out
 
 
 def test_sweep_refuses_a_second_sweep_on_the_same_folder(tmp_path, profile, fake_runner):
