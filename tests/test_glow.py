@@ -188,6 +188,38 @@ def test_actnorm_initialises_once_and_survives_reload():
     assert all(torch.equal(v, other.state_dict()[k]) for k, v in state.items())
 
 
+def _actnorm_rank(rank: int, world: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(100 + rank)  # each rank its own data, as under DDP
+        x = (1.0 + rank) * torch.randn(8, 4, 3, 3) + 3.0 * rank
+        layer = ActNorm(4).train()
+        layer(x, torch.zeros(8))
+        torch.save({"loc": layer.loc.detach(), "log_scale": layer.log_scale.detach(), "x": x}, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_actnorm_initialises_from_the_global_batch_under_ddp(tmp_path):
+    """Under DDP every rank gets the same ActNorm parameters: the statistics of all ranks' data."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_actnorm_rank, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{k}.pt") for k in (0, 1))
+    assert torch.equal(r0["loc"], r1["loc"]) and torch.equal(r0["log_scale"], r1["log_scale"])
+    both = torch.cat([r0["x"], r1["x"]])
+    assert torch.allclose(r0["loc"].flatten(), -both.mean(dim=(0, 2, 3)), atol=1e-5)
+    std = both.std(dim=(0, 2, 3), unbiased=False)
+    assert torch.allclose(r0["log_scale"].flatten(), -torch.log(std + 1e-6), atol=1e-5)
+
+
 # --- sampling --------------------------------------------------------------------------------
 def test_same_latents_for_a_and_b_and_batch_size_invariance():
     torch.manual_seed(5)

@@ -74,6 +74,21 @@ def latent_shapes(channels: int, image_size: int, n_block: int) -> list[tuple[in
 
 
 # --- layers ----------------------------------------------------------------------------------
+def _global_channel_moments(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and standard deviation of ``x`` (B, C, H, W), over every process.
+
+    With one value per channel in all (a single 1x1 image) the standard deviation is 1.
+    """
+    stats = torch.stack([torch.full_like(x[0, :, 0, 0], x[:, 0].numel()), x.sum(dim=(0, 2, 3)), x.square().sum(dim=(0, 2, 3))])
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        torch.distributed.all_reduce(stats)
+    count, total, squares = stats
+    mean = total / count
+    var = (squares / count - mean.square()).clamp_min(0.0)
+    std = torch.where(count > 1, var.sqrt(), torch.ones_like(var))
+    return mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
+
+
 class ActNorm(nn.Module):
     """Per-channel affine normalisation ``y = (x + loc) * exp(log_scale)``.
 
@@ -93,10 +108,12 @@ class ActNorm(nn.Module):
 
     @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
-        """Set ``loc`` and ``log_scale`` from the statistics of batch ``x``."""
-        x = x.float()
-        mean = x.mean(dim=(0, 2, 3), keepdim=True)
-        std = x.std(dim=(0, 2, 3), keepdim=True, unbiased=False) if x[:, 0].numel() > 1 else torch.ones_like(mean)
+        """Set ``loc`` and ``log_scale`` from the statistics of batch ``x``.
+
+        Under ``torch.distributed`` (DDP) the statistics are those of the global batch, summed
+        over all processes, so every rank starts from the same parameters.
+        """
+        mean, std = _global_channel_moments(x.float())
         log_scale = -torch.log(std + 1e-6)
         if not (torch.isfinite(mean).all() and torch.isfinite(log_scale).all()):
             return
