@@ -297,6 +297,45 @@ def test_nonfinite_gradient_skips_the_update():
     assert pair.skipped == {"a": 0, "b": 1}
 
 
+class _PoisonOnRankOne(GlowPair):
+    """Rank 1 sees a NaN in A's batch at the second step; rank 0 never does."""
+
+    def training_step(self, batch, batch_idx):
+        if self.global_rank == 1 and batch_idx == 1:
+            batch = {**batch, "a": batch["a"].clone().index_fill_(0, torch.tensor([0]), float("nan"))}
+        return super().training_step(batch, batch_idx)
+
+    def on_train_end(self) -> None:
+        state = {k: v.detach().clone() for k, v in self.state_dict().items()}
+        torch.save({"state": state, "skipped": dict(self.skipped)}, f"{self.out}/rank{self.global_rank}.pt")
+
+
+@pytest.mark.slow
+def test_ddp_replicas_stay_identical_when_one_rank_sees_a_nonfinite_loss(tmp_path):
+    """Two CPU processes (gloo): A's update is skipped on both ranks, B trains, the replicas stay equal."""
+    torch.manual_seed(8)
+    pair = _PoisonOnRankOne(image_size=8, n_flow=2, n_block=2, hidden=8)
+    pair.out = str(tmp_path)
+    g = torch.Generator().manual_seed(0)
+    batches = [{"a": torch.rand(4, 1, 8, 8, generator=g), "b": torch.rand(4, 1, 8, 8, generator=g)} for _ in range(3)]
+    trainer = L.Trainer(
+        max_steps=3,
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        use_distributed_sampler=False,
+    )
+    trainer.fit(pair, torch.utils.data.DataLoader(batches, batch_size=None))
+    r0, r1 = (torch.load(tmp_path / f"rank{k}.pt") for k in (0, 1))
+    assert r0["skipped"] == r1["skipped"] == {"a": 1, "b": 0}
+    assert all(torch.equal(v, r1["state"][k]) for k, v in r0["state"].items())
+
+
 # --- the inversion test ----------------------------------------------------------------------
 def test_w1_to_standard_normal_is_exact():
     values = np.random.default_rng(0).normal(0.3, 1.2, size=5000)

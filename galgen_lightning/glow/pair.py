@@ -54,6 +54,18 @@ def uniform_from_normal(z: Tensor) -> Tensor:
     return (0.5 * (1 + torch.erf(z / math.sqrt(2)))).clamp(0, 1 - 1e-7)
 
 
+def _agree_on_all_ranks(ok: Tensor) -> list[bool]:
+    """Per-model "finite" flags, ANDed over all processes under ``torch.distributed``.
+
+    A model whose loss is non-finite on any rank skips its update on every rank, so the DDP
+    replicas never drift apart.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        ok = ok.float()
+        torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
+    return [bool(v) for v in ok.tolist()]
+
+
 class GlowPair(PairModule):
     """Two multi-scale Glows, A and B, for the two-models and inversion tests.
 
@@ -142,17 +154,20 @@ class GlowPair(PairModule):
             bpd, logdet = self.bits_per_dim(which, batch[which])
             losses[which] = bpd.mean()
             finite.append(torch.isfinite(losses[which]) & torch.isfinite(logdet).all())
-        flags = torch.stack(finite).tolist()  # host synchronisation: is either loss non-finite?
+        flags = _agree_on_all_ranks(torch.stack(finite))  # host synchronisation: is either loss non-finite?
         total = None
         for which, ok in zip(MODELS, flags):
             if not ok:
                 self._bad_now[which] = self._bad_now[which] or "loss or log-determinant"
-                continue
-            self.log(
-                f"train/bpd_{which}", losses[which], prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch[which])
-            )
-            total = losses[which] if total is None else total + losses[which]
-        return total  # None: Lightning skips backward; a model left out gets no gradient, no update
+                # a zero loss over every parameter: backward still reaches them all (so DDP's
+                # gradient reduction, which waits for every parameter, stays in step on all
+                # ranks), and on_before_optimizer_step then drops these zero gradients
+                loss = torch.stack([p.sum() for p in self.model(which).parameters()]).sum() * 0.0
+            else:
+                loss = losses[which]
+                self.log(f"train/bpd_{which}", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch[which]))
+            total = loss if total is None else total + loss
+        return total
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """Drop the gradients of a model whose loss was non-finite, or whose gradients are."""
