@@ -216,6 +216,7 @@ def test_report_summary_verdicts_and_n_star(built):
     assert not glow["n_star"]["bracketed"]  # one N only: nothing to bracket, said so
     assert "not bracketed" in glow["n_star"]["statement"]
     assert "model A's samples are faint" in glow["runs"][0]["evidence"]  # faded samples are diagnosed, not hidden
+    assert glow["runs"][0]["verdict"] == "generalizes (caveat: model A's samples faint)"
     assert any("model A's valid samples are faint" in note for note in glow["notes"])
     assert not any("faint" in note for note in diff["notes"])
 

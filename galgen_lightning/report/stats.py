@@ -201,6 +201,8 @@ def judge(run: Run, n_boot: int, confidence: float, rng: np.random.Generator) ->
     if faint:
         other = "B" if faint[0] == "A" else "A"
         parts.append(f"model {faint[0]}'s samples are faint (median pixel std {faint[1]:.3g} against {faint[2]:.3g} for {other})")
+        if label in ("generalizes", "partly memorizes"):
+            label += f" (caveat: model {faint[0]}'s samples faint)"
     parts += family_evidence(run)
     if not run.complete:
         label += f" (incomplete: {run.state})"
