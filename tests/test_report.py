@@ -130,6 +130,9 @@ def fake_sweep(tmp_path_factory) -> Path:
         {f"{c}/{v}_{k}": 0.1 for c in ("sample_a_vs_real_a", "real_a_vs_val") for v in variables for k in ("w1", "ks", "ks_p")}
     )
     _append(root / "diffusion-small-n100-seed0", record)
+    validate = root / "diffusion-small-n1000-seed0" / "validate-20261128-120000"  # morphology added later by galgen validate
+    _save(validate, "morphology", 4, morph)
+    _append(validate, record)
 
     glow = root / "glow-small-n10-seed0"
     _write_run(
@@ -239,6 +242,7 @@ def test_report_files_and_html(built):
     assert page.count('src="data:image/png;base64,') == len(figures)
     assert "http://" not in page and "https://" not in page  # self-contained
     assert "incomplete: running" in page and 'class="incomplete"' in page
+    assert "N=1,000" in page.split("Morphology distributions")[1]  # from the run's galgen validate folder
     assert "W1(z, z_B)" in page and (out / "inversion_table_glow-16-px.csv").exists()
     assert "1 incomplete run(s) left out: N=10000 running" in page
     assert "sample_a vs real_a" in page and "real_a vs val" in page  # the morphology test's distances

@@ -92,6 +92,7 @@ class Run:
     channels: int = 1
     parameters: dict[str, int] = field(default_factory=dict)
     parameters_note: str = ""
+    validations: list[tuple[Path, list[dict]]] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -110,22 +111,32 @@ class Run:
         """Runs of one family and image size form one curve over N."""
         return f"{self.family} ({self.image_size} px)" if self.image_size else self.family
 
+    def source(self, test: str) -> tuple[Path, list[dict]]:
+        """Where ``test``'s results are: the run itself, or else its newest ``galgen validate``
+        folder (``<run>/validate-<time>/``) that has them (e.g. a test added after training)."""
+        if any(r.get("test") == test for r in self.records):
+            return self.path, self.records
+        for folder, records in reversed(self.validations):
+            if any(r.get("test") == test for r in records):
+                return folder, records
+        return self.path, self.records
+
     def last(self, test: str) -> dict | None:
         """The last ``metrics.jsonl`` record of ``test``."""
-        rows = [r for r in self.records if r.get("test") == test]
+        rows = [r for r in self.source(test)[1] if r.get("test") == test]
         return rows[-1] if rows else None
 
     def history(self, test: str) -> list[dict]:
         """Every record of ``test``, the last one per epoch (a resumed run may repeat epochs)."""
         by_epoch: dict[int, dict] = {}
-        for r in self.records:
+        for r in self.source(test)[1]:
             if r.get("test") == test and r.get("epoch") is not None:
                 by_epoch[int(r["epoch"])] = r
         return [by_epoch[e] for e in sorted(by_epoch)]
 
     def eval_files(self, test: str) -> dict[int, Path]:
-        """``{epoch: eval/<test>/epoch_XXXX.npz}``."""
-        folder = self.path / "eval" / test
+        """``{epoch: eval/<test>/epoch_XXXX.npz}`` (of :meth:`source`)."""
+        folder = self.source(test)[0] / "eval" / test
         out = {}
         for p in folder.glob("epoch_*.npz") if folder.is_dir() else []:
             m = re.fullmatch(r"epoch_(\d+)\.npz", p.name)
@@ -203,6 +214,8 @@ def load_run(path: Path) -> Run:
     init = (config.get("model") or {}).get("init_args") or {}
     channels = _int(init.get("channels")) or 1
     run = Run(path, status, config, manifest, records, _family(config, path), n, seed, image_size, channels)
+    for folder in sorted(p for p in path.glob("validate-*") if (p / "metrics.jsonl").is_file()):
+        run.validations.append((folder, read_metrics(folder / "metrics.jsonl")))
     given = manifest.get("parameters") or status.get("parameters")
     if isinstance(given, dict):
         run.parameters = {str(k): int(v) for k, v in given.items() if _int(v) is not None}
