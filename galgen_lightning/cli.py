@@ -20,6 +20,7 @@ from pathlib import Path
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from galgen_lightning.callbacks.common import averaging_after_tests
 from galgen_lightning.callbacks.rundir import RunDirectory, read_status
 from galgen_lightning.data import GalaxyPairDataModule
 from galgen_lightning.errors import GalgenError
@@ -86,6 +87,10 @@ class GalgenCLI(LightningCLI):
                 args.dirpath = str(folder / "checkpoints")
         parser = self._parser(self.subcommand)
         self.run_directory.config_text = parser.dump(cfg, skip_none=False)
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        self.trainer.callbacks = averaging_after_tests(self.trainer.callbacks)
 
     def _choose_run_dir(self, cfg) -> Path:
         given = cfg.trainer.default_root_dir

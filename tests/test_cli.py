@@ -98,3 +98,27 @@ def test_bf16_mixed_precision_and_validate_on_checkpoint(tmp_path, tiny_source_a
     assert len(validations) == 1
     assert {r["test"] for r in read_jsonl(validations[0] / "metrics.jsonl")} == {"two_models", "denoising"}
     assert json.loads((run / "status.json").read_text())["state"] == "complete"  # the fit run is untouched
+
+
+def test_weight_averaging_runs_after_the_tests_whatever_the_config_order(tmp_path, tiny_source_args):
+    """EMA listed before the tests: the CLI moves it after them, so they evaluate the EMA weights."""
+    from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
+
+    from galgen_lightning.callbacks import DenoisingTest, TwoModelsTest
+    from galgen_lightning.callbacks.common import averaging_after_tests
+
+    ema, ckpt, two, den = EMAWeightAveraging(), ModelCheckpoint(), TwoModelsTest(), DenoisingTest()
+    assert averaging_after_tests([ema, two, ckpt, den]) == [two, ckpt, den, ema]
+    assert averaging_after_tests([two, den, ema, ckpt]) == [two, den, ema, ckpt]
+    assert averaging_after_tests([ema, ckpt]) == [ema, ckpt]  # no tests: untouched
+
+    config = tmp_path / "ema_first.yaml"
+    config.write_text(
+        "trainer:\n  callbacks:\n"
+        "    - class_path: lightning.pytorch.callbacks.EMAWeightAveraging\n      init_args:\n        decay: 0.9\n"
+        "    - class_path: galgen_lightning.callbacks.TwoModelsTest\n      init_args:\n        n_samples: 8\n"
+    )
+    run = tmp_path / "run"
+    args = ["fit", *FAMILY, f"--config={config}", *tiny_source_args, *TINY, f"--trainer.default_root_dir={run}"]
+    assert run_cli(args) == 0
+    assert [r["test"] for r in read_jsonl(run / "metrics.jsonl")] == ["two_models"]

@@ -39,34 +39,32 @@ def test_copies_are_flagged_and_fresh_galaxies_are_not():
 
 @pytest.mark.slow
 def test_pair_trained_on_four_images_copies_its_own_subset(tmp_path, tiny_source_args):
-    """A pair trained on 4 images through the real CLI: samples sit closer to their own subset.
+    """The demo's small-N pair (N = 4, 1,500 steps) through the real CLI memorizes.
 
-    Measured on the 2-core CPU (16 px, 2-block U-Nets, 1,500 steps): the own-minus-other gap is
-    +0.05 to +0.11 with every batch size and width tried, while the calibrated memorization rate
-    stays at 0.1-0.3 (samples are not yet pixel copies) and one model of the pair may lag the
-    other; see docs/demo.md. The test asserts what holds within a CI budget: the pooled gap and
-    the denoising signature of memorization.
+    Measured on the 2-core CPU with the demo config (EMA weights, learning rate halving every
+    2 epochs, sampler beta 0.5): memorization rate 0.63, own-minus-other gap +0.04 (p < 1e-20),
+    denoising own-vs-other +3.1 to +3.9 dB. Without EMA and halving, a model's sampler diverged
+    for most samples at some epochs (see docs/demo.md). The bounds below leave room for the
+    run-to-run spread of such a short training on another machine; a generalizing pair scores
+    about 0.01, 0 and 0 on them.
     """
     run = tmp_path / "memorize"
     args = [
         "fit",
         f"--config={CONFIGS / 'diffusion.yaml'}",
         f"--config={CONFIGS / 'quick' / 'diffusion.yaml'}",
+        f"--config={CONFIGS / 'demo' / 'diffusion.yaml'}",
         *tiny_source_args,
         "--data.n=4",
         "--data.n_val=64",
-        "--data.batch_size=32",
-        "--data.samples_per_epoch=9600",
-        "--model.init_args.blocks=2",
-        "--model.init_args.width=16",
-        "--trainer.max_epochs=5",
         "--trainer.enable_progress_bar=false",
         f"--trainer.default_root_dir={run}",
     ]
     assert run_cli(args) == 0
     records = read_jsonl(run / "metrics.jsonl")
     result = [r for r in records if r["test"] == "two_models"][-1]
-    assert result["valid_a"] + result["valid_b"] >= 256  # the sampler converged for most samples
+    assert result["valid_a"] + result["valid_b"] >= 96, result  # the sampler converged for most samples
+    assert result["memorization_rate"] > 0.25, result
     assert result["gap_median"] > 0 and result["gap_p_value"] < 1e-3, result
     # the denoising signature (the paper's Figures 5-6), averaged over the 4 training images and
     # held-out images: each denoiser restores its own training images better than the other

@@ -151,3 +151,23 @@ def mosaic(rows: list[torch.Tensor], pad: int = 2) -> np.ndarray:
                 img[0], low=0.0, high=1.0
             )
     return canvas
+
+
+def averaging_after_tests(callbacks: list) -> list:
+    """Reorder callbacks so weight averaging (EMA/SWA) comes after the evaluation callbacks.
+
+    Lightning's ``WeightAveraging`` swaps the averaged weights in at the start of validation
+    and back out in its ``on_validation_epoch_end``; the tests also run in
+    ``on_validation_epoch_end``, in list order. Placed after them, the averaging callback lets
+    every test see the averaged weights, whatever order the config lists them in.
+    """
+    from lightning.pytorch.callbacks import WeightAveraging
+
+    averaging = [c for c in callbacks if isinstance(c, WeightAveraging)]
+    tests = [i for i, c in enumerate(callbacks) if isinstance(c, EvalCallback)]
+    if not averaging or not tests:
+        return list(callbacks)
+    rest = [c for c in callbacks if not isinstance(c, WeightAveraging)]
+    cut = max(i for i, c in enumerate(rest) if isinstance(c, EvalCallback)) + 1
+    return rest[:cut] + averaging + rest[cut:]
+

@@ -79,6 +79,13 @@ def two_models_statistics(
     rate, threshold = memorization_rate(own_all, arrays["heldout"], quantile)
     scalars["memorization_rate"], scalars["memorization_threshold"] = rate, threshold
     scalars.update(own_other_gap(own_all, other_all))
+    # brightness: a blind bias-free denoiser does not pin the overall scale of an image, and a
+    # sampler chain can fade (the cosine is scale-free, so it would not show): compare the
+    # samples' pixel spread with real held-out galaxies'
+    scalars["heldout_pixel_std_median"] = float(subsets["val"].flatten(1).float().std(dim=1).median())
+    for which in MODELS:
+        x = samples[which][samples.ok(which)]
+        scalars[f"pixel_std_median_{which}"] = float(x.flatten(1).float().std(dim=1).median()) if len(x) else float("nan")
     for which in MODELS:
         scalars[f"memorization_rate_{which}"] = memorization_rate(arrays[f"own_{which}"], arrays["heldout"], quantile)[0]
         scalars[f"gap_median_{which}"] = own_other_gap(arrays[f"own_{which}"], arrays[f"other_{which}"])["gap_median"]
