@@ -1,0 +1,152 @@
+"""The morphology test: do samples of A and B have the morphology of real galaxies?
+
+Each evaluation measures concentration, asymmetry, smoothness, Gini and M20 with statmorph
+(see :mod:`galgen_lightning.morphology`) on five groups of images: the training subsets A and
+B (``real_a``, ``real_b``; at most ``n_real`` images each, a fixed random choice), the held-out
+validation set (``val``) and ``n_samples`` samples of model A and of model B (``sample_a``,
+``sample_b``; same seed every epoch). Per variable it compares the distributions with the
+1-Wasserstein distance and a two-sample KS test: samples A vs real A, samples B vs real B,
+samples A vs samples B, and real A vs validation (the baseline: how far apart two sets of
+real galaxies are), plus samples vs validation and real A vs real B.
+
+Every image is accounted for: the counts of measured, failed (with reasons) and flagged
+images of each group are logged, and the per-image values, flags and reasons are saved in
+``<run>/eval/morphology/epoch_XXXX.npz`` (keys in :mod:`galgen_lightning.morphology`). The
+real groups do not change during a run, so they are measured once and reused. The figure
+``epoch_XXXX.png`` has one histogram panel per variable (the paper's Figures 7, 8 and 15).
+See ``docs/morphology.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import lightning as L
+import numpy as np
+
+from galgen_lightning.callbacks.common import EvalCallback
+from galgen_lightning.morphology import (
+    COMPARISONS,
+    VARIABLES,
+    MorphologyOptions,
+    measure_groups,
+    morphology_figure,
+    morphology_statistics,
+)
+
+REAL_GROUPS = {"real_a": "a", "real_b": "b", "val": "val"}
+
+
+def choose_subset(n: int, k: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of ``k`` of ``n`` images, a fixed random choice (all when ``k`` is None or ``>= n``)."""
+    if k is None or k >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng([seed, n, k]).choice(n, size=k, replace=False))
+
+
+class MorphologyTest(EvalCallback):
+    """Per-epoch morphology test with statmorph: real vs samples of A vs samples of B.
+
+    Measuring takes about 0.5 s per 64x64 image and CPU core, so the real groups are measured
+    once per run (cached) and each evaluation measures ``2 * n_samples`` samples over
+    ``workers`` processes.
+
+    Args:
+        every_n_epochs: run every this many epochs (and at the last one).
+        n_samples: samples per model.
+        n_real: most images measured per real group (A, B, validation); None measures all.
+        seed: sampling seed (the same noise every epoch) and seed of the choice of real images.
+        batch_size: samples per generation batch (default: the family's own).
+        workers: processes measuring in parallel (default: the CPUs this process may use).
+        threshold: detection threshold in background sigmas.
+        smoothing: Gaussian sigma in pixels before detection.
+        min_snr: smallest total S/N of a segment (fainter ones are noise).
+        deblend: deblend the segmentation (photutils ``deblend_sources``).
+        skybox_size: statmorph's sky box size (default: a quarter of the image, at least 8).
+        upsample: measure on images enlarged this many times (1: as they are).
+        max_flag: largest statmorph flag whose measurement is used (0 good, 1 suspect, 2 bad).
+        progress: show a progress bar (default: for more than 100 images).
+        bins: histogram bins per figure panel.
+    """
+
+    name = "morphology"
+
+    def __init__(
+        self,
+        every_n_epochs: int = 1,
+        n_samples: int = 256,
+        n_real: int | None = 256,
+        seed: int = 0,
+        batch_size: int | None = None,
+        workers: int | None = None,
+        threshold: float = 2.0,
+        smoothing: float = 1.0,
+        min_snr: float = 20.0,
+        deblend: bool = True,
+        skybox_size: int | None = None,
+        upsample: int = 1,
+        max_flag: int = 1,
+        progress: bool | None = None,
+        bins: int = 30,
+    ) -> None:
+        super().__init__(every_n_epochs)
+        if n_samples < 1:
+            raise ValueError(f"n_samples must be positive, got {n_samples}")
+        if n_real is not None and n_real < 1:
+            raise ValueError(f"n_real must be positive or None, got {n_real}")
+        if workers is not None and workers < 1:
+            raise ValueError(f"workers must be positive, got {workers}")
+        self.n_samples = n_samples
+        self.n_real = n_real
+        self.seed = seed
+        self.batch_size = batch_size
+        self.workers = workers
+        self.options = MorphologyOptions(
+            threshold=threshold,
+            smoothing=smoothing,
+            min_snr=min_snr,
+            deblend=deblend,
+            skybox_size=skybox_size,
+            upsample=upsample,
+            max_flag=max_flag,
+        )
+        self.progress = progress
+        self.bins = bins
+        self._real_cache: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+
+    def measure(self, groups: dict) -> dict[str, dict[str, np.ndarray]]:
+        """Measure ``{name: (images, valid)}`` with this callback's options, in one process pool."""
+        return measure_groups(groups, self.options, workers=self.workers, progress=self.progress)
+
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        dm = trainer.datamodule
+        batch_size = self.batch_size or getattr(pl_module.hparams, "sample_batch_size", None)
+        samples = pl_module.sample(self.n_samples, self.seed, batch_size=batch_size)
+        todo = {f"sample_{w}": (samples[w], samples.ok(w).numpy()) for w in ("a", "b")}
+        real: dict[str, tuple[tuple[str, str], np.ndarray]] = {}
+        for name, subset in REAL_GROUPS.items():
+            # the real groups never change during a run: measure each once, keyed by content
+            x = np.asarray(dm.subset_images(subset), dtype=np.float32)
+            index = choose_subset(len(x), self.n_real, self.seed)
+            chosen = np.ascontiguousarray(x[index])
+            key = (name, hashlib.sha1(chosen.tobytes()).hexdigest())
+            real[name] = (key, index)
+            if key not in self._real_cache:
+                todo[name] = (chosen, None)
+        measured = self.measure(todo)
+        groups: dict[str, dict[str, np.ndarray]] = {}
+        for name, (key, index) in real.items():
+            if key not in self._real_cache:
+                self._real_cache[key] = {**measured[name], "index": index}
+            groups[name] = self._real_cache[key]
+        for which in ("a", "b"):
+            groups[f"sample_{which}"] = {**measured[f"sample_{which}"], "index": np.arange(len(samples[which]))}
+        scalars, arrays = morphology_statistics(groups, COMPARISONS, self.options.max_flag)
+        self.log_scalars(trainer, scalars)
+        self.save_arrays(trainer, arrays)
+        self.log_histograms(
+            trainer,
+            {f"{g}/{v}": arrays[f"{g}/{v}"][arrays[f"{g}/used"]] for g in groups for v in VARIABLES},
+        )
+        title = f"morphology, epoch {trainer.current_epoch} (statmorph; used images per group in the legends)"
+        self.save_figure(trainer, morphology_figure(arrays, scalars, title, self.bins), "histograms")
