@@ -57,7 +57,11 @@ class GalgenCLI(LightningCLI):
             *args,
             subclass_mode_model=True,
             save_config_callback=None,
-            parser_kwargs={"description": "galgen: the two-models test of generative models of galaxy images."},
+            parser_kwargs={
+                "description": "galgen: the two-models test of generative models of galaxy images. "
+                "Besides fit and validate: 'galgen report PATH' (HTML report of a run or a sweep) and "
+                "'galgen sweep' (pairs over N, then the report); each has its own --help."
+            },
             **kwargs,
         )
 
