@@ -195,6 +195,13 @@ def _failed(reason: str, message: str = "", **extra: Any) -> Measurement:
     return Measurement({v: float("nan") for v in VARIABLES}, reason=reason, message=message[:_MESSAGE_CHARS], **extra)
 
 
+def missing_dependencies() -> list[str]:
+    """The packages of the measurement (statmorph, photutils) that are not installed."""
+    from importlib.util import find_spec
+
+    return [name for name in ("statmorph", "photutils") if find_spec(name) is None]
+
+
 # ----------------------------------------------------------------------------- one image
 def as_images(images: Any) -> np.ndarray:
     """Images ``(n, h, w)`` or ``(n, 1, h, w)`` (NumPy or a CPU tensor) as float64 ``(n, h, w)``."""

@@ -143,6 +143,20 @@ def test_options_are_checked():
     assert M.MorphologyOptions().resolved(16) == {"n_pixels": 3, "border": 2, "skybox_size": 8}
 
 
+def test_callback_without_statmorph_stops_at_setup(monkeypatch):
+    from galgen_lightning.callbacks import MorphologyTest
+    from galgen_lightning.callbacks import morphology as callback_module
+    from galgen_lightning.errors import GalgenError
+
+    callback = MorphologyTest(n_samples=4)
+    callback.setup(None, None, "fit")  # installed here: nothing happens
+    monkeypatch.setattr(callback_module, "missing_dependencies", lambda: ["statmorph"])
+    with pytest.raises(GalgenError, match="pip install statmorph photutils"):
+        callback.setup(None, None, "fit")
+    with pytest.raises(ValueError, match="n_samples"):
+        MorphologyTest(n_samples=0)
+
+
 def test_cli_fit_with_morphology_callback_writes_npz_and_metrics(tmp_path, tiny_source_args):
     """16 px stamps are enough to segment and measure (docs/morphology.md); 4 images per group."""
     run = tmp_path / "run"

@@ -25,11 +25,13 @@ import lightning as L
 import numpy as np
 
 from galgen_lightning.callbacks.common import EvalCallback
+from galgen_lightning.errors import GalgenError
 from galgen_lightning.morphology import (
     COMPARISONS,
     VARIABLES,
     MorphologyOptions,
     measure_groups,
+    missing_dependencies,
     morphology_figure,
     morphology_statistics,
 )
@@ -113,6 +115,15 @@ class MorphologyTest(EvalCallback):
         self.progress = progress
         self.bins = bins
         self._real_cache: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Fail at the start of the run, not at the first evaluation, when statmorph is missing."""
+        missing = missing_dependencies()
+        if missing:
+            raise GalgenError(
+                f"MorphologyTest needs {' and '.join(missing)}, which this environment lacks: "
+                "pip install statmorph photutils, or remove the callback from trainer.callbacks"
+            )
 
     def measure(self, groups: dict) -> dict[str, dict[str, np.ndarray]]:
         """Measure ``{name: (images, valid)}`` with this callback's options, in one process pool."""
