@@ -26,7 +26,8 @@ Every image ends in exactly one state, none silently dropped:
 
 * **failed** (no usable measurement), with a reason from :data:`FAILURES`: ``invalid_sample``
   (the model marked the sample invalid), ``nonfinite`` (NaN/inf pixels), ``blank`` (a constant
-  image), ``no_source`` (photutils found no segment), ``statmorph_error`` (statmorph raised),
+  image), ``segmentation_error`` (the background estimate or photutils raised), ``no_source``
+  (photutils found no significant segment), ``statmorph_error`` (statmorph raised),
   ``catastrophic`` (statmorph flag 4, e.g. a non-positive flux) and ``bad_values`` (one of the
   five statistics came back as -99 or non-finite);
 * **flagged**: measured, but statmorph's flag is above ``max_flag`` (default 1: flag 2 "bad"
@@ -40,7 +41,7 @@ Files the :class:`~galgen_lightning.callbacks.MorphologyTest` callback writes
 image of each group ``<group>`` in :data:`GROUPS` (``real_a``, ``real_b``, ``val``,
 ``sample_a``, ``sample_b``); ``n`` is the number of images of that group:
 
-* ``variables`` (5,) str, ``groups`` (5,) str, ``failures`` (7,) str: the vocabularies;
+* ``variables`` (5,) str, ``groups`` (5,) str, ``failures`` (8,) str: the vocabularies;
 * ``max_flag`` () int: the largest statmorph flag counted as used;
 * ``<group>/<variable>`` (n,) float64 for each variable in :data:`VARIABLES`: the statmorph
   value, NaN where the image failed (flagged images keep their values);
@@ -103,7 +104,16 @@ COMPARISONS: tuple[tuple[str, str], ...] = (
 )
 """Pairs of groups whose distributions are compared; ``real_a`` vs ``val`` is the baseline."""
 
-FAILURES: tuple[str, ...] = ("invalid_sample", "nonfinite", "blank", "no_source", "statmorph_error", "catastrophic", "bad_values")
+FAILURES: tuple[str, ...] = (
+    "invalid_sample",
+    "nonfinite",
+    "blank",
+    "segmentation_error",
+    "no_source",
+    "statmorph_error",
+    "catastrophic",
+    "bad_values",
+)
 """Why an image has no measurement (see the module docstring)."""
 
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
@@ -359,13 +369,16 @@ def measure_image(image: np.ndarray, options: MorphologyOptions | None = None) -
     opts = options.resolved(min(image.shape))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        sky, sigma = estimate_background(image, opts["border"], opts["n_pixels"])
-        if not sigma > 0:
-            # a noiseless frame (e.g. a sample with an exactly flat sky): one 8-bit grey level
-            sigma = 1.0 / 255
-        extra = {"sky": sky, "sky_sigma": sigma}
-        data = image - sky
-        segmap = segment(data, sigma, options.threshold, options.smoothing, opts["n_pixels"], options.deblend, options.min_snr)
+        try:
+            sky, sigma = estimate_background(image, opts["border"], opts["n_pixels"])
+            if not sigma > 0:
+                # a noiseless frame (e.g. a sample with an exactly flat sky): one 8-bit grey level
+                sigma = 1.0 / 255
+            extra = {"sky": sky, "sky_sigma": sigma}
+            data = image - sky
+            segmap = segment(data, sigma, options.threshold, options.smoothing, opts["n_pixels"], options.deblend, options.min_snr)
+        except Exception as e:  # astropy or photutils on an image they cannot handle
+            return _failed("segmentation_error", f"{type(e).__name__}: {e}")
         label = main_label(segmap) if segmap is not None else 0
         if label == 0:
             return _failed("no_source", **extra)

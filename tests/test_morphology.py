@@ -58,6 +58,15 @@ def test_blank_noise_and_broken_images_are_counted_failures():
     assert counts["failed_invalid_sample"] == 1 and sum(counts[f"failed_{r}"] for r in M.FAILURES) == 8
 
 
+def test_a_segmentation_crash_is_a_counted_failure(monkeypatch):
+    def broken(*args, **kwargs):
+        raise MemoryError("no room")
+
+    monkeypatch.setattr(M, "segment", broken)
+    result = M.measure_image(sersic_stamp(1.0))
+    assert result.reason == "segmentation_error" and "MemoryError: no room" in result.message
+
+
 def test_lupton_clipped_noise_is_not_used():
     """Sky noise clipped at zero (an empty Lupton stamp) is not a galaxy: it fails or is flagged."""
     rng = np.random.default_rng(1)
