@@ -1,12 +1,13 @@
 """Morphology throughput: synthetic galaxies measured per second with 1 and 2 worker processes.
 
 It renders ``--count`` synthetic galaxies (``galgen_lightning.data.synthetic.render_many``, not
-timed), then measures them with :func:`galgen_lightning.morphology.measure_images` once per
-worker count and prints one JSON object: images per second, including the start of a process
-pool (what the callback pays per evaluation, about a second), and the used / flagged / failed
-counts, which must not depend on the worker count. The forkserver that the pools fork from is
-started once per process, before the timed runs (``first_pool_seconds``: 2 images on a
-first pool).
+timed), then measures them with :func:`galgen_lightning.morphology.measure_groups` and prints
+one JSON object. With one worker: in this process. With more: ``cold`` on a new
+:class:`~galgen_lightning.morphology.WorkerPool` (its workers start and import this script,
+which imports torch and Lightning through ``galgen_lightning.data``, as the ``galgen`` script
+does), then ``warm`` on the same pool (what the callback pays from its second evaluation on).
+The forkserver itself is started before timing (once per process). The used / flagged /
+failed counts and the values must not depend on the worker count.
 
 Examples:
     OMP_NUM_THREADS=1 python benchmarks/bench_morphology.py
@@ -48,15 +49,18 @@ def main(argv: list[str] | None = None) -> dict:
         "count": args.count,
         "deblend": options.deblend,
         "cpus": M.default_workers(),
+        "load_average_1min": round(os.getloadavg()[0], 2),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "python": platform.python_version(),
-        "first_pool_seconds": round(first_pool, 2),
+        "forkserver_start_seconds": round(first_pool, 2),
         "runs": [],
     }
     reference = None
-    for workers in args.workers:
+
+    def timed(workers: int, pool: M.WorkerPool | None, kind: str) -> None:
+        nonlocal reference
         start = time.perf_counter()
-        table = M.measure_images(images, options, workers=workers, progress=False)
+        table = M.measure_groups({"x": (images, None)}, options, workers=workers, progress=False, pool=pool)["x"]
         seconds = time.perf_counter() - start
         counts = M.counts(table)
         values = np.stack([table[v] for v in M.VARIABLES])
@@ -64,15 +68,23 @@ def main(argv: list[str] | None = None) -> dict:
         result["runs"].append(
             {
                 "workers": workers,
+                "pool": kind,
                 "seconds": round(seconds, 2),
                 "images_per_second": round(args.count / seconds, 2),
-                "seconds_per_image_per_worker": round(seconds * workers / args.count, 3),
                 "used": int(counts["used"]),
                 "flagged": int(counts["flagged"]),
                 "failed": int(counts["failed"]),
                 "same_values_as_first_run": bool(np.array_equal(values, reference, equal_nan=True)),
             }
         )
+
+    for workers in args.workers:
+        if workers == 1:
+            timed(1, None, "none")
+            continue
+        with M.WorkerPool(workers) as pool:
+            timed(workers, pool, "cold")
+            timed(workers, pool, "warm")
     print(json.dumps(result, indent=1))
     return result
 

@@ -429,22 +429,70 @@ def _pool_context() -> Any:
     return multiprocessing.get_context("spawn")
 
 
-def _measure_parallel(x: Sequence[np.ndarray], options: MorphologyOptions, workers: int, bar: Any) -> list[Measurement]:
-    """Measure ``x`` over ``workers`` processes, in order; chunks a broken pool lost are redone here."""
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+class WorkerPool:
+    """Worker processes for :func:`measure_groups` that can outlive one call.
+
+    Each worker imports the parent's ``__main__`` module once when it starts (the ``galgen``
+    script imports Lightning: seconds), so a caller that measures repeatedly (the callback,
+    every few epochs) keeps one pool for the whole run. Use it as a context manager or call
+    :meth:`close`.
+
+    Args:
+        workers: number of processes (at least 2; 1 needs no pool).
+    """
+
+    def __init__(self, workers: int) -> None:
+        if workers < 2:
+            raise ValueError(f"a WorkerPool needs at least 2 workers, got {workers}")
+        self.workers = workers
+        self._executor: Any = None
+
+    def executor(self) -> Any:
+        """The ``ProcessPoolExecutor``, started on first use (workers start as tasks arrive)."""
+        if self._executor is None:
+            from concurrent.futures import ProcessPoolExecutor
+
+            with _single_threaded_children():
+                self._executor = ProcessPoolExecutor(self.workers, mp_context=_pool_context())
+        return self._executor
+
+    def discard(self) -> None:
+        """Drop a broken executor without waiting; the next :meth:`executor` starts a new one."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    def close(self) -> None:
+        """Stop the workers (waits for running tasks)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _measure_parallel(x: Sequence[np.ndarray], options: MorphologyOptions, pool: WorkerPool, bar: Any) -> list[Measurement]:
+    """Measure ``x`` over the pool's processes, in order; chunks a broken pool lost are redone here."""
+    from concurrent.futures import as_completed
     from concurrent.futures.process import BrokenProcessPool
 
-    n_chunks = min(len(x), workers * 4)
+    n_chunks = min(len(x), pool.workers * 4)
     bounds = np.linspace(0, len(x), n_chunks + 1).astype(int)
     chunks = [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
     done: dict[int, list[Measurement]] = {}
     try:
-        with _single_threaded_children(), ProcessPoolExecutor(min(workers, len(chunks)), mp_context=_pool_context()) as pool:
-            futures = {pool.submit(_measure_chunk, x[a:b], options): k for k, (a, b) in enumerate(chunks)}
-            for future in as_completed(futures):
-                done[futures[future]] = future.result()
-                bar.update(len(done[futures[future]]))
+        with _single_threaded_children():  # for workers started now (the forkserver's environment wins)
+            executor = pool.executor()
+            futures = {executor.submit(_measure_chunk, x[a:b], options): k for k, (a, b) in enumerate(chunks)}
+        for future in as_completed(futures):
+            done[futures[future]] = future.result()
+            bar.update(len(done[futures[future]]))
     except BrokenProcessPool:
+        pool.discard()
         missing = sum(b - a for k, (a, b) in enumerate(chunks) if k not in done)
         warnings.warn(f"morphology: a worker process died; measuring the {missing} remaining images in this process", RuntimeWarning, stacklevel=3)
     for k, (a, b) in enumerate(chunks):
@@ -490,15 +538,17 @@ def measure_groups(
     workers: int | None = 1,
     progress: bool | None = None,
     desc: str = "morphology",
+    pool: WorkerPool | None = None,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Measure several groups of images in one process pool, keeping every image's outcome.
 
-    A process pool is created for the call and closed before it returns. On Linux its workers
-    are forked from a ``forkserver`` (a clean process that imports statmorph once per run),
-    elsewhere spawned; either way each worker imports the parent's ``__main__`` module once,
-    so scripts need the ``if __name__ == "__main__":`` guard. Thread-count variables are set
-    to 1 for the workers. If a worker dies, the images it held are measured in this process
-    (with a warning) rather than lost.
+    With ``workers > 1`` the images are measured in a process pool: ``pool`` if given (kept
+    open), else one created for the call. On Linux the workers are forked from a
+    ``forkserver`` (a clean process that imports statmorph once per run), elsewhere spawned;
+    either way each worker imports the parent's ``__main__`` module once, so scripts need the
+    ``if __name__ == "__main__":`` guard. Thread-count variables are set to 1 for the workers.
+    If a worker dies, the images it held are measured in this process (with a warning) rather
+    than lost. Results do not depend on the number of workers.
 
     Args:
         groups: name -> ``(images, valid)``: images ``(n, h, w)`` or ``(n, 1, h, w)`` (NumPy or
@@ -508,6 +558,8 @@ def measure_groups(
         workers: processes (None: the CPUs this process may use); 1 measures in-process.
         progress: show a tqdm bar (None: only for more than 100 images in all).
         desc: the bar's label.
+        pool: a :class:`WorkerPool` to use (and leave open) instead of a new one; its size
+            replaces ``workers``.
 
     Returns:
         name -> table of ``(n,)`` arrays: one per variable, ``flag``, ``reason``, ``message``,
@@ -526,13 +578,16 @@ def measure_groups(
     todo = [image for x, mask in prepared.values() for image in x[mask]]
     show = len(todo) > 100 if progress is None else progress
     with tqdm(total=len(todo), desc=desc, disable=not show, leave=False, dynamic_ncols=True) as bar:
-        if workers == 1 or len(todo) < 2:
+        if (pool is None and workers == 1) or len(todo) < 2:
             results = []
             for image in todo:
                 results.append(measure_image(image, options))
                 bar.update()
+        elif pool is not None:
+            results = _measure_parallel(todo, options, pool, bar)
         else:
-            results = _measure_parallel(todo, options, workers, bar)
+            with WorkerPool(workers) as own:
+                results = _measure_parallel(todo, options, own, bar)
     out: dict[str, dict[str, np.ndarray]] = {}
     start = 0
     for name, (x, mask) in prepared.items():
@@ -551,6 +606,7 @@ def measure_images(
     workers: int | None = 1,
     progress: bool | None = None,
     desc: str = "morphology",
+    pool: WorkerPool | None = None,
 ) -> dict[str, np.ndarray]:
     """Measure one group of images (see :func:`measure_groups`, which this calls).
 
@@ -561,12 +617,13 @@ def measure_images(
         workers: processes (None: the CPUs this process may use); 1 measures in-process.
         progress: show a tqdm bar (None: only for more than 100 images).
         desc: the bar's label.
+        pool: a :class:`WorkerPool` to use (and leave open) instead of a new one.
 
     Returns:
         A table of ``(n,)`` arrays: one per variable, ``flag``, ``reason``, ``message``,
         ``used``, ``sky`` and ``sky_sigma`` (see the module docstring).
     """
-    return measure_groups({desc: (images, valid)}, options, workers, progress, desc)[desc]
+    return measure_groups({desc: (images, valid)}, options, workers, progress, desc, pool)[desc]
 
 
 def table(measurements: Sequence[Measurement], max_flag: int = 1) -> dict[str, np.ndarray]:

@@ -30,6 +30,8 @@ from galgen_lightning.morphology import (
     COMPARISONS,
     VARIABLES,
     MorphologyOptions,
+    WorkerPool,
+    default_workers,
     measure_groups,
     missing_dependencies,
     morphology_figure,
@@ -51,7 +53,7 @@ class MorphologyTest(EvalCallback):
 
     Measuring takes about 0.5 s per 64x64 image and CPU core, so the real groups are measured
     once per run (cached) and each evaluation measures ``2 * n_samples`` samples over
-    ``workers`` processes.
+    ``workers`` processes, started at the first evaluation and kept for the run.
 
     Args:
         every_n_epochs: run every this many epochs (and at the last one).
@@ -115,6 +117,7 @@ class MorphologyTest(EvalCallback):
         self.progress = progress
         self.bins = bins
         self._real_cache: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+        self._pool: WorkerPool | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Fail at the start of the run, not at the first evaluation, when statmorph is missing."""
@@ -125,9 +128,22 @@ class MorphologyTest(EvalCallback):
                 "pip install statmorph photutils, or remove the callback from trainer.callbacks"
             )
 
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Stop the worker processes at the end of the run."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
     def measure(self, groups: dict) -> dict[str, dict[str, np.ndarray]]:
-        """Measure ``{name: (images, valid)}`` with this callback's options, in one process pool."""
-        return measure_groups(groups, self.options, workers=self.workers, progress=self.progress)
+        """Measure ``{name: (images, valid)}`` with this callback's options.
+
+        With more than one worker, the processes are started at the first evaluation and kept
+        until the end of the run (each one imports the training script once).
+        """
+        workers = default_workers() if self.workers is None else self.workers
+        if workers > 1 and self._pool is None:
+            self._pool = WorkerPool(workers)
+        return measure_groups(groups, self.options, workers=workers, progress=self.progress, pool=self._pool)
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         dm = trainer.datamodule
