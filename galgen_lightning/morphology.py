@@ -75,15 +75,15 @@ statmorph and photutils are imported inside the functions (the GPU machines may 
 
 from __future__ import annotations
 
-import os
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from galgen_lightning.parallel import default_workers, single_threaded_children
 
 VARIABLES: tuple[str, ...] = ("concentration", "asymmetry", "smoothness", "gini", "m20")
 """The five statistics, by their statmorph attribute names."""
@@ -116,7 +116,6 @@ FAILURES: tuple[str, ...] = (
 )
 """Why an image has no measurement (see the module docstring)."""
 
-_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 _MESSAGE_CHARS = 200
 
 
@@ -452,7 +451,7 @@ class WorkerPool:
         if self._executor is None:
             from concurrent.futures import ProcessPoolExecutor
 
-            with _single_threaded_children():
+            with single_threaded_children():
                 self._executor = ProcessPoolExecutor(self.workers, mp_context=_pool_context())
         return self._executor
 
@@ -485,7 +484,7 @@ def _measure_parallel(x: Sequence[np.ndarray], options: MorphologyOptions, pool:
     chunks = [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
     done: dict[int, list[Measurement]] = {}
     try:
-        with _single_threaded_children():  # for workers started now (the forkserver's environment wins)
+        with single_threaded_children():  # for workers started now (the forkserver's environment wins)
             executor = pool.executor()
             futures = {executor.submit(_measure_chunk, x[a:b], options): k for k, (a, b) in enumerate(chunks)}
         for future in as_completed(futures):
@@ -500,28 +499,6 @@ def _measure_parallel(x: Sequence[np.ndarray], options: MorphologyOptions, pool:
             done[k] = _measure_chunk(x[a:b], options)
             bar.update(b - a)
     return [m for k in range(len(chunks)) for m in done[k]]
-
-
-@contextmanager
-def _single_threaded_children() -> Iterator[None]:
-    saved = {name: os.environ.get(name) for name in _THREAD_VARIABLES}
-    os.environ.update({name: "1" for name in _THREAD_VARIABLES})
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-def default_workers() -> int:
-    """The CPUs this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def _prepare(images: Any, valid: Sequence[bool] | np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:

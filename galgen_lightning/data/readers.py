@@ -310,9 +310,9 @@ class CachedReader(GalaxySource):
         return max(1, min(16, math.ceil(self.chunk / workers)))
 
     def _worker_count(self) -> int:
-        from galgen_lightning.data.synthetic import _default_workers
+        from galgen_lightning.parallel import default_workers
 
-        return 1 if not self.parallel else (self.workers or _default_workers())
+        return 1 if not self.parallel else (self.workers or default_workers())
 
     def _convert(
         self, run: list[int], bounds: list[tuple[int, int]], inputs: list[Any], names: list[str], image_size: int, folder: Path
@@ -404,10 +404,10 @@ def _results(convert: Callable[[list[Any]], list[Result]], tasks: list[list[Any]
         return
     import multiprocessing
 
-    from galgen_lightning.data.synthetic import _single_threaded_children
+    from galgen_lightning.parallel import single_threaded_children
 
     context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    with _single_threaded_children(), warnings.catch_warnings():
+    with single_threaded_children(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*use of fork\\(\\) may lead to deadlocks.*")
         with context.Pool(min(workers, len(tasks))) as pool:
             yield pool.imap(convert, tasks)

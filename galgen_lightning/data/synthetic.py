@@ -41,14 +41,14 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from galgen_lightning.parallel import default_workers, single_threaded_children
 
 SYNTHETIC_VERSION: int = 2
 """Bump whenever the rendering changes: it keys the on-disk cache of rendered sets."""
@@ -60,8 +60,6 @@ MAX_RENDER_SCALE = 0.55  # arcsec; coarser stamps are drawn on a finer grid and 
 _BULGE_INDICES = (1.5, 2.0, 2.5, 3.0, 3.5, 4.0)  # rounded Sersic indices: cached lookup tables
 _ELLIPTICAL_INDICES = (3.0, 3.5, 4.0, 5.0)
 _MOFFAT_BETAS = (2.5, 3.5)  # half-integer betas have a closed-form Fourier transform: fast
-_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
-
 # A scene component: copies of one GalSim profile (unit flux, centred on the origin) at
 # ``positions`` (J, 2) arcsec with relative ``weights`` (J,) summing to one, carrying ``fluxes``
 # (nanomaggies in g, r, z) in all. A bulge or a background galaxy is one copy (J = 1); spiral
@@ -498,28 +496,6 @@ def _render_chunk(args: tuple[list[int], int, int, float, float]) -> np.ndarray:
     return out
 
 
-@contextmanager
-def _single_threaded_children() -> Iterator[None]:
-    """Make processes started inside the block use one thread per numeric library."""
-    saved = {name: os.environ.get(name) for name in _THREAD_VARIABLES}
-    os.environ.update({name: "1" for name in _THREAD_VARIABLES})
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-def _default_workers() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def render_many(
     indices: Sequence[int],
     seed: int = 0,
@@ -554,7 +530,7 @@ def render_many(
     import multiprocessing
 
     indices = [int(i) for i in indices]
-    workers = _default_workers() if workers is None else int(workers)
+    workers = default_workers() if workers is None else int(workers)
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     n_chunks = min(len(indices), 4 * workers)
@@ -563,7 +539,7 @@ def render_many(
     bounds = np.linspace(0, len(indices), n_chunks + 1).astype(int)
     tasks = [(indices[a:b], seed, image_size, q, stretch) for a, b in zip(bounds[:-1], bounds[1:])]
     context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    with _single_threaded_children(), warnings.catch_warnings():
+    with single_threaded_children(), warnings.catch_warnings():
         # Python >= 3.12 warns about forking a process with threads (torch's); the workers
         # take no lock those threads could hold, as torch's own DataLoader workers do not
         warnings.filterwarnings("ignore", message=".*use of fork\\(\\) may lead to deadlocks.*")
