@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import WandbLogger
 
+_SAMPLES_KEY = "_galgen_eval_samples"
+
 
 def run_dir(trainer: L.Trainer) -> Path:
     """The run directory (``trainer.default_root_dir``)."""
@@ -82,6 +84,27 @@ class EvalCallback(L.Callback):
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         raise NotImplementedError
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pl_module.__dict__.pop(_SAMPLES_KEY, None)  # new weights: forget the last evaluation's samples
+
+    @staticmethod
+    def samples(pl_module: L.LightningModule, n: int, seed: int, batch_size: int | None = None):
+        """``pl_module.sample(n, seed)``, shared by the tests of one evaluation.
+
+        Sampling a diffusion pair is the costly part of an evaluation; the tests that ask for
+        samples with the same seed at the same evaluation get the same ones (sample ``i``
+        depends only on the seed and ``i``, so a shorter request takes the first ``n``).
+        """
+        cached = pl_module.__dict__.get(_SAMPLES_KEY)
+        if cached is not None and cached[0] == seed and len(cached[1].a) >= n:
+            have = cached[1]
+            if len(have.a) == n:
+                return have
+            return type(have)(a=have.a[:n], b=have.b[:n], ok_a=have.ok_a[:n], ok_b=have.ok_b[:n], info={})
+        samples = pl_module.sample(n, seed, batch_size=batch_size)
+        pl_module.__dict__[_SAMPLES_KEY] = (seed, samples)
+        return samples
 
     # --- where results go ------------------------------------------------------------------
     def out_path(self, trainer: L.Trainer, suffix: str, tag: str = "") -> Path:

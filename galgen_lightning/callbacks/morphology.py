@@ -148,7 +148,7 @@ class MorphologyTest(EvalCallback):
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         dm = trainer.datamodule
         batch_size = self.batch_size or getattr(pl_module.hparams, "sample_batch_size", None)
-        samples = pl_module.sample(self.n_samples, self.seed, batch_size=batch_size)
+        samples = self.samples(pl_module, self.n_samples, self.seed, batch_size=batch_size)
         todo = {f"sample_{w}": (samples[w], samples.ok(w).numpy()) for w in ("a", "b")}
         real: dict[str, tuple[tuple[str, str], np.ndarray]] = {}
         for name, subset in REAL_GROUPS.items():

@@ -139,7 +139,7 @@ class TwoModelsTest(EvalCallback):
         dm = trainer.datamodule
         subsets = {s: dm.subset_images(s) for s in ("a", "b", "val")}
         batch_size = self.batch_size or getattr(pl_module.hparams, "sample_batch_size", None)
-        samples = pl_module.sample(self.n_samples, self.seed, batch_size=batch_size)
+        samples = self.samples(pl_module, self.n_samples, self.seed, batch_size=batch_size)
         scalars, arrays = two_models_statistics(samples, subsets, True, self.transforms, self.quantile, self.line)
         plain, plain_arrays = two_models_statistics(samples, subsets, False, self.transforms, self.quantile, self.line)
         scalars.update({f"plain/{k}": v for k, v in plain.items() if k.startswith(("a_vs_b", "nearest", "heldout", "memorization", "gap"))})
