@@ -270,3 +270,25 @@ def test_cli_fast_dev_run_writes_the_discriminator_test(tmp_path, blob_file):
     assert (folder / "epoch_0000.png").stat().st_size > 1000
     arrays = np.load(folder / "epoch_0000.npz")
     assert set(CURVES) <= set(arrays.files) and arrays["da_ga"].shape == (256,)
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_with_manual_optimization(tmp_path, blob_file):
+    """The four optimizers of the pair under DDP (2 CPU processes, gloo): the run completes,
+    the split is the same on both ranks (the DataModule checks it) and the tests log once."""
+    import os
+    import subprocess
+    import sys
+
+    run = tmp_path / "ddp"
+    source = ["--data.source=galgen_lightning.data.ArrayFile", f"--data.source.path={blob_file}", "--data.image_size=16"]
+    tiny = [a for a in TINY if not a.startswith("--trainer.fast_dev_run")]
+    cmd = [sys.executable, "-m", "galgen_lightning.cli", "fit", *FAMILY, *source, *tiny]
+    cmd += ["--trainer.max_epochs=1", "--data.samples_per_epoch=16", "--trainer.limit_val_batches=1"]
+    cmd += ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp", f"--trainer.default_root_dir={run}"]
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((run / "status.json").read_text())["state"] == "complete"
+    records = read_jsonl(run / "metrics.jsonl")
+    assert sorted(r["test"] for r in records) == ["discriminator", "two_models"]
