@@ -44,6 +44,15 @@ def _entries(value) -> list:
     return list(value) if isinstance(value, list) else [value]
 
 
+def _root_cause(error: BaseException) -> BaseException:
+    """The first exception of a chain (jsonargparse wraps a constructor's error in its own)."""
+    seen = set()
+    while (error.__cause__ or error.__context__) is not None and id(error) not in seen:
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return error
+
+
 class GalgenCLI(LightningCLI):
     """LightningCLI with a run directory per run and the data/model links of galgen."""
 
@@ -93,7 +102,10 @@ class GalgenCLI(LightningCLI):
         self.run_directory.config_text = parser.dump(cfg, skip_none=False)
 
     def instantiate_classes(self) -> None:
-        super().instantiate_classes()
+        try:
+            super().instantiate_classes()
+        except ValueError as e:  # a constructor refused an option value: one line, not a traceback
+            raise GalgenError(f"invalid option value: {_root_cause(e)}") from e
         self.trainer.callbacks = averaging_after_tests(self.trainer.callbacks)
 
     def _choose_run_dir(self, cfg) -> Path:

@@ -231,6 +231,14 @@ class DiffusionPair(PairModule):
         sample_batch_size: int = 256,
     ) -> None:
         super().__init__(image_size=image_size, channels=channels)
+        for name, value in (("blocks", blocks), ("width", width), ("max_steps", max_steps), ("sample_batch_size", sample_batch_size)):
+            if value < 1:
+                raise ValueError(f"DiffusionPair: {name} must be at least 1, got {value}")
+        for name, value in (("lr", lr), ("sigma_final", sigma_final), ("h0", h0), ("sigma0", sigma0), ("sigma_max", sigma_max)):
+            if not value > 0:
+                raise ValueError(f"DiffusionPair: {name} must be positive, got {value}")
+        if not 0 < beta <= 1:
+            raise ValueError(f"DiffusionPair: beta must be in (0, 1], got {beta}")
         self.save_hyperparameters()
         self.model_a = BiasFreeUNet(channels, blocks, width)
         self.model_b = BiasFreeUNet(channels, blocks, width)

@@ -52,6 +52,12 @@ def test_existing_run_directory_is_not_overwritten(tmp_path, tiny_source_args, c
         (["--data.n=200"], "2 * n + n_val"),
         (["--data.n=0"], "data.n"),
         (["--data.source=galgen_lightning.data.ArrayFile", "--data.source.path=/nonexistent/x.npy"], "/nonexistent/x.npy"),
+        (["--model.init_args.blocks=0"], "DiffusionPair: blocks must be at least 1, got 0"),
+        (["--model.init_args.beta=1.5"], "DiffusionPair: beta must be in (0, 1]"),
+        (
+            ["--trainer.callbacks+=galgen_lightning.callbacks.TwoModelsTest", "--trainer.callbacks.every_n_epochs=0"],
+            "TwoModelsTest: every_n_epochs must be positive, got 0",
+        ),
     ],
 )
 def test_bad_options_give_one_line(tmp_path, tiny_source_args, capsys, bad, expected):

@@ -66,7 +66,7 @@ class EvalCallback(L.Callback):
 
     def __init__(self, every_n_epochs: int = 1) -> None:
         if every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be positive, got {every_n_epochs}")
+            raise ValueError(f"{type(self).__name__}: every_n_epochs must be positive, got {every_n_epochs}")
         self.every_n_epochs = every_n_epochs
 
     def _due(self, trainer: L.Trainer) -> bool:
