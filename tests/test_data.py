@@ -125,3 +125,16 @@ def test_unwritable_cache_dir_is_a_clear_error(tmp_path):
     blocker.write_text("x")
     with pytest.raises(GalgenError, match="cannot create the data cache"):
         SyntheticGalaxies(size=10, cache_dir=str(blocker / "sub")).load(4, 16)
+
+
+def test_synthetic_cache_is_keyed_by_the_renderer_code(tmp_path, monkeypatch):
+    """A cache rendered by other code (an edit of the renderer without a version bump) is not reused."""
+    from galgen_lightning.data import synthetic
+
+    src = SyntheticGalaxies(size=8, cache_dir=str(tmp_path), chunk=8, workers=1)
+    info = src.describe()
+    assert info["renderer"] == synthetic.renderer_digest() and info["renderer"] in src.folder(16).name
+    assert info["galsim"] and info["astropy"]  # provenance in the run manifest
+    before = src.folder(16)
+    monkeypatch.setattr(synthetic, "renderer_digest", lambda: "0123456789")
+    assert src.folder(16) != before and "0123456789" in src.folder(16).name

@@ -167,6 +167,7 @@ class CachedReader(GalaxySource):
     kind = "reader"
     unit = "file"
     option = "data.source"
+    noun = ""  # what the inputs are, for messages: "<noun> in <location>"
     parallel = True
 
     def __init__(self, cache_dir: str | None = None, workers: int | None = None, chunk: int = 256, strict: bool = False) -> None:
@@ -179,6 +180,7 @@ class CachedReader(GalaxySource):
         self._scanned: tuple[list[str], list[Any], dict] | None = None
         self._report: dict | None = None
         self._printed: tuple | None = None
+        self.location: Path | None = None  # the directory or file read (subclasses set it)
 
     # ------------------------------------------------------------------ hooks for subclasses
     def _scan(self) -> tuple[list[str], list[Any], dict]:
@@ -199,7 +201,7 @@ class CachedReader(GalaxySource):
 
     def _display(self, name: str) -> str:
         """How to name an input in a message."""
-        return name
+        return str(self.location / name) if self.location is not None else name
 
     # ------------------------------------------------------------------ the contract
     def _listing(self) -> tuple[list[str], list[Any], dict]:
@@ -356,11 +358,11 @@ class CachedReader(GalaxySource):
     # ------------------------------------------------------------------ reporting
     def _location(self) -> str:
         """The input's path, for messages."""
-        return self.option
+        return str(self.location) if self.location is not None else self.option
 
     def _where(self) -> str:
         """What and where the input is, for messages."""
-        return f"{self.kind} in {self._location()}"
+        return f"{self.noun} in {self._location()}" if self.noun else self._location()
 
     def _unit_text(self, n: int) -> str:
         return f"{n:,} {self.unit}{'s' * (n != 1)}"
@@ -617,6 +619,7 @@ class FitsCutouts(CachedReader):
     kind = "fits"
     unit = "cutout"
     option = "data.source.directory"
+    noun = "FITS cutouts"
 
     def __init__(
         self,
@@ -643,7 +646,7 @@ class FitsCutouts(CachedReader):
             raise GalgenError(f"data.source.bands must name each band once, got {bands!r}")
         if band_files and bands is not None and any(b not in bands for b in rgb):
             raise GalgenError(f"data.source.bands={bands!r} lacks a band of data.source.rgb={rgb!r}")
-        self.directory = Path(directory).expanduser()
+        self.directory = self.location = Path(directory).expanduser()
         self.pattern = pattern
         self.bands = bands
         self.rgb = rgb
@@ -691,14 +694,6 @@ class FitsCutouts(CachedReader):
         recipe = FitsRecipe(self.bands, self.rgb, self.crop, self.q, self.stretch, image_size)
         return functools.partial(convert_fits, recipe)
 
-    def _display(self, name: str) -> str:
-        return str(self.directory / name)
-
-    def _location(self) -> str:
-        return str(self.directory)
-
-    def _where(self) -> str:
-        return f"FITS cutouts in {self.directory}"
 
 
 # =============================================================================== image folders
@@ -769,6 +764,7 @@ class ImageFolder(CachedReader):
     kind = "images"
     unit = "image"
     option = "data.source.directory"
+    noun = "images"
 
     def __init__(
         self,
@@ -780,7 +776,7 @@ class ImageFolder(CachedReader):
         strict: bool = False,
     ) -> None:
         super().__init__(cache_dir=cache_dir, workers=workers, chunk=chunk, strict=strict)
-        self.directory = Path(directory).expanduser()
+        self.directory = self.location = Path(directory).expanduser()
         self.pattern = pattern
 
     def _params(self) -> dict:
@@ -794,14 +790,6 @@ class ImageFolder(CachedReader):
     def _converter(self, image_size: int) -> Callable[[list[Any]], list[Result]]:
         return functools.partial(convert_images, image_size)
 
-    def _display(self, name: str) -> str:
-        return str(self.directory / name)
-
-    def _location(self) -> str:
-        return str(self.directory)
-
-    def _where(self) -> str:
-        return f"images in {self.directory}"
 
 
 # =============================================================================== arrays
@@ -886,7 +874,7 @@ class ArrayFile(CachedReader):
 
     def __init__(self, path: str, key: str | None = None, cache_dir: str | None = None, chunk: int = 4096) -> None:
         super().__init__(cache_dir=cache_dir, workers=1, chunk=chunk)
-        self.path = Path(path).expanduser()
+        self.path = self.location = Path(path).expanduser()
         self.key = key
         self._shape: tuple[int, ...] | None = None
         self._dtype: str | None = None
@@ -1016,9 +1004,3 @@ class ArrayFile(CachedReader):
 
     def _display(self, name: str) -> str:
         return f"{self.path} {name}"
-
-    def _location(self) -> str:
-        return str(self.path)
-
-    def _where(self) -> str:
-        return str(self.path)

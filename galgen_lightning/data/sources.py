@@ -127,11 +127,14 @@ class SyntheticGalaxies(GalaxySource):
         return self.size
 
     def describe(self) -> dict:
-        from galgen_lightning.data.synthetic import SYNTHETIC_VERSION
+        from galgen_lightning.data.synthetic import SYNTHETIC_VERSION, renderer_digest
 
         return {
             "source": "synthetic",
             "version": SYNTHETIC_VERSION,
+            "renderer": renderer_digest(),
+            "galsim": _installed_version("galsim"),
+            "astropy": _installed_version("astropy"),
             "size": self.size,
             "seed": self.seed,
             "q": self.q,
@@ -141,7 +144,7 @@ class SyntheticGalaxies(GalaxySource):
     def folder(self, image_size: int) -> Path:
         """The cache folder of this set at ``image_size`` (keyed by every rendering parameter)."""
         d = self.describe()
-        key = f"v{d['version']}-seed{self.seed}-{image_size}px-q{self.q:g}-stretch{self.stretch:g}-chunk{self.chunk}"
+        key = f"v{d['version']}-{d['renderer']}-seed{self.seed}-{image_size}px-q{self.q:g}-stretch{self.stretch:g}-chunk{self.chunk}"
         return self.cache_dir / "synthetic" / key
 
     def load(self, count: int, image_size: int) -> np.ndarray:
@@ -167,6 +170,16 @@ class SyntheticGalaxies(GalaxySource):
                 _write_atomic(path, arr)
             parts.append(arr)
         return np.concatenate(parts)[:count]
+
+
+def _installed_version(package: str) -> str | None:
+    """The installed version of ``package`` (without importing it), None when it is missing."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 def _read_chunk(path: Path, shape: tuple[int, ...]) -> np.ndarray:

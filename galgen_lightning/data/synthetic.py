@@ -40,10 +40,12 @@ imported inside the functions only (the GPU machines need not have it).
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import sys
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,6 +54,16 @@ from galgen_lightning.parallel import default_workers, single_threaded_children
 
 SYNTHETIC_VERSION: int = 2
 """Bump whenever the rendering changes: it keys the on-disk cache of rendered sets."""
+
+
+def renderer_digest() -> str:
+    """The first 10 hex digits of the SHA-1 of this module's source.
+
+    It keys the on-disk cache together with :data:`SYNTHETIC_VERSION`, so that a cache rendered
+    by other code (an edit without a version bump) is never read as this set. Reading the file
+    needs neither GalSim nor astropy.
+    """
+    return hashlib.sha1(Path(__file__).read_bytes()).hexdigest()[:10]
 
 NATIVE_SCALE = 0.262  # arcsec per pixel of a Legacy Survey DR9 cutout
 NATIVE_SIZE = 64  # pixels on a side at the native scale: the field of view is 16.8"
