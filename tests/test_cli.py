@@ -128,3 +128,21 @@ def test_weight_averaging_runs_after_the_tests_whatever_the_config_order(tmp_pat
     args = ["fit", *FAMILY, f"--config={config}", *tiny_source_args, *TINY, f"--trainer.default_root_dir={run}"]
     assert run_cli(args) == 0
     assert [r["test"] for r in read_jsonl(run / "metrics.jsonl")] == ["two_models"]
+
+
+@pytest.mark.parametrize("family", ["diffusion", "glow", "gan"])
+def test_paper_configs_run_the_morphology_test_and_quick_overlays_do_not(family, capsys):
+    """The paper-size config of each family measures morphology (the report's Figures 7, 8, 15);
+    the quick CPU overlay keeps the family's own tests but leaves statmorph out."""
+    import yaml
+
+    def callbacks(*configs: str) -> list[str]:
+        assert run_cli(["fit", *(f"--config={CONFIGS / c}" for c in configs), "--print_config"]) == 0
+        listed = yaml.safe_load(capsys.readouterr().out)["trainer"]["callbacks"]
+        return [c["class_path"].rsplit(".", 1)[-1] for c in listed]
+
+    own = {"diffusion": "DenoisingTest", "glow": "InversionTest", "gan": "DiscriminatorTest"}[family]
+    paper = callbacks(f"{family}.yaml")
+    quick = callbacks(f"{family}.yaml", f"quick/{family}.yaml")
+    assert {"TwoModelsTest", own, "MorphologyTest"} <= set(paper)
+    assert {"TwoModelsTest", own} <= set(quick) and "MorphologyTest" not in quick
