@@ -1,7 +1,8 @@
 """The run directory: config, data manifest, status; written so an unfinished run never looks complete.
 
-``status.json`` says ``running`` from the start, ``complete`` only after ``fit`` (or
-``validate``) returns, and ``failed`` (with the error) if it raised or was interrupted.
+``status.json`` says ``running`` from the start (updated after every training epoch with the
+epochs done and the global step), ``complete`` only after ``fit`` (or ``validate``) returns, and
+``failed`` (with the error) if it raised or was interrupted.
 """
 
 from __future__ import annotations
@@ -67,6 +68,10 @@ class RunDirectory(L.Callback):
         dm = getattr(trainer, "datamodule", None)
         if dm is not None and hasattr(dm, "manifest"):
             (folder / "manifest.json").write_text(json.dumps(dm.manifest()) + "\n")
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # progress for whoever watches the run (galgen sweep, a user): epochs and steps done
+        self._write_status(trainer, "running", epochs_done=trainer.current_epoch + 1, max_epochs=trainer.max_epochs)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._write_status(trainer, "complete")
