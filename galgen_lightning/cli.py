@@ -13,6 +13,7 @@ evaluation result; W&B runs offline unless you are logged in; a user mistake is 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 import warnings
@@ -53,6 +54,35 @@ def _root_cause(error: BaseException) -> BaseException:
     return error
 
 
+_UNION = re.compile(r"""^(Parser key "[^"]+"): Does not validate against any of the Union subtypes .*?Problem with given class_path '([^']+)': (.*?)(?: - Expected a <class 'NoneType'>.*)?$""")
+
+
+def _concise(text: str) -> str:
+    """jsonargparse's report on a ``class_path`` option (a Union with None) cut to its reason."""
+    match = _UNION.match(text)
+    return f"{match.group(1)}: {match.group(2)}: {match.group(3)}" if match else text
+
+
+class GalgenParser(LightningArgumentParser):
+    """The argument parser of ``galgen``: a parse error is one line, ``galgen: error: ...``, and exit 2.
+
+    jsonargparse prints the whole usage (dozens of lines) before its message; the message is
+    what the user needs, and ``galgen <command> --help`` lists the options.
+    """
+
+    def error(self, message: str, ex: Exception | None = None):  # noqa: D102
+        if not self.exit_on_error:  # a nested parse whose caller handles the error
+            return super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        words = parser.prog.replace(" [options]", "").split()
+        command = " ".join(["galgen", *words[1:]])  # prog starts with sys.argv[0]
+        text = _concise(" ".join(line.strip() for line in str(message).splitlines() if line.strip()))
+        if len(text) > 600:
+            text = text[:600] + " ..."
+        print(f"galgen: error: {text} ({command} --help lists the options)", file=sys.stderr)
+        sys.exit(2)
+
+
 class GalgenCLI(LightningCLI):
     """LightningCLI with a run directory per run and the data/model links of galgen."""
 
@@ -66,6 +96,7 @@ class GalgenCLI(LightningCLI):
             *args,
             subclass_mode_model=True,
             save_config_callback=None,
+            parser_class=GalgenParser,
             parser_kwargs={
                 "description": "galgen: the two-models test of generative models of galaxy images. "
                 "Besides fit and validate: 'galgen report PATH' (HTML report of a run or a sweep) and "

@@ -68,10 +68,22 @@ def test_bad_options_give_one_line(tmp_path, tiny_source_args, capsys, bad, expe
     assert not (tmp_path / "r" / "status.json").exists()
 
 
-def test_unknown_key_is_rejected(tmp_path, capsys):
-    code = run_cli(["fit", *FAMILY, "--data.no_such_option=3", f"--trainer.default_root_dir={tmp_path / 'r'}"])
+@pytest.mark.parametrize(
+    "bad, expected",
+    [
+        (["--data.no_such_option=3"], "unrecognized arguments: --data.no_such_option=3"),
+        (["--config=no/such/file.yaml"], "no/such/file.yaml"),
+        (["--model.init_args.width=abc"], 'DiffusionPair: Parser key "width": Expected a <class \'int\'>. Got value: abc'),
+        (["--model.class_path=nowhere.Pair"], "nowhere.Pair: No module named 'nowhere'"),
+    ],
+)
+def test_parse_errors_are_one_line_without_the_usage(tmp_path, capsys, bad, expected):
+    code = run_cli(["fit", *FAMILY, *bad, f"--trainer.default_root_dir={tmp_path / 'r'}"])
     assert code == 2
-    assert "no_such_option" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("galgen: error:") and expected in err[0], err
+    assert err[0].endswith("(galgen fit --help lists the options)")
+    assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.slow
