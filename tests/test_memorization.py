@@ -37,6 +37,21 @@ def test_copies_are_flagged_and_fresh_galaxies_are_not():
     assert untrained["memorization_rate"] == 0.0
 
 
+def _demo_pair_at_n4(command: str, run, tiny_source_args: list[str]) -> list[str]:
+    """``galgen <command>`` of the demo's diffusion pair at N = 4 on the tests' tiny set."""
+    return [
+        command,
+        f"--config={CONFIGS / 'diffusion.yaml'}",
+        f"--config={CONFIGS / 'quick' / 'diffusion.yaml'}",
+        f"--config={CONFIGS / 'demo' / 'diffusion.yaml'}",
+        *tiny_source_args,
+        "--data.n=4",
+        "--data.n_val=64",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={run}",
+    ]
+
+
 @pytest.mark.slow
 def test_pair_trained_on_four_images_copies_its_own_subset(tmp_path, tiny_source_args):
     """The demo's small-N pair (N = 4, 3,000 steps) through the real CLI memorizes.
@@ -48,17 +63,7 @@ def test_pair_trained_on_four_images_copies_its_own_subset(tmp_path, tiny_source
     another machine; a generalizing pair scores about 0.03, 0 and 0 on them.
     """
     run = tmp_path / "memorize"
-    args = [
-        "fit",
-        f"--config={CONFIGS / 'diffusion.yaml'}",
-        f"--config={CONFIGS / 'quick' / 'diffusion.yaml'}",
-        f"--config={CONFIGS / 'demo' / 'diffusion.yaml'}",
-        *tiny_source_args,
-        "--data.n=4",
-        "--data.n_val=64",
-        "--trainer.enable_progress_bar=false",
-        f"--trainer.default_root_dir={run}",
-    ]
+    args = _demo_pair_at_n4("fit", run, tiny_source_args)
     assert run_cli(args) == 0
     records = read_jsonl(run / "metrics.jsonl")
     result = [r for r in records if r["test"] == "two_models"][-1]
@@ -83,17 +88,7 @@ def test_untrained_pair_through_the_cli_memorizes_nothing(tmp_path, tiny_source_
     images (measured: all 128 samples diverged near step 200; |own-vs-other| < 0.01 dB, against
     +7 dB after training). Under a minute on 2 cores, most of it the diverging sampler."""
     run = tmp_path / "untrained"
-    args = [
-        "validate",
-        f"--config={CONFIGS / 'diffusion.yaml'}",
-        f"--config={CONFIGS / 'quick' / 'diffusion.yaml'}",
-        f"--config={CONFIGS / 'demo' / 'diffusion.yaml'}",
-        *tiny_source_args,
-        "--data.n=4",
-        "--data.n_val=64",
-        "--trainer.enable_progress_bar=false",
-        f"--trainer.default_root_dir={run}",
-    ]
+    args = _demo_pair_at_n4("validate", run, tiny_source_args)
     assert run_cli(args) == 0
     (folder,) = run.glob("validate-*")
     records = read_jsonl(folder / "metrics.jsonl")
