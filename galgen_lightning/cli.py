@@ -13,7 +13,6 @@ evaluation result; W&B runs offline unless you are logged in; a user mistake is 
 from __future__ import annotations
 
 import os
-import re
 import sys
 import time
 import warnings
@@ -24,7 +23,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from galgen_lightning.callbacks.common import averaging_after_tests
 from galgen_lightning.callbacks.rundir import RunDirectory, read_status
 from galgen_lightning.data import GalaxyPairDataModule
-from galgen_lightning.errors import GalgenError
+from galgen_lightning.errors import GalgenError, OneLineParseErrors
 from galgen_lightning.pair import PairModule
 
 
@@ -54,33 +53,21 @@ def _root_cause(error: BaseException) -> BaseException:
     return error
 
 
-_UNION = re.compile(r"""^(Parser key "[^"]+"): Does not validate against any of the Union subtypes .*?Problem with given class_path '([^']+)': (.*?)(?: - Expected a <class 'NoneType'>.*)?$""")
+_CKPT_KEYWORDS = {"best", "last", "hpc", "registry"}
 
 
-def _concise(text: str) -> str:
-    """jsonargparse's report on a ``class_path`` option (a Union with None) cut to its reason."""
-    match = _UNION.match(text)
-    return f"{match.group(1)}: {match.group(2)}: {match.group(3)}" if match else text
+def _check_ckpt_path(ckpt: str | None) -> None:
+    """A ``--ckpt_path`` that names a local file must exist (Lightning would raise a traceback
+    later); Lightning's keywords and remote URLs are left to Lightning."""
+    if not ckpt or ckpt in _CKPT_KEYWORDS or ckpt.startswith("registry:") or "://" in ckpt:
+        return
+    path = Path(ckpt).expanduser()
+    if not path.is_file():
+        raise GalgenError(f"--ckpt_path {ckpt}: {'is a directory, not a checkpoint file' if path.is_dir() else 'no such file'}")
 
 
-class GalgenParser(LightningArgumentParser):
-    """The argument parser of ``galgen``: a parse error is one line, ``galgen: error: ...``, and exit 2.
-
-    jsonargparse prints the whole usage (dozens of lines) before its message; the message is
-    what the user needs, and ``galgen <command> --help`` lists the options.
-    """
-
-    def error(self, message: str, ex: Exception | None = None):  # noqa: D102
-        if not self.exit_on_error:  # a nested parse whose caller handles the error
-            return super().error(message, ex)
-        parser = getattr(ex, "subcommand_parser", None) or self
-        words = parser.prog.replace(" [options]", "").split()
-        command = " ".join(["galgen", *words[1:]])  # prog starts with sys.argv[0]
-        text = _concise(" ".join(line.strip() for line in str(message).splitlines() if line.strip()))
-        if len(text) > 600:
-            text = text[:600] + " ..."
-        print(f"galgen: error: {text} ({command} --help lists the options)", file=sys.stderr)
-        sys.exit(2)
+class GalgenParser(OneLineParseErrors, LightningArgumentParser):
+    """The argument parser of ``galgen fit`` and ``galgen validate``: parse errors are one line."""
 
 
 class GalgenCLI(LightningCLI):
@@ -115,6 +102,7 @@ class GalgenCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
+        _check_ckpt_path(getattr(cfg, "ckpt_path", None))
         folder = self._choose_run_dir(cfg)
         cfg.trainer.default_root_dir = str(folder)
         for logger in _entries(cfg.trainer.logger):

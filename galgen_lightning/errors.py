@@ -2,9 +2,60 @@
 
 The CLI turns a :class:`GalgenError` into a single line ``galgen: error: ...`` on stderr and
 exit status 2, instead of a traceback. Raise it with a message that names the option or file
-and says what is wrong.
+and says what is wrong. :class:`OneLineParseErrors` does the same for the argument parsers of
+``galgen fit/validate``, ``galgen report`` and ``galgen sweep``.
 """
+
+from __future__ import annotations
+
+import re
+import sys
 
 
 class GalgenError(Exception):
     """A user-facing error: the message is shown as one line, without a traceback."""
+
+
+_UNION = re.compile(
+    r"""^(Parser key "[^"]+"): Does not validate against any of the Union subtypes .*?"""
+    r"""Problem with given class_path '([^']+)': (.*?)(?: - Expected a <class 'NoneType'>.*)?$"""
+)
+
+
+def concise_parse_error(message: str) -> str:
+    """jsonargparse's error message on one line; a ``class_path`` option's report cut to its reason."""
+    text = " ".join(line.strip() for line in str(message).splitlines() if line.strip())
+    match = _UNION.match(text)
+    if match:
+        text = f"{match.group(1)}: {match.group(2)}: {match.group(3)}"
+    return text if len(text) <= 600 else text[:600] + " ..."
+
+
+class OneLineParseErrors:
+    """Mixin for a jsonargparse ``ArgumentParser``: a parse error is one line and exit status 2.
+
+    jsonargparse prints the whole usage (dozens of lines) before its message; the message is
+    what the user needs, and ``galgen <command> --help`` lists the options::
+
+        galgen: error: unrecognized arguments: --data.no_such=3 (galgen fit --help lists the options)
+    """
+
+    def error(self, message: str, ex: Exception | None = None):  # noqa: D102
+        if not self.exit_on_error:  # a nested parse whose caller handles the error
+            return super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        words = parser.prog.replace(" [options]", "").split()
+        command = " ".join(["galgen", *words[1:]])  # prog starts with the program's name
+        print(f"galgen: error: {concise_parse_error(message)} ({command} --help lists the options)", file=sys.stderr)
+        sys.exit(2)
+
+
+def one_line_argument_parser() -> type:
+    """jsonargparse's ``ArgumentParser`` with :class:`OneLineParseErrors` (for ``auto_cli``'s
+    ``parser_class``); jsonargparse is imported only when a command line is parsed."""
+    from jsonargparse import ArgumentParser
+
+    class GalgenArgumentParser(OneLineParseErrors, ArgumentParser):
+        pass
+
+    return GalgenArgumentParser

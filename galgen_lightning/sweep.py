@@ -600,6 +600,9 @@ def main(argv: list[str]) -> None:
     """``galgen sweep ...`` (dispatched by :func:`galgen_lightning.cli.main`)."""
     from jsonargparse import auto_cli
 
-    code = auto_cli(sweep, args=argv, prog="galgen sweep")
+    from galgen_lightning.errors import one_line_argument_parser
+
+
+    code = auto_cli(sweep, args=argv, prog="galgen sweep", parser_class=one_line_argument_parser())
     if code:
         sys.exit(code)

@@ -695,7 +695,6 @@ class FitsCutouts(CachedReader):
         return functools.partial(convert_fits, recipe)
 
 
-
 # =============================================================================== image folders
 def read_image(path: str) -> np.ndarray:
     """One PNG/JPEG/TIFF image as a 2-D float array in [0, 1].
@@ -789,7 +788,6 @@ class ImageFolder(CachedReader):
 
     def _converter(self, image_size: int) -> Callable[[list[Any]], list[Result]]:
         return functools.partial(convert_images, image_size)
-
 
 
 # =============================================================================== arrays

@@ -434,5 +434,8 @@ def main(argv: list[str]) -> None:
     """``galgen report ...`` (dispatched by :func:`galgen_lightning.cli.main`)."""
     from jsonargparse import auto_cli
 
+    from galgen_lightning.errors import one_line_argument_parser
+
+
     os.environ.setdefault("MPLBACKEND", "Agg")
-    auto_cli(report, args=argv, prog="galgen report", as_positional=True)
+    auto_cli(report, args=argv, prog="galgen report", as_positional=True, parser_class=one_line_argument_parser())
