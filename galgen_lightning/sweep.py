@@ -3,6 +3,7 @@
     galgen sweep                                   # diffusion; paper profile on a GPU, small on a CPU
     galgen sweep --family glow --profile small --ns '[1, 10, 100]'
     galgen sweep --family diffusion --profile paper --per_gpu true     # one run per GPU
+    galgen sweep --family diffusion --profile small --seeds 0,1,2      # three pairs per N
 
 A *profile* is a ``galgen fit`` config: ``paper`` is ``configs/<family>.yaml`` (64 px, the
 paper's models, a GPU), ``small`` is ``configs/sweep/<family>-small.yaml`` (small images and
@@ -14,8 +15,12 @@ which the sweep removes before handing the rest to ``galgen fit``::
       ns: [1, 10, 100, 1000]      # the N of this profile (default 10 ... 100,000)
       max_fraction: 0.5           # N <= max_fraction * (images in the source - n_val)
 
-Each N trains one pair with ``galgen fit`` in its own run directory
-``<out>/<family>-<profile>-n<N>-seed<S>``. Rerunning the same command skips runs whose
+Each N and seed (``--seeds``, default one) trains one pair with ``galgen fit`` in its own run
+directory ``<out>/<family>-<profile>-n<N>-seed<S>``: seed ``S`` is the split's seed
+(``data.seed``) and the initialisation's (``seed_everything``), unless ``--data_seed K`` pins the
+split (then the folder is ``...-seed<S>-data<K>`` when ``K != S``). Every run of a sweep reads
+the same first ``--data.pool_size`` images of the source, so for one data seed all N share the
+held-out set and the smaller N's A and B are part of the larger N's. Rerunning the same command skips runs whose
 ``status.json`` says ``complete``, resumes interrupted ones from ``checkpoints/last.ckpt``
 (``--ckpt_path``), and starts the rest; an attempt that died before its first checkpoint is
 moved to ``<out>/.attempts/``. Runs go one after the other (each ``galgen fit`` a child
@@ -201,13 +206,16 @@ def plan_ns(ns: list[int], max_n: int | None) -> tuple[list[int], list[int]]:
 # --- runs --------------------------------------------------------------------------------------
 @dataclass
 class RunPlan:
-    """One N of the sweep.
+    """One (N, seed) of the sweep.
 
     Attributes:
         n: images per model.
         folder: the run directory.
         action: ``skip`` (complete), ``resume`` (from ``checkpoints/last.ckpt``) or ``train``.
         args: the ``galgen`` arguments (``fit ...``).
+        seed: the initialisation seed (``seed_everything``).
+        data_seed: the split's seed (``data.seed``).
+        warning: why this existing run is not like the others (another pool), or empty.
     """
 
     n: int
@@ -217,11 +225,71 @@ class RunPlan:
     state: str = ""
     duration: float | None = None
     returncode: int | None = None
+    seed: int = 0
+    data_seed: int = 0
+    warning: str = ""
 
 
-def run_name(family: str, profile: str, n: int, seed: int) -> str:
-    """The deterministic run directory name, ``<family>-<profile>-n<N>-seed<S>``."""
-    return f"{family}-{profile}-n{n}-seed{seed}"
+def run_name(family: str, profile: str, n: int, seed: int, data_seed: int | None = None) -> str:
+    """The deterministic run directory name, ``<family>-<profile>-n<N>-seed<S>``, with
+    ``-data<K>`` appended when the split's seed ``K`` is not ``S``."""
+    name = f"{family}-{profile}-n{n}-seed{seed}"
+    return name if data_seed is None or data_seed == seed else f"{name}-data{data_seed}"
+
+
+def parse_seeds(seeds: list[int] | str | int) -> list[int]:
+    """The distinct seeds of ``--seeds``, in the order given: a list, or ``"0,1,2"``."""
+    if isinstance(seeds, int):
+        seeds = [seeds]
+    if isinstance(seeds, str):
+        parts = [p.strip() for p in seeds.strip().strip("[]").split(",") if p.strip()]
+        try:
+            seeds = [int(p) for p in parts]
+        except ValueError:
+            raise GalgenError(f"sweep: --seeds must be integers separated by commas (0,1,2), got {seeds!r}") from None
+    out: list[int] = []
+    for seed in seeds:
+        if not 0 <= int(seed) < 2**32:
+            raise GalgenError(f"sweep: every seed must be in [0, 2**32), got {seed}")
+        if int(seed) not in out:
+            out.append(int(seed))
+    if not out:
+        raise GalgenError("sweep: --seeds is empty")
+    return out
+
+
+def sweep_pool_size(ns: list[int], n_val: int, size: int | None) -> int:
+    """The ``data.pool_size`` of every run: what the largest N needs (``2 max(N) + n_val``) plus
+    the DataModule's margin for duplicates, at most the source's ``size``."""
+    from galgen_lightning.data.datamodule import pool_with_margin
+
+    pool = pool_with_margin(2 * max(ns) + n_val)
+    return pool if size is None else min(pool, size)
+
+
+def _option(args: list[str], name: str) -> str | None:
+    """The last value of ``--name=value`` or ``--name value`` in ``args`` (None when absent)."""
+    value = None
+    for i, a in enumerate(args):
+        if a.startswith(f"--{name}="):
+            value = a.split("=", 1)[1]
+        elif a == f"--{name}" and i + 1 < len(args):
+            value = args[i + 1]
+    return value
+
+
+def recorded_pool_size(folder: Path) -> tuple[bool, int | None]:
+    """``(known, pool_size)`` of an existing run: from its ``manifest.json``, else the arguments
+    the sweep recorded in its ``sweep.json`` (``known`` is False when neither says)."""
+    manifest = _read_json(folder / "manifest.json")
+    if "pool_size" in manifest:
+        value = manifest["pool_size"]
+        return True, None if value is None else int(value)
+    args = _read_json(folder / "sweep.json").get("args")
+    if isinstance(args, list):
+        value = _option([str(a) for a in args], "data.pool_size")
+        return True, None if value is None else int(value)
+    return False, None
 
 
 def read_status(folder: Path) -> dict:
@@ -240,30 +308,62 @@ def fingerprint(configs: list[Path], extra: list[str]) -> str:
     return h.hexdigest()
 
 
-def plan_runs(family: str, profile: Profile, ns: list[int], seed: int, out: Path, fit_args: list[str]) -> list[RunPlan]:
-    """Decide, per N, whether to skip, resume or train, and build each ``galgen fit`` command."""
+def plan_runs(
+    family: str,
+    profile: Profile,
+    ns: list[int],
+    seeds: list[int] | int,
+    out: Path,
+    fit_args: list[str],
+    pool_size: int | None = None,
+    data_seed: int | None = None,
+) -> list[RunPlan]:
+    """Decide, per seed and N, whether to skip, resume or train, and build each ``galgen fit`` command.
+
+    Runs are ordered seed by seed (every N of the first seed, then the next), so the first
+    seed's curve over N is complete first. Seed ``s`` sets ``seed_everything`` and, unless
+    ``data_seed`` pins the split, ``data.seed``. ``pool_size`` goes to every run as
+    ``data.pool_size``; an interrupted run that was started with another pool resumes with its
+    own (the data of a resumed run must not change), with a warning, as does a complete one.
+    """
     plans = []
-    for n in ns:
-        folder = out / run_name(family, profile.name, n, seed)
-        args = [
-            "fit",
-            *(f"--config={c}" for c in profile.configs),
-            f"--data.n={n}",
-            f"--data.seed={seed}",
-            f"--seed_everything={seed}",
-        ]
-        args += [f"--trainer.default_root_dir={folder}", *fit_args]
-        status = read_status(folder)
-        state = str(status.get("state") or status.get("status") or "")
-        last = folder / "checkpoints" / "last.ckpt"
-        if state == "complete":
-            action = "skip"
-        elif last.is_file():
-            action = "resume"
-            args.append(f"--ckpt_path={last}")
-        else:
-            action = "train"
-        plans.append(RunPlan(n, folder, action, args, state))
+    for seed in [seeds] if isinstance(seeds, int) else seeds:
+        split_seed = seed if data_seed is None else data_seed
+        for n in ns:
+            folder = out / run_name(family, profile.name, n, seed, data_seed)
+            args = [
+                "fit",
+                *(f"--config={c}" for c in profile.configs),
+                f"--data.n={n}",
+                f"--data.seed={split_seed}",
+                f"--seed_everything={seed}",
+            ]
+            if pool_size is not None:
+                args.append(f"--data.pool_size={pool_size}")
+            args += [f"--trainer.default_root_dir={folder}", *fit_args]
+            status = read_status(folder)
+            state = str(status.get("state") or status.get("status") or "")
+            last = folder / "checkpoints" / "last.ckpt"
+            if state == "complete":
+                action = "skip"
+            elif last.is_file():
+                action = "resume"
+                args.append(f"--ckpt_path={last}")
+            else:
+                action = "train"
+            warning = ""
+            known, old_pool = recorded_pool_size(folder) if action != "train" else (False, None)
+            if known and old_pool != pool_size:
+                old = "an N-dependent pool" if old_pool is None else f"data.pool_size {old_pool}"
+                if action == "resume":
+                    args = [a for a in args if not a.startswith("--data.pool_size=")]
+                    if old_pool is not None:
+                        args.insert(args.index(f"--trainer.default_root_dir={folder}"), f"--data.pool_size={old_pool}")
+                    warning = f"resumes on its own {old}, not this sweep's {pool_size}"
+                else:
+                    warning = f"was trained on {old}, not this sweep's {pool_size}"
+                warning += ": its held-out set and subsets are not nested with the other runs'; delete it to retrain"
+            plans.append(RunPlan(n, folder, action, args, state, seed=seed, data_seed=split_seed, warning=warning))
     return plans
 
 
@@ -334,7 +434,7 @@ class Progress:
     def line(self, plan: RunPlan, index: int, running_since: list[float]) -> str:
         what = "resuming" if plan.action == "resume" else "training"
         return (
-            f"[sweep {index}/{self.total}] {what} {plan.folder.name} (N={plan.n:,}) | {self.finished} done this time, "
+            f"[sweep {index}/{self.total}] {what} {plan.folder.name} (N={plan.n:,}, seed {plan.seed}) | {self.finished} done this time, "
             f"{self.skipped} already complete | elapsed {_duration(time.time() - self.start)} | {self.left(running_since)}"
         )
 
@@ -375,7 +475,15 @@ def write_state(out: Path, plans: list[RunPlan], meta: dict) -> None:
     runs = []
     for p in plans:
         rec = dict(old.get(p.folder.name, {}))
-        rec.update({"run": p.folder.name, "n": p.n, "state": read_status(p.folder).get("state", p.state or "not started")})
+        rec.update(
+            {
+                "run": p.folder.name,
+                "n": p.n,
+                "seed": p.seed,
+                "data_seed": p.data_seed,
+                "state": read_status(p.folder).get("state", p.state or "not started"),
+            }
+        )
         if p.duration is not None and p.returncode == 0:
             rec["duration_s"] = round(p.duration, 1)
         if p.returncode is not None:
@@ -479,6 +587,9 @@ def sweep(
     max_fraction: float | None = None,
     max_n: int | None = None,
     seed: int = 0,
+    seeds: list[int] | str | None = None,
+    data_seed: int | None = None,
+    pool_size: int | None = None,
     out: str = "runs/sweep",
     configs_dir: str = "configs",
     per_gpu: bool = False,
@@ -495,7 +606,17 @@ def sweep(
         ns: the N to train (default: the profile's, else 10, 100, 1000, 10000, 100000).
         max_fraction: cap N at this share of the source's images minus n_val (default: the profile's, else 0.5).
         max_n: cap N at this value instead (when the cap cannot be read from the configs).
-        seed: split and initialisation seed of every run (``data.seed`` and ``seed_everything``).
+        seed: split and initialisation seed of every run (``data.seed`` and ``seed_everything``);
+            the same as ``--seeds S``.
+        seeds: several seeds, one run per N and seed, e.g. ``--seeds 0,1,2`` (default: ``seed``).
+            Seed S sets ``seed_everything`` (initialisation, batch order, training noise) and,
+            unless ``data_seed`` is given, ``data.seed`` (which images are A, B and held out).
+        data_seed: pin ``data.seed`` of every run to this value, so the seeds vary only the
+            initialisation and training randomness, not the split.
+        pool_size: source images every run reads (``data.pool_size``; default: what the largest
+            N needs, 2 max(N) + n_val, plus a margin for duplicates, at most the source's size).
+            One pool for all N: for one data seed, all N share the held-out set and the subsets
+            are nested. Raise it when the largest N fails for lack of distinct images.
         out: folder of the sweep's run directories, state (sweep.json) and report.
         configs_dir: galgen's configs folder.
         per_gpu: run one pair per GPU at a time (child processes with CUDA_VISIBLE_DEVICES).
@@ -520,15 +641,39 @@ def sweep(
         cap = int(fraction * (size - n_val)) if size is not None else None
         cap_note = f"N <= {cap:,} ({fraction:g} x ({note} - n_val {n_val}))" if cap is not None else f"no cap ({note})"
     else:
+        try:
+            size, n_val, _ = usable_images(prof.merged)
+        except GalgenError:  # the cap is --max_n's; the source's size only bounds the pool
+            size, n_val = None, int((prof.merged.get("data") or {}).get("n_val", 500))
         cap, cap_note = max_n, f"N <= {max_n:,} (--max_n)"
     kept, dropped = plan_ns(list(ns) if ns else prof.ns, cap)
     extra = shlex.split(fit_args)
+    with contextlib.suppress(TypeError, ValueError):  # --fit_args="--data.n_val=..." (else galgen fit reports it)
+        n_val = int(_option(extra, "data.n_val"))  # type: ignore[arg-type]
+    overridden = (("data.seed", "--seeds or --data_seed"), ("seed_everything", "--seeds"), ("data.pool_size", "--pool_size"))
+    for name, instead in overridden:
+        if _option(extra, name) is not None:
+            raise GalgenError(f"sweep: --{name} in --fit_args would override the sweep's own; use {instead}")
+    if seeds is not None and seed != 0:
+        raise GalgenError("sweep: give --seed or --seeds, not both")
+    seed_list = parse_seeds(seeds if seeds is not None else seed)
+    if data_seed is not None and not 0 <= data_seed < 2**32:
+        raise GalgenError(f"sweep: --data_seed must be in [0, 2**32), got {data_seed}")
     print(f"[sweep] {family}, profile {prof.name} ({prof.path}): N = {', '.join(f'{n:,}' for n in kept)}; {cap_note}", flush=True)
     if dropped:
         print(f"[sweep] dropped N = {', '.join(f'{n:,}' for n in dropped)}: above the cap", flush=True)
     if not kept:
         raise GalgenError(f"sweep: no N left under the cap ({cap_note})")
-    plans = plan_runs(family, prof, kept, seed, out_dir, extra)
+    if pool_size is None:
+        pool_size = sweep_pool_size(kept, n_val, size)
+    elif pool_size < 2 * max(kept) + n_val:
+        raise GalgenError(f"sweep: --pool_size {pool_size} is below 2 * max(N) + n_val = {2 * max(kept) + n_val}")
+    elif size is not None and pool_size > size:
+        raise GalgenError(f"sweep: --pool_size {pool_size} is above the {size:,} images of the source")
+    pinned = f" (split pinned: data.seed {data_seed})" if data_seed is not None else ""
+    seed_note = f"seeds {', '.join(map(str, seed_list))}{pinned}"
+    print(f"[sweep] {seed_note}; every run reads the first {pool_size:,} source images (data.pool_size)", flush=True)
+    plans = plan_runs(family, prof, kept, seed_list, out_dir, extra, pool_size, data_seed)
     fp = fingerprint(prof.configs, extra)
     for p in plans:
         old = _read_json(p.folder / "sweep.json").get("fingerprint")
@@ -537,6 +682,8 @@ def sweep(
                 f"[sweep] warning: {p.folder.name} was started with other configs or arguments; delete it to retrain with the current ones",
                 flush=True,
             )
+        if p.warning:
+            print(f"[sweep] warning: {p.folder.name} {p.warning}", flush=True)
     counts = {a: sum(p.action == a for p in plans) for a in ("skip", "resume", "train")}
     print(
         f"[sweep] {len(plans)} runs: {counts['skip']} complete (skipped), {counts['resume']} to resume, {counts['train']} to train",
@@ -558,7 +705,9 @@ def sweep(
         "profile_file": str(prof.path),
         "configs": [str(c) for c in prof.configs],
         "ns": kept,
-        "seed": seed,
+        "seeds": seed_list,
+        "data_seed": data_seed,
+        "pool_size": pool_size,
         "fit_args": extra,
         "fingerprint": fp,
     }

@@ -39,6 +39,71 @@ def test_split_is_disjoint_by_content_and_deterministic():
     assert 7 not in np.concatenate([s1.a, s1.b, s1.val])
 
 
+def _hashes(images, indices):
+    return {content_hash(images[i]) for i in indices}
+
+
+def test_split_is_nested_over_n_with_one_held_out_set():
+    """One pool, one seed: the same held-out set at every N, A and B at N = 10 inside A and B at N = 100."""
+    imgs = _images(300)
+    imgs[50] = imgs[4]  # a duplicate, dropped whatever N
+    drop = duplicate_mask(imgs)
+    small, large = (make_split(imgs, n, 40, seed=3, drop=drop) for n in (10, 100))
+    assert np.array_equal(small.val, large.val) and len(small.val) == 40
+    assert set(small.a) < set(large.a) and set(small.b) < set(large.b)
+    assert len(small.a) == len(small.b) == 10 and len(large.a) == len(large.b) == 100
+    for split in (small, large):
+        hashes = check_disjoint(imgs, split)
+        assert not set(hashes["a"]) & set(hashes["b"]) and not (set(hashes["a"]) | set(hashes["b"])) & set(hashes["val"])
+        assert 50 not in np.concatenate([split.a, split.b, split.val]) and split.n_pool == 300
+    # by content too: every image of A at N = 10 is in A at N = 100, none in B or the held-out set
+    assert _hashes(imgs, small.a) <= _hashes(imgs, large.a) and not _hashes(imgs, small.a) & _hashes(imgs, large.b)
+    assert _hashes(imgs, small.b) <= _hashes(imgs, large.b) and not _hashes(imgs, small.b) & _hashes(imgs, large.val)
+
+
+def test_datamodule_pool_size_nests_runs_of_different_n(tmp_path):
+    path = tmp_path / "x.npy"
+    np.save(path, _images(200, side=16)[:, None])
+    dms = [GalaxyPairDataModule(ArrayFile(str(path)), image_size=16, n=n, n_val=20, seed=5, pool_size=150) for n in (5, 40)]
+    for dm in dms:
+        dm.setup("fit")
+    small, large = (dm.manifest() for dm in dms)
+    assert small["pool_size"] == large["pool_size"] == 150 and small["images_read"] == large["images_read"] == 150
+    assert small["subsets"]["val"] == large["subsets"]["val"]
+    for s in ("a", "b"):
+        assert set(small["subsets"][s]["sha1"]) < set(large["subsets"][s]["sha1"])
+    # without pool_size the pool grows with N (one run); the manifest says so
+    alone = GalaxyPairDataModule(ArrayFile(str(path)), image_size=16, n=5, n_val=20, seed=5)
+    alone.setup("fit")
+    assert alone.manifest()["pool_size"] is None and alone.manifest()["images_read"] < 150
+
+
+@pytest.mark.parametrize(
+    "n, pool_size, message",
+    [
+        (40, 90, r"^data.pool_size = 90 is below 2 \* n \+ n_val = 100; raise data.pool_size or lower data.n$"),
+        (5, 500, r"^data.pool_size = 500 but the source has only 200 images; lower data.pool_size$"),
+    ],
+)
+def test_pool_size_out_of_range_is_a_one_line_error(tmp_path, n, pool_size, message):
+    path = tmp_path / "x.npy"
+    np.save(path, _images(200, side=16)[:, None])
+    with pytest.raises(GalgenError, match=message):
+        GalaxyPairDataModule(ArrayFile(str(path)), image_size=16, n=n, n_val=20, pool_size=pool_size)
+
+
+def test_pool_size_with_too_few_distinct_images_is_a_one_line_error(tmp_path):
+    path = tmp_path / "dups.npy"
+    imgs = _images(40, side=16)
+    np.save(path, np.concatenate([imgs, imgs])[:, None])  # 80 images, 40 distinct
+    dm = GalaxyPairDataModule(ArrayFile(str(path)), image_size=16, n=20, n_val=10, pool_size=80)
+    with pytest.raises(GalgenError) as info:
+        dm.setup("fit")
+    text = str(info.value)
+    assert "\n" not in text and "only 40 distinct remain of the data.pool_size = 80 images read (40 duplicates removed)" in text
+    assert "raise data.pool_size" in text
+
+
 def test_disjointness_check_catches_shared_content():
     imgs = _images(30)
     s = make_split(imgs, 10, 5, seed=0, drop=np.zeros(30, bool))

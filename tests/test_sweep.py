@@ -84,6 +84,74 @@ def test_sweep_skips_finished_resumes_interrupted_and_caps_n(tmp_path, profile, 
     assert (out / "report" / "index.html").exists()
 
 
+def test_sweep_over_seeds_shares_one_pool(tmp_path, profile, fake_runner, capsys):
+    """One run per (seed, N), seed by seed; seed S sets data.seed and seed_everything; one pool for every run."""
+    out = tmp_path / "sweep"
+    assert sweep(family="diffusion", profile=str(profile), ns=[2, 4], seeds="0,2", out=str(out), report=False) == 0
+    folders = [Path(_option(c, "trainer.default_root_dir")).name for c in fake_runner]
+    assert folders == ["diffusion-tiny-n2-seed0", "diffusion-tiny-n4-seed0", "diffusion-tiny-n2-seed2", "diffusion-tiny-n4-seed2"]
+    assert [(_option(c, "data.seed"), _option(c, "seed_everything")) for c in fake_runner] == [("0", "0")] * 2 + [("2", "2")] * 2
+    # 2 * max(N) + n_val = 24, plus the DataModule's margin for duplicates: ceil(24 * 1.25) + 64
+    assert {_option(c, "data.pool_size") for c in fake_runner} == {"94"}
+    text = capsys.readouterr().out
+    assert "seeds 0, 2; every run reads the first 94 source images" in text and "[sweep 3/4] training diffusion-tiny-n2-seed2 (N=2, seed 2)" in text
+    state = json.loads((out / "sweep.json").read_text())
+    assert state["seeds"] == [0, 2] and state["pool_size"] == 94 and state["data_seed"] is None
+    assert [(r["n"], r["seed"], r["data_seed"], r["state"]) for r in state["runs"]] == [
+        (2, 0, 0, "complete"),
+        (4, 0, 0, "complete"),
+        (2, 2, 2, "complete"),
+        (4, 2, 2, "complete"),
+    ]
+    assert json.loads((out / "diffusion-tiny-n4-seed2" / "sweep.json").read_text())["args"] == fake_runner[3][:-2]
+
+    fake_runner.clear()  # a third seed later: only its runs train
+    assert sweep(family="diffusion", profile=str(profile), ns=[2, 4], seeds=[0, 1, 2], out=str(out), report=False) == 0
+    assert [_option(c, "seed_everything") for c in fake_runner] == ["1", "1"]
+
+
+def test_sweep_data_seed_pins_the_split(tmp_path, profile, fake_runner):
+    out = tmp_path / "sweep"
+    assert sweep(family="diffusion", profile=str(profile), ns=[4], seeds=[0, 1, 7], data_seed=7, out=str(out), report=False) == 0
+    folders = [Path(_option(c, "trainer.default_root_dir")).name for c in fake_runner]
+    assert folders == ["diffusion-tiny-n4-seed0-data7", "diffusion-tiny-n4-seed1-data7", "diffusion-tiny-n4-seed7"]
+    assert [_option(c, "data.seed") for c in fake_runner] == ["7"] * 3
+    assert [_option(c, "seed_everything") for c in fake_runner] == ["0", "1", "7"]
+
+
+def test_sweep_keeps_the_pool_of_a_run_it_resumes(tmp_path, profile, fake_runner, capsys):
+    """A run started with another pool resumes on its own data (and says so); a complete one is flagged."""
+    out = tmp_path / "sweep"
+    _run(out / "diffusion-tiny-n2-seed0", "complete")
+    (out / "diffusion-tiny-n2-seed0" / "manifest.json").write_text(json.dumps({"seed": 0, "pool_size": None}))
+    _run(out / "diffusion-tiny-n4-seed0", "failed", checkpoint=True)
+    (out / "diffusion-tiny-n4-seed0" / "sweep.json").write_text(json.dumps({"args": ["fit", "--data.n=4", "--data.pool_size=60"]}))
+    assert sweep(family="diffusion", profile=str(profile), ns=[2, 4, 8], out=str(out), report=False) == 0
+    assert [(_option(c, "data.n"), _option(c, "data.pool_size")) for c in fake_runner] == [("4", "60"), ("8", "100")]
+    assert _option(fake_runner[0], "ckpt_path").endswith("diffusion-tiny-n4-seed0/checkpoints/last.ckpt")
+    text = capsys.readouterr().out
+    assert "diffusion-tiny-n2-seed0 was trained on an N-dependent pool, not this sweep's 100" in text  # min(104, 100 images)
+    assert "diffusion-tiny-n4-seed0 resumes on its own data.pool_size 60, not this sweep's 100" in text
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"seeds": "0,x"}, r"--seeds must be integers separated by commas \(0,1,2\), got '0,x'"),
+        ({"seeds": [-1]}, r"every seed must be in \[0, 2\*\*32\), got -1"),
+        ({"seeds": [1], "seed": 3}, "give --seed or --seeds, not both"),
+        ({"fit_args": "--data.seed=3"}, "--data.seed in --fit_args would override the sweep's own; use --seeds or --data_seed"),
+        ({"fit_args": "--data.pool_size 500"}, "use --pool_size"),
+        ({"pool_size": 30}, r"--pool_size 30 is below 2 \* max\(N\) \+ n_val = 32"),
+        ({"pool_size": 101}, "--pool_size 101 is above the 100 images of the source"),
+    ],
+)
+def test_sweep_seed_and_pool_errors(tmp_path, profile, fake_runner, kwargs, message):
+    with pytest.raises(GalgenError, match=message):
+        sweep(family="diffusion", profile=str(profile), out=str(tmp_path / "s"), report=False, **kwargs)
+    assert fake_runner == []
+
+
 def test_sweep_one_run_per_gpu(tmp_path, profile, fake_runner, capsys):
     out = tmp_path / "sweep"
     assert sweep(family="diffusion", profile=str(profile), out=str(out), per_gpu=True, gpus=[0, 3], report=False) == 0
@@ -125,6 +193,13 @@ def test_sweep_cli_errors_and_dry_run(tmp_path, profile, capsys):
     )
     text = capsys.readouterr().out
     assert "glow-small-n1-seed0" in text and "configs/glow.yaml" in text
+    args = ["sweep", "--profile", str(profile), "--out", str(tmp_path / "s2"), "--dry_run", "true"]
+    assert run_cli([*args, "--seeds", "3,4", "--data_seed", "0"]) == 0
+    text = capsys.readouterr().out
+    assert "diffusion-tiny-n8-seed4-data0" in text and "--data.seed=0 --seed_everything=4 --data.pool_size=100" in text
+    assert run_cli([*args, "--seeds", "1,a"]) == 2
+    err = capsys.readouterr().err
+    assert "--seeds must be integers" in err and len(err.strip().splitlines()) == 1
     assert run_cli(["sweep", "--profile", str(profile), "--ns", "[500]", "--out", str(tmp_path / "s")]) == 2
     assert "no N left under the cap" in capsys.readouterr().err
 
@@ -167,6 +242,9 @@ def test_real_tiny_sweep_resumes_from_checkpoint(tmp_path, capsys, monkeypatch):
         assert sweep(family="diffusion", profile=str(profile), out=str(out), report=False) == 0
     assert json.loads((run / "status.json").read_text())["state"] == "complete"
     assert (run / "checkpoints" / "last.ckpt").exists()
+    manifest = json.loads((run / "manifest.json").read_text())  # what the report groups seeds by
+    assert (manifest["seed"], manifest["pool_size"], manifest["images_read"]) == (0, 94, 94)  # ceil(24 * 1.25) + 64
+    assert yaml.safe_load((run / "config.yaml").read_text())["seed_everything"] == 0
     status = json.loads((run / "status.json").read_text())
     (run / "status.json").write_text(json.dumps({**status, "state": "failed", "error": "KeyboardInterrupt"}))
     assert sweep(family="diffusion", profile=str(profile), out=str(out), report=False) == 0

@@ -44,14 +44,23 @@ class TiledPairs(Dataset):
         return {"a": self._augment(self.a[k % len(self.a)]), "b": self._augment(self.b[k % len(self.b)])}
 
 
+def pool_with_margin(need: int, attempt: int = 0) -> int:
+    """Images to read for ``need`` distinct ones: a margin for duplicates, growing per attempt."""
+    return math.ceil(need * (1.25 + attempt)) + 64
+
+
 class GalaxyPairDataModule(L.LightningDataModule):
     """Paired non-overlapping galaxy subsets for the two-models test.
 
-    Loads the source, removes exact and near duplicates (correlation above
-    ``dedup_threshold`` on 16x16 downsampled images), shuffles with ``seed`` and takes
-    ``n`` images for A, ``n`` for B and ``n_val`` for validation, then checks by content hash
-    that the three are disjoint. The split depends only on the source and ``seed``: it is the
-    same on every DDP rank and in every rerun.
+    Loads the first images of the source (the pool), removes exact and near duplicates
+    (correlation above ``dedup_threshold`` on 16x16 downsampled images), shuffles the rest with
+    ``seed``, holds out the first ``n_val`` and deals the others alternately to A and B until each
+    has ``n`` (:func:`~galgen_lightning.data.split.make_split`), then checks by content hash that
+    the three are disjoint. The split depends only on the source, the pool and ``seed``: it is
+    the same on every DDP rank and in every rerun. With ``pool_size`` set, the pool does not
+    depend on ``n``: runs with the same ``pool_size`` and ``seed`` share the held-out set, and
+    their A (and B) are nested (A at N = 10 is part of A at N = 100). Without it the pool grows
+    with ``n`` (what one run needs, plus a margin for duplicates).
 
     Args:
         source: where the images come from (default: the built-in synthetic galaxies).
@@ -66,6 +75,9 @@ class GalaxyPairDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes.
         dedup_threshold: correlation above which two images count as near duplicates.
         val_batch_size: batch size of validation (default: ``batch_size``).
+        pool_size: read exactly this many source images (the first ones), whatever ``n``, so
+            that runs of different N with the same seed share the held-out set and have nested
+            A and B (``galgen sweep`` sets it). Default: enough for this ``n`` alone.
     """
 
     def __init__(
@@ -81,6 +93,7 @@ class GalaxyPairDataModule(L.LightningDataModule):
         num_workers: int = 0,
         dedup_threshold: float = 0.95,
         val_batch_size: int | None = None,
+        pool_size: int | None = None,
     ) -> None:
         super().__init__()
         self.source = source if source is not None else SyntheticGalaxies()
@@ -99,21 +112,29 @@ class GalaxyPairDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.dedup_threshold = dedup_threshold
         self.val_batch_size = val_batch_size or batch_size
+        self.pool_size = pool_size
         need = 2 * n + n_val
         available = self.source.available()
         if need > available:
             raise GalgenError(
                 f"data: 2 * n + n_val = {need} images needed but the source has only {available}; lower data.n or data.n_val"
             )
+        if pool_size is not None:
+            if pool_size < need:
+                raise GalgenError(f"data.pool_size = {pool_size} is below 2 * n + n_val = {need}; raise data.pool_size or lower data.n")
+            if pool_size > available:
+                raise GalgenError(f"data.pool_size = {pool_size} but the source has only {available} images; lower data.pool_size")
         self.split: Split | None = None
         self.hashes: dict[str, list[str]] = {}
         self.subsets: dict[str, torch.Tensor] = {}
         self.pixel_mean: float = 0.5
 
     def _pool_size(self, attempt: int) -> int:
-        """How many images to load: the need plus a margin for duplicates, growing per attempt."""
-        need = 2 * self.n + self.n_val
-        return min(self.source.available(), math.ceil(need * (1.25 + attempt)) + 64)
+        """How many images to load: ``pool_size``, else the need plus a margin for duplicates,
+        growing per attempt."""
+        if self.pool_size is not None:
+            return self.pool_size
+        return min(self.source.available(), pool_with_margin(2 * self.n + self.n_val, attempt))
 
     def prepare_data(self) -> None:
         """Render or convert the source once (rank zero); ``setup`` then reads the cache."""
@@ -127,10 +148,16 @@ class GalaxyPairDataModule(L.LightningDataModule):
             count = self._pool_size(attempt)
             images = self.source.load(count, self.image_size)
             drop = duplicate_mask(images, self.dedup_threshold)
-            if (~drop).sum() >= 2 * self.n + self.n_val or count >= self.source.available():
+            if (~drop).sum() >= 2 * self.n + self.n_val or self.pool_size is not None or count >= self.source.available():
                 break
             attempt += 1
         need = 2 * self.n + self.n_val
+        if (~drop).sum() < need and self.pool_size is not None:
+            raise GalgenError(
+                f"data.source ({self._source_label()}): 2 * n + n_val = {need} images needed but only {int((~drop).sum())} "
+                f"distinct remain of the data.pool_size = {len(images)} images read ({int(drop.sum())} duplicates removed); "
+                "raise data.pool_size or lower data.n or data.n_val"
+            )
         if (~drop).sum() < need:
             raise GalgenError(
                 f"data.source ({self._source_label()}): 2 * n + n_val = {need} images needed but only {int((~drop).sum())} "
@@ -170,7 +197,11 @@ class GalaxyPairDataModule(L.LightningDataModule):
         return self.subsets[subset]
 
     def manifest(self) -> dict:
-        """Indices and content hashes of A, B and validation, with the source and split parameters."""
+        """Indices and content hashes of A, B and validation, with the source and split parameters.
+
+        ``seed`` is the split's seed (``data.seed``), ``pool_size`` the option (None: the pool
+        grew with ``n``), ``images_read`` the images the split was drawn from.
+        """
         if self.split is None:
             self.setup()
         assert self.split is not None
@@ -180,6 +211,8 @@ class GalaxyPairDataModule(L.LightningDataModule):
             "n": self.n,
             "n_val": self.n_val,
             "seed": self.seed,
+            "pool_size": self.pool_size,
+            "images_read": self.split.n_pool,
             "dedup_threshold": self.dedup_threshold,
             "duplicates_removed": self.split.n_duplicates,
             "split_sha1": self.split_digest(),

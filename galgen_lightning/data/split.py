@@ -61,19 +61,34 @@ def duplicate_mask(images: np.ndarray, threshold: float = 0.95, side: int = 16, 
 
 @dataclass
 class Split:
-    """Indices (into the source's images) of subsets A, B and validation."""
+    """Indices (into the source's images) of subsets A, B and validation.
+
+    Attributes:
+        a: indices of subset A, sorted.
+        b: indices of subset B, sorted.
+        val: indices of the held-out set, sorted.
+        n_duplicates: images of the pool dropped as duplicates.
+        n_pool: images the split was drawn from (duplicates included).
+    """
 
     a: np.ndarray
     b: np.ndarray
     val: np.ndarray
     n_duplicates: int
+    n_pool: int = 0
 
     def indices(self, subset: str) -> np.ndarray:
         return {"a": self.a, "b": self.b, "val": self.val}[subset]
 
 
 def make_split(images: np.ndarray, n: int, n_val: int, seed: int, drop: np.ndarray) -> Split:
-    """Shuffle the kept images with ``seed`` and take A, B and validation in turn.
+    """Shuffle the kept images with ``seed``; the first ``n_val`` are held out, A and B alternate
+    through the rest.
+
+    With ``order`` the kept images permuted by ``seed``: ``val = order[:n_val]``,
+    ``A = order[n_val::2][:n]``, ``B = order[n_val + 1::2][:n]``. For one pool (``images`` and
+    ``drop``) and one seed the held-out set does not depend on ``n``, and A and B at a smaller
+    ``n`` are the first images of A and B at a larger one (nested subsets).
 
     Raises:
         GalgenError: when fewer than ``2 n + n_val`` distinct images are left.
@@ -86,7 +101,14 @@ def make_split(images: np.ndarray, n: int, n_val: int, seed: int, drop: np.ndarr
             f"({int(drop.sum())} duplicates removed of {len(images)}); lower data.n or data.n_val"
         )
     order = np.random.default_rng(seed).permutation(keep)
-    return Split(a=np.sort(order[:n]), b=np.sort(order[n : 2 * n]), val=np.sort(order[2 * n : need]), n_duplicates=int(drop.sum()))
+    rest = order[n_val:]
+    return Split(
+        a=np.sort(rest[0::2][:n]),
+        b=np.sort(rest[1::2][:n]),
+        val=np.sort(order[:n_val]),
+        n_duplicates=int(drop.sum()),
+        n_pool=len(images),
+    )
 
 
 def check_disjoint(images: np.ndarray, split: Split) -> dict[str, list[str]]:
