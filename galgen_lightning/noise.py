@@ -84,3 +84,13 @@ def counter_normal(
     theta = (2.0 * math.pi) * u2
     z = torch.cat([r * torch.cos(theta), r * torch.sin(theta)], dim=1)[:, :numel]
     return z.reshape(len(indices), *shape).to(dtype)
+
+
+def counter_uniform(seed: int, indices: Tensor, count: int = 1, stream: int | Tensor = 0) -> Tensor:
+    """Uniforms in (0, 1) of shape ``(len(indices), count)``, a pure function of the inputs.
+
+    Row ``b`` depends only on ``(seed, indices[b], stream)``, like :func:`counter_normal`.
+    """
+    key = _key(seed, indices, stream)
+    counters = mix32(torch.arange(count, device=indices.device, dtype=torch.int64) + 0x51ED27)
+    return _uniform(key, counters)

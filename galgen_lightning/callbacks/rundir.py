@@ -75,10 +75,35 @@ class RunDirectory(L.Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._write_status(trainer, "complete")
+        self._write_verdict(trainer)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn == "validate":
             self._write_status(trainer, "complete")
+            self._write_verdict(trainer)
+
+    def _write_verdict(self, trainer: L.Trainer) -> None:
+        """``verdict.json`` from the one judge, and the same label and numbers in the W&B run summary."""
+        if not trainer.is_global_zero or not (run_dir(trainer) / "metrics.jsonl").is_file():
+            return
+        from lightning.pytorch.loggers import WandbLogger
+
+        from galgen_lightning.evaluation.verdict import judge_run, write_verdict
+
+        verdict = judge_run(run_dir(trainer))
+        if verdict.epoch is None:  # no two-models result: nothing to judge
+            return
+        write_verdict(run_dir(trainer), verdict)
+        summary = {"verdict": verdict.label, "verdict_evidence": verdict.text()}
+        for key in ("memorization_rate", "memorization_rate_heldout", "agreement_kappa", "realism_outside_any", "gap_median"):
+            value = verdict.numbers.get(key)
+            if value is not None:
+                summary[f"verdict/{key}"] = value
+                if key in verdict.intervals:
+                    summary[f"verdict/{key}_low"], summary[f"verdict/{key}_high"] = verdict.intervals[key]
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.experiment.summary.update(summary)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._write_status(trainer, "failed", error=f"{type(exception).__name__}: {exception}")

@@ -46,6 +46,8 @@ from typing import Any
 import numpy as np
 
 from galgen_lightning.errors import GalgenError
+from galgen_lightning.evaluation import verdict as rules
+from galgen_lightning.evaluation.verdict import judge_run
 from galgen_lightning.report.figures import (
     MORPHOLOGY_VARIABLES,
     Figure,
@@ -64,14 +66,12 @@ from galgen_lightning.report.figures import (
 from galgen_lightning.report.runs import Run, count_parameters, find_runs, load_run, ratio_parameters
 from galgen_lightning.report.stats import (
     MEMORIZED_RATE,
-    PARTIAL_RATE,
-    SIGNIFICANCE,
+    combine_seeds,
     diagnose,
     estimate_n_star,
     fmt,
     fmt_ci,
     fmt_p,
-    judge,
     transition_checks,
 )
 
@@ -82,7 +82,7 @@ h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-to
 table{border-collapse:collapse;margin:.8em 0;font-size:.85em}th,td{border:1px solid #ccc;padding:.25em .5em;vertical-align:top}
 th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
 figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}figcaption{font-size:.85em;color:#444;max-width:1100px}
-.memorizes{color:#b00020;font-weight:600}.partly{color:#c25e00;font-weight:600}.generalizes{color:#1b7f2a;font-weight:600}
+.memorizes{color:#b00020;font-weight:600}.poor{color:#6a1b9a;font-weight:600}.partly{color:#c25e00;font-weight:600}.generalizes{color:#1b7f2a;font-weight:600}
 .incomplete{background:#fff3cd}.badge{display:inline-block;padding:0 .4em;border-radius:.3em;background:#f0ad4e;color:#000;font-size:.8em}
 .pass{color:#1b7f2a}.fail{color:#b00020}.note{background:#f7f7f7;border-left:4px solid #999;padding:.4em .8em}
 """
@@ -121,15 +121,10 @@ def _write_csv(path: Path, columns: list[str], rows: list[list[str]]) -> None:
 
 
 def _verdict_class(label: str) -> str:
-    return (
-        "memorizes"
-        if label.startswith("memorizes")
-        else "partly"
-        if label.startswith("partly")
-        else "generalizes"
-        if label.startswith("generalizes")
-        else ""
-    )
+    for start, css in (("memorizes", "memorizes"), ("in transition", "partly"), ("generalizes", "generalizes"), ("poor", "poor")):
+        if label.startswith(start):
+            return css
+    return ""
 
 
 def _jsonable(x: Any) -> Any:
@@ -205,8 +200,13 @@ def build_report(
     for group, members in groups.items():
         rows = []
         for run in members:
-            verdict = judge(run, n_boot, confidence, rng)
-            v = verdict.numbers
+            verdict = judge_run(run, n_boot, confidence, rng)
+            rec = run.last("two_models") or {}
+            v: dict[str, Any] = {k: rec.get(k) for k in ("a_vs_b_median", "valid_a", "valid_b", "epoch")}
+            for key in ("diverged", "step_limit"):
+                v.update({f"{key}_{w}": rec.get(f"{key}_{w}") for w in "ab"})
+            v.update(verdict.numbers)
+            v.update({f"{k}_ci": ci for k, ci in verdict.intervals.items()})
             valid = sum(int(v.get(f"valid_{w}") or 0) for w in "ab")
             n_samples = int(run.callback_args("TwoModelsTest").get("n_samples") or 0)
             row = {
@@ -218,16 +218,17 @@ def build_report(
                 "seed": run.seed,
                 "state": run.state,
                 "complete": run.complete,
-                "verdict": verdict.label,
-                "evidence": verdict.evidence,
+                "verdict": verdict.display,
+                "label": verdict.label,
+                "evidence": "; ".join(verdict.reasons),
                 "parameters": run.parameters,
                 "parameters_note": run.parameters_note,
                 "pixels": run.pixels,
                 "pixels_per_parameter": (run.pixels / ratio_parameters(run)) if run.pixels and ratio_parameters(run) else None,
                 "invalid_share": (1 - valid / (2 * n_samples)) if n_samples and v.get("valid_a") is not None else None,
-                **{k: val for k, val in v.items() if k != "replicates"},
+                **v,
             }
-            row["_replicates"] = v.get("replicates", {}).get("memorization_rate") if n_boot else None
+            row["_replicates"] = verdict.replicates.get("memorization_rate") if n_boot else None
             rows.append(row)
             summary_rows.append(
                 [
@@ -235,11 +236,13 @@ def build_report(
                     fmt(run.n) if run.n is not None else "?",
                     str(run.seed),
                     run.state,
-                    verdict.label,
+                    verdict.display,
                     fmt_ci(v.get("memorization_rate"), v.get("memorization_rate_ci")),
-                    fmt_ci(v.get("gap_median"), v.get("gap_median_ci")) + f" (p={fmt_p(v.get('gap_p_value'))})",
-                    fmt_ci(v.get("a_vs_b_median"), v.get("a_vs_b_median_ci")),
-                    verdict.evidence,
+                    fmt_ci(v.get("memorization_rate_heldout"), v.get("memorization_rate_heldout_ci")),
+                    fmt_ci(v.get("agreement_kappa"), v.get("agreement_kappa_ci")) + f" (p={fmt_p(v.get('agreement_p_value'))})",
+                    fmt_ci(v.get("realism_outside_any"), v.get("realism_outside_any_ci")),
+                    fmt(v.get("gap_median")) + f" (p={fmt_p(v.get('gap_p_value'))})",
+                    "; ".join(verdict.reasons),
                 ]
             )
             summary_classes.append("incomplete" if not run.complete else "")
@@ -260,7 +263,8 @@ def build_report(
             )
             run_classes.append("incomplete" if not run.complete else "")
 
-        # N* from the complete runs, averaged over seeds at each N
+        # N* from the complete runs, averaged over seeds at each N; the replicates combine the
+        # bootstrap within each seed and the spread between seeds
         per_n: dict[int, list[dict]] = {}
         for r in rows:
             if r["complete"] and r.get("memorization_rate") is not None and r["n"]:
@@ -269,8 +273,13 @@ def build_report(
         for n, rs in sorted(per_n.items()):
             rate = float(np.mean([r["memorization_rate"] for r in rs]))
             reps = [r["_replicates"] for r in rs]
-            rep = np.mean(np.stack(reps), axis=0) if all(x is not None and np.size(x) for x in reps) and n_boot else None
+            rep = combine_seeds(reps, rng) if n_boot and all(x is not None and np.size(x) for x in reps) else None
             points.append((n, rate, rep))
+            if len(rs) > 1:
+                for r in rs:
+                    r["seeds_at_n"] = len(rs)
+                    r["seed_mean_rate"] = rate
+                    r["seed_mean_rate_ci"] = tuple(np.nanquantile(rep, [(1 - confidence) / 2, (1 + confidence) / 2])) if rep is not None else None
         n_star = estimate_n_star(points, MEMORIZED_RATE, confidence)
         incomplete = [r for r in rows if not r["complete"]]
         statement = n_star["statement"]
@@ -281,7 +290,8 @@ def build_report(
                 + ")"
             )
         n_star_lines.append(f"<li><b>{html.escape(group)}</b>: {html.escape(statement)}</li>")
-        ordered = sorted([r for r in rows if r["n"]], key=lambda r: r["n"])
+        ordered = sorted([r for r in rows if r["n"]], key=lambda r: (r["n"], r["seed"] or 0))
+        ordered = list({r["n"]: r for r in reversed(ordered)}.values())[::-1]  # one run per N (the lowest seed) for the checks
         checks = transition_checks(ordered)
         notes = diagnose(ordered)
         items = "".join(
@@ -340,9 +350,11 @@ def build_report(
         "seed",
         "state",
         "verdict",
-        "memorization rate [CI]",
-        "own-other gap [CI]",
-        "A vs B [CI]",
+        "memorization rate, two-models null [CI]",
+        "held-out-real reading [CI]",
+        "shared-noise agreement kappa [CI]",
+        "share unlike real galaxies [CI]",
+        "own-other gap (p)",
         "evidence",
     ]
     _write_csv(out_dir / "summary.csv", s_cols, summary_rows)
@@ -370,11 +382,17 @@ def build_report(
     )
     body.append("<h2>Summary: memorization or generalization</h2>")
     body.append(
-        "<p>Verdict per run from the calibrated two-models statistics: <b>memorizes</b> when more than "
-        f"{MEMORIZED_RATE:.0%} of samples are closer to a training image of their own subset than the held-out "
-        "quantile of real galaxies; <b>partly memorizes</b> when samples are significantly closer to their own subset "
-        f"than to the other (one-sided Wilcoxon p &lt; {SIGNIFICANCE}) or more than {PARTIAL_RATE:.0%} pass the threshold; "
-        "<b>generalizes</b> otherwise. A vs B agreement is evidence, not a criterion (flows and GANs need not agree pixel for pixel).</p>"
+        "<p>Verdict per run from the one judge (galgen_lightning/evaluation/verdict.py, docs/verdict.md), with "
+        f"{confidence:.0%} bootstrap intervals over noise indices. <b>memorizes</b>: the memorization rate under the "
+        f"two-models null (share of samples nearer their own subset than the {rules.MEMORIZES_RATE:.0%}... see below) has its "
+        f"lower bound above {rules.MEMORIZES_RATE}; <b>poor samples</b>: more than {rules.POOR_SHARE:.0%} of samples are unlike "
+        "any real galaxy (lower bound); <b>generalizes</b>: the rate is at chance (upper bound below "
+        f"{rules.GENERALIZES_RATE_FACTOR:g}x chance), the samples look real, and positive evidence holds: shared-noise "
+        f"agreement kappa above {rules.AGREEMENT_KAPPA} (lower bound, permutation p &lt; {rules.ALPHA}) for noise-to-image "
+        f"families, the discriminator curves within +-{rules.DISCRIMINATOR_TOLERANCE} of each other for GANs; "
+        "<b>in transition</b>: more copies than chance but not most; <b>inconclusive</b>: none of these shown. "
+        "The memorization rate's threshold is the 99th percentile of the samples' own nearest similarity to the subset "
+        "their model never saw.</p>"
     )
     body.append(_table(s_cols, verdict_cells, summary_classes, raw={4}))
     body.append("<h3>Transition size N*</h3><ul>" + "".join(n_star_lines) + "</ul>")

@@ -1,59 +1,19 @@
-"""The report's statistics: bootstrap intervals, the verdict per run, N* and the transition checks."""
+"""The report's statistics: formatting, N* over N (seeds combined) and the transition checks.
+
+The label of each run comes from the one judge, :mod:`galgen_lightning.evaluation.verdict`.
+"""
 
 from __future__ import annotations
 
 import math
-import re
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from galgen_lightning.report.runs import Run
+from galgen_lightning.evaluation.verdict import MEMORIZES_RATE
 
-# --- the verdict's rules (documented in docs/report.md; not tuned per sweep) -------------------
-MEMORIZED_RATE = 0.5
-"""A pair *memorizes* when more than this share of samples is closer to a training image of its
-own subset than the calibration quantile of held-out real galaxies (most samples are copies)."""
-SIGNIFICANCE = 0.01
-"""One-sided p-value under which samples count as significantly closer to their own subset."""
-PARTIAL_RATE = 0.1
-"""Above this memorization rate (ten times the 1% expected by chance with the default 99th
-percentile) a pair is at least *partly* memorizing, even when the gap is not significant."""
-MIN_VALID = 8
-"""Fewer valid samples (A and B together) than this: no verdict."""
-FAINT_RATIO = 0.2
-"""A model whose valid samples have a median pixel standard deviation below this share of the
-other model's is reported as producing faint (faded) samples: a diagnosis, not a criterion."""
-
-
-def sample_brightness(arrays: dict[str, np.ndarray] | None) -> dict[str, float]:
-    """Median per-sample pixel standard deviation of each model's valid samples (``std_a``, ``std_b``)."""
-    out: dict[str, float] = {}
-    for w in "ab":
-        x = None if arrays is None else arrays.get(f"samples_{w}")
-        if x is None or not np.size(x):
-            continue
-        ok = arrays.get(f"ok_{w}")
-        x = np.asarray(x, np.float64).reshape(len(x), -1)
-        if ok is not None and np.shape(ok) == (len(x),):
-            x = x[np.asarray(ok, bool)]
-        x = x[np.all(np.isfinite(x), axis=1)]
-        if len(x):
-            out[f"std_{w}"] = float(np.median(x.std(axis=1)))
-    return out
-
-
-def faint_model(numbers: dict) -> tuple[str, float, float] | None:
-    """``(model, its median pixel std, the other's)`` when one model's samples are much fainter."""
-    a, b = numbers.get("sample_std_a"), numbers.get("sample_std_b")
-    if a is None or b is None:
-        return None
-    if a < FAINT_RATIO * b:
-        return ("A", a, b)
-    if b < FAINT_RATIO * a:
-        return ("B", b, a)
-    return None
+MEMORIZED_RATE = MEMORIZES_RATE
+"""The level N* is read at: the memorization rate falls through one half."""
 
 
 def finite(x: Any) -> np.ndarray:
@@ -62,57 +22,23 @@ def finite(x: Any) -> np.ndarray:
     return x[np.isfinite(x)]
 
 
-def _ci(values: np.ndarray, confidence: float) -> tuple[float, float]:
-    v = values[np.isfinite(values)]
-    if v.size == 0:
-        return (math.nan, math.nan)
-    tail = (1 - confidence) / 2 * 100
-    lo, hi = np.percentile(v, [tail, 100 - tail])
-    return (float(lo), float(hi))
+def combine_seeds(replicates: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    """Bootstrap replicates of the mean over seeds, with the seed-to-seed spread in them.
 
+    Each replicate draws the seeds with replacement and averages their own bootstrap replicate
+    (a two-level bootstrap: seeds, then noise indices within a seed). With one seed it is that
+    seed's replicates.
 
-def bootstrap_two_models(
-    arrays: dict[str, np.ndarray], quantile: float, n_boot: int, rng: np.random.Generator
-) -> dict[str, np.ndarray]:
-    """Bootstrap replicates of the two-models statistics from the callback's per-sample arrays.
-
-    Samples are resampled with their own and other similarities together (the gap is paired);
-    the held-out reference is resampled too (by validation image: the callback stores the
-    held-out set's similarities to A and then to B), so the threshold varies as it should.
-
-    Returns:
-        ``{"memorization_rate": (n_boot,), "gap_median": ..., "a_vs_b_median": ...}``; NaN
-        replicates where there is nothing to resample.
+    Args:
+        replicates: one ``(B,)`` array of bootstrap replicates per seed.
+        rng: random generator.
     """
-    own = np.concatenate([np.asarray(arrays.get(f"own_{w}", []), float).ravel() for w in "ab"])
-    other = np.concatenate([np.asarray(arrays.get(f"other_{w}", []), float).ravel() for w in "ab"])
-    heldout = np.asarray(arrays.get("heldout", []), float).ravel()
-    a_vs_b = np.asarray(arrays.get("a_vs_b", []), float).ravel()
-    out = {k: np.full(n_boot, np.nan) for k in ("memorization_rate", "gap_median", "a_vs_b_median")}
-    if own.size and heldout.size:
-        idx = rng.integers(0, own.size, size=(n_boot, own.size))
-        if heldout.size % 2 == 0:  # [val vs A, val vs B]: resample validation images
-            half = heldout.size // 2
-            j = rng.integers(0, half, size=(n_boot, half))
-            ref = np.concatenate([heldout[:half][j], heldout[half:][j]], axis=1)
-        else:
-            ref = heldout[rng.integers(0, heldout.size, size=(n_boot, heldout.size))]
-        threshold = np.quantile(ref, quantile, axis=1)
-        out["memorization_rate"] = np.mean(own[idx] > threshold[:, None], axis=1)
-        if other.size == own.size:
-            out["gap_median"] = np.median(own[idx] - other[idx], axis=1)
-    if a_vs_b.size:
-        out["a_vs_b_median"] = np.median(a_vs_b[rng.integers(0, a_vs_b.size, size=(n_boot, a_vs_b.size))], axis=1)
-    return out
-
-
-@dataclass
-class Verdict:
-    """What a run shows, and on what evidence."""
-
-    label: str
-    evidence: str
-    numbers: dict[str, Any]
+    reps = np.stack([np.asarray(r, dtype=np.float64) for r in replicates])  # (k, B)
+    k, b = reps.shape
+    if k == 1:
+        return reps[0]
+    chosen = rng.integers(0, k, size=(b, k))
+    return np.nanmean(reps[chosen, np.arange(b)[:, None]], axis=1)
 
 
 def fmt(x: Any, digits: int = 3) -> str:
@@ -136,103 +62,6 @@ def fmt_p(x: Any) -> str:
     if x is None or not math.isfinite(float(x)):
         return "n/a"
     return f"{float(x):.2g}"
-
-
-def judge(run: Run, n_boot: int, confidence: float, rng: np.random.Generator) -> Verdict:
-    """Memorizes / partly memorizes / generalizes, from the calibrated two-models numbers."""
-    rec = run.last("two_models")
-    numbers: dict[str, Any] = {"state": run.state}
-    if rec is None:
-        label = "no result" if run.complete else f"no result yet ({run.state})"
-        return Verdict(label, "the two-models test has not written a result", numbers)
-    quantile = float(run.callback_args("TwoModelsTest").get("quantile", 0.99))
-    for key in (
-        "memorization_rate",
-        "gap_median",
-        "gap_p_value",
-        "a_vs_b_median",
-        "memorization_threshold",
-        "nearest_own_median",
-        "nearest_other_median",
-        "heldout_median",
-        "valid_a",
-        "valid_b",
-    ):
-        numbers[key] = rec.get(key)
-    for key in ("memorization_rate", "gap_median", "diverged", "step_limit"):
-        for w in "ab":
-            numbers[f"{key}_{w}"] = rec.get(f"{key}_{w}")
-    numbers["epoch"] = rec.get("epoch")
-    numbers["quantile"] = quantile
-    arrays = run.arrays("two_models", rec.get("epoch"))
-    numbers.update({f"sample_{k}": v for k, v in sample_brightness(arrays).items()})
-    reps = bootstrap_two_models(arrays, quantile, n_boot, rng) if arrays and n_boot > 0 else {}
-    numbers["replicates"] = reps
-    for key in ("memorization_rate", "gap_median", "a_vs_b_median"):
-        numbers[f"{key}_ci"] = _ci(reps[key], confidence) if key in reps else None
-    rate, gap, p, ab = (rec.get(k) for k in ("memorization_rate", "gap_median", "gap_p_value", "a_vs_b_median"))
-    valid = sum(int(rec.get(f"valid_{w}") or 0) for w in "ab")
-    chance = 1 - quantile
-    parts = [
-        f"memorization rate {fmt_ci(rate, numbers['memorization_rate_ci'])} (chance {chance:.2g})",
-        f"own-other gap {fmt_ci(gap, numbers['gap_median_ci'])}, p={fmt_p(p)}",
-        f"A vs B {fmt_ci(ab, numbers['a_vs_b_median_ci'])}",
-        f"{valid} valid samples",
-    ]
-    significant = p is not None and gap is not None and float(p) < SIGNIFICANCE and float(gap) > 0
-    if rate is None or valid < MIN_VALID:
-        label = "inconclusive"
-        parts.insert(0, f"only {valid} valid samples" if valid < MIN_VALID else "no memorization rate")
-    elif rate > MEMORIZED_RATE:
-        label = "memorizes"
-        parts.insert(0, f"most samples ({rate:.0%}) are closer to an own training image than held-out galaxies ever are")
-    elif significant or rate > PARTIAL_RATE:
-        label = "partly memorizes"
-        why = []
-        if significant:
-            why.append("samples are significantly closer to their own subset than to the other")
-        if rate > PARTIAL_RATE:
-            why.append(f"{rate:.0%} of samples pass the calibrated threshold")
-        parts.insert(0, "; ".join(why) + f", but not most (rate <= {MEMORIZED_RATE})")
-    else:
-        label = "generalizes"
-        parts.insert(0, "samples are no closer to their own subset than to the other, and few pass the calibrated threshold")
-    faint = faint_model(numbers)
-    if faint:
-        other = "B" if faint[0] == "A" else "A"
-        parts.append(f"model {faint[0]}'s samples are faint (median pixel std {faint[1]:.3g} against {faint[2]:.3g} for {other})")
-        if label in ("generalizes", "partly memorizes"):
-            label += f" (caveat: model {faint[0]}'s samples faint)"
-    parts += family_evidence(run)
-    if not run.complete:
-        label += f" (incomplete: {run.state})"
-        parts.insert(0, f"run not complete (status {run.state}, epoch {run.status.get('epoch', '?')})")
-    return Verdict(label, "; ".join(parts), numbers)
-
-
-def family_evidence(run: Run) -> list[str]:
-    """Extra evidence of the family's own test (inversion for flows, discriminator for GANs)."""
-    out = []
-    inv = run.last("inversion")
-    if inv:
-        levels = sorted({int(m.group(1)) for k in inv for m in [re.match(r"from_a/level(\d+)/w1_z_zb$", k)] if m})
-        ratios = []
-        for k in levels:
-            w, floor = inv.get(f"from_a/level{k}/w1_z_zb"), inv.get(f"from_a/level{k}/w1_z_normal")
-            if w is not None and floor:
-                ratios.append(w / floor)
-        if ratios:
-            out.append(
-                f"inversion: W1(z, z_B) is {min(ratios):.1f}-{max(ratios):.1f}x the finite-sample floor W1(z, N) over {len(ratios)} levels"
-            )
-    disc = run.last("discriminator")
-    if disc:
-        s = f"discriminator test: max W1 between the four curves {fmt(disc.get('max_w1'))}, max |mean - 2| {fmt(disc.get('max_mean_dev'))}"
-        over = [disc.get(f"overfit_{w}") for w in "ab"]
-        if all(v is not None for v in over):
-            s += f", held-out minus training loss {fmt(over[0])} (D_A) / {fmt(over[1])} (D_B)"
-        out.append(s)
-    return out
 
 
 def estimate_n_star(
@@ -297,113 +126,62 @@ def estimate_n_star(
 
 
 def transition_checks(rows: list[dict]) -> list[tuple[str, bool | None, str]]:
-    """The issue's three signs of the transition over N, each with its numbers."""
+    """The signs of the transition over N, each with its numbers (rows sorted by N, one per N)."""
     rows = [r for r in rows if r["complete"] and r.get("memorization_rate") is not None]
     if len(rows) < 2:
         return [("at least two complete runs over N", False, f"{len(rows)} complete run(s) with results")]
     first, last = rows[0], rows[-1]
-    checks = []
-    r0 = first["memorization_rate"]
+    at = lambda r: f"N={r['n']:,}"  # noqa: E731
+    checks = [
+        (
+            "the smallest N memorizes (the judge's label)",
+            first["label"] == "memorizes",
+            f"{at(first)}: {first['label']}, rate {fmt_ci(first['memorization_rate'], first.get('memorization_rate_ci'))}",
+        )
+    ]
+    sep = first.get("memorization_rate_ci") and last.get("memorization_rate_ci") and last["memorization_rate_ci"][1] < first["memorization_rate_ci"][0]
     checks.append(
         (
-            f"most samples memorized at the smallest N (rate > {MEMORIZED_RATE})",
-            r0 > MEMORIZED_RATE,
-            f"N={first['n']:,}: {fmt_ci(r0, first.get('memorization_rate_ci'))}",
+            "the memorization rate falls as N grows, intervals apart",
+            bool(sep),
+            f"{fmt(first['memorization_rate'])} at {at(first)} -> {fmt(last['memorization_rate'])} at {at(last)}",
         )
     )
-    falls = last["memorization_rate"] < r0
-    sep = (
-        first.get("memorization_rate_ci")
-        and last.get("memorization_rate_ci")
-        and last["memorization_rate_ci"][1] < first["memorization_rate_ci"][0]
-    )
+    k0, k1 = first.get("agreement_kappa"), last.get("agreement_kappa")
     checks.append(
         (
-            "the memorization rate falls as N grows",
-            falls,
-            f"{fmt(r0)} at N={first['n']:,} -> {fmt(last['memorization_rate'])} at N={last['n']:,}"
-            + (" (intervals separate)" if sep else ""),
+            "A and B agree more on shared noise at the largest N (kappa)",
+            None if k0 is None or k1 is None else bool(k1 > k0),
+            f"{fmt(k0)} at {at(first)} -> {fmt_ci(k1, last.get('agreement_kappa_ci'))} at {at(last)}",
         )
     )
-    a0, a1 = first.get("a_vs_b_median"), last.get("a_vs_b_median")
-    rises = a0 is not None and a1 is not None and a1 > a0
-    checks.append(
-        (
-            "the median A-vs-B similarity rises",
-            rises if a0 is not None and a1 is not None else None,
-            f"{fmt(a0)} at N={first['n']:,} -> {fmt(a1)} at N={last['n']:,}",
-        )
-    )
+    checks.append(("the largest N generalizes (the judge's label)", last["label"] == "generalizes", f"{at(last)}: {last['label']}"))
     return checks
 
 
 def diagnose(rows: list[dict]) -> list[str]:
     """Plain reasons when the expected transition does not show (never a re-tuned threshold).
 
-    For the smallest N whose rate is not above 0.5: do the two models disagree, did one model's
-    samples fade or diverge, and otherwise, do the samples lean towards their own subset without
-    being copies (under-trained for memorization) or not at all. Faint samples are reported at
-    every N.
+    For the smallest N that does not memorize and the largest N that does not generalize: the
+    judge's reasons, whether the two models disagree, and how many samples were invalid.
     """
     notes: list[str] = []
     done = [r for r in rows if r["complete"] and r.get("memorization_rate") is not None]
     if not done:
         return notes
-    first = done[0]
-    at = f"At N={first['n']:,}"
-    if first["memorization_rate"] <= MEMORIZED_RATE:
-        specific = False
-        ra, rb = first.get("memorization_rate_a"), first.get("memorization_rate_b")
+    ends = [(done[0], "memorizes")] + ([(done[-1], "generalizes")] if len(done) > 1 else [])
+    for row, expected in ends:
+        if row["label"] == expected:
+            continue
+        at = f"At N={row['n']:,}"
+        notes.append(f"{at} the judge says {row['label']}, not {expected}: {row['evidence']}.")
+        ra, rb = row.get("memorization_rate_a"), row.get("memorization_rate_b")
         if ra is not None and rb is not None and abs(ra - rb) > MEMORIZED_RATE:
-            specific = True
             hi, lo = ("A", "B") if ra > rb else ("B", "A")
-            valid = {w.upper(): int(first.get(f"valid_{w}") or 0) for w in "ab"}
-            notes.append(
-                f"{at} the two models disagree: model {hi} memorizes ({max(ra, rb):.0%} of its {valid[hi]} valid samples pass "
-                f"the threshold), model {lo} does not ({min(ra, rb):.0%} of {valid[lo]}); the pooled rate averages the two."
-            )
-        bad = []
-        for w in "ab":
-            diverged, limit = int(first.get(f"diverged_{w}") or 0), int(first.get(f"step_limit_{w}") or 0)
-            if diverged or limit:
-                bad.append(f"model {w.upper()}: {diverged} diverged, {limit} at the step limit")
-        if bad and (first.get("invalid_share") or 0) > 0.25:
-            specific = True
-            notes.append(f"{at} {first['invalid_share']:.0%} of the samples are invalid and left out ({'; '.join(bad)}).")
-        specific = specific or faint_model(first) is not None
-        leans = (
-            first.get("gap_p_value") is not None and first["gap_p_value"] < SIGNIFICANCE and (first.get("gap_median") or 0) > 0
-        )
-        if leans and not specific:
-            notes.append(
-                f"{at} the samples lean towards their own training subset (gap {fmt(first.get('gap_median'))}, "
-                f"p={fmt_p(first.get('gap_p_value'))}) but only {first['memorization_rate']:.0%} are closer to a training image than "
-                "held-out galaxies are: the models are biased towards their training images without copying them. This is "
-                "under-training for memorization (too few steps or too little capacity for the image size), not generalization; "
-                "train longer, use a larger model or a smaller N."
-            )
-        elif not leans and not specific:
-            notes.append(
-                f"{at} the samples are neither copies nor significantly closer to their own subset: this budget shows no "
-                "memorization at all (or the models did not learn); check the sample grids in the run's eval/two_models/."
-            )
-        near, thr = first.get("nearest_own_median"), first.get("memorization_threshold")
-        if near is not None and thr is not None:
-            notes.append(
-                f"{at} the median sample's similarity to its nearest own training image is {fmt(near)}, against a threshold of "
-                f"{fmt(thr)} (the held-out quantile)."
-            )
-    for row in done:
-        faint = faint_model(row)
-        if faint:
-            notes.append(
-                f"At N={row['n']:,} model {faint[0]}'s valid samples are faint: median pixel standard deviation {faint[1]:.3g} against "
-                f"{faint[2]:.3g} for the other model ({faint[2] / max(faint[1], 1e-12):.0f}x). Their brightness most likely drifted towards zero during sampling: a "
-                "bias-free denoiser is scale-equivariant (f(a y) = a f(y)), so nothing pins the image amplitude, and a trajectory can "
-                "shrink towards zero while keeping a galaxy-like shape (the mean-removed cosine ignores amplitude). Such samples pass "
-                "the sampler's checks and are counted as valid, but they are not copies of training images, which lowers the "
-                "memorization rate; look at the sample grid in the run's eval/two_models/."
-            )
+            notes.append(f"{at} the two models disagree: model {hi} copies ({max(ra, rb):.0%}), model {lo} does not ({min(ra, rb):.0%}).")
+        bad = [f"model {w.upper()}: {int(row.get(f'diverged_{w}') or 0)} diverged, {int(row.get(f'step_limit_{w}') or 0)} at the step limit" for w in "ab"]
+        if (row.get("invalid_share") or 0) > 0.25:
+            notes.append(f"{at} {row['invalid_share']:.0%} of the samples are invalid and left out ({'; '.join(bad)}).")
     return notes
 
 

@@ -1,0 +1,348 @@
+"""The one judge: what a run shows, with the evidence it rests on and intervals.
+
+Every consumer (the report, ``make demo``, the sweep's summary, the run's ``verdict.json`` and
+its W&B summary) calls :func:`judge` or :func:`judge_run`; none decides a label by itself.
+
+Labels, decided in this order (``lo``/``hi``: the bootstrap interval over noise indices):
+
+1. **inconclusive** when the two-models test has not run, or either model has fewer than
+   :data:`MIN_VALID` valid samples.
+2. **memorizes** when the memorization rate under the two-models null is above
+   :data:`MEMORIZES_RATE` with confidence (``lo > 0.5``): most samples are nearer an image of
+   their own subset than samples ever are to the subset their model never saw.
+3. **poor samples** when most samples are unlike any real galaxy with confidence
+   (``lo > POOR_SHARE`` of the realism share): noise, blank or faded samples. Nothing is called
+   generalization on such samples.
+4. **generalizes** when *all* of: the rate is at chance level with confidence
+   (``hi < GENERALIZES_RATE_FACTOR x chance``), the samples look real (realism ``hi <
+   POOR_SHARE``), and positive evidence of one learned distribution:
+
+   - diffusion, Glow (and any family whose models map noise to images): shared-noise agreement,
+     ``kappa`` significant (permutation ``p < ALPHA``) and ``kappa lo > AGREEMENT_KAPPA``;
+   - GAN: the discriminator test's four curves and the held-out curves agree, every paired
+     difference of their means within ``+-DISCRIMINATOR_TOLERANCE`` with confidence.
+5. **in transition** when the rate is above chance with confidence (``lo > chance``, and the
+   swap test of :func:`~galgen_lightning.evaluation.two_models.swap_test` gives ``p < ALPHA``)
+   but not most samples: some samples are copies.
+6. **inconclusive** otherwise, naming the missing piece (e.g. no copies but no agreement either:
+   an under-trained pair).
+
+The thresholds below are the only ones; docs/verdict.md gives the reasoning behind each.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from galgen_lightning.evaluation.two_models import two_models_evidence
+
+LABELS = ("memorizes", "in transition", "generalizes", "poor samples", "inconclusive")
+
+MIN_VALID = 8
+"""Fewer valid samples than this in either model: no verdict (an interval of 8 values is already wide)."""
+MEMORIZES_RATE = 0.5
+"""*memorizes* needs most samples to be copies: the rate's lower bound above one half."""
+GENERALIZES_RATE_FACTOR = 10.0
+"""*generalizes* needs the rate's upper bound below this multiple of chance (10 x 1% = 10% with the
+99th percentile): a few copies can hide in a finite sample, a tenth of them cannot."""
+AGREEMENT_KAPPA = 0.5
+"""*generalizes* (noise-to-image families) needs the shared noise to carry more than half of the
+similarity A and B can gain over chance: ``kappa``'s lower bound above 0.5, i.e. A_i is closer
+to B_i than to an image halfway between B_i and an unrelated sample of B."""
+ALPHA = 0.01
+"""Significance level of the permutation test of the agreement."""
+POOR_SHARE = 0.5
+"""*poor samples* when more than half the samples lie outside the range of real galaxies (each
+real galaxy is outside with probability about 2-3% by construction)."""
+DISCRIMINATOR_TOLERANCE = 0.1
+"""GAN: two hinge-loss curves agree when the interval of their paired mean difference lies within
++-0.1, 5% of the loss 2 of a discriminator that cannot tell."""
+EVIDENCE = {"gan": "discriminator"}
+"""Family -> the positive evidence of generalization it needs (default: ``"agreement"``)."""
+DISCRIMINATOR_CURVES = ("da_ga", "da_gb", "db_gb", "db_ga", "da_val", "db_val")
+
+
+@dataclass
+class Verdict:
+    """A label, the sentences of evidence behind it, and the numbers with their intervals.
+
+    Attributes:
+        label: one of :data:`LABELS`.
+        reasons: why this label (the decisive statistics first).
+        numbers: every statistic the judge read.
+        intervals: ``{statistic: (low, high)}`` bootstrap intervals.
+        family: the model family.
+        evidence: the positive evidence the family needs (``agreement`` or ``discriminator``).
+        complete: the run finished (a verdict on an unfinished run is about its last evaluation).
+        state: the run's state.
+        epoch: the evaluation's epoch.
+    """
+
+    label: str
+    reasons: list[str]
+    numbers: dict[str, float] = field(default_factory=dict)
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    family: str = ""
+    evidence: str = "agreement"
+    complete: bool = True
+    state: str = "complete"
+    epoch: int | None = None
+    replicates: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    """Bootstrap replicates per statistic (for combining runs, e.g. N* over seeds); not in JSON."""
+
+    @property
+    def display(self) -> str:
+        """The label, marked when the run did not finish."""
+        return self.label if self.complete else f"{self.label} (run {self.state})"
+
+    def text(self) -> str:
+        """One paragraph: the label, then its evidence."""
+        return f"{self.display}: " + "; ".join(self.reasons)
+
+    def ci(self, key: str) -> tuple[float, float] | None:
+        """The interval of ``key``, or None."""
+        return self.intervals.get(key)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready (NaN as None)."""
+
+        def clean(v: Any) -> Any:
+            if isinstance(v, (float, np.floating)):
+                return float(v) if math.isfinite(v) else None
+            if isinstance(v, (list, tuple)):
+                return [clean(x) for x in v]
+            if isinstance(v, dict):
+                return {k: clean(x) for k, x in v.items()}
+            if isinstance(v, np.integer):
+                return int(v)
+            return v
+
+        out = asdict(self)
+        out.pop("replicates")
+        return clean(out)
+
+
+def fmt_ci(value: float | None, ci: tuple[float, float] | None, digits: int = 3) -> str:
+    """``value [low, high]`` (the interval only when it is finite)."""
+    if value is None or not math.isfinite(float(value)):
+        return "n/a"
+    s = f"{float(value):.{digits}f}"
+    if ci and all(math.isfinite(c) for c in ci):
+        s += f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+    return s
+
+
+def discriminator_evidence(
+    losses: dict[str, np.ndarray], n_boot: int = 1000, confidence: float = 0.95, rng: np.random.Generator | None = None
+) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
+    """Agreement of the discriminator test's curves, paired by latent index.
+
+    For every pair of curves present (the four of :mod:`~galgen_lightning.callbacks.discriminator`
+    and the held-out ones), the mean of the per-latent difference with a bootstrap interval
+    (latent indices resampled). Returns ``diff_<c1>__<c2>`` numbers and intervals, and
+    ``max_abs_diff_bound``: the largest ``max(|lo|, |hi|)`` over the pairs.
+    """
+    rng = rng or np.random.default_rng(0)
+    curves = [c for c in DISCRIMINATOR_CURVES if c in losses]
+    numbers: dict[str, float] = {}
+    intervals: dict[str, tuple[float, float]] = {}
+    if len(curves) < 2:
+        return numbers, intervals
+    n = min(len(losses[c]) for c in curves)
+    x = {c: np.asarray(losses[c], dtype=np.float64)[:n] for c in curves}
+    idx = rng.integers(0, n, size=(max(n_boot, 1), n))
+    tail = (1 - confidence) / 2
+    bound = 0.0
+    for c1, c2 in combinations(curves, 2):
+        d = x[c1] - x[c2]
+        d = np.where(np.isfinite(d), d, np.nan)
+        key = f"diff_{c1}__{c2}"
+        numbers[key] = float(np.nanmean(d))
+        if n_boot > 0:
+            reps = np.nanmean(d[idx], axis=1)
+            lo, hi = np.nanquantile(reps, [tail, 1 - tail])
+        else:
+            lo = hi = numbers[key]
+        intervals[key] = (float(lo), float(hi))
+        bound = max(bound, abs(lo), abs(hi))
+    for c in curves:
+        numbers[f"{c}_mean"] = float(np.nanmean(x[c]))
+    numbers["max_abs_diff_bound"] = float(bound)
+    return numbers, intervals
+
+
+def judge(
+    two_models: dict[str, np.ndarray] | None,
+    family: str = "",
+    quantile: float = 0.99,
+    discriminator: dict[str, np.ndarray] | None = None,
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    rng: np.random.Generator | None = None,
+) -> Verdict:
+    """The label of one evaluation of a pair (see the module docstring for the rules).
+
+    Args:
+        two_models: the two-models test's per-sample arrays (``eval/two_models/epoch_*.npz``).
+        family: the model family (``diffusion``, ``glow``, ``gan``, ...): it names the
+            positive evidence of generalization (:data:`EVIDENCE`).
+        quantile: the calibration quantile the test used.
+        discriminator: the discriminator test's per-sample losses (GAN), if it ran.
+        n_boot: bootstrap replicates (0: point estimates stand in for the interval bounds).
+        confidence: of the intervals.
+        rng: random generator (bootstrap, permutations).
+    """
+    rng = rng or np.random.default_rng(0)
+    kind = EVIDENCE.get(family, "agreement")
+    if not two_models:
+        return Verdict("inconclusive", ["the two-models test has not written a result"], family=family, evidence=kind)
+    numbers, intervals, replicates = two_models_evidence(two_models, quantile, n_boot, confidence, rng)
+
+    def bounds(key: str) -> tuple[float, float]:
+        value = numbers.get(key, math.nan)
+        return intervals.get(key, (value, value))
+
+    verdict = Verdict("inconclusive", [], numbers, intervals, family=family, evidence=kind, replicates=replicates)
+    chance = 1 - quantile
+    rate = numbers["memorization_rate"]
+    r_lo, r_hi = bounds("memorization_rate")
+    rate_text = (
+        f"memorization rate {fmt_ci(rate, intervals.get('memorization_rate'))} under the two-models null "
+        f"(chance {chance:.2g}, {numbers.get('memorization_null_mean', math.nan):.3f} for these samples by the swap test, "
+        f"p={numbers.get('memorization_p_value', math.nan):.2g}; held-out-real reading {fmt_ci(numbers.get('memorization_rate_heldout'), intervals.get('memorization_rate_heldout'))})"
+    )
+    gap_text = f"own-minus-other gap {numbers.get('gap_median', math.nan):+.3f} per noise index (Wilcoxon p={numbers.get('gap_p_value', math.nan):.2g})"
+    real_key = "realism_outside_any"
+    real = numbers.get(real_key)
+    real_lo, real_hi = bounds(real_key) if real is not None else (math.nan, math.nan)
+    real_text = (
+        f"{fmt_ci(real, intervals.get(real_key))} of samples unlike any real galaxy "
+        f"(structure {numbers.get('realism_outside_structure', math.nan):.2f}, brightness {numbers.get('realism_outside_brightness', math.nan):.2f}; "
+        f"pixel-spread ratio to real {numbers.get('pixel_std_ratio', math.nan):.2f})"
+        if real is not None
+        else "realism not measured"
+    )
+
+    valid = min(numbers.get("valid_a", 0), numbers.get("valid_b", 0))
+    if valid < MIN_VALID:
+        verdict.reasons = [f"only {valid:.0f} valid samples in one model (at least {MIN_VALID} needed)", rate_text]
+        return verdict
+    if r_lo > MEMORIZES_RATE:
+        verdict.label = "memorizes"
+        verdict.reasons = [f"most samples are copies of their own subset: {rate_text}", gap_text, real_text]
+        verdict.reasons.append(_agreement_text(numbers, intervals) if kind == "agreement" else "")
+        verdict.reasons = [r for r in verdict.reasons if r]
+        return verdict
+    if real is not None and math.isfinite(real_lo) and real_lo > POOR_SHARE:
+        verdict.label = "poor samples"
+        verdict.reasons = [f"most samples do not look like real galaxies: {real_text}", rate_text]
+        return verdict
+
+    positive, positive_text = _positive_evidence(kind, numbers, intervals, discriminator, n_boot, confidence, rng, verdict)
+    at_chance = r_hi < GENERALIZES_RATE_FACTOR * chance
+    realistic = real is not None and math.isfinite(real_hi) and real_hi < POOR_SHARE
+    if at_chance and realistic and positive:
+        verdict.label = "generalizes"
+        verdict.reasons = [positive_text, f"no more copies than chance: {rate_text}", real_text, gap_text]
+        return verdict
+    copies_beyond_chance = r_lo > chance and numbers.get("memorization_p_value", 0.0) < ALPHA
+    if copies_beyond_chance:
+        verdict.label = "in transition"
+        verdict.reasons = [f"some samples are copies, but not most: {rate_text}", gap_text, positive_text, real_text]
+        return verdict
+    missing = []
+    if not at_chance:
+        missing.append(f"the rate's interval reaches {r_hi:.3f}, above {GENERALIZES_RATE_FACTOR:g}x chance")
+    if not realistic:
+        missing.append("the samples are not shown to look real" + (f" ({real_text})" if real is not None else ""))
+    if not positive:
+        missing.append(f"no positive evidence of one learned distribution ({positive_text})")
+    verdict.reasons = ["neither copies nor generalization shown: " + "; ".join(missing), rate_text, gap_text]
+    return verdict
+
+
+def _agreement_text(numbers: dict[str, float], intervals: dict[str, tuple[float, float]]) -> str:
+    if not math.isfinite(numbers.get("agreement_kappa", math.nan)):
+        return "shared-noise agreement not measured (no samples stored)"
+    return (
+        f"shared-noise agreement kappa {fmt_ci(numbers['agreement_kappa'], intervals.get('agreement_kappa'))} "
+        f"(A_i vs B_i {numbers['agreement_paired']:.3f} against A_i vs B_j {numbers['agreement_unpaired']:.3f}, "
+        f"permutation p={numbers['agreement_p_value']:.2g})"
+    )
+
+
+def _positive_evidence(
+    kind: str,
+    numbers: dict[str, float],
+    intervals: dict[str, tuple[float, float]],
+    discriminator: dict[str, np.ndarray] | None,
+    n_boot: int,
+    confidence: float,
+    rng: np.random.Generator,
+    verdict: Verdict,
+) -> tuple[bool, str]:
+    """Whether the family's positive evidence of generalization holds, and the sentence saying so."""
+    if kind == "discriminator":
+        if not discriminator:
+            return False, "the discriminator test has not run"
+        d_numbers, d_intervals = discriminator_evidence(discriminator, n_boot, confidence, rng)
+        verdict.numbers.update({f"discriminator_{k}": v for k, v in d_numbers.items()})
+        verdict.intervals.update({f"discriminator_{k}": v for k, v in d_intervals.items()})
+        if not d_numbers:
+            return False, "the discriminator test has too few curves"
+        worst = max(d_intervals, key=lambda k: max(abs(d_intervals[k][0]), abs(d_intervals[k][1])))
+        ok = d_numbers["max_abs_diff_bound"] < DISCRIMINATOR_TOLERANCE
+        means = ", ".join(f"{k[:-5]} {v:.3f}" for k, v in d_numbers.items() if k.endswith("_mean"))
+        return ok, (
+            f"discriminator curves {'agree' if ok else 'do not agree'}: every paired mean difference within "
+            f"+-{d_numbers['max_abs_diff_bound']:.3f} (tolerance {DISCRIMINATOR_TOLERANCE}; widest {worst[5:]} "
+            f"{fmt_ci(d_numbers[worst], d_intervals[worst])}); means {means}"
+        )
+    k = numbers.get("agreement_kappa", math.nan)
+    if not math.isfinite(k):
+        return False, "shared-noise agreement not measured"
+    lo = intervals.get("agreement_kappa", (k, k))[0]
+    ok = numbers["agreement_p_value"] < ALPHA and lo > AGREEMENT_KAPPA
+    return ok, ("A and B agree on shared noise: " if ok else "A and B do not agree enough on shared noise: ") + _agreement_text(
+        numbers, intervals
+    )
+
+
+def judge_run(run: Any, n_boot: int = 1000, confidence: float = 0.95, rng: np.random.Generator | None = None) -> Verdict:
+    """The verdict of a run directory (a path or a loaded :class:`~galgen_lightning.report.runs.Run`).
+
+    Reads the last two-models evaluation (and, for a GAN, the discriminator test of the same
+    epoch) from the run directory.
+    """
+    from galgen_lightning.report.runs import Run, load_run
+
+    if not isinstance(run, Run):
+        run = load_run(Path(run))
+    rec = run.last("two_models")
+    quantile = float(run.callback_args("TwoModelsTest").get("quantile", 0.99))
+    arrays = run.arrays("two_models") if rec is not None else None
+    epoch = int(rec["epoch"]) if rec and rec.get("epoch") is not None else None
+    disc = None
+    if EVIDENCE.get(run.family) == "discriminator":
+        files = run.eval_files("discriminator")
+        if files:
+            disc = run.arrays("discriminator", epoch if epoch in files else max(files))
+    verdict = judge(arrays, run.family, quantile, disc, n_boot, confidence, rng)
+    verdict.complete, verdict.state, verdict.epoch = run.complete, run.state, epoch
+    return verdict
+
+
+def write_verdict(folder: Path, verdict: Verdict) -> Path:
+    """Write ``<folder>/verdict.json`` atomically (a temporary file renamed over the old one)."""
+    path = Path(folder) / "verdict.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(verdict.to_json(), indent=1))
+    tmp.replace(path)
+    return path

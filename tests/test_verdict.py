@@ -1,0 +1,118 @@
+"""The one judge on cases whose answer is known: reference families through the real CLI and callbacks.
+
+No training: ``galgen validate`` runs the two-models test on each reference family, then the
+run directory's ``verdict.json`` (written by the one judge) must carry the known answer.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+from galgen_lightning.evaluation import verdict as V
+
+N, N_VAL, SAMPLES = 48, 48, 96
+
+
+def _validate(tmp_path, tiny_source_args, model: str, *model_args: str) -> dict:
+    run = tmp_path / "run"
+    args = [
+        "validate",
+        f"--model=galgen_lightning.models.reference.{model}",
+        *model_args,
+        *tiny_source_args,
+        f"--data.n={N}",
+        f"--data.n_val={N_VAL}",
+        "--data.batch_size=16",
+        "--trainer.logger=false",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.callbacks+=galgen_lightning.callbacks.TwoModelsTest",
+        f"--trainer.callbacks.n_samples={SAMPLES}",
+        f"--trainer.default_root_dir={run}",
+    ]
+    assert run_cli(args) == 0
+    (folder,) = run.glob("validate-*")
+    return json.loads((folder / "verdict.json").read_text())
+
+
+def test_oracle_generalizer_generalizes(tmp_path, tiny_source_args):
+    v = _validate(tmp_path, tiny_source_args, "OracleGeneralizer")
+    assert v["label"] == "generalizes", v["reasons"]
+    assert v["numbers"]["agreement_kappa"] == pytest.approx(1.0)
+    assert v["intervals"]["memorization_rate"][1] < V.GENERALIZES_RATE_FACTOR * 0.01
+
+
+def test_oracle_memorizer_memorizes(tmp_path, tiny_source_args):
+    v = _validate(tmp_path, tiny_source_args, "OracleMemorizer")
+    assert v["label"] == "memorizes", v["reasons"]
+    assert v["numbers"]["memorization_rate"] > 0.9
+    assert v["numbers"]["agreement_kappa"] < 0.2  # disjoint copies: the shared noise carries nothing
+
+
+def test_mixture_is_in_transition_with_its_share_inside_the_interval(tmp_path, tiny_source_args):
+    v = _validate(tmp_path, tiny_source_args, "OracleMixture", "--model.init_args.copy_share=0.3")
+    assert v["label"] == "in transition", v["reasons"]
+    lo, hi = v["intervals"]["memorization_rate"]
+    # the copies are the memorized samples, plus chance (1%) among the rest
+    assert lo <= 0.3 + 0.7 * 0.01 <= hi
+
+
+def test_noise_model_gives_poor_samples(tmp_path, tiny_source_args):
+    v = _validate(tmp_path, tiny_source_args, "NoisePair")
+    assert v["label"] == "poor samples", v["reasons"]
+    assert v["numbers"]["realism_outside_any"] > 0.9
+
+
+# --- the judge's rules on hand-made arrays ------------------------------------------------------
+def _arrays(rng, n=100, own_shift=0.0, copies=0.0, agree=0.0, std=0.2, heldout_std=0.2, d=64):
+    """Per-sample arrays in the callback's format, with a planted share of copies and agreement."""
+    base = rng.normal(size=(n, d))
+    a = base * agree + rng.normal(size=(n, d)) * (1 - agree)
+    b = base * agree + rng.normal(size=(n, d)) * (1 - agree)
+    out = {"heldout": rng.uniform(0.80, 0.90, 200), "heldout_pixel_std": rng.normal(heldout_std, 0.02, 100)}
+    for m, x in (("a", a), ("b", b)):
+        other = rng.uniform(0.80, 0.90, n)
+        own = rng.uniform(0.80, 0.90, n) + own_shift
+        k = int(round(copies * n))
+        own[:k] = rng.uniform(0.97, 0.99, k)
+        out.update({f"own_{m}": own, f"other_{m}": other, f"sample_index_{m}": np.arange(n)})
+        x = x / x.std(axis=1, keepdims=True) * std
+        out[f"samples_{m}"] = x.reshape(n, 1, 8, 8)
+    return out
+
+
+def test_generalizes_needs_positive_agreement():
+    rng = np.random.default_rng(0)
+    agreeing = V.judge(_arrays(rng, agree=0.95), "diffusion", n_boot=300, rng=rng)
+    assert agreeing.label == "generalizes", agreeing.reasons
+    silent = V.judge(_arrays(rng, agree=0.0), "diffusion", n_boot=300, rng=rng)
+    assert silent.label == "inconclusive" and "no positive evidence" in silent.reasons[0]
+
+
+def test_faded_samples_are_poor_and_copies_are_memorized():
+    rng = np.random.default_rng(1)
+    faded = V.judge(_arrays(rng, agree=0.95, std=0.01), "diffusion", n_boot=300, rng=rng)
+    assert faded.label == "poor samples"
+    copies = V.judge(_arrays(rng, copies=0.9), "diffusion", n_boot=300, rng=rng)
+    assert copies.label == "memorizes"
+
+
+def test_too_few_valid_samples_is_inconclusive():
+    rng = np.random.default_rng(2)
+    arrays = _arrays(rng, n=5, agree=0.95)
+    assert V.judge(arrays, "diffusion", n_boot=100, rng=rng).label == "inconclusive"
+    assert V.judge(None, "diffusion").label == "inconclusive"
+
+
+def test_gan_needs_the_discriminator_curves_to_agree():
+    rng = np.random.default_rng(3)
+    arrays = _arrays(rng, agree=0.95)
+    near = {c: rng.normal(2.0, 0.05, 400) for c in V.DISCRIMINATOR_CURVES}
+    assert V.judge(arrays, "gan", discriminator=near, n_boot=300, rng=rng).label == "generalizes"
+    apart = dict(near, da_val=near["da_val"] + 0.5)  # D_A scores held-out galaxies apart: it learned its images
+    v = V.judge(arrays, "gan", discriminator=apart, n_boot=300, rng=rng)
+    assert v.label == "inconclusive" and "do not agree" in " ".join(v.reasons)
+    assert V.judge(arrays, "gan", discriminator=None, n_boot=300, rng=rng).label == "inconclusive"
