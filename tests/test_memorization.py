@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from conftest import CONFIGS, read_jsonl, run_cli
@@ -71,6 +73,8 @@ def test_pair_trained_on_four_images_copies_its_own_subset(tmp_path, tiny_source
     assert result["memorization_rate"] > 0.75, result  # near 1: most samples of both models are copies
     assert result["memorization_rate_a"] > 0.5 and result["memorization_rate_b"] > 0.5, result
     assert result["gap_median"] > 0 and result["gap_p_value"] < 1e-3, result
+    verdict = json.loads((run / "verdict.json").read_text())
+    assert verdict["label"] == "memorizes", verdict["reasons"]  # the one judge agrees
     # the denoising signature (the paper's Figures 5-6), averaged over the 4 training images and
     # held-out images: each denoiser restores its own training images better than the other
     # model restores them (paired, same images and noise) and better than held-out images
@@ -95,6 +99,7 @@ def test_untrained_pair_through_the_cli_memorizes_nothing(tmp_path, tiny_source_
     result = next(r for r in records if r["test"] == "two_models")
     memorized = (result["memorization_rate"] or 0.0) * (result["valid_a"] + result["valid_b"])
     assert memorized < 0.1 * 128, result
+    assert json.loads((folder / "verdict.json").read_text())["label"] not in ("memorizes", "generalizes")
     psnr = next(r for r in records if r["test"] == "denoising")
     for which in ("a", "b"):
         assert abs(psnr[f"own_vs_other_{which}"]) < 0.5, psnr

@@ -254,6 +254,22 @@ def kappa(paired: float, unpaired: float) -> float:
     return float((paired - unpaired) / max(1.0 - unpaired, 1e-12))
 
 
+def resampled_agreement(matrix: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Paired and unpaired means of ``S[i, j] = cos(A_i, B_j)`` for resamples given as counts.
+
+    ``counts[b, i]`` is how often index ``i`` was drawn in resample ``b``. The paired mean weighs
+    ``S[i, i]`` by the counts; the unpaired mean averages ``S[i, j]`` over the drawn pairs of
+    *different original* indices (``c^T S c - sum_i c_i^2 S_ii`` over ``(sum c)^2 - sum c_i^2``),
+    so a noise index drawn twice is never compared with itself.
+    """
+    c = np.asarray(counts, dtype=np.float64)
+    d = np.diag(matrix)
+    paired = (c @ d) / c.sum(axis=1)
+    cross = np.einsum("bi,ij,bj->b", c, matrix, c) - (c * c) @ d
+    unpaired = cross / (c.sum(axis=1) ** 2 - (c * c).sum(axis=1))
+    return paired, unpaired
+
+
 def outside_real(p: PairedArrays) -> dict[str, np.ndarray]:
     """Per sample ``(2, n)`` bool (NaN-safe): structure and brightness outside the real range.
 
@@ -359,10 +375,7 @@ def two_models_evidence(
     if matrix.size and len(matrix) >= 3:
         m = len(matrix)
         c = np.stack([np.bincount(row, minlength=m) for row in rng.integers(0, m, size=(n_boot, m))]).astype(np.float64)
-        d = np.diag(matrix)
-        paired = (c @ d) / c.sum(axis=1)
-        cross = np.einsum("bi,ij,bj->b", c, matrix, c) - (c * c) @ d
-        unpaired = cross / (c.sum(axis=1) ** 2 - (c * c).sum(axis=1))
+        paired, unpaired = resampled_agreement(matrix, c)
         reps["agreement_paired"], reps["agreement_unpaired"] = paired, unpaired
         reps["agreement_kappa"] = (paired - unpaired) / np.maximum(1 - unpaired, 1e-12)
     intervals = {k: _interval(v, confidence) for k, v in reps.items()}

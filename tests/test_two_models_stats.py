@@ -1,0 +1,124 @@
+"""Each statistic of the two-models test against a direct numpy/scipy computation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import wilcoxon
+
+from galgen_lightning.evaluation import two_models as T
+from galgen_lightning.evaluation.verdict import discriminator_evidence
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(7)
+
+
+def test_null_rate_is_the_share_above_the_other_quantile(rng):
+    own, other = rng.uniform(size=(2, 50)), rng.uniform(size=(2, 50))
+    own[0, :3] = np.nan
+    rate, threshold = T.null_rate(own, other, 0.9)
+    assert threshold == pytest.approx(np.quantile(other.ravel(), 0.9))
+    valid = own[np.isfinite(own)]
+    assert rate == pytest.approx(sum(v > threshold for v in valid) / len(valid))
+
+
+def test_heldout_rate_is_the_share_above_the_heldout_quantile(rng):
+    own, held = rng.uniform(size=40), rng.uniform(size=90)
+    rate, threshold = T.heldout_rate(own, held, 0.99)
+    assert threshold == pytest.approx(np.quantile(held, 0.99))
+    assert rate == pytest.approx(np.mean(own > threshold))
+
+
+def test_gap_test_pairs_by_noise_index(rng):
+    own, other = rng.normal(0.1, 1, (2, 30)), rng.normal(0, 1, (2, 30))
+    own[1, 5] = np.nan  # model B's sample 5 invalid: index 5 keeps A's gap alone
+    per = []
+    for i in range(30):
+        gaps = [own[r, i] - other[r, i] for r in range(2) if np.isfinite(own[r, i])]
+        per.append(sum(gaps) / len(gaps))
+    out = T.gap_test(own, other)
+    assert out["gap_indices"] == 30
+    assert out["gap_median"] == pytest.approx(np.median(per))
+    assert out["gap_p_value"] == pytest.approx(wilcoxon(per, alternative="greater").pvalue)
+
+
+def test_agreement_against_loops(rng):
+    m = 12
+    s = rng.uniform(-0.2, 0.5, (m, m)) + np.eye(m) * 0.4
+    out = T.agreement(s, permutations=500, rng=np.random.default_rng(0))
+    paired = np.mean([s[i, i] for i in range(m)])
+    unpaired = np.mean([s[i, j] for i in range(m) for j in range(m) if i != j])
+    assert out["agreement_paired"] == pytest.approx(paired)
+    assert out["agreement_unpaired"] == pytest.approx(unpaired)
+    assert out["agreement_kappa"] == pytest.approx((paired - unpaired) / (1 - unpaired))
+    assert out["agreement_p_value"] == pytest.approx(1 / 501)  # no re-pairing beats the true one
+    flat = T.agreement(rng.uniform(size=(m, m)), permutations=500, rng=np.random.default_rng(0))
+    assert flat["agreement_p_value"] > 0.01
+
+
+def test_resampled_agreement_matches_explicit_resampling(rng):
+    m = 9
+    s = rng.uniform(size=(m, m))
+    draw = rng.integers(0, m, size=m)
+    counts = np.bincount(draw, minlength=m)[None]
+    paired, unpaired = T.resampled_agreement(s, counts)
+    assert paired[0] == pytest.approx(np.mean([s[i, i] for i in draw]))
+    pairs = [s[i, j] for i in draw for j in draw if i != j]
+    assert unpaired[0] == pytest.approx(np.mean(pairs))
+
+
+def test_swap_test_against_a_loop():
+    rng = np.random.default_rng(3)
+    own, other = rng.uniform(size=60), rng.uniform(size=60)
+    out = T.swap_test(own, other, 0.9, permutations=200, rng=np.random.default_rng(11))
+    swaps = np.random.default_rng(11).random((200, 60)) < 0.5
+    rate = np.mean(own > np.quantile(other, 0.9))
+    null = []
+    for row in swaps:
+        o = np.where(row, other, own)
+        t = np.where(row, own, other)
+        null.append(np.mean(o > np.quantile(t, 0.9)))
+    assert out["memorization_null_mean"] == pytest.approx(np.mean(null))
+    assert out["memorization_excess"] == pytest.approx(rate - np.mean(null))
+    assert out["memorization_p_value"] == pytest.approx((1 + sum(v >= rate for v in null)) / 201)
+
+
+def test_outside_real_against_quantiles(rng):
+    p = T.PairedArrays(
+        own=rng.uniform(size=(2, 20)),
+        other=rng.uniform(0.3, 1, (2, 20)),
+        pixel_std=rng.uniform(0, 0.4, (2, 20)),
+        heldout=rng.uniform(0.5, 1, 100),
+        heldout_std=rng.uniform(0.1, 0.3, 100),
+    )
+    out = T.outside_real(p)
+    lo, hi = np.quantile(p.heldout_std, [0.01, 0.99])
+    assert np.array_equal(out["structure"], p.other < np.quantile(p.heldout, 0.01))
+    assert np.array_equal(out["brightness"], (p.pixel_std < lo) | (p.pixel_std > hi))
+    assert np.array_equal(out["any"], out["structure"] | out["brightness"])
+
+
+def test_paired_arrays_reindexes_by_sample_index():
+    arrays = {
+        "own_a": np.array([0.9, 0.8]),
+        "other_a": np.array([0.5, 0.4]),
+        "sample_index_a": np.array([0, 2]),
+        "own_b": np.array([0.7, 0.6, 0.5]),
+        "other_b": np.array([0.1, 0.2, 0.3]),
+        "sample_index_b": np.array([0, 1, 2]),
+        "heldout": np.array([0.5]),
+    }
+    p = T.paired_arrays(arrays)
+    assert p.own[0, 2] == 0.8 and np.isnan(p.own[0, 1]) and p.other[1, 1] == 0.2
+    assert p.valid.sum() == 5
+
+
+def test_discriminator_differences_are_paired_means(rng):
+    losses = {c: rng.normal(2, 0.1, 50) for c in ("da_ga", "da_gb", "db_gb", "db_ga")}
+    numbers, intervals = discriminator_evidence(losses, n_boot=200, rng=rng)
+    assert numbers["diff_da_ga__db_ga"] == pytest.approx(np.mean(losses["da_ga"] - losses["db_ga"]))
+    lo, hi = intervals["diff_da_ga__db_ga"]
+    assert lo < numbers["diff_da_ga__db_ga"] < hi
+    assert numbers["max_abs_diff_bound"] == pytest.approx(max(max(abs(a), abs(b)) for a, b in intervals.values()))
