@@ -21,10 +21,11 @@ from pathlib import Path
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from galgen_lightning.callbacks.common import averaging_after_tests
-from galgen_lightning.callbacks.rundir import RunDirectory, read_status
+from galgen_lightning.callbacks.rundir import RunDirectory
 from galgen_lightning.data import GalaxyPairDataModule
 from galgen_lightning.errors import GalgenError, OneLineParseErrors
 from galgen_lightning.pair import PairModule
+from galgen_lightning.rundir import RunDir
 
 
 def wandb_logged_in() -> bool:
@@ -138,7 +139,7 @@ class GalgenCLI(LightningCLI):
             family = str(cfg.model.class_path).rsplit(".", 1)[-1].replace("Pair", "").lower()
             return Path("runs") / f"{family}-n{cfg.data.n}-seed{cfg.data.seed}-{stamp}"
         folder = Path(given)
-        status = read_status(folder)
+        status = RunDir(folder).status()
         if status and not ckpt:
             raise GalgenError(
                 f"--trainer.default_root_dir {folder} already holds a {status.get('state', 'previous')} run; "

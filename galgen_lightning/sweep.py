@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from galgen_lightning.errors import GalgenError
+from galgen_lightning.rundir import RunDir
 
 DEFAULT_NS = (10, 100, 1000, 10000, 100000)
 FAMILIES = ("diffusion", "glow", "gan")
@@ -281,22 +282,15 @@ def _option(args: list[str], name: str) -> str | None:
 def recorded_pool_size(folder: Path) -> tuple[bool, int | None]:
     """``(known, pool_size)`` of an existing run: from its ``manifest.json``, else the arguments
     the sweep recorded in its ``sweep.json`` (``known`` is False when neither says)."""
-    manifest = _read_json(folder / "manifest.json")
+    manifest = RunDir(folder).manifest()
     if "pool_size" in manifest:
         value = manifest["pool_size"]
         return True, None if value is None else int(value)
-    args = _read_json(folder / "sweep.json").get("args")
+    args = RunDir(folder).launch().get("args")
     if isinstance(args, list):
         value = _option([str(a) for a in args], "data.pool_size")
         return True, None if value is None else int(value)
     return False, None
-
-
-def read_status(folder: Path) -> dict:
-    try:
-        return json.loads((folder / "status.json").read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def fingerprint(configs: list[Path], extra: list[str]) -> str:
@@ -341,7 +335,7 @@ def plan_runs(
             if pool_size is not None:
                 args.append(f"--data.pool_size={pool_size}")
             args += [f"--trainer.default_root_dir={folder}", *fit_args]
-            status = read_status(folder)
+            status = RunDir(folder).status()
             state = str(status.get("state") or status.get("status") or "")
             last = folder / "checkpoints" / "last.ckpt"
             if state == "complete":
@@ -481,7 +475,7 @@ def write_state(out: Path, plans: list[RunPlan], meta: dict) -> None:
                 "n": p.n,
                 "seed": p.seed,
                 "data_seed": p.data_seed,
-                "state": read_status(p.folder).get("state", p.state or "not started"),
+                "state": RunDir(p.folder).status().get("state", p.state or "not started"),
             }
         )
         if p.duration is not None and p.returncode == 0:
@@ -535,9 +529,7 @@ def execute(
                     if moved:
                         print(f"[sweep] {plan.folder.name} had an attempt without a checkpoint: moved to {moved}", flush=True)
                 plan.folder.mkdir(parents=True, exist_ok=True)
-                (plan.folder / "sweep.json").write_text(
-                    json.dumps({"args": plan.args, "fingerprint": meta.get("fingerprint")}, indent=1) + "\n"
-                )
+                RunDir(plan.folder).write_launch({"args": plan.args, "fingerprint": meta.get("fingerprint")})
                 gpu = free.pop(0)
                 env = dict(base_env)
                 args = list(plan.args)
@@ -563,7 +555,7 @@ def execute(
                 del running[gpu]
                 free.append(gpu)
                 progress.done(plan)
-                state = read_status(plan.folder).get("state", "?")
+                state = RunDir(plan.folder).status().get("state", "?")
                 if code == 0 and state == "complete":
                     print(f"[sweep] {plan.folder.name} complete in {_duration(plan.duration)}", flush=True)
                 else:
@@ -676,7 +668,7 @@ def sweep(
     plans = plan_runs(family, prof, kept, seed_list, out_dir, extra, pool_size, data_seed)
     fp = fingerprint(prof.configs, extra)
     for p in plans:
-        old = _read_json(p.folder / "sweep.json").get("fingerprint")
+        old = RunDir(p.folder).launch().get("fingerprint")
         if p.action != "train" and old and old != fp:
             print(
                 f"[sweep] warning: {p.folder.name} was started with other configs or arguments; delete it to retrain with the current ones",
@@ -736,13 +728,6 @@ def sweep(
         )
         return 1
     return 0
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def main(argv: list[str]) -> None:

@@ -168,13 +168,14 @@ def test_status_reports_progress_after_each_training_epoch(tmp_path):
     """status.json says how far a running fit has got (epochs done, global step)."""
     from types import SimpleNamespace
 
-    from galgen_lightning.callbacks.rundir import RunDirectory, read_status
+    from galgen_lightning.callbacks.rundir import RunDirectory
+    from galgen_lightning.rundir import RunDir
 
     trainer = SimpleNamespace(
         is_global_zero=True, default_root_dir=str(tmp_path), state=SimpleNamespace(fn="fit"), current_epoch=2, global_step=600, max_epochs=10
     )
     RunDirectory(command=["galgen", "fit"]).on_train_epoch_end(trainer, None)
-    status = read_status(tmp_path)
+    status = RunDir(tmp_path).status()
     assert status["state"] == "running" and status["epochs_done"] == 3 and status["max_epochs"] == 10 and status["global_step"] == 600
 
 

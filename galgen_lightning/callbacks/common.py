@@ -8,7 +8,6 @@ CLI sets per run.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,8 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.loggers import WandbLogger
+
+from galgen_lightning.rundir import RunDir
 
 _SAMPLES_KEY = "_galgen_eval_samples"
 
@@ -109,9 +110,7 @@ class EvalCallback(L.Callback):
     # --- where results go ------------------------------------------------------------------
     def out_path(self, trainer: L.Trainer, suffix: str, tag: str = "") -> Path:
         """``<run>/eval/<name>/epoch_XXXX<tag><suffix>``, folders created."""
-        folder = run_dir(trainer) / "eval" / self.name
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder / f"epoch_{trainer.current_epoch:04d}{tag}{suffix}"
+        return RunDir(run_dir(trainer)).eval_path(self.name, trainer.current_epoch, suffix, tag)
 
     def log_scalars(self, trainer: L.Trainer, values: dict[str, float]) -> None:
         """Log ``<name>/<key>`` to every logger and append a line to ``<run>/metrics.jsonl``."""
@@ -120,15 +119,11 @@ class EvalCallback(L.Callback):
             logger.log_metrics(metrics, step=trainer.global_step)
         record = {"epoch": trainer.current_epoch, "step": trainer.global_step, "test": self.name}
         record.update({k: _jsonable(v) for k, v in values.items()})
-        path = run_dir(trainer) / "metrics.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        RunDir(run_dir(trainer)).append_metrics(record)
 
     def save_arrays(self, trainer: L.Trainer, arrays: dict[str, Any], tag: str = "") -> Path:
-        path = self.out_path(trainer, ".npz", tag)
-        np.savez_compressed(path, **{k: np.asarray(v) for k, v in arrays.items()})
-        return path
+        """``<run>/eval/<name>/epoch_XXXX<tag>.npz``."""
+        return RunDir(run_dir(trainer)).save_arrays(self.name, trainer.current_epoch, arrays, tag)
 
     def log_histograms(self, trainer: L.Trainer, arrays: dict[str, np.ndarray]) -> None:
         """W&B histograms (other loggers get the arrays through the ``.npz`` files)."""

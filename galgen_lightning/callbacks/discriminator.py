@@ -22,7 +22,6 @@ surrounding text and the hinge loss (equation 8). Only the main head is used by 
 
 from __future__ import annotations
 
-import json
 from itertools import combinations
 
 import lightning as L
@@ -33,6 +32,7 @@ from scipy.stats import wasserstein_distance
 from galgen_lightning.callbacks.common import EvalCallback, run_dir
 from galgen_lightning.gan.networks import hinge_per_sample
 from galgen_lightning.pair import MODELS
+from galgen_lightning.rundir import RunDir
 
 CURVES = ("da_ga", "da_gb", "db_gb", "db_ga")
 VAL_CURVES = ("da_val", "db_val")
@@ -243,11 +243,7 @@ class DiscriminatorTest(EvalCallback):
     @staticmethod
     def _history(trainer: L.Trainer) -> list[dict]:
         """Earlier records of this test in ``<run>/metrics.jsonl`` (survives resumes)."""
-        path = run_dir(trainer) / "metrics.jsonl"
-        if not path.exists():
-            return []
-        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        return [r for r in records if r.get("test") == DiscriminatorTest.name]
+        return RunDir(run_dir(trainer)).records(DiscriminatorTest.name)
 
     def figure(self, losses: dict[str, np.ndarray], scalars: dict[str, float], history: list[dict], epoch: int):
         """Like the paper's Figure 14: the loss distributions seen by D_A and by D_B, plus the

@@ -7,22 +7,13 @@ epochs done and the global step), ``complete`` only after ``fit`` (or ``validate
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-from pathlib import Path
 
 import lightning as L
 
 from galgen_lightning.callbacks.common import run_dir
-
-
-def read_status(folder: str | Path) -> dict:
-    """The ``status.json`` of a run directory, or ``{}`` if there is none (or it is unreadable)."""
-    try:
-        return json.loads((Path(folder) / "status.json").read_text())
-    except (OSError, ValueError):
-        return {}
+from galgen_lightning.rundir import RunDir
 
 
 class RunDirectory(L.Callback):
@@ -41,8 +32,6 @@ class RunDirectory(L.Callback):
     def _write_status(self, trainer: L.Trainer, state: str, **extra) -> None:
         if not trainer.is_global_zero:
             return
-        folder = run_dir(trainer)
-        folder.mkdir(parents=True, exist_ok=True)
         status = {
             "state": state,
             "stage": str(trainer.state.fn),
@@ -53,21 +42,19 @@ class RunDirectory(L.Callback):
             "global_step": trainer.global_step,
             **extra,
         }
-        tmp = folder / "status.json.tmp"
-        tmp.write_text(json.dumps(status, indent=2) + "\n")
-        tmp.replace(folder / "status.json")
+        RunDir(run_dir(trainer)).write_status(status)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.started = time.time()
         self._write_status(trainer, "running")
         if not trainer.is_global_zero:
             return
-        folder = run_dir(trainer)
+        folder = RunDir(run_dir(trainer))
         if self.config_text is not None:
-            (folder / "config.yaml").write_text(self.config_text)
+            folder.write_config(self.config_text)
         dm = getattr(trainer, "datamodule", None)
         if dm is not None and hasattr(dm, "manifest"):
-            (folder / "manifest.json").write_text(json.dumps(dm.manifest()) + "\n")
+            folder.write_manifest(dm.manifest())
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # progress for whoever watches the run (galgen sweep, a user): epochs and steps done
@@ -84,16 +71,17 @@ class RunDirectory(L.Callback):
 
     def _write_verdict(self, trainer: L.Trainer) -> None:
         """``verdict.json`` from the one judge, and the same label and numbers in the W&B run summary."""
-        if not trainer.is_global_zero or not (run_dir(trainer) / "metrics.jsonl").is_file():
+        folder = RunDir(run_dir(trainer))
+        if not trainer.is_global_zero or not folder.has_results():
             return
         from lightning.pytorch.loggers import WandbLogger
 
-        from galgen_lightning.evaluation.verdict import judge_run, write_verdict
+        from galgen_lightning.evaluation.verdict import judge_run
 
-        verdict = judge_run(run_dir(trainer))
+        verdict = judge_run(folder.load())
         if verdict.epoch is None:  # no two-models result: nothing to judge
             return
-        write_verdict(run_dir(trainer), verdict)
+        folder.write_verdict(verdict.to_json())
         summary = {"verdict": verdict.label, "verdict_evidence": verdict.text()}
         for key in ("memorization_rate", "memorization_rate_heldout", "agreement_kappa", "realism_outside_any", "gap_median"):
             value = verdict.numbers.get(key)

@@ -32,7 +32,6 @@ The thresholds below are the only ones; docs/verdict.md gives the reasoning behi
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
@@ -42,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from galgen_lightning.evaluation.two_models import two_models_evidence
+from galgen_lightning.rundir import Run, load_run
 
 LABELS = ("memorizes", "in transition", "generalizes", "poor samples", "inconclusive")
 
@@ -316,13 +316,11 @@ def _positive_evidence(
 
 
 def judge_run(run: Any, n_boot: int = 1000, confidence: float = 0.95, rng: np.random.Generator | None = None) -> Verdict:
-    """The verdict of a run directory (a path or a loaded :class:`~galgen_lightning.report.runs.Run`).
+    """The verdict of a run directory (a path or a loaded :class:`~galgen_lightning.rundir.Run`).
 
     Reads the last two-models evaluation (and, for a GAN, the discriminator test of the same
     epoch) from the run directory.
     """
-    from galgen_lightning.report.runs import Run, load_run
-
     if not isinstance(run, Run):
         run = load_run(Path(run))
     rec = run.last("two_models")
@@ -337,12 +335,3 @@ def judge_run(run: Any, n_boot: int = 1000, confidence: float = 0.95, rng: np.ra
     verdict = judge(arrays, run.family, quantile, disc, n_boot, confidence, rng)
     verdict.complete, verdict.state, verdict.epoch = run.complete, run.state, epoch
     return verdict
-
-
-def write_verdict(folder: Path, verdict: Verdict) -> Path:
-    """Write ``<folder>/verdict.json`` atomically (a temporary file renamed over the old one)."""
-    path = Path(folder) / "verdict.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(verdict.to_json(), indent=1))
-    tmp.replace(path)
-    return path

@@ -63,7 +63,7 @@ from galgen_lightning.report.figures import (
     one_per_n,
     slug,
 )
-from galgen_lightning.report.runs import Run, count_parameters, find_runs, load_run, ratio_parameters
+from galgen_lightning.report.runs import count_parameters, ratio_parameters
 from galgen_lightning.report.stats import (
     MEMORIZED_RATE,
     combine_seeds,
@@ -74,6 +74,7 @@ from galgen_lightning.report.stats import (
     fmt_p,
     transition_checks,
 )
+from galgen_lightning.rundir import Run, find_runs, load_run
 
 # --- the HTML ----------------------------------------------------------------------------------
 CSS = """

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from galgen_lightning.report.runs import Run
 from galgen_lightning.report.stats import MEMORIZED_RATE, finite, fmt, fmt_g, fmt_p
+from galgen_lightning.rundir import Run
 
 MORPHOLOGY_VARIABLES = ("concentration", "asymmetry", "smoothness", "gini", "m20")
 MORPHOLOGY_GROUPS = ("real_a", "real_b", "val", "sample_a", "sample_b")

@@ -1,0 +1,349 @@
+"""The run directory: the only code that writes or reads one.
+
+A run directory is the interface between ``galgen fit``/``validate`` (which write it), and
+``galgen report``, ``galgen sweep``, ``make demo`` and the judge (which read it)::
+
+    <run>/config.yaml        the resolved configuration (written at setup)
+    <run>/manifest.json      the data split: source, seeds, indices and content hashes
+    <run>/status.json        running | complete | failed (+ epoch, step, error), atomically replaced
+    <run>/metrics.jsonl      one JSON record per evaluation (``test``, ``epoch``, ``step``, numbers),
+                             append-only; a truncated last line (a killed run) is skipped
+    <run>/eval/<test>/epoch_XXXX[tag].npz|.png   per-sample arrays and figures of each test
+    <run>/verdict.json       the one judge's label and evidence, at the end of fit/validate
+    <run>/sweep.json         how ``galgen sweep`` launched the run (arguments, fingerprint)
+    <run>/checkpoints/       Lightning's checkpoints
+    <run>/validate-<time>/   a later ``galgen validate`` of this run (a run directory itself)
+
+:class:`RunDir` writes and reads these files; :class:`Run` is what a reader gets back, read once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CONFIG, MANIFEST, STATUS, METRICS, VERDICT, EVAL = "config.yaml", "manifest.json", "status.json", "metrics.jsonl", "verdict.json", "eval"
+LAUNCH = "sweep.json"
+
+
+def _jsonable(v: Any) -> Any:
+    if hasattr(v, "item") and callable(v.item) and getattr(v, "ndim", 1) == 0:
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+class RunDir:
+    """One run directory (see the module docstring for its layout).
+
+    Args:
+        path: the folder (created on the first write).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    # --- writing --------------------------------------------------------------------------
+    def write_config(self, text: str) -> None:
+        """``config.yaml`` (the resolved configuration as YAML)."""
+        _write_atomic(self.path / CONFIG, text)
+
+    def write_manifest(self, manifest: dict) -> None:
+        """``manifest.json`` (the data split)."""
+        _write_atomic(self.path / MANIFEST, json.dumps(manifest) + "\n")
+
+    def write_status(self, status: dict) -> None:
+        """``status.json``, replaced atomically so a reader never sees half of it."""
+        _write_atomic(self.path / STATUS, json.dumps(status, indent=2) + "\n")
+
+    def append_metrics(self, record: dict) -> None:
+        """One line of ``metrics.jsonl`` (NaN and infinities become null)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with (self.path / METRICS).open("a") as f:
+            f.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
+
+    def eval_path(self, test: str, epoch: int, suffix: str, tag: str = "") -> Path:
+        """``eval/<test>/epoch_XXXX<tag><suffix>``, its folder created."""
+        folder = self.path / EVAL / test
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / f"epoch_{epoch:04d}{tag}{suffix}"
+
+    def save_arrays(self, test: str, epoch: int, arrays: dict[str, Any], tag: str = "") -> Path:
+        """``eval/<test>/epoch_XXXX<tag>.npz`` (compressed)."""
+        path = self.eval_path(test, epoch, ".npz", tag)
+        np.savez_compressed(path, **{k: np.asarray(v) for k, v in arrays.items()})
+        return path
+
+    def write_launch(self, record: dict) -> None:
+        """``sweep.json``: how a launcher (``galgen sweep``) started this run (its arguments, the
+        sweep's fingerprint), so a resumed sweep can tell whether the run is still its own."""
+        _write_atomic(self.path / LAUNCH, json.dumps(record, indent=1) + "\n")
+
+    def launch(self) -> dict:
+        return _read_json(self.path / LAUNCH)
+
+    def write_verdict(self, verdict: dict) -> Path:
+        """``verdict.json`` (the judge's JSON)."""
+        _write_atomic(self.path / VERDICT, json.dumps(verdict, indent=1) + "\n")
+        return self.path / VERDICT
+
+    # --- reading --------------------------------------------------------------------------
+    def status(self) -> dict:
+        """``status.json``, or ``{}`` when there is none (or it is unreadable)."""
+        return _read_json(self.path / STATUS)
+
+    def manifest(self) -> dict:
+        return _read_json(self.path / MANIFEST)
+
+    def config(self) -> dict:
+        return _read_yaml(self.path / CONFIG)
+
+    def verdict(self) -> dict:
+        return _read_json(self.path / VERDICT)
+
+    def records(self, test: str | None = None) -> list[dict]:
+        """The records of ``metrics.jsonl`` (of one ``test`` if given); a truncated line is skipped."""
+        path = self.path / METRICS
+        if not path.is_file():
+            return []
+        return [r for r in read_metrics(path) if test is None or r.get("test") == test]
+
+    def has_results(self) -> bool:
+        return (self.path / METRICS).is_file()
+
+    @staticmethod
+    def is_run_dir(path: str | Path) -> bool:
+        """A run directory holds a ``status.json`` or a ``metrics.jsonl``."""
+        path = Path(path)
+        return (path / STATUS).is_file() or (path / METRICS).is_file()
+
+    def load(self) -> Run:
+        """Everything a reader needs, read once."""
+        return load_run(self.path)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The records of a ``metrics.jsonl`` file (a truncated last line, from a killed run, is skipped)."""
+    records = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+    return records
+
+
+def is_run_dir(path: Path) -> bool:
+    """A run directory holds a ``status.json`` or a ``metrics.jsonl``."""
+    return RunDir.is_run_dir(path)
+
+
+SKIP_DIRS = {"wandb", "checkpoints", "eval", "csv", "report", "logs", "lightning_logs", "__pycache__"}
+
+
+def find_runs(path: Path, max_depth: int = 4) -> list[Path]:
+    """``path`` itself when it is a run directory, else every run directory below it.
+
+    A run's own sub-folders (``validate-*`` runs, ``eval``, ``wandb``, ...) and hidden folders
+    (a sweep's discarded attempts) are not searched.
+    """
+    if is_run_dir(path):
+        return [path]
+    found: list[Path] = []
+
+    def walk(folder: Path, depth: int) -> None:
+        try:
+            children = sorted(p for p in folder.iterdir() if p.is_dir())
+        except OSError:
+            return
+        for child in children:
+            if child.name.startswith(".") or child.name in SKIP_DIRS:
+                continue
+            if is_run_dir(child):
+                found.append(child)
+            elif depth < max_depth:
+                walk(child, depth + 1)
+
+    walk(path, 1)
+    return found
+
+
+@dataclass
+class Run:
+    """What one run directory holds, read once."""
+
+    path: Path
+    status: dict
+    config: dict
+    manifest: dict
+    records: list[dict]
+    family: str
+    n: int | None
+    seed: int | None
+    image_size: int | None
+    channels: int = 1
+    parameters: dict[str, int] = field(default_factory=dict)
+    parameters_note: str = ""
+    validations: list[tuple[Path, list[dict]]] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def state(self) -> str:
+        return str(self.status.get("state") or self.status.get("status") or "unknown")
+
+    @property
+    def complete(self) -> bool:
+        return self.state == "complete"
+
+    @property
+    def group(self) -> str:
+        """Runs of one family and image size form one curve over N."""
+        return f"{self.family} ({self.image_size} px)" if self.image_size else self.family
+
+    def source(self, test: str) -> tuple[Path, list[dict]]:
+        """Where ``test``'s results are: the run itself, or else its newest ``galgen validate``
+        folder (``<run>/validate-<time>/``) that has them (e.g. a test added after training)."""
+        if any(r.get("test") == test for r in self.records):
+            return self.path, self.records
+        for folder, records in reversed(self.validations):
+            if any(r.get("test") == test for r in records):
+                return folder, records
+        return self.path, self.records
+
+    def last(self, test: str) -> dict | None:
+        """The last ``metrics.jsonl`` record of ``test``."""
+        rows = [r for r in self.source(test)[1] if r.get("test") == test]
+        return rows[-1] if rows else None
+
+    def history(self, test: str) -> list[dict]:
+        """Every record of ``test``, the last one per epoch (a resumed run may repeat epochs)."""
+        by_epoch: dict[int, dict] = {}
+        for r in self.source(test)[1]:
+            if r.get("test") == test and r.get("epoch") is not None:
+                by_epoch[int(r["epoch"])] = r
+        return [by_epoch[e] for e in sorted(by_epoch)]
+
+    def eval_files(self, test: str) -> dict[int, Path]:
+        """``{epoch: eval/<test>/epoch_XXXX.npz}`` (of :meth:`source`)."""
+        folder = self.source(test)[0] / "eval" / test
+        out = {}
+        for p in folder.glob("epoch_*.npz") if folder.is_dir() else []:
+            m = re.fullmatch(r"epoch_(\d+)\.npz", p.name)
+            if m:
+                out[int(m.group(1))] = p
+        return dict(sorted(out.items()))
+
+    def arrays(self, test: str, epoch: int | None = None) -> dict[str, np.ndarray] | None:
+        """The ``.npz`` of ``test`` at ``epoch`` (default: the epoch of its last record, else the last file)."""
+        files = self.eval_files(test)
+        if not files:
+            return None
+        if epoch is None:
+            last = self.last(test)
+            epoch = int(last["epoch"]) if last and last.get("epoch") is not None and int(last["epoch"]) in files else max(files)
+        path = files.get(epoch)
+        if path is None:
+            return None
+        out = {}
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                for key in z.files:
+                    try:
+                        out[key] = z[key]
+                    except ValueError:  # an object array: not for the report
+                        continue
+        except (OSError, ValueError):
+            return None
+        return out
+
+    def callback_args(self, name: str) -> dict:
+        """``init_args`` of the callback whose class name is ``name`` in the run's config."""
+        callbacks = (self.config.get("trainer") or {}).get("callbacks") or []
+        for cb in callbacks if isinstance(callbacks, list) else []:
+            if isinstance(cb, dict) and str(cb.get("class_path", "")).endswith(name):
+                return cb.get("init_args") or {}
+        return {}
+
+    @property
+    def pixels(self) -> int | None:
+        """Training pixels of one model: N images x channels x height x width."""
+        if self.n is None or self.image_size is None:
+            return None
+        return self.n * self.channels * self.image_size**2
+
+
+def _family(config: dict, folder: Path) -> str:
+    class_path = str((config.get("model") or {}).get("class_path", ""))
+    if class_path:
+        return class_path.rsplit(".", 1)[-1].replace("Pair", "").lower()
+    return folder.name.split("-", 1)[0] or "unknown"
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def load_run(path: Path) -> Run:
+    """Read one run directory (no model is built; see :func:`count_parameters`)."""
+    rd = RunDir(path)
+    status, config, manifest, records = rd.status(), rd.config(), rd.manifest(), rd.records()
+    data = config.get("data") or {}
+    n = _int(manifest.get("n", data.get("n")))
+    if n is None:
+        m = re.search(r"(?:^|-)n(\d+)(?:-|$)", path.name)
+        n = int(m.group(1)) if m else None
+    seed = _int(manifest.get("seed", data.get("seed")))
+    image_size = _int(manifest.get("image_size", data.get("image_size")))
+    init = (config.get("model") or {}).get("init_args") or {}
+    channels = _int(init.get("channels")) or 1
+    run = Run(path, status, config, manifest, records, _family(config, path), n, seed, image_size, channels)
+    for folder in sorted(p for p in path.glob("validate-*") if RunDir(p).has_results()):
+        run.validations.append((folder, RunDir(folder).records()))
+    given = manifest.get("parameters") or status.get("parameters")
+    if isinstance(given, dict):
+        run.parameters = {str(k): int(v) for k, v in given.items() if _int(v) is not None}
+        run.parameters_note = "from the run directory"
+    return run
+
+
