@@ -75,7 +75,6 @@ statmorph and photutils are imported inside the functions (the GPU machines may 
 
 from __future__ import annotations
 
-import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -83,7 +82,7 @@ from typing import Any
 
 import numpy as np
 
-from galgen_lightning.parallel import default_workers, single_threaded_children
+from galgen_lightning.parallel import WorkerPool, default_workers, single_threaded_children
 
 VARIABLES: tuple[str, ...] = ("concentration", "asymmetry", "smoothness", "gini", "m20")
 """The five statistics, by their statmorph attribute names."""
@@ -412,66 +411,7 @@ def _measure_chunk(images: Sequence[np.ndarray], options: MorphologyOptions) -> 
     return [measure_image(image, options) for image in images]
 
 
-_PRELOAD = ["galgen_lightning.morphology", "statmorph", "photutils.segmentation", "astropy.stats", "scipy.ndimage", "scipy.stats"]
-
-
-def _pool_context() -> Any:
-    """A ``forkserver`` context on Linux (workers forked from a clean, single-threaded server
-    that has imported statmorph once), ``spawn`` elsewhere. Plain ``fork`` from a trainer
-    process with torch's threads running can leave a worker dead and the pool hanging."""
-    import multiprocessing
-
-    if sys.platform.startswith("linux"):
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(_PRELOAD)  # takes effect when the server first starts
-        return context
-    return multiprocessing.get_context("spawn")
-
-
-class WorkerPool:
-    """Worker processes for :func:`measure_groups` that can outlive one call.
-
-    Each worker imports the parent's ``__main__`` module once when it starts (the ``galgen``
-    script imports Lightning: seconds), so a caller that measures repeatedly (the callback,
-    every few epochs) keeps one pool for the whole run. Use it as a context manager or call
-    :meth:`close`.
-
-    Args:
-        workers: number of processes (at least 2; 1 needs no pool).
-    """
-
-    def __init__(self, workers: int) -> None:
-        if workers < 2:
-            raise ValueError(f"a WorkerPool needs at least 2 workers, got {workers}")
-        self.workers = workers
-        self._executor: Any = None
-
-    def executor(self) -> Any:
-        """The ``ProcessPoolExecutor``, started on first use (workers start as tasks arrive)."""
-        if self._executor is None:
-            from concurrent.futures import ProcessPoolExecutor
-
-            with single_threaded_children():
-                self._executor = ProcessPoolExecutor(self.workers, mp_context=_pool_context())
-        return self._executor
-
-    def discard(self) -> None:
-        """Drop a broken executor without waiting; the next :meth:`executor` starts a new one."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
-
-    def close(self) -> None:
-        """Stop the workers (waits for running tasks)."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
-            self._executor = None
-
-    def __enter__(self) -> WorkerPool:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+PRELOAD = ["galgen_lightning.morphology", "statmorph", "photutils.segmentation", "astropy.stats", "scipy.ndimage", "scipy.stats"]
 
 
 def _measure_parallel(x: Sequence[np.ndarray], options: MorphologyOptions, pool: WorkerPool, bar: Any) -> list[Measurement]:
@@ -563,7 +503,7 @@ def measure_groups(
         elif pool is not None:
             results = _measure_parallel(todo, options, pool, bar)
         else:
-            with WorkerPool(workers) as own:
+            with WorkerPool(workers, PRELOAD) as own:
                 results = _measure_parallel(todo, options, own, bar)
     out: dict[str, dict[str, np.ndarray]] = {}
     start = 0

@@ -28,15 +28,15 @@ from galgen_lightning.callbacks.common import EvalCallback
 from galgen_lightning.errors import GalgenError
 from galgen_lightning.morphology import (
     COMPARISONS,
+    PRELOAD,
     VARIABLES,
     MorphologyOptions,
-    WorkerPool,
-    default_workers,
     measure_groups,
     missing_dependencies,
     morphology_figure,
     morphology_statistics,
 )
+from galgen_lightning.parallel import WorkerPool, default_workers
 
 REAL_GROUPS = {"real_a": "a", "real_b": "b", "val": "val"}
 
@@ -142,7 +142,7 @@ class MorphologyTest(EvalCallback):
         """
         workers = default_workers() if self.workers is None else self.workers
         if workers > 1 and self._pool is None:
-            self._pool = WorkerPool(workers)
+            self._pool = WorkerPool(workers, PRELOAD)
         return measure_groups(groups, self.options, workers=workers, progress=self.progress, pool=self._pool)
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

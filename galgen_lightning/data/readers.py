@@ -397,22 +397,11 @@ class CachedReader(GalaxySource):
         return f"{report['rejected']} rejected ({parts}): {first}{more}"
 
 
-@contextmanager
-def _results(convert: Callable[[list[Any]], list[Result]], tasks: list[list[Any]], workers: int) -> Iterator[Iterator[list[Result]]]:
-    """Results of ``convert`` over ``tasks`` in order: in-process, or in a pool of forked processes
-    (spawned outside Linux) with one thread per numeric library, closed on exit or interruption."""
-    if workers == 1 or len(tasks) < 2:
-        yield map(convert, tasks)
-        return
-    import multiprocessing
+def _results(convert: Callable[[list[Any]], list[Result]], tasks: list[list[Any]], workers: int) -> Any:
+    """Results of ``convert`` over ``tasks`` in order, through :func:`galgen_lightning.parallel.imap`."""
+    from galgen_lightning.parallel import imap
 
-    from galgen_lightning.parallel import single_threaded_children
-
-    context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    with single_threaded_children(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*use of fork\\(\\) may lead to deadlocks.*")
-        with context.Pool(min(workers, len(tasks))) as pool:
-            yield pool.imap(convert, tasks)
+    return imap(convert, tasks, workers)
 
 
 # =============================================================================== FITS cutouts

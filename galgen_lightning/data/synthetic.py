@@ -42,15 +42,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
-import sys
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from galgen_lightning.parallel import default_workers, single_threaded_children
+from galgen_lightning.parallel import default_workers, map_ordered
 
 SYNTHETIC_VERSION: int = 2
 """Bump whenever the rendering changes: it keys the on-disk cache of rendered sets."""
@@ -539,8 +537,6 @@ def render_many(
     Raises:
         ValueError: when ``workers`` is below 1.
     """
-    import multiprocessing
-
     indices = [int(i) for i in indices]
     workers = default_workers() if workers is None else int(workers)
     if workers < 1:
@@ -550,11 +546,5 @@ def render_many(
         return _render_chunk((indices, seed, image_size, q, stretch))
     bounds = np.linspace(0, len(indices), n_chunks + 1).astype(int)
     tasks = [(indices[a:b], seed, image_size, q, stretch) for a, b in zip(bounds[:-1], bounds[1:])]
-    context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    with single_threaded_children(), warnings.catch_warnings():
-        # Python >= 3.12 warns about forking a process with threads (torch's); the workers
-        # take no lock those threads could hold, as torch's own DataLoader workers do not
-        warnings.filterwarnings("ignore", message=".*use of fork\\(\\) may lead to deadlocks.*")
-        with context.Pool(min(workers, n_chunks)) as pool:
-            parts = pool.map(_render_chunk, tasks)
+    parts = map_ordered(_render_chunk, tasks, min(workers, n_chunks))
     return np.concatenate(parts)
