@@ -20,26 +20,105 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from galgen_lightning.noise import counter_normal
-from galgen_lightning.pair import PairModule
+from galgen_lightning.pair import MODELS, PairModule
+
+VAL_SEED = 12345  # fixed noise of the validation images, so epochs compare
+
+
+def golden_uniform(indices: Tensor) -> Tensor:
+    """``frac((i + 1) / phi)`` for integer indices ``i`` (a Weyl sequence, 24-bit resolution).
+
+    A pure function of the index, in (0, 1), whose first ``n`` values are spread evenly over
+    the interval for any ``n``: per-image noise levels that stratify a validation set of any
+    size without knowing the size. Exact integer arithmetic for indices below ``2**31``.
+    """
+    k = ((indices.to(torch.int64) + 1) * 2654435769) & 0xFFFFFFFF  # round(2**32 / phi)
+    return ((k >> 8).to(torch.float32) + 0.5) * (1.0 / 16777216.0)
+
+
+class ValidationIndex:
+    """Global index of every validation image, whatever the batch size.
+
+    :meth:`reset` (at ``on_validation_epoch_start``) reads the order in which the validation
+    loader's batch sampler visits its dataset (under DDP, this rank's share of it); batch
+    ``batch_idx`` then holds exactly those dataset indices, so a short last batch or another
+    batch size changes nothing. A loader without a batch sampler (one that yields ready-made
+    batches) falls back to a running count of the images seen this epoch.
+    """
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] | None = None
+        self.seen = 0
+
+    def reset(self, trainer) -> None:
+        self.seen = 0
+        self.batches = None
+        loaders = getattr(trainer, "val_dataloaders", None) if trainer is not None else None
+        if isinstance(loaders, (list, tuple)):
+            loaders = loaders[0] if len(loaders) == 1 else None
+        batch_sampler = getattr(loaders, "batch_sampler", None)
+        if batch_sampler is not None:
+            try:
+                self.batches = [list(b) for b in batch_sampler]
+            except TypeError:  # a sampler that cannot be iterated twice
+                self.batches = None
+
+    def __call__(self, batch_idx: int, size: int, device: torch.device) -> Tensor:
+        """``(size,)`` int64 global indices of the images of validation batch ``batch_idx``."""
+        if self.batches is not None and batch_idx < len(self.batches) and len(self.batches[batch_idx]) == size:
+            idx = torch.tensor(self.batches[batch_idx], dtype=torch.int64, device=device)
+        else:
+            idx = torch.arange(self.seen, self.seen + size, device=device)
+        self.seen += size
+        return idx
+
+
+NORMS = ("reference", "rms")
 
 
 class BiasFreeBatchNorm(nn.Module):
-    """Batch norm without additive terms: ``x / std_batch * scale``.
+    """Batch norm without additive terms: ``x / sd * scale``, per channel.
 
-    The standard deviation is taken over batch and space per channel, around zero (no mean
-    subtraction). A running value is kept for evaluation.
+    Two forms, both without any additive term (so the network stays bias free):
+
+    - ``"reference"`` (Kadkhodaie et al.): ``sd`` is the batch standard deviation over batch and
+      space, *centred* (the batch mean enters the variance but is not subtracted from the
+      output); the learned scale starts small and random, ``N(0, (2/9/64)**2)`` clamped to
+      [-0.025, 0.025].
+    - ``"rms"``: ``sd`` is the root mean square around zero; the scale starts at 1.
+
+    A running ``sd`` (momentum 0.1) replaces the batch value in evaluation, where both forms
+    are the same linear map. The parameter and buffer names do not depend on the form.
+
+    Args:
+        channels: channels normalised.
+        norm: ``"reference"`` or ``"rms"``.
+        momentum: weight of the batch value in the running ``sd``.
+        eps: added to the variance.
     """
 
-    def __init__(self, channels: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
+    def __init__(self, channels: int, norm: str = "reference", momentum: float = 0.1, eps: float = 1e-5) -> None:
         super().__init__()
-        self.scale = nn.Parameter(torch.ones(1, channels, 1, 1))
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        self.centered = norm == "reference"
+        if self.centered:
+            scale = (torch.randn(1, channels, 1, 1) * (2.0 / 9.0 / 64.0)).clamp_(-0.025, 0.025)
+        else:
+            scale = torch.ones(1, channels, 1, 1)
+        self.scale = nn.Parameter(scale)
         self.register_buffer("running_sd", torch.ones(1, channels, 1, 1))
         self.momentum = momentum
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
         if self.training:
-            sd = (x.float().square().mean(dim=(0, 2, 3), keepdim=True) + self.eps).sqrt()
+            xf = x.float()
+            if self.centered:
+                var = xf.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+            else:
+                var = xf.square().mean(dim=(0, 2, 3), keepdim=True)
+            sd = (var + self.eps).sqrt()
             with torch.no_grad():
                 self.running_sd.lerp_(sd.to(self.running_sd.dtype), self.momentum)
         else:
@@ -47,11 +126,11 @@ class BiasFreeBatchNorm(nn.Module):
         return x / sd.to(x.dtype) * self.scale.to(x.dtype)
 
 
-def conv_norm_relu(c_in: int, c_out: int, norm: bool = True) -> nn.Sequential:
-    """3x3 convolution without bias, then bias-free batch norm (optional) and ReLU."""
+def conv_norm_relu(c_in: int, c_out: int, norm: str | None = "reference") -> nn.Sequential:
+    """3x3 convolution without bias, then bias-free batch norm of form ``norm`` (None: none) and ReLU."""
     layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)]
-    if norm:
-        layers.append(BiasFreeBatchNorm(c_out))
+    if norm is not None:
+        layers.append(BiasFreeBatchNorm(c_out, norm))
     layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
 
@@ -69,23 +148,28 @@ class BiasFreeUNet(nn.Module):
         blocks: number of downsampling stages (the receptive field must cover the image for
             small-N memorization: 3 blocks for 64 px).
         width: channels of the first stage.
+        norm: form of the bias-free batch norm (see :class:`BiasFreeBatchNorm`).
     """
 
-    def __init__(self, channels: int = 1, blocks: int = 3, width: int = 64) -> None:
+    def __init__(self, channels: int = 1, blocks: int = 3, width: int = 64, norm: str = "reference") -> None:
         super().__init__()
         widths = [width * 2**k for k in range(blocks + 1)]
         self.down = nn.ModuleList()
         c_in = channels
         for k in range(blocks):
-            self.down.append(nn.Sequential(conv_norm_relu(c_in, widths[k], norm=k > 0), conv_norm_relu(widths[k], widths[k])))
+            first = conv_norm_relu(c_in, widths[k], norm=norm if k > 0 else None)
+            self.down.append(nn.Sequential(first, conv_norm_relu(widths[k], widths[k], norm)))
             c_in = widths[k]
-        self.mid = nn.Sequential(conv_norm_relu(widths[-2], widths[-1]), conv_norm_relu(widths[-1], widths[-1]))
+        self.mid = nn.Sequential(conv_norm_relu(widths[-2], widths[-1], norm), conv_norm_relu(widths[-1], widths[-1], norm))
         self.up = nn.ModuleList()
         self.dec = nn.ModuleList()
         for k in reversed(range(blocks)):
             self.up.append(nn.ConvTranspose2d(widths[k + 1], widths[k], 2, stride=2, bias=False))
-            last = nn.Conv2d(widths[k], channels, 3, padding=1, bias=False) if k == 0 else conv_norm_relu(widths[k], widths[k])
-            self.dec.append(nn.Sequential(conv_norm_relu(2 * widths[k], widths[k]), last))
+            if k == 0:
+                last: nn.Module = nn.Conv2d(widths[k], channels, 3, padding=1, bias=False)
+            else:
+                last = conv_norm_relu(widths[k], widths[k], norm)
+            self.dec.append(nn.Sequential(conv_norm_relu(2 * widths[k], widths[k], norm), last))
         self.blocks = blocks
 
     def forward(self, y: Tensor) -> Tensor:
@@ -210,6 +294,13 @@ class DiffusionPair(PairModule):
         max_steps: sampler step limit.
         check_every: sampler steps between host checks for early exit.
         sample_batch_size: samples per sampler batch.
+        norm: form of the bias-free batch norm: ``"reference"`` (Kadkhodaie et al.: centred
+            batch standard deviation, small random initial scale) or ``"rms"`` (root mean
+            square around zero, initial scale 1); see :class:`BiasFreeBatchNorm`.
+
+    Each model's sampler starts from the mean pixel of its own training subset
+    (``data_mean_a``, ``data_mean_b``, set at fit start from ``datamodule.subset_images``), so
+    model A never depends on subset B.
     """
 
     def __init__(
@@ -229,6 +320,7 @@ class DiffusionPair(PairModule):
         max_steps: int = 1000,
         check_every: int = 10,
         sample_batch_size: int = 256,
+        norm: str = "reference",
     ) -> None:
         super().__init__(image_size=image_size, channels=channels)
         for name, value in (("blocks", blocks), ("width", width), ("max_steps", max_steps), ("sample_batch_size", sample_batch_size)):
@@ -239,17 +331,35 @@ class DiffusionPair(PairModule):
                 raise ValueError(f"DiffusionPair: {name} must be positive, got {value}")
         if not 0 < beta <= 1:
             raise ValueError(f"DiffusionPair: beta must be in (0, 1], got {beta}")
+        if norm not in NORMS:
+            raise ValueError(f"DiffusionPair: norm must be one of {', '.join(NORMS)}, got {norm!r}")
         self.save_hyperparameters()
-        self.model_a = BiasFreeUNet(channels, blocks, width)
-        self.model_b = BiasFreeUNet(channels, blocks, width)
-        self.register_buffer("data_mean", torch.tensor(0.5))
+        self.model_a = BiasFreeUNet(channels, blocks, width, norm)
+        self.model_b = BiasFreeUNet(channels, blocks, width, norm)
+        for which in MODELS:
+            self.register_buffer(f"data_mean_{which}", torch.tensor(0.5))
+        self._val_index = ValidationIndex()
         if channels_last:
             self.to(memory_format=torch.channels_last)
 
+    def data_mean(self, which: str) -> Tensor:
+        """Mean pixel of model ``which``'s training subset: where its sampler starts."""
+        self.model(which)  # validates ``which``
+        return getattr(self, f"data_mean_{which}")
+
     def on_fit_start(self) -> None:
         dm = getattr(self.trainer, "datamodule", None)
-        if dm is not None and hasattr(dm, "pixel_mean"):
-            self.data_mean.fill_(float(dm.pixel_mean))
+        if dm is not None and hasattr(dm, "subset_images"):
+            for which in MODELS:
+                self.data_mean(which).fill_(float(dm.subset_images(which).double().mean()))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        # checkpoints from before the per-model means hold one pooled ``data_mean``: both models start from it
+        old = state_dict.pop(prefix + "data_mean", None)
+        if old is not None:
+            for which in MODELS:
+                state_dict.setdefault(f"{prefix}data_mean_{which}", old.clone())
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     def _prepare(self, x: Tensor) -> Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
@@ -269,14 +379,23 @@ class DiffusionPair(PairModule):
             total = total + loss
         return total
 
+    def on_validation_epoch_start(self) -> None:
+        self._val_index.reset(self.trainer)
+
+    def validation_noise(self, indices: Tensor, shape: tuple[int, ...]) -> Tensor:
+        """Fixed noise of the validation images ``indices``: a function of each image's index only.
+
+        Image ``i`` gets ``sigma_i = sigma_max * u_i**2`` with ``u_i`` = :func:`golden_uniform`
+        (evenly spread levels, as in training's ``U**2``), times its own counter-based normal
+        pattern; neither depends on the batch, the batch size or the number of images.
+        """
+        sigma = self.hparams.sigma_max * golden_uniform(indices).square().view(-1, *([1] * len(shape)))
+        return sigma * counter_normal(VAL_SEED, indices, tuple(shape), stream=0)
+
     def validation_step(self, batch: Tensor, batch_idx: int) -> None:
         x = batch
-        start = batch_idx * len(x)
-        idx = torch.arange(start, start + len(x), device=x.device)
-        # fixed noise per validation image, so the curve is comparable across epochs
-        u = (idx.float() + 0.5) / (idx.float().max() + 1.0)
-        sigma = self.hparams.sigma_max * (u ** 2).view(-1, 1, 1, 1)
-        noise = sigma * counter_normal(12345, idx, tuple(x.shape[1:]), stream=0).to(x.dtype)
+        idx = self._val_index(batch_idx, len(x), x.device)
+        noise = self.validation_noise(idx, tuple(x.shape[1:])).to(x.dtype)
         for which in ("a", "b"):
             self.log(f"val/loss_{which}", self.noise_loss(which, x, noise), on_epoch=True, batch_size=len(x), sync_dist=True)
 
@@ -310,7 +429,7 @@ class DiffusionPair(PairModule):
             indices,
             seed,
             self.image_shape,
-            mean=self.data_mean,
+            mean=self.data_mean(which),
             sigma0=hp.sigma0,
             sigma_final=hp.sigma_final,
             h0=hp.h0,

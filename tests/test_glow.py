@@ -17,6 +17,8 @@ from torch.autograd.functional import jacobian
 from galgen_lightning.callbacks.inversion import InversionTest, inversion_statistics, w1_standard_normal
 from galgen_lightning.glow import Glow, GlowPair, dequantize, latent_shapes
 from galgen_lightning.glow.network import ActNorm, Coupling, FlowStep, InvConv1x1, Level, ZeroConv2d, squeeze2x2, unsqueeze2x2
+from galgen_lightning.glow.pair import VAL_SEED, uniform_from_normal
+from galgen_lightning.noise import counter_normal
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -238,6 +240,28 @@ def test_same_latents_for_a_and_b_and_batch_size_invariance():
     pair.model_b.load_state_dict(pair.model_a.state_dict())  # same weights: same images
     same = pair.sample(10, seed=3, batch_size=4)
     assert torch.allclose(same.a, same.b, atol=1e-6)
+
+
+@pytest.mark.parametrize("loader", ["3", "4", "10", "prebatched"])
+def test_validation_bpd_does_not_depend_on_the_batch_size(loader):
+    """Each validation image's dequantisation noise is a function of its global index only."""
+    torch.manual_seed(8)
+    pair = GlowPair(image_size=8, n_flow=2, n_block=2, hidden=8)
+    randomize(pair.model_a, seed=1)
+    randomize(pair.model_b, seed=2)
+    val = torch.rand(10, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    if loader == "prebatched":  # ready-made batches of 3, 3, 3, 1: no batch sampler to read
+        dl = torch.utils.data.DataLoader(list(val.split(3)), batch_size=None)
+    else:
+        dl = torch.utils.data.DataLoader(val, batch_size=int(loader), shuffle=False)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    (metrics,) = trainer.validate(pair, dl, verbose=False)
+    # the reference: every image at once, noise from its index
+    noise = uniform_from_normal(counter_normal(VAL_SEED, torch.arange(10), (1, 8, 8)))
+    with torch.no_grad():
+        for which in ("a", "b"):
+            expected = pair.bits_per_dim(which, val, noise)[0].mean()
+            assert float(metrics[f"val/bpd_{which}"]) == pytest.approx(float(expected), rel=1e-5)
 
 
 # --- non-finite steps ------------------------------------------------------------------------

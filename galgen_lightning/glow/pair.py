@@ -20,6 +20,7 @@ import math
 import torch
 from torch import Tensor
 
+from galgen_lightning.diffusion import ValidationIndex
 from galgen_lightning.errors import GalgenError
 from galgen_lightning.glow.network import FlowStep, Glow, latent_shapes
 from galgen_lightning.noise import counter_normal
@@ -125,6 +126,7 @@ class GlowPair(PairModule):
         self._bad_now = {w: "" for w in MODELS}  # why this step's update of a model is skipped
         self._stepped = False
         self._compiled = False
+        self._val_index = ValidationIndex()
 
     @property
     def latent_shapes(self) -> list[tuple[int, int, int]]:
@@ -233,10 +235,13 @@ class GlowPair(PairModule):
         path = getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")
         return f"the last good checkpoint is {path}" if path else "and no checkpoint was saved yet"
 
+    def on_validation_epoch_start(self) -> None:
+        self._val_index.reset(self.trainer)
+
     def validation_step(self, batch: Tensor, batch_idx: int) -> None:
         x = batch
-        start = batch_idx * len(x)
-        idx = torch.arange(start, start + len(x), device=x.device)
+        # each image's dequantisation noise is a function of its global validation index only
+        idx = self._val_index(batch_idx, len(x), x.device)
         noise = uniform_from_normal(counter_normal(VAL_SEED, idx, tuple(x.shape[1:]))).to(x.dtype)
         for which in MODELS:
             bpd, _ = self.bits_per_dim(which, x, noise)
