@@ -24,7 +24,7 @@ import warnings
 
 import torch
 
-from galgen_lightning.diffusion import DiffusionPair
+from galgen_lightning.models.diffusion import DiffusionPair
 
 PROFILES = {
     "small": dict(image_size=32, blocks=3, width=16, batch_size=32, sample_batch=32, train_steps=10, sample_steps=10),

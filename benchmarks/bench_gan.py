@@ -28,7 +28,7 @@ import time
 import lightning as L
 import torch
 
-from galgen_lightning.gan import GANPair, auto_aug_prob
+from galgen_lightning.models.gan import GANPair, auto_aug_prob
 
 PROFILES = {
     "small": dict(

@@ -26,7 +26,7 @@ import warnings
 
 import torch
 
-from galgen_lightning.glow import GlowPair
+from galgen_lightning.models.glow import GlowPair
 
 
 def peak_memory(device: torch.device) -> dict:

@@ -24,7 +24,7 @@ from galgen_lightning.callbacks.common import averaging_after_tests
 from galgen_lightning.callbacks.rundir import RunDirectory
 from galgen_lightning.data import GalaxyPairDataModule
 from galgen_lightning.errors import GalgenError, OneLineParseErrors
-from galgen_lightning.pair import PairModule
+from galgen_lightning.models.base import PairModule
 from galgen_lightning.rundir import RunDir
 
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from galgen_lightning.diffusion import BiasFreeBatchNorm, BiasFreeUNet, DiffusionPair, golden_uniform, sample_denoiser
+from galgen_lightning.models.base import golden_uniform
+from galgen_lightning.models.diffusion import BiasFreeBatchNorm, BiasFreeUNet, DiffusionPair, sample_denoiser
 from galgen_lightning.noise import counter_normal
 
 

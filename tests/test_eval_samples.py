@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from galgen_lightning.callbacks.common import EvalCallback
-from galgen_lightning.pair import PairSamples
+from galgen_lightning.models.base import PairSamples
 
 
 class _Pair(torch.nn.Module):

@@ -10,7 +10,7 @@ import torch
 from conftest import CONFIGS, read_jsonl, run_cli
 
 from galgen_lightning.callbacks.discriminator import CURVES, DiscriminatorTest, discriminator_losses, discriminator_statistics
-from galgen_lightning.gan import (
+from galgen_lightning.models.gan import (
     Discriminator,
     GANPair,
     Generator,

@@ -15,9 +15,18 @@ from scipy import integrate, stats
 from torch.autograd.functional import jacobian
 
 from galgen_lightning.callbacks.inversion import InversionTest, inversion_statistics, w1_standard_normal
-from galgen_lightning.glow import Glow, GlowPair, dequantize, latent_shapes
-from galgen_lightning.glow.network import ActNorm, Coupling, FlowStep, InvConv1x1, Level, ZeroConv2d, squeeze2x2, unsqueeze2x2
-from galgen_lightning.glow.pair import VAL_SEED, uniform_from_normal
+from galgen_lightning.models.glow import Glow, GlowPair, dequantize, latent_shapes
+from galgen_lightning.models.glow.module import VAL_SEED, uniform_from_normal
+from galgen_lightning.models.glow.network import (
+    ActNorm,
+    Coupling,
+    FlowStep,
+    InvConv1x1,
+    Level,
+    ZeroConv2d,
+    squeeze2x2,
+    unsqueeze2x2,
+)
 from galgen_lightning.noise import counter_normal
 
 

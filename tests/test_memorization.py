@@ -9,7 +9,7 @@ import torch
 from conftest import CONFIGS, read_jsonl, run_cli
 
 from galgen_lightning.callbacks.two_models import two_models_statistics
-from galgen_lightning.pair import PairSamples
+from galgen_lightning.models.base import PairSamples
 
 
 def _subsets(n=4, n_val=64, side=16, seed=0):

@@ -88,7 +88,7 @@ def fake_sweep(tmp_path_factory) -> Path:
     """Diffusion over N = 10, 100, 1000 (+ an unfinished N = 10000), one Glow and one GAN run, morphology on one run."""
     root = tmp_path_factory.mktemp("sweep")
     rng = np.random.default_rng(0)
-    diffusion = {"class_path": "galgen_lightning.diffusion.DiffusionPair", "init_args": {"blocks": 2, "width": 4}}
+    diffusion = {"class_path": "galgen_lightning.models.diffusion.DiffusionPair", "init_args": {"blocks": 2, "width": 4}}
     for n, rate, ab, gap, state in (
         (10, 0.9, 0.0, 0.1, "complete"),
         (100, 0.7, 0.3, 0.05, "complete"),
@@ -128,7 +128,7 @@ def fake_sweep(tmp_path_factory) -> Path:
 
     glow = root / "glow-small-n10-seed0"
     _write_run(
-        glow, {"class_path": "galgen_lightning.glow.GlowPair", "init_args": {"n_flow": 1, "n_block": 2, "hidden": 8}}, 10, 16
+        glow, {"class_path": "galgen_lightning.models.glow.GlowPair", "init_args": {"n_flow": 1, "n_block": 2, "hidden": 8}}, 10, 16
     )
     _two_models(glow, 0.0, 0.9, 0.0, rng, faint=True)
     record = {"epoch": 4, "step": 100, "test": "inversion"}
@@ -147,7 +147,7 @@ def fake_sweep(tmp_path_factory) -> Path:
 
     gan = root / "gan-small-n10-seed0"
     gan_model = {
-        "class_path": "galgen_lightning.gan.GANPair",
+        "class_path": "galgen_lightning.models.gan.GANPair",
         "init_args": {
             "latent_dim": 16,
             "fmap_max": 16,

@@ -19,8 +19,8 @@ import torch
 
 from galgen_lightning.callbacks.common import EvalCallback
 from galgen_lightning.metrics import psnr
+from galgen_lightning.models.base import MODELS
 from galgen_lightning.noise import counter_normal
-from galgen_lightning.pair import MODELS
 
 IMAGES = ("train_a", "train_b", "val")
 

@@ -30,8 +30,8 @@ import torch
 from scipy.stats import wasserstein_distance
 
 from galgen_lightning.callbacks.common import EvalCallback, run_dir
-from galgen_lightning.gan.networks import hinge_per_sample
-from galgen_lightning.pair import MODELS
+from galgen_lightning.models.base import MODELS
+from galgen_lightning.models.gan.network import hinge_per_sample
 from galgen_lightning.rundir import RunDir
 
 CURVES = ("da_ga", "da_gb", "db_gb", "db_ga")

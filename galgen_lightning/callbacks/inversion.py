@@ -31,8 +31,8 @@ from scipy.stats import wasserstein_distance
 from torch import Tensor, nn
 
 from galgen_lightning.callbacks.common import EvalCallback
+from galgen_lightning.models.base import MODELS
 from galgen_lightning.noise import counter_normal
-from galgen_lightning.pair import MODELS
 
 # name -> (first, second) of each distance; "n" is the standard normal
 DISTANCES = {
@@ -111,7 +111,7 @@ def inversion_statistics(
     Args:
         model_a: flow A with ``reverse(latents, standardized=True)`` and a forward pass
             returning ``.eps`` (standardised per-level latents), e.g.
-            :class:`~galgen_lightning.glow.Glow`.
+            :class:`~galgen_lightning.models.glow.Glow`.
         model_b: flow B, same architecture.
         z_levels: one ``(n, c_k, h_k, w_k)`` tensor of latents per level, on the models' device.
         batch_size: samples per pass (default: all at once).
@@ -213,7 +213,7 @@ class InversionTest(EvalCallback):
     """Per-epoch inversion test of a flow pair (see the module docstring).
 
     Needs a family whose models have ``reverse`` and whose module has ``latent_shapes``
-    (:class:`~galgen_lightning.glow.GlowPair`); other families are skipped.
+    (:class:`~galgen_lightning.models.glow.GlowPair`); other families are skipped.
 
     Outputs, each due epoch: scalars ``inversion/from_<a|b>/level<k>/w1_<distance>`` (loggers
     and ``metrics.jsonl``); ``eval/inversion/epoch_XXXX.npz`` (a random subset of the values,

@@ -33,7 +33,7 @@ import torch
 from galgen_lightning.callbacks.common import EvalCallback, mosaic
 from galgen_lightning.evaluation.two_models import two_models_evidence
 from galgen_lightning.metrics import nearest_similarity, own_other_gap, paired_cosine, summarize
-from galgen_lightning.pair import MODELS
+from galgen_lightning.models.base import MODELS
 
 OTHER = {"a": "b", "b": "a"}
 
@@ -49,7 +49,7 @@ def two_models_statistics(
     """All numbers of the test, from samples and the three subsets (a pure function).
 
     Args:
-        samples: :class:`~galgen_lightning.pair.PairSamples`.
+        samples: :class:`~galgen_lightning.models.base.PairSamples`.
         subsets: ``{"a": A images, "b": B images, "val": held-out images}``.
         mean_removed: centre each image before the cosine.
         transforms: match training images under the 8 flips/rotations too.

@@ -1,6 +1,6 @@
 """Reference families whose answer is known: they make the verdict testable without training.
 
-Each is a :class:`~galgen_lightning.pair.PairModule` behind the same ``sample(n, seed)``
+Each is a :class:`~galgen_lightning.models.base.PairModule` behind the same ``sample(n, seed)``
 contract as the real families, so it runs through the real callbacks and the real judge:
 
 - :class:`OracleGeneralizer`: for noise index ``i``, A and B return *the same fresh* galaxy from
@@ -22,8 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from galgen_lightning.errors import GalgenError
+from galgen_lightning.models.base import PairModule
 from galgen_lightning.noise import counter_normal, counter_uniform
-from galgen_lightning.pair import PairModule
 
 FRESH_OFFSET = 50_000_000
 """Synthetic galaxy numbers from here on are never part of a split (sources hold far fewer)."""

@@ -1,11 +1,11 @@
 """Light-weight GAN family of the two-models test: the networks and the Lightning pair.
 
-``galgen_lightning.gan.GANPair`` is the class the configs name; ``networks`` holds the generator,
+``galgen_lightning.models.gan.GANPair`` is the class the configs name; ``network`` holds the generator,
 the discriminator, the losses and DiffAugment as small pure pieces.
 """
 
-from galgen_lightning.gan.module import GANPair, LightweightGAN, discriminator_objective, head_scores
-from galgen_lightning.gan.networks import (
+from galgen_lightning.models.gan.module import GANPair, LightweightGAN, discriminator_objective, head_scores
+from galgen_lightning.models.gan.network import (
     Discriminator,
     Generator,
     auto_aug_prob,

@@ -20,11 +20,10 @@ import math
 import torch
 from torch import Tensor
 
-from galgen_lightning.diffusion import ValidationIndex
 from galgen_lightning.errors import GalgenError
-from galgen_lightning.glow.network import FlowStep, Glow, latent_shapes
+from galgen_lightning.models.base import MODELS, PairModule, ValidationIndex
+from galgen_lightning.models.glow.network import FlowStep, Glow, latent_shapes
 from galgen_lightning.noise import counter_normal
-from galgen_lightning.pair import MODELS, PairModule
 
 log = logging.getLogger(__name__)
 

@@ -140,3 +140,51 @@ class PairModule(L.LightningModule):
             info=info,
         )
 
+
+
+def golden_uniform(indices: Tensor) -> Tensor:
+    """``frac((i + 1) / phi)`` for integer indices ``i`` (a Weyl sequence, 24-bit resolution).
+
+    A pure function of the index, in (0, 1), whose first ``n`` values are spread evenly over
+    the interval for any ``n``: per-image noise levels that stratify a validation set of any
+    size without knowing the size. Exact integer arithmetic for indices below ``2**31``.
+    """
+    k = ((indices.to(torch.int64) + 1) * 2654435769) & 0xFFFFFFFF  # round(2**32 / phi)
+    return ((k >> 8).to(torch.float32) + 0.5) * (1.0 / 16777216.0)
+
+
+class ValidationIndex:
+    """Global index of every validation image, whatever the batch size.
+
+    :meth:`reset` (at ``on_validation_epoch_start``) reads the order in which the validation
+    loader's batch sampler visits its dataset (under DDP, this rank's share of it); batch
+    ``batch_idx`` then holds exactly those dataset indices, so a short last batch or another
+    batch size changes nothing. A loader without a batch sampler (one that yields ready-made
+    batches) falls back to a running count of the images seen this epoch.
+    """
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] | None = None
+        self.seen = 0
+
+    def reset(self, trainer) -> None:
+        self.seen = 0
+        self.batches = None
+        loaders = getattr(trainer, "val_dataloaders", None) if trainer is not None else None
+        if isinstance(loaders, (list, tuple)):
+            loaders = loaders[0] if len(loaders) == 1 else None
+        batch_sampler = getattr(loaders, "batch_sampler", None)
+        if batch_sampler is not None:
+            try:
+                self.batches = [list(b) for b in batch_sampler]
+            except TypeError:  # a sampler that cannot be iterated twice
+                self.batches = None
+
+    def __call__(self, batch_idx: int, size: int, device: torch.device) -> Tensor:
+        """``(size,)`` int64 global indices of the images of validation batch ``batch_idx``."""
+        if self.batches is not None and batch_idx < len(self.batches) and len(self.batches[batch_idx]) == size:
+            idx = torch.tensor(self.batches[batch_idx], dtype=torch.int64, device=device)
+        else:
+            idx = torch.arange(self.seen, self.seen + size, device=device)
+        self.seen += size
+        return idx

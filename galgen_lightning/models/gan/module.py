@@ -16,7 +16,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from galgen_lightning.gan.networks import (
+from galgen_lightning.models.base import MODELS, PairModule
+from galgen_lightning.models.gan.network import (
     Discriminator,
     Generator,
     auto_aug_prob,
@@ -27,7 +28,6 @@ from galgen_lightning.gan.networks import (
     hinge_per_sample,
 )
 from galgen_lightning.noise import counter_normal
-from galgen_lightning.pair import MODELS, PairModule
 
 OPTIMIZERS_PER_BATCH = 4  # G_A, D_A, G_B, D_B: global_step advances by this per training batch
 HEADS = ("main", "small", "both")

@@ -1,0 +1,187 @@
+"""Diffusion pair (the Lightning module): two blind bias-free U-Net denoisers and their sampler.
+
+- Denoiser (Kadkhodaie et al., ICLR 2024): a U-Net with no additive constant anywhere (no
+  conv biases, batch norm that divides by the batch standard deviation without subtracting a
+  mean), so ``f(a * y) = a * f(y)``. It predicts the noise; the denoised image is ``y - f(y)``.
+  It is *blind*: trained on noise levels ``sigma = U**2``, ``U ~ Uniform(0, 1)``, never told
+  the level.
+- Sampler (Kadkhodaie & Simoncelli): ascent of the implicit prior with injected noise, batched,
+  each sample with its own noise stream (shared by A and B), its own stopping step, and no
+  host synchronisation except every ``check_every`` steps.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from galgen_lightning.models.base import MODELS, PairModule, ValidationIndex, golden_uniform
+from galgen_lightning.models.diffusion.network import NORMS, BiasFreeUNet, sample_denoiser
+from galgen_lightning.noise import counter_normal
+
+VAL_SEED = 12345  # fixed noise of the validation images, so epochs compare
+
+
+class DiffusionPair(PairModule):
+    """Two blind bias-free U-Net denoisers, A and B, and their shared-noise sampler.
+
+    Args:
+        image_size: image side (linked from ``data.image_size``).
+        channels: image channels.
+        blocks: U-Net downsampling stages.
+        width: U-Net base channels (64 in the paper).
+        lr: Adam learning rate.
+        lr_halving_epochs: the learning rate halves every this many epochs.
+        sigma_max: training noise levels are ``sigma_max * U**2``.
+        channels_last: use the channels-last memory format (faster on GPUs).
+        sigma0: sampler initial noise level.
+        sigma_final: sampler stopping noise level (an under-trained denoiser may never reach
+            0.01: raise it rather than let samples hit the step limit).
+        h0: sampler initial step size.
+        beta: sampler noise injection.
+        max_steps: sampler step limit.
+        check_every: sampler steps between host checks for early exit.
+        sample_batch_size: samples per sampler batch.
+        norm: form of the bias-free batch norm: ``"reference"`` (Kadkhodaie et al.: centred
+            batch standard deviation, small random initial scale) or ``"rms"`` (root mean
+            square around zero, initial scale 1); see :class:`BiasFreeBatchNorm`.
+
+    Each model's sampler starts from the mean pixel of its own training subset
+    (``data_mean_a``, ``data_mean_b``, set at fit start from ``datamodule.subset_images``), so
+    model A never depends on subset B.
+    """
+
+    def __init__(
+        self,
+        image_size: int = 64,
+        channels: int = 1,
+        blocks: int = 3,
+        width: int = 64,
+        lr: float = 1e-3,
+        lr_halving_epochs: int = 100,
+        sigma_max: float = 1.0,
+        channels_last: bool = False,
+        sigma0: float = 1.0,
+        sigma_final: float = 0.01,
+        h0: float = 0.01,
+        beta: float = 0.01,
+        max_steps: int = 1000,
+        check_every: int = 10,
+        sample_batch_size: int = 256,
+        norm: str = "reference",
+    ) -> None:
+        super().__init__(image_size=image_size, channels=channels)
+        for name, value in (("blocks", blocks), ("width", width), ("max_steps", max_steps), ("sample_batch_size", sample_batch_size)):
+            if value < 1:
+                raise ValueError(f"DiffusionPair: {name} must be at least 1, got {value}")
+        for name, value in (("lr", lr), ("sigma_final", sigma_final), ("h0", h0), ("sigma0", sigma0), ("sigma_max", sigma_max)):
+            if not value > 0:
+                raise ValueError(f"DiffusionPair: {name} must be positive, got {value}")
+        if not 0 < beta <= 1:
+            raise ValueError(f"DiffusionPair: beta must be in (0, 1], got {beta}")
+        if norm not in NORMS:
+            raise ValueError(f"DiffusionPair: norm must be one of {', '.join(NORMS)}, got {norm!r}")
+        self.save_hyperparameters()
+        self.model_a = BiasFreeUNet(channels, blocks, width, norm)
+        self.model_b = BiasFreeUNet(channels, blocks, width, norm)
+        for which in MODELS:
+            self.register_buffer(f"data_mean_{which}", torch.tensor(0.5))
+        self._val_index = ValidationIndex()
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def data_mean(self, which: str) -> Tensor:
+        """Mean pixel of model ``which``'s training subset: where its sampler starts."""
+        self.model(which)  # validates ``which``
+        return getattr(self, f"data_mean_{which}")
+
+    def on_fit_start(self) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "subset_images"):
+            for which in MODELS:
+                self.data_mean(which).fill_(float(dm.subset_images(which).double().mean()))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        # checkpoints from before the per-model means hold one pooled ``data_mean``: both models start from it
+        old = state_dict.pop(prefix + "data_mean", None)
+        if old is not None:
+            for which in MODELS:
+                state_dict.setdefault(f"{prefix}data_mean_{which}", old.clone())
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
+    def _prepare(self, x: Tensor) -> Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
+
+    def noise_loss(self, which: str, x: Tensor, noise: Tensor) -> Tensor:
+        """Summed squared error of the predicted noise, divided by the batch size."""
+        pred = self.model(which)(self._prepare(x + noise))
+        return (pred.float() - noise.float()).square().sum() / len(x)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        total = 0.0
+        for which in ("a", "b"):
+            x = batch[which]
+            sigma = self.hparams.sigma_max * torch.rand(len(x), 1, 1, 1, device=x.device) ** 2
+            loss = self.noise_loss(which, x, sigma * torch.randn_like(x))
+            self.log(f"train/loss_{which}", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(x))
+            total = total + loss
+        return total
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_index.reset(self.trainer)
+
+    def validation_noise(self, indices: Tensor, shape: tuple[int, ...]) -> Tensor:
+        """Fixed noise of the validation images ``indices``: a function of each image's index only.
+
+        Image ``i`` gets ``sigma_i = sigma_max * u_i**2`` with ``u_i`` = :func:`golden_uniform`
+        (evenly spread levels, as in training's ``U**2``), times its own counter-based normal
+        pattern; neither depends on the batch, the batch size or the number of images.
+        """
+        sigma = self.hparams.sigma_max * golden_uniform(indices).square().view(-1, *([1] * len(shape)))
+        return sigma * counter_normal(VAL_SEED, indices, tuple(shape), stream=0)
+
+    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+        x = batch
+        idx = self._val_index(batch_idx, len(x), x.device)
+        noise = self.validation_noise(idx, tuple(x.shape[1:])).to(x.dtype)
+        for which in ("a", "b"):
+            self.log(f"val/loss_{which}", self.noise_loss(which, x, noise), on_epoch=True, batch_size=len(x), sync_dist=True)
+
+    def configure_optimizers(self):
+        opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=self.hparams.lr_halving_epochs, gamma=0.5)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+    @torch.no_grad()
+    def denoise(self, which: str, y: Tensor) -> Tensor:
+        """Denoised images ``y - f(y)`` from model ``which`` (eval mode)."""
+        was = self.training
+        self.eval()
+        try:
+            y = y.to(self.device)
+            return (y - self.model(which)(self._prepare(y)).float()).cpu()
+        finally:
+            self.train(was)
+
+    def generate(self, which: str, indices: Tensor, seed: int) -> tuple[Tensor, Tensor, dict[str, float]]:
+        hp = self.hparams
+        net = self.model(which)
+        use_bf16 = indices.device.type == "cuda"
+
+        def f(y: Tensor) -> Tensor:
+            with torch.autocast(device_type=indices.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                return net(self._prepare(y))
+
+        return sample_denoiser(
+            f,
+            indices,
+            seed,
+            self.image_shape,
+            mean=self.data_mean(which),
+            sigma0=hp.sigma0,
+            sigma_final=hp.sigma_final,
+            h0=hp.h0,
+            beta=hp.beta,
+            max_steps=hp.max_steps,
+            check_every=hp.check_every,
+        )
