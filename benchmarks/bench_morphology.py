@@ -1,9 +1,9 @@
 """Morphology throughput: synthetic galaxies measured per second with 1 and 2 worker processes.
 
 It renders ``--count`` synthetic galaxies (``galgen_lightning.data.synthetic.render_many``, not
-timed), then measures them with :func:`galgen_lightning.morphology.measure_groups` and prints
+timed), then measures them with :func:`galgen_lightning.evaluation.morphology_measure.measure_groups` and prints
 one JSON object. With one worker: in this process. With more: ``cold`` on a new
-:class:`~galgen_lightning.morphology.WorkerPool` (its workers start and import this script,
+:class:`~galgen_lightning.evaluation.morphology_measure.WorkerPool` (its workers start and import this script,
 which imports torch and Lightning through ``galgen_lightning.data``, as the ``galgen`` script
 does), then ``warm`` on the same pool (what the callback pays from its second evaluation on).
 The forkserver itself is started before timing (once per process). The used / flagged /
@@ -24,8 +24,8 @@ import time
 
 import numpy as np
 
-from galgen_lightning import morphology as M
 from galgen_lightning.data.synthetic import render_many
+from galgen_lightning.evaluation import morphology_measure as M
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -20,12 +20,11 @@ from pathlib import Path
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from galgen_lightning.callbacks.common import averaging_after_tests
-from galgen_lightning.callbacks.rundir import RunDirectory
 from galgen_lightning.data import GalaxyPairDataModule
 from galgen_lightning.errors import GalgenError, OneLineParseErrors
+from galgen_lightning.evaluation.base import averaging_after_tests
 from galgen_lightning.models.base import PairModule
-from galgen_lightning.rundir import RunDir
+from galgen_lightning.rundir import RunDir, RunDirectory
 
 
 def wandb_logged_in() -> bool:
@@ -87,8 +86,9 @@ class GalgenCLI(LightningCLI):
             parser_class=GalgenParser,
             parser_kwargs={
                 "description": "galgen: the two-models test of generative models of galaxy images. "
-                "Besides fit and validate: 'galgen report PATH' (HTML report of a run or a sweep) and "
-                "'galgen sweep' (pairs over N, then the report); each has its own --help."
+                "Besides fit and validate: 'galgen report PATH' (HTML report of a run or a sweep), "
+                "'galgen sweep' (pairs over N, then the report) and 'galgen data download|convert|inspect' (survey cutouts, "
+                "conversion into the cache, a look at a source); each has its own --help."
             },
             **kwargs,
         )
@@ -148,7 +148,7 @@ class GalgenCLI(LightningCLI):
         return folder
 
 
-EXTRA_COMMANDS = {"report": "galgen_lightning.report", "sweep": "galgen_lightning.sweep"}
+EXTRA_COMMANDS = {"report": "galgen_lightning.report", "sweep": "galgen_lightning.sweep", "data": "galgen_lightning.data.command"}
 """Subcommands outside LightningCLI: ``galgen report --help``, ``galgen sweep --help``."""
 
 

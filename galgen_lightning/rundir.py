@@ -14,7 +14,10 @@ A run directory is the interface between ``galgen fit``/``validate`` (which writ
     <run>/checkpoints/       Lightning's checkpoints
     <run>/validate-<time>/   a later ``galgen validate`` of this run (a run directory itself)
 
-:class:`RunDir` writes and reads these files; :class:`Run` is what a reader gets back, read once.
+:class:`RunDir` writes and reads these files; :class:`Run` is what a reader gets back, read once;
+:class:`RunDirectory` is the Lightning callback through which ``fit``/``validate`` write it
+(``status.json`` says ``running`` from the start, ``complete`` only after ``fit`` or ``validate``
+returns, ``failed`` with the error if it raised or was interrupted).
 """
 
 from __future__ import annotations
@@ -22,10 +25,13 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import numpy as np
 
 CONFIG, MANIFEST, STATUS, METRICS, VERDICT, EVAL = "config.yaml", "manifest.json", "status.json", "metrics.jsonl", "verdict.json", "eval"
@@ -347,3 +353,82 @@ def load_run(path: Path) -> Run:
     return run
 
 
+class RunDirectory(L.Callback):
+    """Writes ``config.yaml``, ``manifest.json`` and ``status.json`` into the run directory (rank zero).
+
+    Args:
+        config_text: the resolved configuration as YAML (the CLI fills it in).
+        command: the command line to record (default: ``sys.argv``).
+    """
+
+    def __init__(self, config_text: str | None = None, command: list[str] | None = None) -> None:
+        self.config_text = config_text
+        self.command = command
+        self.started = time.time()
+
+    def _write_status(self, trainer: L.Trainer, state: str, **extra) -> None:
+        if not trainer.is_global_zero:
+            return
+        status = {
+            "state": state,
+            "stage": str(trainer.state.fn),
+            "command": self.command or sys.argv,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.started)),
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "epoch": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            **extra,
+        }
+        RunDir(Path(trainer.default_root_dir)).write_status(status)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.started = time.time()
+        self._write_status(trainer, "running")
+        if not trainer.is_global_zero:
+            return
+        folder = RunDir(Path(trainer.default_root_dir))
+        if self.config_text is not None:
+            folder.write_config(self.config_text)
+        dm = getattr(trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "manifest"):
+            folder.write_manifest(dm.manifest())
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # progress for whoever watches the run (galgen sweep, a user): epochs and steps done
+        self._write_status(trainer, "running", epochs_done=trainer.current_epoch + 1, max_epochs=trainer.max_epochs)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write_status(trainer, "complete")
+        self._write_verdict(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "validate":
+            self._write_status(trainer, "complete")
+            self._write_verdict(trainer)
+
+    def _write_verdict(self, trainer: L.Trainer) -> None:
+        """``verdict.json`` from the one judge, and the same label and numbers in the W&B run summary."""
+        folder = RunDir(Path(trainer.default_root_dir))
+        if not trainer.is_global_zero or not folder.has_results():
+            return
+        from lightning.pytorch.loggers import WandbLogger
+
+        from galgen_lightning.evaluation.verdict import judge_run
+
+        verdict = judge_run(folder.load())
+        if verdict.epoch is None:  # no two-models result: nothing to judge
+            return
+        folder.write_verdict(verdict.to_json())
+        summary = {"verdict": verdict.label, "verdict_evidence": verdict.text()}
+        for key in ("memorization_rate", "memorization_rate_heldout", "agreement_kappa", "realism_outside_any", "gap_median"):
+            value = verdict.numbers.get(key)
+            if value is not None:
+                summary[f"verdict/{key}"] = value
+                if key in verdict.intervals:
+                    summary[f"verdict/{key}_low"], summary[f"verdict/{key}_high"] = verdict.intervals[key]
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.experiment.summary.update(summary)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._write_status(trainer, "failed", error=f"{type(exception).__name__}: {exception}")

@@ -55,7 +55,7 @@ def test_existing_run_directory_is_not_overwritten(tmp_path, tiny_source_args, c
         (["--model.init_args.blocks=0"], "DiffusionPair: blocks must be at least 1, got 0"),
         (["--model.init_args.beta=1.5"], "DiffusionPair: beta must be in (0, 1]"),
         (
-            ["--trainer.callbacks+=galgen_lightning.callbacks.TwoModelsTest", "--trainer.callbacks.every_n_epochs=0"],
+            ["--trainer.callbacks+=galgen_lightning.evaluation.TwoModelsTest", "--trainer.callbacks.every_n_epochs=0"],
             "TwoModelsTest: every_n_epochs must be positive, got 0",
         ),
     ],
@@ -122,8 +122,8 @@ def test_weight_averaging_runs_after_the_tests_whatever_the_config_order(tmp_pat
     """EMA listed before the tests: the CLI moves it after them, so they evaluate the EMA weights."""
     from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 
-    from galgen_lightning.callbacks import DenoisingTest, TwoModelsTest
-    from galgen_lightning.callbacks.common import averaging_after_tests
+    from galgen_lightning.evaluation import DenoisingTest, TwoModelsTest
+    from galgen_lightning.evaluation.base import averaging_after_tests
 
     ema, ckpt, two, den = EMAWeightAveraging(), ModelCheckpoint(), TwoModelsTest(), DenoisingTest()
     assert averaging_after_tests([ema, two, ckpt, den]) == [two, ckpt, den, ema]
@@ -134,7 +134,7 @@ def test_weight_averaging_runs_after_the_tests_whatever_the_config_order(tmp_pat
     config.write_text(
         "trainer:\n  callbacks:\n"
         "    - class_path: lightning.pytorch.callbacks.EMAWeightAveraging\n      init_args:\n        decay: 0.9\n"
-        "    - class_path: galgen_lightning.callbacks.TwoModelsTest\n      init_args:\n        n_samples: 8\n"
+        "    - class_path: galgen_lightning.evaluation.TwoModelsTest\n      init_args:\n        n_samples: 8\n"
     )
     run = tmp_path / "run"
     args = ["fit", *FAMILY, f"--config={config}", *tiny_source_args, *TINY, f"--trainer.default_root_dir={run}"]
@@ -168,8 +168,7 @@ def test_status_reports_progress_after_each_training_epoch(tmp_path):
     """status.json says how far a running fit has got (epochs done, global step)."""
     from types import SimpleNamespace
 
-    from galgen_lightning.callbacks.rundir import RunDirectory
-    from galgen_lightning.rundir import RunDir
+    from galgen_lightning.rundir import RunDir, RunDirectory
 
     trainer = SimpleNamespace(
         is_global_zero=True, default_root_dir=str(tmp_path), state=SimpleNamespace(fn="fit"), current_epoch=2, global_step=600, max_epochs=10

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from galgen_lightning.callbacks.denoising import gain_scalars, psnr_curves
+from galgen_lightning.evaluation.denoising import gain_scalars, psnr_curves
 
 SIGMAS = [0.05, 0.1, 0.2]
 

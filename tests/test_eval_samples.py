@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from galgen_lightning.callbacks.common import EvalCallback
+from galgen_lightning.evaluation.base import EvalCallback
 from galgen_lightning.models.base import PairSamples
 
 

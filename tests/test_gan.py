@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import CONFIGS, read_jsonl, run_cli
 
-from galgen_lightning.callbacks.discriminator import CURVES, DiscriminatorTest, discriminator_losses, discriminator_statistics
+from galgen_lightning.evaluation.discriminator import CURVES, DiscriminatorTest, discriminator_losses, discriminator_statistics
 from galgen_lightning.models.gan import (
     Discriminator,
     GANPair,

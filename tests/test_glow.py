@@ -14,7 +14,7 @@ from conftest import CONFIGS, read_jsonl, run_cli
 from scipy import integrate, stats
 from torch.autograd.functional import jacobian
 
-from galgen_lightning.callbacks.inversion import InversionTest, inversion_statistics, w1_standard_normal
+from galgen_lightning.evaluation.inversion import InversionTest, inversion_statistics, w1_standard_normal
 from galgen_lightning.models.glow import Glow, GlowPair, dequantize, latent_shapes
 from galgen_lightning.models.glow.module import VAL_SEED, uniform_from_normal
 from galgen_lightning.models.glow.network import (

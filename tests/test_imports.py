@@ -18,7 +18,7 @@ SCRIPT = f"""
 import sys, importlib.util
 for name in {OPTIONAL!r}:
     sys.modules[name] = None  # any import of it raises ImportError
-import galgen_lightning.models.diffusion, galgen_lightning.models.glow, galgen_lightning.models.gan, galgen_lightning.callbacks
+import galgen_lightning.models.diffusion, galgen_lightning.models.glow, galgen_lightning.models.gan, galgen_lightning.evaluation
 for bench in ("bench_diffusion", "bench_glow", "bench_gan"):
     spec = importlib.util.spec_from_file_location(bench, r"{ROOT / 'benchmarks'}/" + bench + ".py")
     spec.loader.exec_module(importlib.util.module_from_spec(spec))

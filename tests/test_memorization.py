@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import CONFIGS, read_jsonl, run_cli
 
-from galgen_lightning.callbacks.two_models import two_models_statistics
+from galgen_lightning.evaluation.two_models import two_models_statistics
 from galgen_lightning.models.base import PairSamples
 
 
@@ -36,7 +36,9 @@ def test_copies_are_flagged_and_fresh_galaxies_are_not():
     # the untrained denoiser's outputs (noise-like images) are not memorization either
     noise = torch.rand(32, 1, 16, 16)
     untrained, _ = two_models_statistics(PairSamples(noise, noise.roll(1, 0), ok, ok), held)
-    assert untrained["memorization_rate"] == 0.0
+    # under the two-models null noise is exchangeable: about chance, not significant, and unlike real galaxies
+    assert untrained["memorization_rate"] <= 0.05 and untrained["memorization_p_value"] > 0.01
+    assert untrained["memorization_rate_heldout"] == 0.0 and untrained["realism_outside_any"] > 0.9
 
 
 def _demo_pair_at_n4(command: str, run, tiny_source_args: list[str]) -> list[str]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import CONFIGS, read_jsonl, run_cli
 
-from galgen_lightning import morphology as M
+from galgen_lightning.evaluation import morphology_measure as M
 
 pytest.importorskip("statmorph")
 pytest.importorskip("photutils")
@@ -157,9 +157,9 @@ def test_options_are_checked():
 
 
 def test_callback_without_statmorph_stops_at_setup(monkeypatch):
-    from galgen_lightning.callbacks import MorphologyTest
-    from galgen_lightning.callbacks import morphology as callback_module
     from galgen_lightning.errors import GalgenError
+    from galgen_lightning.evaluation import MorphologyTest
+    from galgen_lightning.evaluation import morphology as callback_module
 
     callback = MorphologyTest(n_samples=4)
     callback.setup(None, None, "fit")  # installed here: nothing happens
@@ -176,7 +176,7 @@ def test_cli_fit_with_morphology_callback_writes_npz_and_metrics(tmp_path, tiny_
     args = ["fit", f"--config={CONFIGS / 'diffusion.yaml'}", f"--config={CONFIGS / 'quick' / 'diffusion.yaml'}", *tiny_source_args]
     args += ["--data.n=8", "--data.n_val=32", "--data.batch_size=8", "--model.init_args.blocks=2", "--model.init_args.width=8"]
     args += ["--model.init_args.max_steps=20", "--trainer.fast_dev_run=true", f"--trainer.default_root_dir={run}"]
-    args += ["--trainer.callbacks+=galgen_lightning.callbacks.MorphologyTest", "--trainer.callbacks.n_samples=4"]
+    args += ["--trainer.callbacks+=galgen_lightning.evaluation.MorphologyTest", "--trainer.callbacks.n_samples=4"]
     args += ["--trainer.callbacks.n_real=4", "--trainer.callbacks.workers=2"]
     assert run_cli(args) == 0
     rows = [r for r in read_jsonl(run / "metrics.jsonl") if r["test"] == "morphology"]

@@ -28,7 +28,7 @@ def _write_run(
         "data": {"n": n, "image_size": image_size, "seed": 0, "n_val": 100},
         "trainer": {
             "callbacks": callbacks
-            or [{"class_path": "galgen_lightning.callbacks.TwoModelsTest", "init_args": {"quantile": QUANTILE, "n_samples": S}}]
+            or [{"class_path": "galgen_lightning.evaluation.TwoModelsTest", "init_args": {"quantile": QUANTILE, "n_samples": S}}]
         },
     }
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
@@ -74,7 +74,7 @@ def _two_models(
     for w in "ab":
         arrays[f"plain_own_{w}"], arrays[f"plain_other_{w}"] = arrays[f"own_{w}"], arrays[f"other_{w}"]
     _save(folder, "two_models", epoch, arrays)
-    from galgen_lightning.evaluation.two_models import two_models_evidence
+    from galgen_lightning.evaluation.statistics import two_models_evidence
 
     numbers, _, _ = two_models_evidence(arrays, QUANTILE, n_boot=0)
     record = {"epoch": epoch, "step": 100, "test": "two_models", "a_vs_b_median": float(np.median(arrays["a_vs_b"]))}

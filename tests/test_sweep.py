@@ -230,7 +230,7 @@ def test_real_tiny_sweep_resumes_from_checkpoint(tmp_path, capsys, monkeypatch):
             "logger": [{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": ".", "name": "csv"}}],
             "callbacks": [
                 {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"dirpath": None, "save_last": True}},
-                {"class_path": "galgen_lightning.callbacks.TwoModelsTest", "init_args": {"n_samples": 8}},
+                {"class_path": "galgen_lightning.evaluation.TwoModelsTest", "init_args": {"n_samples": 8}},
             ],
         },
     }

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import wilcoxon
 
-from galgen_lightning.evaluation import two_models as T
+from galgen_lightning.evaluation import statistics as T
 from galgen_lightning.evaluation.verdict import discriminator_evidence
 
 

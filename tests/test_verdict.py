@@ -29,7 +29,7 @@ def _validate(tmp_path, tiny_source_args, model: str, *model_args: str) -> dict:
         "--data.batch_size=16",
         "--trainer.logger=false",
         "--trainer.enable_progress_bar=false",
-        "--trainer.callbacks+=galgen_lightning.callbacks.TwoModelsTest",
+        "--trainer.callbacks+=galgen_lightning.evaluation.TwoModelsTest",
         f"--trainer.callbacks.n_samples={SAMPLES}",
         f"--trainer.default_root_dir={run}",
     ]

@@ -1,382 +1,199 @@
-"""The two-models test's statistics: pure functions over per-sample arrays, with intervals.
+"""The two-models cosine-similarity test, calibrated, with its threshold-free twin.
 
-For the same seed, model A and model B each draw samples from the same noise, sample ``i`` of
-A and sample ``i`` of B from noise ``i``. Everything here respects that pairing: intervals
-resample *noise indices* (the pair ``A_i``, ``B_i`` together), and the paired tests use one
-value per index.
+For the same seeds, model A and model B each draw samples from the same noise. Then:
 
-The statistics (each a positive, calibrated reading with an interval):
+- **A vs B**: ``cos(A_i, B_i)``. Generalizing models agree (they learned one distribution);
+  memorizing models each copy their own, disjoint, training set and disagree.
+- **nearest training image**: for each sample, its highest similarity to any image of its own
+  model's subset (optionally over the 8 flips/rotations), and to the *other* subset.
+- **memorization rate under the two-models null**: the other subset comes from the same
+  distribution and the model never saw it, so a sample's nearest other-subset similarity is what
+  its own-subset one would be without memorization, whatever the samples' quality. The
+  threshold is the ``quantile`` (default 99th percentile) of the samples' other-subset nearest
+  similarities; the rate is the share of samples whose own-subset nearest exceeds it. The
+  held-out-real calibration (held-out galaxies' nearest-training similarity) is the second
+  reading, ``memorization_rate_heldout``.
+- **own minus other**: the gap per noise index (A's and B's averaged) and a one-sided Wilcoxon
+  p-value, with no threshold.
+- **shared-noise agreement** (``agreement_kappa``) and **realism** (``realism_outside_*``):
+  see :mod:`galgen_lightning.evaluation.statistics`.
 
-- **Memorization rate under the two-models null.** Subsets A and B are drawn from one
-  distribution and model A never saw B. For a model that learned the distribution, a sample's
-  nearest image in its own subset and in the other subset are exchangeable; whatever sample
-  quality does to similarity (faint, smooth samples sit close to everything) acts on both alike.
-  So the threshold is the ``quantile`` (default 99th percentile) of the samples' own
-  *other-subset* nearest similarities, and the rate is the share of samples whose *own-subset*
-  nearest exceeds it: about ``1 - quantile`` for a generalizing pair, near 1 when samples are
-  copies. The held-out-real calibration (held-out galaxies' nearest-training similarity) is kept
-  as a second reading (``memorization_rate_heldout``).
-- **Own-minus-other gap**, one value per noise index (the mean of A's and B's gaps where both
-  are valid), with a one-sided Wilcoxon signed-rank p-value.
-- **Shared-noise agreement.** ``paired``: mean similarity of ``A_i`` with ``B_i``;
-  ``unpaired``: mean similarity of ``A_i`` with ``B_j``, ``i != j`` (what two samples of the
-  pair share without the noise). ``kappa = (paired - unpaired) / (1 - unpaired)``: 0 when the
-  shared noise carries nothing from A to B, 1 when A and B return the same image for the same
-  noise (a chance-corrected agreement, as Cohen's kappa). Its p-value is a permutation test:
-  the mean paired similarity against the same mean over random re-pairings.
-- **Realism** against held-out real galaxies: a sample is *outside* when its nearest image in
-  the subset its model never saw is farther than 99% of held-out real galaxies' nearest
-  training image (structure), or its pixel spread lies outside the central 98% of held-out
-  galaxies' (brightness: blank and faded samples). About 2-3% of real galaxies are outside by
-  construction; pure noise, blank or faded samples are nearly all outside.
-
-Nothing here knows about Lightning: the callback, the judge and the report call these.
+The statistics themselves live in :mod:`galgen_lightning.evaluation.statistics`; the label is
+decided by :mod:`galgen_lightning.evaluation.verdict`.
+Samples the family marks invalid (diverged, step limit, non-finite) are counted and left out.
+Both the mean-removed cosine (default, used for the figures) and the plain cosine are reported.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
-
+import lightning as L
 import numpy as np
+import torch
 
-MODELS = ("a", "b")
-REALISM_QUANTILE = 0.01
-"""Tail of the held-out real galaxies' distributions outside which a sample counts as unlike
-any real galaxy (each side for brightness, the low side for structure)."""
+from galgen_lightning.evaluation.base import EvalCallback, mosaic
+from galgen_lightning.evaluation.statistics import two_models_evidence
+from galgen_lightning.metrics import nearest_similarity, own_other_gap, paired_cosine, summarize
+from galgen_lightning.models.base import MODELS
 
-
-def unit_rows(x: np.ndarray, mean_removed: bool = True) -> np.ndarray:
-    """Images ``(n, ...)`` as rows of unit length (float64); a constant image gives zeros."""
-    v = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
-    if mean_removed:
-        v = v - v.mean(axis=1, keepdims=True)
-    norm = np.linalg.norm(v, axis=1, keepdims=True)
-    return v / np.maximum(norm, 1e-12)
+OTHER = {"a": "b", "b": "a"}
 
 
-def full_length(values: np.ndarray, index: np.ndarray, n: int) -> np.ndarray:
-    """Per-sample values given for the sample indices ``index`` as a length-``n`` array, NaN elsewhere."""
-    out = np.full(n, np.nan)
-    out[np.asarray(index, dtype=np.int64)] = np.asarray(values, dtype=np.float64)
-    return out
-
-
-@dataclass
-class PairedArrays:
-    """Per noise index ``i`` (rows: model A, model B), NaN where a sample is invalid.
-
-    Attributes:
-        own: ``(2, n)`` nearest similarity to the model's own subset.
-        other: ``(2, n)`` nearest similarity to the other subset.
-        pixel_std: ``(2, n)`` pixel standard deviation of each sample.
-        heldout: held-out real galaxies' nearest-training similarities (val vs A, then val vs B).
-        heldout_std: held-out real galaxies' pixel standard deviations (empty when not recorded).
-        units: ``{"a": (n, d), "b": (n, d)}`` mean-removed unit rows of the samples (NaN rows
-            where invalid), for the agreement statistic; empty when samples were not stored.
-    """
-
-    own: np.ndarray
-    other: np.ndarray
-    pixel_std: np.ndarray
-    heldout: np.ndarray
-    heldout_std: np.ndarray
-    units: dict[str, np.ndarray] = field(default_factory=dict)
-
-    @property
-    def n(self) -> int:
-        return self.own.shape[1]
-
-    @property
-    def valid(self) -> np.ndarray:
-        """``(2, n)`` bool: the sample is usable."""
-        return np.isfinite(self.own) & np.isfinite(self.other)
-
-
-def paired_arrays(arrays: dict[str, np.ndarray]) -> PairedArrays:
-    """Re-index the callback's stored arrays by noise index (see :class:`PairedArrays`).
-
-    ``arrays`` is the content of ``eval/two_models/epoch_XXXX.npz``: ``own_<m>``, ``other_<m>``,
-    ``sample_index_<m>``, ``heldout`` and, when stored, ``samples_<m>``, ``ok_<m>``,
-    ``heldout_pixel_std``.
-    """
-    n = 0
-    for m in MODELS:
-        idx = np.asarray(arrays.get(f"sample_index_{m}", np.arange(len(arrays.get(f"own_{m}", [])))), dtype=np.int64)
-        n = max(n, int(idx.max()) + 1 if idx.size else 0)
-        if f"samples_{m}" in arrays:
-            n = max(n, len(arrays[f"samples_{m}"]))
-    own, other, std = (np.full((2, n), np.nan) for _ in range(3))
-    units: dict[str, np.ndarray] = {}
-    for r, m in enumerate(MODELS):
-        idx = np.asarray(arrays.get(f"sample_index_{m}", np.arange(len(arrays.get(f"own_{m}", [])))), dtype=np.int64)
-        own[r] = full_length(arrays.get(f"own_{m}", []), idx, n)
-        other[r] = full_length(arrays.get(f"other_{m}", []), idx, n)
-        x = arrays.get(f"samples_{m}")
-        if x is not None and len(x) == n:
-            x = np.asarray(x, dtype=np.float64).reshape(n, -1)
-            ok = np.isfinite(own[r]) & np.all(np.isfinite(x), axis=1)
-            std[r] = np.where(ok, np.nan_to_num(x).std(axis=1), np.nan)
-            u = unit_rows(np.nan_to_num(x))
-            u[~ok] = np.nan
-            units[m] = u
-    return PairedArrays(
-        own=own,
-        other=other,
-        pixel_std=std,
-        heldout=np.asarray(arrays.get("heldout", []), dtype=np.float64).ravel(),
-        heldout_std=np.asarray(arrays.get("heldout_pixel_std", []), dtype=np.float64).ravel(),
-        units=units if len(units) == 2 else {},
-    )
-
-
-# --- point statistics -------------------------------------------------------------------------
-def null_rate(own: np.ndarray, other: np.ndarray, quantile: float) -> tuple[float, float]:
-    """Memorization rate under the two-models null, and its threshold.
-
-    Args:
-        own: own-subset nearest similarities (any shape; NaN = invalid).
-        other: other-subset nearest similarities of the same samples.
-        quantile: quantile of ``other`` used as the threshold.
-
-    Returns:
-        ``(share of valid own > threshold, threshold)``; NaN when there is no valid sample.
-    """
-    own = np.asarray(own, dtype=np.float64)
-    other = np.asarray(other, dtype=np.float64)
-    o = other[np.isfinite(other)]
-    v = own[np.isfinite(own)]
-    if not o.size or not v.size:
-        return math.nan, math.nan
-    threshold = float(np.quantile(o, quantile))
-    return float(np.mean(v > threshold)), threshold
-
-
-def swap_test(
-    own: np.ndarray, other: np.ndarray, quantile: float, permutations: int = 1000, rng: np.random.Generator | None = None
-) -> dict[str, float]:
-    """Exact calibration of the memorization rate by swapping own and other per sample.
-
-    Under the null (the model's samples do not depend on its own subset), a sample's own-subset
-    and other-subset nearest similarities are exchangeable: swapping them at random leaves their
-    joint distribution unchanged. The rate recomputed after random swaps is its null
-    distribution, whatever the number of samples (a 99th percentile of ~100 values is noisy;
-    this accounts for it).
-
-    Returns:
-        ``memorization_null_mean`` (the rate expected by chance for these samples),
-        ``memorization_excess`` (rate minus it) and ``memorization_p_value`` (one-sided,
-        ``(1 + #{null >= rate}) / (1 + permutations)``).
-    """
-    rng = rng or np.random.default_rng(0)
-    o, t = np.asarray(own, dtype=np.float64).ravel(), np.asarray(other, dtype=np.float64).ravel()
-    ok = np.isfinite(o) & np.isfinite(t)
-    o, t = o[ok], t[ok]
-    if o.size < 2:
-        return {"memorization_null_mean": math.nan, "memorization_excess": math.nan, "memorization_p_value": math.nan}
-    rate = float(np.mean(o > np.quantile(t, quantile)))
-    swap = rng.random((permutations, o.size)) < 0.5
-    o2, t2 = np.where(swap, t, o), np.where(swap, o, t)
-    null = np.mean(o2 > np.quantile(t2, quantile, axis=1)[:, None], axis=1)
-    return {
-        "memorization_null_mean": float(null.mean()),
-        "memorization_excess": rate - float(null.mean()),
-        "memorization_p_value": float((1 + np.sum(null >= rate - 1e-12)) / (1 + permutations)),
-    }
-
-
-def heldout_rate(own: np.ndarray, heldout: np.ndarray, quantile: float) -> tuple[float, float]:
-    """The second reading: share of samples above the ``quantile`` of held-out real galaxies' nearest similarity."""
-    v = np.asarray(own, dtype=np.float64)
-    v = v[np.isfinite(v)]
-    h = np.asarray(heldout, dtype=np.float64)
-    h = h[np.isfinite(h)]
-    if not v.size or not h.size:
-        return math.nan, math.nan
-    threshold = float(np.quantile(h, quantile))
-    return float(np.mean(v > threshold)), threshold
-
-
-def index_gaps(own: np.ndarray, other: np.ndarray) -> np.ndarray:
-    """One own-minus-other gap per noise index: the mean over the models valid at that index."""
-    gap = np.asarray(own, dtype=np.float64) - np.asarray(other, dtype=np.float64)
-    counts = np.isfinite(gap).sum(axis=0)
-    total = np.nansum(gap, axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        per = total / counts
-    return per[counts > 0]
-
-
-def gap_test(own: np.ndarray, other: np.ndarray) -> dict[str, float]:
-    """Median per-index gap and the one-sided Wilcoxon signed-rank p-value for "own is closer"."""
-    from scipy.stats import wilcoxon
-
-    d = index_gaps(own, other)
-    if d.size == 0:
-        return {"gap_median": math.nan, "gap_mean": math.nan, "gap_p_value": math.nan, "gap_indices": 0.0}
-    p = 1.0 if np.all(d == 0) else float(wilcoxon(d, alternative="greater").pvalue)
-    return {"gap_median": float(np.median(d)), "gap_mean": float(np.mean(d)), "gap_p_value": p, "gap_indices": float(d.size)}
-
-
-def similarity_matrix(units: dict[str, np.ndarray]) -> np.ndarray:
-    """``S[i, j] = cos(A_i, B_j)`` over the indices where both samples are valid."""
-    both = np.all(np.isfinite(units["a"]), axis=1) & np.all(np.isfinite(units["b"]), axis=1)
-    return units["a"][both] @ units["b"][both].T
-
-
-def agreement(matrix: np.ndarray, permutations: int = 2000, rng: np.random.Generator | None = None) -> dict[str, float]:
-    """Shared-noise agreement from ``S[i, j] = cos(A_i, B_j)`` (see the module docstring).
-
-    Returns:
-        ``agreement_paired``, ``agreement_unpaired``, ``agreement_kappa`` and
-        ``agreement_p_value`` (permutation test, one-sided, ``(1 + #{T_perm >= T}) / (1 + P)``);
-        NaN with fewer than 3 valid pairs.
-    """
-    s = np.asarray(matrix, dtype=np.float64)
-    m = len(s)
-    out = {"agreement_paired": math.nan, "agreement_unpaired": math.nan, "agreement_kappa": math.nan, "agreement_p_value": math.nan}
-    out["agreement_pairs"] = float(m)
-    if m < 3:
-        return out
-    paired = float(np.mean(np.diag(s)))
-    unpaired = float((s.sum() - np.trace(s)) / (m * m - m))
-    out["agreement_paired"], out["agreement_unpaired"] = paired, unpaired
-    out["agreement_kappa"] = kappa(paired, unpaired)
-    rng = rng or np.random.default_rng(0)
-    perms = np.argsort(rng.random((permutations, m)), axis=1)
-    null = s[np.arange(m)[None, :], perms].mean(axis=1)
-    out["agreement_p_value"] = float((1 + np.sum(null >= paired - 1e-12)) / (1 + permutations))
-    return out
-
-
-def kappa(paired: float, unpaired: float) -> float:
-    """Chance-corrected agreement ``(paired - unpaired) / (1 - unpaired)``."""
-    return float((paired - unpaired) / max(1.0 - unpaired, 1e-12))
-
-
-def resampled_agreement(matrix: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Paired and unpaired means of ``S[i, j] = cos(A_i, B_j)`` for resamples given as counts.
-
-    ``counts[b, i]`` is how often index ``i`` was drawn in resample ``b``. The paired mean weighs
-    ``S[i, i]`` by the counts; the unpaired mean averages ``S[i, j]`` over the drawn pairs of
-    *different original* indices (``c^T S c - sum_i c_i^2 S_ii`` over ``(sum c)^2 - sum c_i^2``),
-    so a noise index drawn twice is never compared with itself.
-    """
-    c = np.asarray(counts, dtype=np.float64)
-    d = np.diag(matrix)
-    paired = (c @ d) / c.sum(axis=1)
-    cross = np.einsum("bi,ij,bj->b", c, matrix, c) - (c * c) @ d
-    unpaired = cross / (c.sum(axis=1) ** 2 - (c * c).sum(axis=1))
-    return paired, unpaired
-
-
-def outside_real(p: PairedArrays) -> dict[str, np.ndarray]:
-    """Per sample ``(2, n)`` bool (NaN-safe): structure and brightness outside the real range.
-
-    Returns:
-        ``{"structure": ..., "brightness": ..., "any": ...}``; a key is missing when its
-        reference was not recorded (old runs without ``heldout_pixel_std``).
-    """
-    out: dict[str, np.ndarray] = {}
-    valid = p.valid
-    h = p.heldout[np.isfinite(p.heldout)]
-    if h.size:
-        out["structure"] = valid & (p.other < np.quantile(h, REALISM_QUANTILE))
-    hs = p.heldout_std[np.isfinite(p.heldout_std)]
-    if hs.size and np.isfinite(p.pixel_std).any():
-        lo, hi = np.quantile(hs, [REALISM_QUANTILE, 1 - REALISM_QUANTILE])
-        with np.errstate(invalid="ignore"):
-            out["brightness"] = valid & ((p.pixel_std < lo) | (p.pixel_std > hi))
-    if out:
-        out["any"] = np.logical_or.reduce(list(out.values()))
-    return out
-
-
-# --- everything at once, with bootstrap intervals over noise indices ----------------------------
-def _interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
-    v = np.asarray(values, dtype=np.float64)
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        return (math.nan, math.nan)
-    tail = (1 - confidence) / 2
-    lo, hi = np.quantile(v, [tail, 1 - tail])
-    return (float(lo), float(hi))
-
-
-def two_models_evidence(
-    arrays: dict[str, np.ndarray],
+def two_models_statistics(
+    samples,
+    subsets: dict[str, torch.Tensor],
+    mean_removed: bool = True,
+    transforms: bool = True,
     quantile: float = 0.99,
-    n_boot: int = 1000,
-    confidence: float = 0.95,
-    rng: np.random.Generator | None = None,
-    permutations: int = 2000,
-) -> tuple[dict[str, float], dict[str, tuple[float, float]], dict[str, np.ndarray]]:
-    """Every statistic of the test, its bootstrap interval, and the bootstrap replicates.
-
-    The bootstrap resamples noise indices with replacement (``A_i`` and ``B_i`` together) and
-    recomputes each statistic, thresholds included. With ``n_boot = 0`` no interval is given.
+    line: float = 0.95,
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """All numbers of the test, from samples and the three subsets (a pure function).
 
     Args:
-        arrays: the callback's per-sample arrays (see :func:`paired_arrays`).
-        quantile: the calibration quantile (both readings of the memorization rate).
-        n_boot: bootstrap replicates.
-        confidence: of the percentile intervals.
-        rng: random generator (bootstrap and permutations).
-        permutations: random re-pairings of the agreement test.
+        samples: :class:`~galgen_lightning.models.base.PairSamples`.
+        subsets: ``{"a": A images, "b": B images, "val": held-out images}``.
+        mean_removed: centre each image before the cosine.
+        transforms: match training images under the 8 flips/rotations too.
+        quantile: calibration quantile of the held-out reference distribution.
+        line: the fixed similarity line whose exceedance is also reported (0.95 in the paper).
 
     Returns:
-        ``(numbers, intervals, replicates)``.
+        ``(scalars, arrays)``: scalars for the logger, arrays for the ``.npz`` file.
     """
-    rng = rng or np.random.default_rng(0)
-    p = paired_arrays(arrays)
-    own, other = np.where(p.valid, p.own, np.nan), np.where(p.valid, p.other, np.nan)
-    numbers: dict[str, float] = {"quantile": quantile, "chance": 1 - quantile}
-    numbers["valid_a"], numbers["valid_b"] = (float(p.valid[r].sum()) for r in range(2))
-    numbers["memorization_rate"], numbers["memorization_threshold"] = null_rate(own, other, quantile)
-    for r, m in enumerate(MODELS):
-        numbers[f"memorization_rate_{m}"] = null_rate(own[r], other, quantile)[0]
-    numbers.update(swap_test(own, other, quantile, permutations, rng))
-    numbers["memorization_rate_heldout"], numbers["memorization_threshold_heldout"] = heldout_rate(own, p.heldout, quantile)
-    numbers.update(gap_test(own, other))
-    numbers["nearest_own_median"] = float(np.nanmedian(own)) if np.isfinite(own).any() else math.nan
-    numbers["nearest_other_median"] = float(np.nanmedian(other)) if np.isfinite(other).any() else math.nan
-    numbers["heldout_median"] = float(np.median(p.heldout)) if p.heldout.size else math.nan
-    outside = outside_real(p)
-    n_valid = max(int(p.valid.sum()), 1)
-    for key, mask in outside.items():
-        numbers[f"realism_outside_{key}"] = float(mask.sum() / n_valid) if p.valid.any() else math.nan
-    if p.heldout_std.size and np.isfinite(p.pixel_std).any():
-        numbers["pixel_std_ratio"] = float(np.nanmedian(p.pixel_std) / max(np.median(p.heldout_std), 1e-12))
-    matrix = similarity_matrix(p.units) if p.units else np.zeros((0, 0))
-    numbers.update(agreement(matrix, permutations, rng) if p.units else {})
+    kw = dict(mean_removed=mean_removed, transforms=transforms)
+    arrays: dict[str, np.ndarray] = {}
+    both = samples.both_ok
+    arrays["a_vs_b"] = paired_cosine(samples.a[both], samples.b[both], mean_removed).numpy()
+    ref = []
+    for which in MODELS:
+        ok = samples.ok(which)
+        x = samples[which][ok]
+        own, own_idx = nearest_similarity(x, subsets[which], **kw)
+        other, _ = nearest_similarity(x, subsets[OTHER[which]], **kw)
+        arrays[f"own_{which}"], arrays[f"other_{which}"] = own.numpy(), other.numpy()
+        arrays[f"own_index_{which}"] = own_idx.numpy()
+        arrays[f"sample_index_{which}"] = torch.nonzero(ok).flatten().numpy()
+        ref.append(nearest_similarity(subsets["val"], subsets[which], **kw)[0].numpy())
+    arrays["heldout"] = np.concatenate(ref)
+    arrays["heldout_pixel_std"] = subsets["val"].flatten(1).float().std(dim=1).numpy()
+    arrays["pair_index"] = torch.nonzero(both).flatten().numpy()
+    own_all = np.concatenate([arrays["own_a"], arrays["own_b"]])
 
-    intervals: dict[str, tuple[float, float]] = {}
-    reps: dict[str, np.ndarray] = {}
-    if n_boot <= 0 or p.n == 0:
-        return numbers, intervals, reps
-    idx = rng.integers(0, p.n, size=(n_boot, p.n))
-    o, t = own[:, idx], other[:, idx]  # (2, B, n)
-    threshold = np.nanquantile(np.moveaxis(t, 1, 0).reshape(n_boot, -1), quantile, axis=1)
-    valid = np.isfinite(o)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        reps["memorization_rate"] = np.sum(valid & (o > threshold[None, :, None]), axis=(0, 2)) / valid.sum(axis=(0, 2))
-        for r, m in enumerate(MODELS):
-            reps[f"memorization_rate_{m}"] = np.sum(valid[r] & (o[r] > threshold[:, None]), axis=1) / valid[r].sum(axis=1)
-        h = p.heldout[np.isfinite(p.heldout)]
-        if h.size:
-            ht = np.quantile(h, quantile)  # the held-out reference is held fixed in the second reading
-            reps["memorization_rate_heldout"] = np.sum(valid & (o > ht), axis=(0, 2)) / valid.sum(axis=(0, 2))
-        gap = o - t
-        counts = np.isfinite(gap).sum(axis=0)
-        per = np.nansum(gap, axis=0) / np.where(counts > 0, counts, np.nan)
-        reps["gap_median"] = np.nanmedian(per, axis=1)
-        for key, mask in outside.items():
-            reps[f"realism_outside_{key}"] = mask[:, idx].sum(axis=(0, 2)) / valid.sum(axis=(0, 2))
-    if matrix.size and len(matrix) >= 3:
-        m = len(matrix)
-        c = np.stack([np.bincount(row, minlength=m) for row in rng.integers(0, m, size=(n_boot, m))]).astype(np.float64)
-        paired, unpaired = resampled_agreement(matrix, c)
-        reps["agreement_paired"], reps["agreement_unpaired"] = paired, unpaired
-        reps["agreement_kappa"] = (paired - unpaired) / np.maximum(1 - unpaired, 1e-12)
-    intervals = {k: _interval(v, confidence) for k, v in reps.items()}
-    return numbers, intervals, reps
+    scalars: dict[str, float] = {}
+    for key, value in summarize(arrays["a_vs_b"], line).items():
+        scalars[f"a_vs_b_{key}"] = value
+    for key, value in summarize(own_all, line).items():
+        scalars[f"nearest_own_{key}"] = value
+    # the calibrated statistics, paired by noise index (point values; the judge adds intervals)
+    evidence_arrays = {**arrays, "samples_a": samples.a.numpy(), "samples_b": samples.b.numpy()}
+    numbers, _, _ = two_models_evidence(evidence_arrays, quantile, n_boot=0, rng=np.random.default_rng(0))
+    scalars.update({k: v for k, v in numbers.items() if k not in ("quantile", "chance")})
+    scalars["heldout_pixel_std_median"] = float(np.median(arrays["heldout_pixel_std"]))
+    for which in MODELS:
+        x = samples[which][samples.ok(which)]
+        scalars[f"pixel_std_median_{which}"] = float(x.flatten(1).float().std(dim=1).median()) if len(x) else float("nan")
+    for which in MODELS:
+        scalars[f"gap_median_{which}"] = own_other_gap(arrays[f"own_{which}"], arrays[f"other_{which}"])["gap_median"]
+        scalars[f"valid_{which}"] = float(samples.ok(which).sum())
+        info = dict(samples.info.get(which, {}))
+        if "steps_sum" in info:
+            steps = info.pop("steps_sum")
+            info["steps_mean"] = steps / info["finished"] if info.get("finished") else float("nan")
+        for key, value in info.items():
+            scalars[f"{key}_{which}"] = value
+    return scalars, arrays
+
+
+class TwoModelsTest(EvalCallback):
+    """Per-epoch two-models cosine-similarity test (see the module docstring).
+
+    Args:
+        every_n_epochs: run every this many epochs (and at the last one).
+        n_samples: samples per model.
+        seed: sampling seed (the same noise every epoch, so epochs compare).
+        batch_size: samples per generation batch (default: the family's own).
+        transforms: match training images under their 8 flips/rotations too.
+        quantile: calibration quantile of the held-out distribution for the memorization rate.
+        line: fixed similarity line also reported (the paper's 0.95).
+        grid: samples shown in the sample grid.
+    """
+
+    name = "two_models"
+
+    def __init__(
+        self,
+        every_n_epochs: int = 1,
+        n_samples: int = 64,
+        seed: int = 0,
+        batch_size: int | None = None,
+        transforms: bool = True,
+        quantile: float = 0.99,
+        line: float = 0.95,
+        grid: int = 8,
+    ) -> None:
+        super().__init__(every_n_epochs)
+        self.n_samples = n_samples
+        self.seed = seed
+        self.batch_size = batch_size
+        self.transforms = transforms
+        self.quantile = quantile
+        self.line = line
+        self.grid = grid
+
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        dm = trainer.datamodule
+        subsets = {s: dm.subset_images(s) for s in ("a", "b", "val")}
+        batch_size = self.batch_size or getattr(pl_module.hparams, "sample_batch_size", None)
+        samples = self.samples(pl_module, self.n_samples, self.seed, batch_size=batch_size)
+        scalars, arrays = two_models_statistics(samples, subsets, True, self.transforms, self.quantile, self.line)
+        plain, plain_arrays = two_models_statistics(samples, subsets, False, self.transforms, self.quantile, self.line)
+        scalars.update({f"plain/{k}": v for k, v in plain.items() if k.startswith(("a_vs_b", "nearest", "heldout", "memorization", "gap"))})
+        arrays.update({f"plain_{k}": v for k, v in plain_arrays.items()})
+        arrays["samples_a"], arrays["samples_b"] = samples.a.numpy(), samples.b.numpy()
+        arrays["ok_a"], arrays["ok_b"] = samples.ok_a.numpy(), samples.ok_b.numpy()
+        self.log_scalars(trainer, scalars)
+        self.save_arrays(trainer, arrays)
+        self.log_histograms(trainer, {k: arrays[k] for k in ("a_vs_b", "own_a", "own_b", "other_a", "other_b", "heldout")})
+        self.save_figure(trainer, self.histogram_figure(arrays, scalars, trainer.current_epoch), "histograms")
+        self.save_image(trainer, self.grid_image(samples, subsets, arrays), "samples", tag="_grid")
+
+    def histogram_figure(self, arrays: dict[str, np.ndarray], scalars: dict[str, float], epoch: int):
+        """Left: A vs B similarity. Right: nearest-training similarity, own, other and held-out."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+        finite = [v for v in arrays.values() if v.dtype.kind == "f" and v.size]
+        low = min(0.0, min(float(np.nanmin(v)) for v in finite)) if finite else 0.0
+        bins = np.linspace(max(low, -1.0), 1.0, 51)
+        left.hist(arrays["a_vs_b"], bins=bins, color="tab:purple", alpha=0.8)
+        left.axvline(self.line, color="k", ls=":", lw=1)
+        left.set_title(f"A vs B, same noise (median {scalars['a_vs_b_median']:.3f})")
+        left.set_xlabel("cosine similarity (mean removed)")
+        own = np.concatenate([arrays["own_a"], arrays["own_b"]])
+        other = np.concatenate([arrays["other_a"], arrays["other_b"]])
+        for values, label, color in ((own, "sample vs own subset", "tab:red"), (other, "sample vs other subset", "tab:blue"), (arrays["heldout"], "held-out real vs training", "tab:gray")):
+            right.hist(values, bins=bins, alpha=0.5, density=True, label=label, color=color)
+        right.axvline(scalars["memorization_threshold"], color="k", ls="--", lw=1, label=f"samples vs other subset, {self.quantile:.0%} quantile")
+        right.axvline(scalars["memorization_threshold_heldout"], color="tab:gray", ls=":", lw=1, label=f"held-out {self.quantile:.0%} quantile")
+        right.set_title(
+            f"nearest training image: memorized {scalars['memorization_rate']:.2f}, own-other {scalars['gap_median']:+.3f}"
+        )
+        right.set_xlabel("cosine similarity (mean removed)")
+        right.legend(fontsize=7, loc="upper left")
+        fig.suptitle(f"two-models test, epoch {epoch}")
+        return fig
+
+    def grid_image(self, samples, subsets: dict[str, torch.Tensor], arrays: dict[str, np.ndarray]) -> np.ndarray:
+        """Rows: A's samples, B's samples (same seeds), A's and B's nearest training images."""
+        k = min(self.grid, len(samples.a))
+        rows = [samples.a[:k], samples.b[:k]]
+        for which in MODELS:
+            nearest = torch.zeros_like(samples.a[:k])
+            pos = {int(s): i for i, s in enumerate(arrays[f"sample_index_{which}"])}
+            for j in range(k):
+                if j in pos:
+                    nearest[j] = subsets[which][int(arrays[f"own_index_{which}"][pos[j]])]
+            rows.append(nearest)
+        return mosaic(rows)

@@ -22,7 +22,7 @@ Labels, decided in this order (``lo``/``hi``: the bootstrap interval over noise 
    - GAN: the discriminator test's four curves and the held-out curves agree, every paired
      difference of their means within ``+-DISCRIMINATOR_TOLERANCE`` with confidence.
 5. **in transition** when the rate is above chance with confidence (``lo > chance``, and the
-   swap test of :func:`~galgen_lightning.evaluation.two_models.swap_test` gives ``p < ALPHA``)
+   swap test of :func:`~galgen_lightning.evaluation.statistics.swap_test` gives ``p < ALPHA``)
    but not most samples: some samples are copies.
 6. **inconclusive** otherwise, naming the missing piece (e.g. no copies but no agreement either:
    an under-trained pair).
@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from galgen_lightning.evaluation.two_models import two_models_evidence
+from galgen_lightning.evaluation.statistics import two_models_evidence
 from galgen_lightning.rundir import Run, load_run
 
 LABELS = ("memorizes", "in transition", "generalizes", "poor samples", "inconclusive")
@@ -144,7 +144,7 @@ def discriminator_evidence(
 ) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
     """Agreement of the discriminator test's curves, paired by latent index.
 
-    For every pair of curves present (the four of :mod:`~galgen_lightning.callbacks.discriminator`
+    For every pair of curves present (the four of :mod:`~galgen_lightning.evaluation.discriminator`
     and the held-out ones), the mean of the per-latent difference with a bootstrap interval
     (latent indices resampled). Returns ``diff_<c1>__<c2>`` numbers and intervals, and
     ``max_abs_diff_bound``: the largest ``max(|lo|, |hi|)`` over the pairs.

@@ -211,7 +211,7 @@ def inversion_table(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
     """Table 1, per N, direction and level: the 1-Wasserstein distances of the inversion test."""
     if not any(run.last("inversion") for run in runs):
         return [], []
-    from galgen_lightning.callbacks.inversion import DISTANCES, LABELS
+    from galgen_lightning.evaluation.inversion import DISTANCES, LABELS
 
     columns = [
         "N",
@@ -285,7 +285,7 @@ def fig_inversion(runs: list[Run], group: str, writer: FigureWriter, max_points:
 
 
 def _disc_panel(ax, losses: dict[str, np.ndarray], title: str) -> None:
-    from galgen_lightning.callbacks.discriminator import CURVES, LABELS, TARGET
+    from galgen_lightning.evaluation.discriminator import CURVES, LABELS, TARGET
 
     styles = {"da_ga": ("tab:red", "-"), "da_gb": ("tab:blue", "-"), "db_gb": ("tab:blue", "--"), "db_ga": ("tab:red", "--")}
     values = np.concatenate([finite(losses[c]) for c in CURVES if c in losses] or [np.zeros(1)])

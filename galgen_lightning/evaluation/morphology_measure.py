@@ -34,7 +34,7 @@ Every image ends in exactly one state, none silently dropped:
   is flagged, flag 1 "suspect" is kept);
 * **used**: measured and not flagged. Only used images enter the distributions.
 
-Files the :class:`~galgen_lightning.callbacks.MorphologyTest` callback writes
+Files the :class:`~galgen_lightning.evaluation.MorphologyTest` callback writes
 -----------------------------------------------------------------------------
 
 ``<run>/eval/morphology/epoch_XXXX.npz`` (from :func:`morphology_statistics`), one entry per
@@ -411,7 +411,7 @@ def _measure_chunk(images: Sequence[np.ndarray], options: MorphologyOptions) -> 
     return [measure_image(image, options) for image in images]
 
 
-PRELOAD = ["galgen_lightning.morphology", "statmorph", "photutils.segmentation", "astropy.stats", "scipy.ndimage", "scipy.stats"]
+PRELOAD = ["galgen_lightning.evaluation.morphology_measure", "statmorph", "photutils.segmentation", "astropy.stats", "scipy.ndimage", "scipy.stats"]
 
 
 def _measure_parallel(x: Sequence[np.ndarray], options: MorphologyOptions, pool: WorkerPool, bar: Any) -> list[Measurement]:

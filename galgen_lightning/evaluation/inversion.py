@@ -30,7 +30,7 @@ from scipy import special
 from scipy.stats import wasserstein_distance
 from torch import Tensor, nn
 
-from galgen_lightning.callbacks.common import EvalCallback
+from galgen_lightning.evaluation.base import EvalCallback
 from galgen_lightning.models.base import MODELS
 from galgen_lightning.noise import counter_normal
 

@@ -1,7 +1,7 @@
 """The morphology test: do samples of A and B have the morphology of real galaxies?
 
 Each evaluation measures concentration, asymmetry, smoothness, Gini and M20 with statmorph
-(see :mod:`galgen_lightning.morphology`) on five groups of images: the training subsets A and
+(see :mod:`galgen_lightning.evaluation.morphology_measure`) on five groups of images: the training subsets A and
 B (``real_a``, ``real_b``; at most ``n_real`` images each, a fixed random choice), the held-out
 validation set (``val``) and ``n_samples`` samples of model A and of model B (``sample_a``,
 ``sample_b``; same seed every epoch). Per variable it compares the distributions with the
@@ -11,7 +11,7 @@ real galaxies are), plus samples vs validation and real A vs real B.
 
 Every image is accounted for: the counts of measured, failed (with reasons) and flagged
 images of each group are logged, and the per-image values, flags and reasons are saved in
-``<run>/eval/morphology/epoch_XXXX.npz`` (keys in :mod:`galgen_lightning.morphology`). The
+``<run>/eval/morphology/epoch_XXXX.npz`` (keys in :mod:`galgen_lightning.evaluation.morphology_measure`). The
 real groups do not change during a run, so they are measured once and reused. The figure
 ``epoch_XXXX.png`` has one histogram panel per variable (the paper's Figures 7, 8 and 15).
 See ``docs/morphology.md``.
@@ -24,9 +24,9 @@ import hashlib
 import lightning as L
 import numpy as np
 
-from galgen_lightning.callbacks.common import EvalCallback
 from galgen_lightning.errors import GalgenError
-from galgen_lightning.morphology import (
+from galgen_lightning.evaluation.base import EvalCallback
+from galgen_lightning.evaluation.morphology_measure import (
     COMPARISONS,
     PRELOAD,
     VARIABLES,

@@ -17,7 +17,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from galgen_lightning.callbacks.common import EvalCallback
+from galgen_lightning.evaluation.base import EvalCallback
 from galgen_lightning.metrics import psnr
 from galgen_lightning.models.base import MODELS
 from galgen_lightning.noise import counter_normal

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from scipy.stats import wasserstein_distance
 
-from galgen_lightning.callbacks.common import EvalCallback, run_dir
+from galgen_lightning.evaluation.base import EvalCallback, run_dir
 from galgen_lightning.models.base import MODELS
 from galgen_lightning.models.gan.network import hinge_per_sample
 from galgen_lightning.rundir import RunDir
