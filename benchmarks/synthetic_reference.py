@@ -6,8 +6,8 @@ each training image (``galgen_lightning.metrics.nearest_similarity``), summarise
 and 99th percentile for each N in ``--sizes``. A memorizing model's samples sit at ~0.99+; a
 generalizing model's should sit where held-out real images do, so the set must leave room
 between the two. Also: the share of near-duplicates the data pipeline would remove
-(``galgen_lightning.data.split.duplicate_mask``: correlation > 0.95 with an earlier image, both
-area-downsampled to 16x16) and the rendering speed. Prints one JSON document.
+(``galgen_lightning.data.dedup.duplicate_mask``: correlation > 0.95 with an earlier image at full
+resolution, over shifts of up to 3 px and the 8 flips/rotations) and the rendering speed. Prints one JSON document.
 
 Training images are indices ``0 .. max(sizes) - 1`` of the set, held-out images are indices
 ``1_000_000 ..`` (the same in every run).
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
             if n <= n_train:
                 entry["nearest_training"][str(n)] = nearest_summary(heldout, train[:n])
         count = min(args.dedupe_count, n_train)
-        drop = duplicate_mask(train[:count], threshold=0.95, side=16)
+        drop = duplicate_mask(train[:count], threshold=0.95)
         entry["near_duplicates"] = {"checked": count, "removed": int(drop.sum()), "fraction": round(float(drop.mean()), 4)}
         report["results"][f"{size}px"] = entry
         print(f"{size}px done: {json.dumps(entry)}", file=sys.stderr, flush=True)

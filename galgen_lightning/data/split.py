@@ -8,55 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
+from galgen_lightning.data.dedup import duplicate_mask as duplicate_mask  # re-exported: callers import it from here
 from galgen_lightning.data.sources import content_hash
 from galgen_lightning.errors import GalgenError
 
 SUBSETS = ("a", "b", "val")
-
-
-def _downsampled_unit_rows(images: np.ndarray, side: int) -> torch.Tensor:
-    t = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None]
-    if t.shape[-1] > side:
-        t = F.interpolate(t, size=(side, side), mode="area")
-    v = t.flatten(1)
-    v = v - v.mean(dim=1, keepdim=True)
-    return v / v.norm(dim=1, keepdim=True).clamp_min(1e-12)
-
-
-def duplicate_mask(images: np.ndarray, threshold: float = 0.95, side: int = 16, chunk: int = 2048) -> np.ndarray:
-    """Mark images that repeat an earlier one.
-
-    Image ``j`` is a duplicate when its pixels equal an earlier image's (content hash), or its
-    correlation with an earlier image, both area-downsampled to ``side`` x ``side``, exceeds
-    ``threshold``. Earlier images are always kept, so the result does not depend on the order
-    of later ones.
-
-    Returns:
-        bool array, True for images to drop.
-    """
-    n = len(images)
-    drop = np.zeros(n, dtype=bool)
-    seen: dict[str, int] = {}
-    for i in range(n):
-        h = content_hash(images[i])
-        if h in seen:
-            drop[i] = True
-        else:
-            seen[h] = i
-    v = _downsampled_unit_rows(images, side)
-    for start in range(0, n, chunk):
-        rows = v[start : start + chunk]
-        sims = rows @ v[: start + len(rows)].T  # against every image up to the chunk's end
-        local = torch.arange(len(rows))
-        # only earlier images count: mask the diagonal and everything after it
-        cols = torch.arange(start + len(rows))
-        later = cols[None, :] >= (start + local)[:, None]
-        sims[later] = -1.0
-        drop[start : start + len(rows)] |= (sims.max(dim=1).values > threshold).numpy()
-    return drop
 
 
 @dataclass
