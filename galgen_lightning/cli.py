@@ -12,6 +12,7 @@ evaluation result; W&B runs offline unless you are logged in; a user mistake is 
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -22,7 +23,16 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from galgen_lightning.data import GalaxyPairDataModule
 from galgen_lightning.errors import GalgenError, OneLineParseErrors
-from galgen_lightning.evaluation.base import averaging_after_tests
+from galgen_lightning.evaluation.base import EvalCallback, averaging_after_tests
+from galgen_lightning.faults import (
+    FaultTolerance,
+    Interrupted,
+    RunLock,
+    install_signal_handlers,
+    is_rank_zero_launch,
+    make_dir,
+    restore_signal_handlers,
+)
 from galgen_lightning.models.base import PairModule
 from galgen_lightning.rundir import RunDir, RunDirectory
 
@@ -66,6 +76,27 @@ def _check_ckpt_path(ckpt: str | None) -> None:
         raise GalgenError(f"--ckpt_path {ckpt}: {'is a directory, not a checkpoint file' if path.is_dir() else 'no such file'}")
 
 
+def _import(class_path: str):
+    import importlib
+
+    module, name = str(class_path).rsplit(".", 1)
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return None  # LightningCLI reports it
+
+
+def _check_tests_fit_family(cfg) -> None:
+    """A test that does not fit the family is a one-line error before anything is built or written."""
+    model = _import(cfg.model.class_path) if getattr(cfg.model, "class_path", None) else None
+    if model is None:
+        return
+    for callback in _entries(cfg.trainer.callbacks):
+        cls = _import(getattr(callback, "class_path", "")) if getattr(callback, "class_path", None) else None
+        if isinstance(cls, type) and issubclass(cls, EvalCallback):
+            cls.check_family(model)
+
+
 class GalgenParser(OneLineParseErrors, LightningArgumentParser):
     """The argument parser of ``galgen fit`` and ``galgen validate``: parse errors are one line."""
 
@@ -76,7 +107,8 @@ class GalgenCLI(LightningCLI):
     def __init__(self, *args, **kwargs) -> None:
         command = kwargs.get("args")
         self.run_directory = RunDirectory(command=["galgen", *command] if isinstance(command, list) else None)
-        kwargs.setdefault("trainer_defaults", {"callbacks": [self.run_directory]})
+        self.lock: RunLock | None = None
+        kwargs.setdefault("trainer_defaults", {"callbacks": [self.run_directory, FaultTolerance()]})
         super().__init__(
             PairModule,
             GalaxyPairDataModule,
@@ -98,6 +130,30 @@ class GalgenCLI(LightningCLI):
         """``fit`` trains the pair and runs the tests; ``validate`` re-runs them on a checkpoint."""
         return {"fit": {"model", "train_dataloaders", "val_dataloaders", "datamodule"}, "validate": {"model", "dataloaders", "datamodule"}}
 
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI reads the checkpoint's hyperparameters (``weights_only``) before anything
+        else: a checkpoint that is not one, or holds pickled code, is one line here."""
+        try:
+            super()._parse_ckpt_path()
+        except Exception as e:  # noqa: BLE001 (unpickling raises anything)
+            ckpt = self.config[self.config.subcommand].get("ckpt_path")
+            text = str(e)
+            why = (
+                "it holds objects other than tensors and plain containers, which galgen does not unpickle (weights_only)"
+                if "Weights only load failed" in text
+                else ((text.strip().splitlines() or [type(e).__name__])[0])[:300]
+            )
+            raise GalgenError(f"--ckpt_path {ckpt}: not a readable galgen checkpoint: {why}") from None
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except RuntimeError as e:  # a checkpoint of another family or shape: one line
+            if "state_dict" not in str(e):
+                raise
+            ckpt = getattr(self.config[subcommand], "ckpt_path", None)
+            raise GalgenError(f"--ckpt_path {ckpt} does not fit {type(self.model).__name__} with these options: {_state_dict_summary(str(e))}") from None
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.image_size", "model.init_args.image_size")
 
@@ -118,6 +174,7 @@ class GalgenCLI(LightningCLI):
             args = getattr(callback, "init_args", None)
             if "ModelCheckpoint" in str(getattr(callback, "class_path", "")) and args is not None and args.dirpath is None:
                 args.dirpath = str(folder / "checkpoints")
+        _check_tests_fit_family(cfg)
         parser = self._parser(self.subcommand)
         self.run_directory.config_text = parser.dump(cfg, skip_none=False)
 
@@ -128,17 +185,23 @@ class GalgenCLI(LightningCLI):
             raise GalgenError(f"invalid option value: {_root_cause(e)}") from e
         self.trainer.callbacks = averaging_after_tests(self.trainer.callbacks)
 
+
     def _choose_run_dir(self, cfg) -> Path:
         given = cfg.trainer.default_root_dir
         ckpt = getattr(cfg, "ckpt_path", None)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         if self.subcommand != "fit":
             base = Path(given) if given else (Path(ckpt).resolve().parent.parent if ckpt else Path("runs"))
-            return base / f"{self.subcommand}-{stamp}"
+            return make_dir(base / f"{self.subcommand}-{stamp}")
         if not given:
             family = str(cfg.model.class_path).rsplit(".", 1)[-1].replace("Pair", "").lower()
-            return Path("runs") / f"{family}-n{cfg.data.n}-seed{cfg.data.seed}-{stamp}"
+            folder = Path("runs") / f"{family}-n{cfg.data.n}-seed{cfg.data.seed}-{stamp}"
+            if is_rank_zero_launch():
+                self.lock = RunLock(folder).acquire()
+            return folder
         folder = Path(given)
+        if is_rank_zero_launch():  # one galgen fit per run directory (DDP's other ranks share it)
+            self.lock = RunLock(folder).acquire()
         status = RunDir(folder).status()
         if status and not ckpt:
             raise GalgenError(
@@ -146,6 +209,24 @@ class GalgenCLI(LightningCLI):
                 "choose another directory, or resume it with --ckpt_path"
             )
         return folder
+
+
+def _state_dict_summary(message: str) -> str:
+    """``load_state_dict``'s many-line report as a short phrase."""
+    import re
+
+    missing = re.search(r"Missing key\(s\) in state_dict: (.*?)(?:\.\s|$)", message, re.S)
+    unexpected = re.search(r"Unexpected key\(s\) in state_dict: (.*?)(?:\.\s|$)", message, re.S)
+    sizes = re.findall(r"size mismatch for ([^:]+): copying a param with shape (torch.Size\([^)]*\)) from checkpoint, the shape in current model is (torch.Size\([^)]*\))", message)
+    parts = []
+    if missing:
+        parts.append(f"{missing.group(1).count(',') + 1} parameters missing (e.g. {missing.group(1).split(',')[0].strip()})")
+    if unexpected:
+        parts.append(f"{unexpected.group(1).count(',') + 1} unexpected (e.g. {unexpected.group(1).split(',')[0].strip()})")
+    if sizes:
+        name, have, want = sizes[0]
+        parts.append(f"{len(sizes)} of another shape (e.g. {name}: {have} in the checkpoint, {want} here)")
+    return "; ".join(parts) or " ".join(message.split())[:300]
 
 
 EXTRA_COMMANDS = {"report": "galgen_lightning.report", "sweep": "galgen_lightning.sweep", "data": "galgen_lightning.data.command"}
@@ -157,20 +238,40 @@ def main(args: list[str] | None = None) -> None:
     if "WANDB_MODE" not in os.environ and not wandb_logged_in():
         os.environ["WANDB_MODE"] = "offline"
     os.environ.setdefault("WANDB_SILENT", "true")
+    # the seed is in the run's config.yaml; Lightning's "Seed set to N" line would stand before a one-line error
+    logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
     if args is not None:  # in-process use: the argument list is the command
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
     argv = sys.argv[1:] if args is None else list(args)
+    cli, handlers = None, {}
     try:
         if argv and argv[0] in EXTRA_COMMANDS:  # galgen report / galgen sweep: their own small CLIs
             import importlib
 
             importlib.import_module(EXTRA_COMMANDS[argv[0]]).main(argv[1:])
             return
-        GalgenCLI(args=args)
+        handlers = install_signal_handlers()  # SIGTERM, SIGINT, SIGUSR1: stop at a step boundary (galgen_lightning.faults)
+        cli = GalgenCLI.__new__(GalgenCLI)
+        cli.lock = None
+        cli.__init__(args=args)
+    except Interrupted as e:
+        print(f"galgen: {e}", file=sys.stderr)
+        sys.exit(e.code)
     except GalgenError as e:
         print(f"galgen: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:  # a write that failed outside galgen's own writers (a full disk, a read-only folder)
+        if e.errno is None or e.filename is None:
+            raise
+        from galgen_lightning.faults import write_error
+
+        print(f"galgen: error: {write_error(e.filename, e, 'write')}", file=sys.stderr)
+        sys.exit(2)
     finally:
+        if cli is not None and cli.lock is not None:
+            cli.lock.release()
+        if args is not None:  # in-process use: the caller's handlers again
+            restore_signal_handlers(handlers)
         if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
             sys.modules["wandb"].finish()  # the next in-process run gets its own W&B run
 

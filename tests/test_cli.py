@@ -55,6 +55,10 @@ def test_existing_run_directory_is_not_overwritten(tmp_path, tiny_source_args, c
         (["--model.init_args.blocks=0"], "DiffusionPair: blocks must be at least 1, got 0"),
         (["--model.init_args.beta=1.5"], "DiffusionPair: beta must be in (0, 1]"),
         (
+            ["--trainer.callbacks+=galgen_lightning.evaluation.InversionTest"],
+            "InversionTest needs a family with latent_shapes (normalizing flows such as Glow); DiffusionPair has none",
+        ),
+        (
             ["--trainer.callbacks+=galgen_lightning.evaluation.TwoModelsTest", "--trainer.callbacks.every_n_epochs=0"],
             "TwoModelsTest: every_n_epochs must be positive, got 0",
         ),

@@ -17,9 +17,18 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import WandbLogger
 
+from galgen_lightning.errors import GalgenError
 from galgen_lightning.rundir import RunDir
 
 _SAMPLES_KEY = "_galgen_eval_samples"
+
+
+def _has_path(obj: Any, path: str) -> bool:
+    for part in path.split("."):
+        if not hasattr(obj, part):
+            return False
+        obj = getattr(obj, part)
+    return True
 
 
 def run_dir(trainer: L.Trainer) -> Path:
@@ -64,6 +73,25 @@ class EvalCallback(L.Callback):
     """
 
     name = "eval"
+    requires: tuple[str, ...] = ()
+    """What the family must have for this test (attribute paths on the pair, e.g. ``"denoise"`` or
+    ``"model_a.reverse"``); checked at setup, so a test that does not fit is a one-line error."""
+    fits: str = ""
+    """The families the test is for, named in that error."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.check_family(pl_module)
+
+    @classmethod
+    def check_family(cls, pl_module: L.LightningModule | type) -> None:
+        """Raise a one-line :class:`GalgenError` when the family (a pair, or its class) lacks what this test needs."""
+        missing = [path for path in cls.requires if not _has_path(pl_module, path)]
+        if missing:
+            raise GalgenError(
+                f"trainer.callbacks: {cls.__name__} needs a family with {', '.join(missing)}"
+                + (f" ({cls.fits})" if cls.fits else "")
+                + f"; {(pl_module if isinstance(pl_module, type) else type(pl_module)).__name__} has none: remove the test from the config"
+            )
 
     def __init__(self, every_n_epochs: int = 1) -> None:
         if every_n_epochs < 1:

@@ -71,6 +71,8 @@ class DenoisingTest(EvalCallback):
     """
 
     name = "denoising"
+    requires = ("denoise",)
+    fits = "diffusion: a denoiser"
 
     def __init__(
         self,
@@ -87,8 +89,6 @@ class DenoisingTest(EvalCallback):
         self.images = images
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not hasattr(pl_module, "denoise"):
-            return
         dm = trainer.datamodule
         images = {name: dm.subset_images(s)[: self.images] for name, s in zip(IMAGES, ("a", "b", "val"))}
         curves = psnr_curves(pl_module, images, self.sigmas, self.seed)

@@ -192,6 +192,8 @@ class DiscriminatorTest(EvalCallback):
     """
 
     name = "discriminator"
+    requires = ("fake_images", "discriminator_scores")
+    fits = "GAN pairs"
 
     def __init__(
         self,
@@ -226,8 +228,6 @@ class DiscriminatorTest(EvalCallback):
             pl_module.log(f"{self.name}/{key}", float(value), logger=False, on_step=False, on_epoch=True, batch_size=1)
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not (hasattr(pl_module, "fake_images") and hasattr(pl_module, "discriminator_scores")):
-            return
         dm = trainer.datamodule
         reals = {s: dm.subset_images(s) for s in (*MODELS, "val")}
         batch_size = self.batch_size or getattr(pl_module.hparams, "sample_batch_size", 256)

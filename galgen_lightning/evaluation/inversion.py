@@ -233,6 +233,8 @@ class InversionTest(EvalCallback):
     """
 
     name = "inversion"
+    requires = ("latent_shapes",)
+    fits = "normalizing flows such as Glow"
 
     def __init__(
         self,
@@ -253,8 +255,6 @@ class InversionTest(EvalCallback):
         self.bins = bins
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not hasattr(pl_module, "latent_shapes") or not hasattr(pl_module.model_a, "reverse"):
-            return
         shapes = pl_module.latent_shapes
         idx = torch.arange(self.n_samples, device=pl_module.device)
         z = [self.temperature * counter_normal(self.seed, idx, tuple(s), stream=k) for k, s in enumerate(shapes)]

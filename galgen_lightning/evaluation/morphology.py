@@ -121,6 +121,7 @@ class MorphologyTest(EvalCallback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Fail at the start of the run, not at the first evaluation, when statmorph is missing."""
+        super().setup(trainer, pl_module, stage)
         missing = missing_dependencies()
         if missing:
             raise GalgenError(

@@ -118,6 +118,8 @@ class TwoModelsTest(EvalCallback):
     """
 
     name = "two_models"
+    requires = ("generate",)
+    fits = "every family"
 
     def __init__(
         self,
