@@ -134,6 +134,8 @@ def summarize(values: Tensor | np.ndarray, line: float = 0.95) -> dict[str, floa
 
 
 def psnr(x: Tensor, target: Tensor, data_range: float = 1.0) -> Tensor:
-    """Peak signal-to-noise ratio in dB of each image in ``x`` against ``target`` (per row)."""
-    mse = ((x.float() - target.float()) ** 2).reshape(len(x), -1).mean(dim=1)
-    return 10.0 * torch.log10(data_range**2 / mse.clamp_min(1e-20))
+    """Peak signal-to-noise ratio in dB of each image in ``x`` against ``target`` (per row), by torchmetrics."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
+    dims = tuple(range(1, x.dim()))
+    return peak_signal_noise_ratio(x.float(), target.float(), data_range=data_range, reduction="none", dim=dims)
