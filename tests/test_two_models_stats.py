@@ -122,3 +122,17 @@ def test_discriminator_differences_are_paired_means(rng):
     lo, hi = intervals["diff_da_ga__db_ga"]
     assert lo < numbers["diff_da_ga__db_ga"] < hi
     assert numbers["max_abs_diff_bound"] == pytest.approx(max(max(abs(a), abs(b)) for a, b in intervals.values()))
+
+
+def test_combine_seeds_adds_the_seed_to_seed_spread():
+    from galgen_lightning.report.stats import combine_seeds
+
+    rng = np.random.default_rng(0)
+    one = rng.normal(0.5, 0.01, 2000)
+    assert np.array_equal(combine_seeds([one], rng), one)
+    alike = combine_seeds([one, one.copy(), one.copy()], np.random.default_rng(1))
+    assert np.std(alike) == pytest.approx(np.std(one), rel=0.1)  # seeds that agree add nothing
+    apart = combine_seeds([one - 0.2, one, one + 0.2], np.random.default_rng(1))
+    # three seeds 0.2 apart: the mean of 3 seeds drawn with replacement has sd 0.2 * sqrt(2/3) / sqrt(3)
+    assert np.std(apart) == pytest.approx(np.sqrt(0.2**2 * 2 / 3 / 3 + 0.01**2 / 3), rel=0.1)
+    assert np.mean(apart) == pytest.approx(0.5, abs=0.01)
