@@ -5,7 +5,8 @@ A run directory is the interface between ``galgen fit``/``validate`` (which writ
 
     <run>/config.yaml        the resolved configuration (written at setup)
     <run>/manifest.json      the data split: source, seeds, indices and content hashes
-    <run>/status.json        running | complete | failed (+ epoch, step, error), atomically replaced
+    <run>/status.json        running | complete | failed | interrupted (+ signal) | diverged
+                             (+ epoch, step, error), atomically replaced
     <run>/metrics.jsonl      one JSON record per evaluation (``test``, ``epoch``, ``step``, numbers),
                              append-only; a truncated last line (a killed run) is skipped
     <run>/eval/<test>/epoch_XXXX[tag].npz|.png   per-sample arrays and figures of each test
@@ -17,7 +18,8 @@ A run directory is the interface between ``galgen fit``/``validate`` (which writ
 :class:`RunDir` writes and reads these files; :class:`Run` is what a reader gets back, read once;
 :class:`RunDirectory` is the Lightning callback through which ``fit``/``validate`` write it
 (``status.json`` says ``running`` from the start, ``complete`` only after ``fit`` or ``validate``
-returns, ``failed`` with the error if it raised or was interrupted).
+returns, ``interrupted`` with the signal after SIGTERM/SIGINT/SIGUSR1, ``diverged`` when training
+diverged, ``failed`` with the error if it raised; see :mod:`galgen_lightning.faults`).
 """
 
 from __future__ import annotations
@@ -67,10 +69,10 @@ def _read_yaml(path: Path) -> dict:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    """All or nothing (temporary file, fsync, rename); a failed write is one line naming ``path``."""
+    from galgen_lightning.faults import atomic_write_bytes
+
+    atomic_write_bytes(path, text.encode())
 
 
 class RunDir:
@@ -97,10 +99,36 @@ class RunDir:
         _write_atomic(self.path / STATUS, json.dumps(status, indent=2) + "\n")
 
     def append_metrics(self, record: dict) -> None:
-        """One line of ``metrics.jsonl`` (NaN and infinities become null)."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        with (self.path / METRICS).open("a") as f:
-            f.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
+        """One line of ``metrics.jsonl`` (NaN and infinities become null), appended whole or not
+        at all: a failed write (a full disk) is cut back off and is one line naming the file; a
+        torn last line left by a killed process is ended first, so it never swallows this record."""
+        import os
+
+        from galgen_lightning.faults import write_error
+
+        path = self.path / METRICS
+        line = (json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n").encode()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        except OSError as e:
+            raise write_error(path, e) from None
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line
+            try:
+                done = 0
+                while done < len(line):  # a short write (the disk filled up) fails on the next one
+                    done += os.write(fd, line[done:])
+            except OSError as e:
+                try:
+                    os.ftruncate(fd, size)
+                except OSError:
+                    pass
+                raise write_error(path, e) from None
+        finally:
+            os.close(fd)
 
     def eval_path(self, test: str, epoch: int, suffix: str, tag: str = "") -> Path:
         """``eval/<test>/epoch_XXXX<tag><suffix>``, its folder created."""
@@ -110,8 +138,14 @@ class RunDir:
 
     def save_arrays(self, test: str, epoch: int, arrays: dict[str, Any], tag: str = "") -> Path:
         """``eval/<test>/epoch_XXXX<tag>.npz`` (compressed)."""
+        import io
+
+        from galgen_lightning.faults import atomic_write_bytes
+
         path = self.eval_path(test, epoch, ".npz", tag)
-        np.savez_compressed(path, **{k: np.asarray(v) for k, v in arrays.items()})
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
+        atomic_write_bytes(path, buffer.getbuffer())  # all or nothing
         return path
 
     def write_launch(self, record: dict) -> None:
@@ -431,4 +465,10 @@ class RunDirectory(L.Callback):
                 logger.experiment.summary.update(summary)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        self._write_status(trainer, "failed", error=f"{type(exception).__name__}: {exception}")
+        from galgen_lightning.faults import run_state
+
+        state, extra = run_state(exception)  # interrupted (a signal), diverged, or failed
+        try:
+            self._write_status(trainer, state, **extra)
+        except Exception as e:  # noqa: BLE001 (a full disk must not hide the error that ended the run)
+            print(f"galgen: warning: could not record state {state} in {Path(trainer.default_root_dir) / STATUS}: {e}", file=sys.stderr)

@@ -487,7 +487,7 @@ def test_cli_stops_after_max_bad_steps_and_names_the_checkpoint(tmp_path, blob_s
     assert err[-1].startswith("galgen: error: glow model")
     assert "2 updates in a row" in err[-1] and str(run / "checkpoints" / "last.ckpt") in err[-1]
     status = json.loads((run / "status.json").read_text())
-    assert status["state"] == "failed" and "GalgenError" in status["error"]
+    assert status["state"] == "diverged" and "glow model" in status["error"]
 
 
 # --- GPU (skipped without one) ---------------------------------------------------------------

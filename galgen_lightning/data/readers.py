@@ -134,20 +134,26 @@ class Chunk:
         write_atomic(path, lambda f: np.savez(f, images=self.images, reasons=self.reasons, details=self.details))
 
     @classmethod
-    def read(cls, path: Path, inputs: int, image_size: int) -> Chunk:
-        """Read and check a cached chunk; a broken or foreign one is a clear error, never used."""
+    def read(cls, path: Path, inputs: int, image_size: int) -> Chunk | None:
+        """Read and check a cached chunk; a broken or foreign one is never used: None, with a
+        one-line warning, and the caller converts it again from the inputs (which it never modifies)."""
         try:
             with np.load(path, allow_pickle=False) as z:
                 chunk = cls(z["images"], z["reasons"], z["details"])
+            shape = (int((chunk.reasons == "").sum()), image_size, image_size)
+            problem = ""
+            if chunk.images.dtype != np.float32 or chunk.images.shape != shape or len(chunk.reasons) != inputs or len(chunk.details) != inputs:
+                problem = f"holds {chunk.images.dtype} {chunk.images.shape} for {len(chunk.reasons)} inputs, expected float32 {shape} for {inputs}"
         except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
-            raise GalgenError(f"data cache {path} is unreadable ({type(e).__name__}); delete it to convert again") from None
-        shape = (int((chunk.reasons == "").sum()), image_size, image_size)
-        if chunk.images.dtype != np.float32 or chunk.images.shape != shape or len(chunk.reasons) != inputs or len(chunk.details) != inputs:
-            raise GalgenError(
-                f"data cache {path} holds {chunk.images.dtype} {chunk.images.shape} for {len(chunk.reasons)} inputs, "
-                f"expected float32 {shape} for {inputs}; it was written by another version or with other parameters: delete it"
-            )
-        return chunk
+            problem = f"is unreadable ({type(e).__name__})"
+        if not problem:
+            return chunk
+        print(f"galgen: warning: data cache {path} {problem}; converting it again from the inputs", file=sys.stderr, flush=True)
+        try:
+            path.unlink()
+        except OSError:
+            pass
+        return None
 
 
 class CachedReader(GalaxySource):
@@ -225,17 +231,19 @@ class CachedReader(GalaxySource):
         root = self._root()
         meta_path = root / "meta.json"
         expected = self._meta()
+        problem = ""
         if meta_path.exists():
             try:
                 found = json.loads(meta_path.read_text())
             except (OSError, ValueError) as e:
-                raise GalgenError(f"data cache {meta_path} is unreadable ({type(e).__name__}); delete {root} to convert again") from None
-            if found != expected:
-                diff = sorted(k for k in set(found) | set(expected) if found.get(k) != expected.get(k))
-                raise GalgenError(
-                    f"data cache {root} was written by another galgen version or with other parameters "
-                    f"(format {found.get('format')}, expected {READER_VERSION}; differs in {', '.join(diff)}); delete it to convert again"
-                )
+                found, problem = None, f"is unreadable ({type(e).__name__})"
+            if found is not None and found != expected:
+                # the folder's name is a digest of what meta.json must hold: a difference is damage
+                diff = sorted(k for k in set(found) | set(expected) if found.get(k) != expected.get(k)) if isinstance(found, dict) else ["all"]
+                problem = f"differs from what its folder is named for (in {', '.join(diff)})"
+            if problem:
+                print(f"galgen: warning: data cache {meta_path} {problem}; writing it again", file=sys.stderr, flush=True)
+                write_json_atomic(meta_path, expected)
         else:
             make_cache_dir(root)
             write_json_atomic(meta_path, expected)
@@ -245,9 +253,20 @@ class CachedReader(GalaxySource):
         """The counts of a complete conversion (any image size), if one has finished."""
         path = self._root() / "summary.json"
         try:
-            return json.loads(path.read_text()) if path.exists() else None
+            summary = json.loads(path.read_text()) if path.exists() else None
         except (OSError, ValueError):
+            summary = False
+        if summary is None:
             return None
+        if not isinstance(summary, dict) or not isinstance(summary.get("usable"), int) or summary["usable"] < 0:
+            # derived data: ignore it with a warning; the next complete conversion writes it again
+            print(f"galgen: warning: data cache {path} is unreadable or damaged; counting again", file=sys.stderr, flush=True)
+            try:
+                path.unlink()
+            except OSError:
+                pass
+            return None
+        return summary
 
     def available(self) -> int:
         """Usable images after rejection once everything was converted, else the number of inputs."""
@@ -268,8 +287,9 @@ class CachedReader(GalaxySource):
         have, k, converted = 0, 0, 0
         while k < len(bounds) and have < count:
             path = folder / f"chunk_{k:05d}.npz"
-            if path.exists():
-                found = [(k, Chunk.read(path, bounds[k][1] - bounds[k][0], image_size))]
+            cached = Chunk.read(path, bounds[k][1] - bounds[k][0], image_size) if path.exists() else None
+            if cached is not None:
+                found = [(k, cached)]
             else:
                 run = self._missing_run(folder, k, bounds, count - have, len(reasons), have)
                 converted += sum(bounds[j][1] - bounds[j][0] for j in run)

@@ -16,6 +16,7 @@ import errno
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -162,9 +163,8 @@ class SyntheticGalaxies(GalaxySource):
             path = folder / f"chunk_{k:05d}.npy"
             start = k * self.chunk
             stop = start + self.chunk  # chunks are always full, so the cache does not depend on `size`
-            if path.exists():
-                arr = _read_chunk(path, (stop - start, image_size, image_size))
-            else:
+            arr = _read_chunk(path, (stop - start, image_size, image_size)) if path.exists() else None
+            if arr is None:
                 print(f"galgen: rendering synthetic galaxies {start}-{stop - 1} at {image_size}px into {folder}", flush=True)
                 arr = render_many(range(start, stop), seed=self.seed, image_size=image_size, q=self.q, stretch=self.stretch, workers=self.workers)
                 _write_atomic(path, arr)
@@ -182,14 +182,20 @@ def _installed_version(package: str) -> str | None:
         return None
 
 
-def _read_chunk(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+def _read_chunk(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+    """A cached chunk, or None (with a one-line warning) when it is unreadable or not what this
+    chunk must hold: the cache is derived, deterministic data, so the caller renders it again."""
     try:
         arr = np.load(path, allow_pickle=False)
+        problem = "" if arr.shape == shape and arr.dtype == np.float32 else f"holds {arr.dtype} {arr.shape}, expected float32 {shape}"
+        if not problem and not np.isfinite(arr).all():
+            problem = "holds non-finite pixels"
     except (OSError, ValueError, EOFError) as e:
-        raise GalgenError(f"data cache {path} is unreadable ({type(e).__name__}); delete it to re-render") from None
-    if arr.shape != shape or arr.dtype != np.float32:
-        raise GalgenError(f"data cache {path} holds {arr.dtype} {arr.shape}, expected float32 {shape}; delete it to re-render")
-    return arr
+        problem = f"is unreadable ({type(e).__name__})"
+    if not problem:
+        return arr
+    print(f"galgen: warning: data cache {path} {problem}; rendering it again", file=sys.stderr, flush=True)
+    return None
 
 
 def _write_atomic(path: Path, arr: np.ndarray) -> None:

@@ -15,6 +15,8 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from galgen_lightning.faults import UpdateGuard
+
 MODELS = ("a", "b")
 
 
@@ -75,6 +77,42 @@ class PairModule(L.LightningModule):
     def image_shape(self) -> tuple[int, int, int]:
         """Shape of one image, ``(c, h, w)``."""
         return (self.channels, self.image_size, self.image_size)
+
+    # --- divergence guard: one implementation for every family ---------------------------------
+    family_name = "pair"
+    """How messages name the family (``"diffusion model A: ..."``)."""
+
+    @property
+    def guard(self) -> UpdateGuard:
+        """The skipped-update bookkeeping (:class:`~galgen_lightning.faults.UpdateGuard`), built
+        from the hyperparameters ``max_bad_steps`` and ``max_loss_ratio`` of the family."""
+        guard = self.__dict__.get("_update_guard")
+        if guard is None:
+            hp = getattr(self, "hparams", {})
+            guard = UpdateGuard(self.family_name, int(hp.get("max_bad_steps", 20)), hp.get("max_loss_ratio"))
+            self.__dict__["_update_guard"] = guard
+        return guard
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        """Skipped updates of each model so far (this process)."""
+        return self.guard.skipped
+
+    @property
+    def streak(self) -> dict[str, int]:
+        """Consecutive skipped updates of each model."""
+        return self.guard.streak
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Drop the gradients of a model whose loss was non-finite (or spiked), or whose gradients are."""
+        self.guard.drop_bad_gradients(self, check_grads=bool(getattr(self, "hparams", {}).get("check_grads", True)))
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        """Count skipped updates (once per batch), stop on divergence."""
+        self.guard.end_step(self)
+
+    def on_train_epoch_end(self) -> None:
+        self.guard.record(self)
 
     def model(self, which: str) -> nn.Module:
         """Model ``"a"`` or ``"b"``."""

@@ -45,11 +45,18 @@ class DiffusionPair(PairModule):
         norm: form of the bias-free batch norm: ``"reference"`` (Kadkhodaie et al.: centred
             batch standard deviation, small random initial scale) or ``"rms"`` (root mean
             square around zero, initial scale 1); see :class:`BiasFreeBatchNorm`.
+        max_bad_steps: stop after this many consecutive skipped updates of one model (a
+            non-finite loss or gradient skips that model's update).
+        max_loss_ratio: stop when a model's loss exceeds this multiple of the median of its last
+            100 losses (``null``: off).
+        check_grads: also skip an update whose gradients are non-finite (one fused norm per step).
 
     Each model's sampler starts from the mean pixel of its own training subset
     (``data_mean_a``, ``data_mean_b``, set at fit start from ``datamodule.subset_images``), so
     model A never depends on subset B.
     """
+
+    family_name = "diffusion"
 
     def __init__(
         self,
@@ -69,6 +76,9 @@ class DiffusionPair(PairModule):
         check_every: int = 10,
         sample_batch_size: int = 256,
         norm: str = "reference",
+        max_bad_steps: int = 20,
+        max_loss_ratio: float | None = 1000.0,
+        check_grads: bool = True,
     ) -> None:
         super().__init__(image_size=image_size, channels=channels)
         for name, value in (("blocks", blocks), ("width", width), ("max_steps", max_steps), ("sample_batch_size", sample_batch_size)):
@@ -82,6 +92,7 @@ class DiffusionPair(PairModule):
         if norm not in NORMS:
             raise ValueError(f"DiffusionPair: norm must be one of {', '.join(NORMS)}, got {norm!r}")
         self.save_hyperparameters()
+        self.guard  # noqa: B018 (checks max_bad_steps and max_loss_ratio now)
         self.model_a = BiasFreeUNet(channels, blocks, width, norm)
         self.model_b = BiasFreeUNet(channels, blocks, width, norm)
         for which in MODELS:
@@ -118,13 +129,16 @@ class DiffusionPair(PairModule):
         return (pred.float() - noise.float()).square().sum() / len(x)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        total = 0.0
-        for which in ("a", "b"):
+        losses = {}
+        for which in MODELS:
             x = batch[which]
             sigma = self.hparams.sigma_max * torch.rand(len(x), 1, 1, 1, device=x.device) ** 2
-            loss = self.noise_loss(which, x, sigma * torch.randn_like(x))
-            self.log(f"train/loss_{which}", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(x))
-            total = total + loss
+            losses[which] = self.noise_loss(which, x, sigma * torch.randn_like(x))
+        # a non-finite (or spiking) loss skips that model's update: see PairModule.guard
+        total = self.guard.guard_losses(self, losses)
+        for which in MODELS:
+            if not self.guard.bad_now[which]:
+                self.log(f"train/loss_{which}", losses[which], prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch[which]))
         return total
 
     def on_validation_epoch_start(self) -> None:

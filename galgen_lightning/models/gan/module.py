@@ -156,7 +156,13 @@ class GANPair(PairModule):
         compile: ``torch.compile`` the generators and discriminators for training (the gradient
             penalty steps use the eager discriminator: compiled graphs have no double backward).
         sample_batch_size: generation batch of the evaluation callbacks.
+        max_bad_steps: stop after this many consecutive batches in which a model's update was
+            skipped (a non-finite loss or gradient of its G or D skips that update).
+        max_loss_ratio: stop when a model's discriminator loss exceeds this multiple of the median
+            of its last 100 (``null``: off, the default; GAN losses oscillate).
     """
+
+    family_name = "gan"
 
     def __init__(
         self,
@@ -184,6 +190,8 @@ class GANPair(PairModule):
         channels_last: bool = False,
         compile: bool = False,
         sample_batch_size: int = 256,
+        max_bad_steps: int = 20,
+        max_loss_ratio: float | None = None,
     ) -> None:
         super().__init__(image_size=image_size, channels=channels)
         if accumulate < 1 or gp_every < 1 or ema_every < 1:
@@ -192,6 +200,7 @@ class GANPair(PairModule):
         if unknown:
             raise ValueError(f"unknown aug_types {sorted(unknown)}; choose from translation, cutout")
         self.save_hyperparameters()
+        self.guard  # noqa: B018 (checks max_bad_steps and max_loss_ratio now)
         self.automatic_optimization = False
         self.model_a = self._build()
         self.model_b = self._build()
@@ -288,7 +297,9 @@ class GANPair(PairModule):
                 for key, value in out.items():
                     if key != "loss":
                         stats[key] = stats.get(key, 0.0) + value * weight
-            opt.step()
+                stats["loss"] = stats.get("loss", 0.0) + out["loss"].detach() * weight
+            self._guard_update(which, stats["loss"], "discriminator loss")
+            opt.step()  # on_before_optimizer_step drops the gradients of a skipped update
         finally:
             self.untoggle_optimizer(opt)
         return stats
@@ -305,10 +316,27 @@ class GANPair(PairModule):
                 loss = generator_loss(main) + generator_loss(small)
                 self.manual_backward(loss * weight)
                 total = total + loss.detach() * weight
-            opt.step()
+            self._guard_update(which, total, "generator loss", observe=False)
+            opt.step()  # on_before_optimizer_step drops the gradients of a skipped update
         finally:
             self.untoggle_optimizer(opt)
         return total
+
+    def _guard_update(self, which: str, loss: Tensor, what: str, observe: bool = True) -> None:
+        """Mark ``which``'s update skipped when ``loss`` is non-finite (on any rank) or spikes;
+        its gradients are checked and dropped in :meth:`PairModule.on_before_optimizer_step`."""
+        from galgen_lightning.faults import agree_on_all_ranks
+
+        flags, values = agree_on_all_ranks(torch.isfinite(loss).reshape(1), loss.reshape(1))
+        if not flags[0]:
+            self.guard.mark(which, what)
+        elif observe:
+            self.guard.observe(which, values[0])
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Only the parameters of the optimizer being stepped have gradients (the others are
+        toggled off): a non-finite one marks that model's update skipped and is dropped."""
+        self.guard.drop_bad_gradients(self, check_grads=True)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         hp = self.hparams

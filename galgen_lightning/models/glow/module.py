@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 
 import torch
@@ -24,8 +23,6 @@ from galgen_lightning.errors import GalgenError
 from galgen_lightning.models.base import MODELS, PairModule, ValidationIndex
 from galgen_lightning.models.glow.network import FlowStep, Glow, latent_shapes
 from galgen_lightning.noise import counter_normal
-
-log = logging.getLogger(__name__)
 
 VAL_SEED = 12345  # fixed dequantisation noise of the validation images, so epochs compare
 
@@ -54,18 +51,6 @@ def uniform_from_normal(z: Tensor) -> Tensor:
     return (0.5 * (1 + torch.erf(z / math.sqrt(2)))).clamp(0, 1 - 1e-7)
 
 
-def _agree_on_all_ranks(ok: Tensor) -> list[bool]:
-    """Per-model "finite" flags, ANDed over all processes under ``torch.distributed``.
-
-    A model whose loss is non-finite on any rank skips its update on every rank, so the DDP
-    replicas never drift apart.
-    """
-    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-        ok = ok.float()
-        torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
-    return [bool(v) for v in ok.tolist()]
-
-
 class GlowPair(PairModule):
     """Two multi-scale Glows, A and B, for the two-models and inversion tests.
 
@@ -82,6 +67,8 @@ class GlowPair(PairModule):
             latents; 1 samples the model's distribution, 0.7 the Glow paper's choice for
             cleaner images).
         max_bad_steps: stop after this many consecutive skipped (non-finite) updates of one model.
+        max_loss_ratio: stop when a model's loss exceeds this multiple of its running median
+            (``null``: off; bits per dimension rarely spike before they turn non-finite).
         check_grads: also skip an update whose gradients are non-finite (one fused norm per step).
         sample_batch_size: samples per generation batch.
         compile_mode: if set (e.g. ``"reduce-overhead"``: CUDA graphs, or ``"default"``),
@@ -89,6 +76,8 @@ class GlowPair(PairModule):
             initialises ActNorm eagerly). Steps of one level share a graph, so compilation is
             short; aimed at GPUs, where the small kernels of a Glow make training overhead bound.
     """
+
+    family_name = "glow"
 
     def __init__(
         self,
@@ -102,6 +91,7 @@ class GlowPair(PairModule):
         lr: float = 1e-4,
         temperature: float = 0.7,
         max_bad_steps: int = 20,
+        max_loss_ratio: float | None = None,
         check_grads: bool = True,
         sample_batch_size: int = 64,
         compile_mode: str | None = None,
@@ -120,10 +110,7 @@ class GlowPair(PairModule):
         self.save_hyperparameters()
         self.model_a = Glow(channels, n_flow, n_block, hidden, affine)
         self.model_b = Glow(channels, n_flow, n_block, hidden, affine)
-        self.skipped = {w: 0 for w in MODELS}  # skipped updates so far (this process)
-        self.streak = {w: 0 for w in MODELS}  # consecutive skipped updates
-        self._bad_now = {w: "" for w in MODELS}  # why this step's update of a model is skipped
-        self._stepped = False
+        self.guard  # noqa: B018 (checks max_bad_steps and max_loss_ratio now)
         self._compiled = False
         self._val_index = ValidationIndex()
 
@@ -149,48 +136,21 @@ class GlowPair(PairModule):
         out = self.model(which)(dequantize(x, self.hparams.n_bits, noise))
         return bits_per_dim(out.log_p, out.logdet, self.dims, self.hparams.n_bits), out.logdet
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
-        losses, finite = {}, []
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        losses, finite = {}, {}
         for which in MODELS:
             bpd, logdet = self.bits_per_dim(which, batch[which])
             losses[which] = bpd.mean()
-            finite.append(torch.isfinite(losses[which]) & torch.isfinite(logdet).all())
-        flags = _agree_on_all_ranks(torch.stack(finite))  # host synchronisation: is either loss non-finite?
-        total = None
-        for which, ok in zip(MODELS, flags):
-            if not ok:
-                self._bad_now[which] = self._bad_now[which] or "loss or log-determinant"
-                # a zero loss over every parameter: backward still reaches them all (so DDP's
-                # gradient reduction, which waits for every parameter, stays in step on all
-                # ranks), and on_before_optimizer_step then drops these zero gradients
-                loss = torch.stack([p.sum() for p in self.model(which).parameters()]).sum() * 0.0
-            else:
-                loss = losses[which]
-                self.log(f"train/bpd_{which}", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch[which]))
-            total = loss if total is None else total + loss
+            finite[which] = torch.isfinite(logdet).all()
+        # a non-finite loss or log-determinant (on any rank) skips that model's update: see UpdateGuard
+        total = self.guard.guard_losses(self, losses, finite, what="loss or log-determinant")
+        for which in MODELS:
+            if not self.guard.bad_now[which]:
+                self.log(f"train/bpd_{which}", losses[which], prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch[which]))
         return total
 
-    def on_before_optimizer_step(self, optimizer) -> None:
-        """Drop the gradients of a model whose loss was non-finite, or whose gradients are."""
-        check = [w for w in MODELS if not self._bad_now[w]] if self.hparams.check_grads else []
-        grads = {w: [p.grad for p in self.model(w).parameters() if p.grad is not None] for w in check}
-        check = [w for w in check if grads[w]]
-        if check:
-            norms = [torch.stack(torch._foreach_norm(grads[w])) for w in check]
-            flags = torch.stack([torch.isfinite(n).all() for n in norms]).tolist()
-            for which, ok in zip(check, flags):
-                if not ok:
-                    self._bad_now[which] = "gradient"
-        for which in MODELS:
-            if self._bad_now[which]:
-                for p in self.model(which).parameters():
-                    p.grad = None  # Adam leaves parameters without a gradient untouched
-        self._stepped = True
-
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if self._stepped:  # once per optimizer step (not per accumulated micro-batch)
-            self._stepped = False
-            self._count_bad_steps()
+        super().on_train_batch_end(outputs, batch, batch_idx)  # counts skipped updates, stops on divergence
         if self.hparams.compile_mode and not self._compiled:
             self.compile_steps(self.hparams.compile_mode)
 
@@ -201,38 +161,6 @@ class GlowPair(PairModule):
                 if isinstance(module, FlowStep):
                     module.compile(mode=mode)
         self._compiled = True
-
-    def _count_bad_steps(self) -> None:
-        for which in MODELS:
-            reason = self._bad_now[which]
-            if reason:
-                self.skipped[which] += 1
-                self.streak[which] += 1
-                if self.streak[which] == 1:
-                    log.warning(
-                        "glow model %s: non-finite %s at global step %d; update skipped", which.upper(), reason, self.global_step
-                    )
-            else:
-                self.streak[which] = 0
-            self.log(f"train/skipped_{which}", float(self.skipped[which]), on_step=True, on_epoch=False)
-        reasons = dict(self._bad_now)
-        self._bad_now = {w: "" for w in MODELS}
-        for which in MODELS:
-            if self.streak[which] >= self.hparams.max_bad_steps:
-                raise GalgenError(
-                    f"glow model {which.upper()}: {self.streak[which]} updates in a row skipped for a non-finite "
-                    f"{reasons[which]} (model.max_bad_steps={self.hparams.max_bad_steps}, global step {self.global_step}); "
-                    f"training stopped, {self._last_checkpoint()}; try a lower model.lr"
-                    + (" or additive coupling (model.affine=false)" if self.hparams.affine else "")
-                )
-
-    def _last_checkpoint(self) -> str:
-        """Where the last checkpoint is (skipped steps never change the weights, so it is good)."""
-        callback = getattr(self.trainer, "checkpoint_callback", None)
-        if callback is None:
-            return "and no checkpoint was saved (no checkpoint callback)"
-        path = getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")
-        return f"the last good checkpoint is {path}" if path else "and no checkpoint was saved yet"
 
     def on_validation_epoch_start(self) -> None:
         self._val_index.reset(self.trainer)

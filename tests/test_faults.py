@@ -1,0 +1,374 @@
+"""Faults injected for real: signals, divergence, full disks, corrupt caches, collisions, hostile files.
+
+Each test asserts the exit status, the state in ``status.json``, the one-line message and that
+what was written before is still there (docs/reliability.md lists them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from conftest import CONFIGS, read_jsonl, run_cli
+
+FAMILY = [f"--config={CONFIGS / 'diffusion.yaml'}", f"--config={CONFIGS / 'quick' / 'diffusion.yaml'}"]
+TINY = [
+    "--data.n=8",
+    "--data.n_val=8",
+    "--data.batch_size=8",
+    "--data.samples_per_epoch=64",  # 8 steps per epoch
+    "--model.init_args.blocks=2",
+    "--model.init_args.width=8",
+    "--trainer.max_epochs=2",
+    "--trainer.limit_val_batches=1",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+    "--trainer.logger=false",
+]
+STEPS_PER_EPOCH = 8
+
+
+def _config(tmp_path: Path, *extra: str) -> str:
+    """A config whose callbacks are a checkpoint per epoch plus ``extra`` (YAML items): no tests."""
+    path = tmp_path / "callbacks.yaml"
+    path.write_text(
+        "trainer:\n  callbacks:\n"
+        "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n      init_args:\n        save_last: true\n        every_n_epochs: 1\n"
+        + "".join(extra)
+    )
+    return f"--config={path}"
+
+
+def _err_lines(capsys) -> list[str]:
+    return [line for line in capsys.readouterr().err.strip().splitlines() if line.startswith("galgen:")]
+
+
+def _status(run: Path) -> dict:
+    return json.loads((run / "status.json").read_text())
+
+
+def _ckpt_step(path: Path) -> int:
+    return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
+
+
+class SendSignal(L.Callback):
+    """Sends ``signum`` to this very process after training step ``at_step`` (a real signal)."""
+
+    def __init__(self, signum: int = 15, at_step: int = 3) -> None:
+        self.signum, self.at_step = signum, at_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.at_step:
+            os.kill(os.getpid(), self.signum)
+
+
+class Slow(L.Callback):
+    """Marks that training runs (a file) and slows each step, so a test can signal it mid-epoch."""
+
+    def __init__(self, marker: str = "", seconds: float = 0.3) -> None:
+        self.marker, self.seconds = marker, seconds
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step >= 2:
+            Path(self.marker).write_text(str(trainer.global_step))
+        time.sleep(self.seconds)
+
+
+class PoisonA(L.Callback):
+    """From step ``from_step`` on, model A's weights hold a NaN: every loss of A is non-finite."""
+
+    def __init__(self, from_step: int = 8) -> None:
+        self.from_step = from_step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step >= self.from_step:
+            with torch.no_grad():
+                next(pl_module.model_a.parameters()).view(-1)[0] = float("nan")
+
+
+# --- 1. signals ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1])
+def test_signal_stops_at_the_step_boundary_with_a_checkpoint_and_resumes(tmp_path, tiny_source_args, capsys, sig):
+    run = tmp_path / "run"
+    cb = f"    - class_path: test_faults.SendSignal\n      init_args:\n        signum: {int(sig)}\n        at_step: 3\n"
+    args = ["fit", *FAMILY, *tiny_source_args, *TINY, _config(tmp_path, cb), f"--trainer.default_root_dir={run}"]
+    assert run_cli(args) == 128 + int(sig)
+    status = _status(run)
+    ckpt = run / "checkpoints" / "last.ckpt"
+    assert status["state"] == "interrupted" and status["signal"] == sig.name and status["checkpoint"] == str(ckpt)
+    assert _ckpt_step(ckpt) == status["global_step"] and status["global_step"] in (3, 4)  # at most one step later
+    err = _err_lines(capsys)
+    assert err[-1].startswith(f"galgen: interrupted by {sig.name} at global step") and f"--ckpt_path {ckpt}" in err[-1]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # in-process: the caller's handlers are back
+    if sig != signal.SIGTERM:
+        return
+    # resume: continues from that step and completes the 2 epochs
+    resume = ["fit", *FAMILY, *tiny_source_args, *TINY, _config(tmp_path), f"--trainer.default_root_dir={run}", f"--ckpt_path={ckpt}"]
+    assert run_cli(resume) == 0
+    assert _status(run)["state"] == "complete"
+    assert _ckpt_step(ckpt) in (2 * STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH + 1)
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_child_galgen_fit(tmp_path, tiny_source_args):
+    """A scheduler's SIGTERM from outside: exit status 143, state interrupted, a checkpoint of that step."""
+    run, marker = tmp_path / "run", tmp_path / "training"
+    cb = f"    - class_path: test_faults.Slow\n      init_args:\n        marker: {marker}\n        seconds: 0.3\n"
+    cmd = [sys.executable, "-m", "galgen_lightning.cli", "fit", *FAMILY, *tiny_source_args, *TINY, _config(tmp_path, cb)]
+    cmd += [f"--trainer.default_root_dir={run}", "--trainer.max_epochs=20"]
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    deadline = time.time() + 240
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    status = _status(run)
+    assert status["state"] == "interrupted" and status["signal"] == "SIGTERM"
+    assert _ckpt_step(run / "checkpoints" / "last.ckpt") == status["global_step"] >= 2
+    assert err.strip().splitlines()[-1].startswith("galgen: interrupted by SIGTERM at global step")
+
+
+# --- 2. divergence -------------------------------------------------------------------------------
+def test_diffusion_stops_diverged_after_k_skipped_steps_and_keeps_the_last_good_checkpoint(tmp_path, tiny_source_args, capsys):
+    run = tmp_path / "run"
+    cb = "    - class_path: test_faults.PoisonA\n      init_args:\n        from_step: 8\n"
+    args = ["fit", *FAMILY, *tiny_source_args, *TINY, _config(tmp_path, cb), "--model.init_args.max_bad_steps=3"]
+    assert run_cli([*args, f"--trainer.default_root_dir={run}"]) == 2
+    err = _err_lines(capsys)
+    assert len(err) == 1 and err[0].startswith("galgen: error: diffusion model A: 3 updates in a row skipped")
+    assert "global step 11" in err[0] and str(run / "checkpoints" / "last.ckpt") in err[0]
+    status = _status(run)
+    assert status["state"] == "diverged" and "diffusion model A" in status["error"]
+    good = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert good["global_step"] == STEPS_PER_EPOCH and all(torch.isfinite(v).all() for v in good["state_dict"].values())
+    training = [r for r in read_jsonl(run / "metrics.jsonl") if r["test"] == "training"]
+    assert training[-1]["skipped_a"] == 3 and training[-1]["skipped_b"] == 0
+
+
+def test_gan_skips_a_nonfinite_update_of_one_model_only():
+    from galgen_lightning.models.gan import GANPair
+
+    torch.manual_seed(0)
+    pair = GANPair(image_size=16, latent_dim=16, fmap_max=16, fmap_inverse_coef=7, attn_sizes=[], small_width=8, decoder_upsamples=1, gp_weight=0.0)
+    before_a = {k: v.clone() for k, v in pair.model_a.D.state_dict().items()}
+    before_b = {k: v.clone() for k, v in pair.model_b.D.state_dict().items()}
+    next(pair.model_a.D.parameters()).register_hook(lambda g: g * float("nan"))
+    batches = [{"a": torch.rand(4, 1, 16, 16), "b": torch.rand(4, 1, 16, 16)} for _ in range(2)]
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(pair, torch.utils.data.DataLoader(batches, batch_size=None))
+    assert all(torch.equal(v, before_a[k]) for k, v in pair.model_a.D.state_dict().items())
+    assert not all(torch.equal(v, before_b[k]) for k, v in pair.model_b.D.state_dict().items())
+    assert pair.skipped == {"a": 2, "b": 0} and float(trainer.callback_metrics["train/skipped_a"]) == 2.0
+
+
+def test_loss_spike_above_the_running_median_stops_with_the_model_and_step():
+    from types import SimpleNamespace
+
+    from galgen_lightning.faults import Diverged, UpdateGuard
+
+    guard = UpdateGuard("diffusion", max_bad_steps=5, max_loss_ratio=100.0, min_history=5)
+    module = SimpleNamespace(global_step=0, log=lambda *a, **k: None, _trainer=None)
+    for step in range(6):
+        module.global_step = step
+        guard.observe("a", 1.0 + 0.01 * step)
+        guard.observe("b", 1.0)
+        guard.stepped = True
+        guard.end_step(module)
+    module.global_step = 6
+    guard.observe("a", 1e6)
+    guard.observe("b", 1.0)
+    assert guard.bad_now == {"a": "loss spike", "b": ""}
+    guard.stepped = True
+    with pytest.raises(Diverged, match=r"diffusion model A diverged at global step 6: loss 1e\+06 is above 100 x its running median"):
+        guard.end_step(module)
+
+
+# --- 3. writes that cannot half-happen -----------------------------------------------------------
+class _FileSizeLimit:
+    """``ulimit -f`` for this process (SIGXFSZ ignored, so a write past it fails with EFBIG)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+    def __enter__(self):
+        self.old = resource.getrlimit(resource.RLIMIT_FSIZE)
+        self.handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (self.limit, self.old[1]))
+
+    def __exit__(self, *exc):
+        resource.setrlimit(resource.RLIMIT_FSIZE, self.old)
+        signal.signal(signal.SIGXFSZ, self.handler)
+
+
+def test_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_previous_one(tmp_path, tiny_source_args, capsys):
+    run = tmp_path / "run"
+    base = ["fit", *FAMILY, *tiny_source_args, *TINY, _config(tmp_path), f"--trainer.default_root_dir={run}"]
+    assert run_cli([*base, "--trainer.max_epochs=1"]) == 0
+    ckpt = run / "checkpoints" / "last.ckpt"
+    before = ckpt.read_bytes()
+    capsys.readouterr()
+    with _FileSizeLimit(len(before) // 2):
+        code = run_cli([*base, "--trainer.max_epochs=2", f"--ckpt_path={ckpt}"])
+    assert code == 2
+    err = _err_lines(capsys)
+    assert err[-1].startswith("galgen: error: cannot write") and "file too large" in err[-1] and "checkpoints" in err[-1]
+    assert ckpt.read_bytes() == before and _ckpt_step(ckpt) == STEPS_PER_EPOCH
+    assert not [p for p in ckpt.parent.iterdir() if ".tmp" in p.name]
+    assert _status(run)["state"] == "failed"
+    # space freed: the same command resumes and completes
+    assert run_cli([*base, "--trainer.max_epochs=2", f"--ckpt_path={ckpt}"]) == 0 and _ckpt_step(ckpt) == 2 * STEPS_PER_EPOCH
+
+
+def test_full_disk_during_a_metrics_record_cuts_it_off_and_a_torn_line_is_ended(tmp_path):
+    from galgen_lightning.errors import GalgenError
+    from galgen_lightning.rundir import METRICS, RunDir
+
+    rd = RunDir(tmp_path)
+    rd.append_metrics({"test": "two_models", "epoch": 0, "x": 1.0})
+    before = (tmp_path / METRICS).read_bytes()
+    with _FileSizeLimit(len(before) + 10), pytest.raises(GalgenError, match=f"cannot write {tmp_path / METRICS}: file too large"):
+        rd.append_metrics({"test": "two_models", "epoch": 1, "x": 2.0, "padding": "y" * 100})
+    assert (tmp_path / METRICS).read_bytes() == before
+    with (tmp_path / METRICS).open("a") as f:
+        f.write('{"test": "two_models", "ep')  # a killed process's torn line
+    rd.append_metrics({"test": "two_models", "epoch": 2, "x": 3.0})
+    assert [r["epoch"] for r in rd.records()] == [0, 2]
+
+
+def test_full_disk_during_a_cache_chunk_is_one_line_and_keeps_the_old_chunk(tmp_path):
+    from galgen_lightning.data.sources import write_atomic
+    from galgen_lightning.errors import GalgenError
+
+    path = tmp_path / "chunk_00000.npy"
+    np.save(path, np.zeros(10, np.float32))
+    before = path.read_bytes()
+    with _FileSizeLimit(4096), pytest.raises(GalgenError, match=f"cannot write the data cache {tmp_path}: "):
+        write_atomic(path, lambda f: np.save(f, np.ones(100_000, np.float32)))
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["chunk_00000.npy"]
+
+
+@pytest.mark.parametrize("option", ["--trainer.default_root_dir={blocker}/run", "--data.source.init_args.cache_dir={blocker}/cache"])
+def test_uncreatable_run_or_cache_directory_is_one_line(tmp_path, tiny_source_args, capsys, option):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("in the way")
+    args = ["fit", *FAMILY, *tiny_source_args, *TINY, _config(tmp_path), option.format(blocker=blocker)]
+    if "cache_dir" in option:
+        args.append(f"--trainer.default_root_dir={tmp_path / 'run'}")
+    assert run_cli(args) == 2
+    err = _err_lines(capsys)
+    assert len(err) == 1 and err[0].startswith("galgen: error: cannot create") and str(blocker) in err[0], err
+    assert blocker.read_text() == "in the way"
+
+
+# --- 4. derived data heals itself ----------------------------------------------------------------
+def test_truncated_synthetic_chunk_is_rendered_again(tmp_path, capsys):
+    from galgen_lightning.data import SyntheticGalaxies
+
+    source = SyntheticGalaxies(size=8, cache_dir=str(tmp_path), workers=1, chunk=4)
+    first = source.load(8, 16)
+    chunk = source.folder(16) / "chunk_00001.npy"
+    chunk.write_bytes(chunk.read_bytes()[:100])
+    capsys.readouterr()
+    again = source.load(8, 16)
+    assert np.array_equal(first, again)
+    err = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert err == [f"galgen: warning: data cache {chunk} is unreadable (ValueError); rendering it again"]
+    assert np.array_equal(np.load(chunk), first[4:])
+
+
+def test_corrupt_reader_chunk_meta_and_summary_are_rebuilt_from_the_untouched_input(tmp_path, capsys):
+    from galgen_lightning.data.readers import ArrayFile
+
+    data = tmp_path / "images.npy"
+    np.save(data, np.random.default_rng(0).random((12, 20, 20)).astype(np.float32))
+    digest = hashlib.sha256(data.read_bytes()).hexdigest()
+    source = ArrayFile(str(data), cache_dir=str(tmp_path / "cache"), chunk=4)
+    first = source.load(12, 16)
+    root = source._root()
+    chunk = next(root.glob("16px-chunk4/chunk_00001.npz"))
+    chunk.write_bytes(b"\x00" * 50)  # bit rot
+    (root / "meta.json").write_text("{not json")
+    (root / "summary.json").write_text('{"usable": "many"}')
+    capsys.readouterr()
+    source = ArrayFile(str(data), cache_dir=str(tmp_path / "cache"), chunk=4)
+    assert source.available() == 12
+    assert np.array_equal(source.load(12, 16), first)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("galgen: warning")]
+    assert len(warnings) == 3 and any(str(chunk) in w and "converting it again" in w for w in warnings)
+    assert json.loads((root / "meta.json").read_text())["count"] == 12
+    assert hashlib.sha256(data.read_bytes()).hexdigest() == digest
+
+
+# --- 5. runs that cannot collide -----------------------------------------------------------------
+def test_a_second_fit_into_a_locked_run_directory_is_refused_and_a_stale_lock_taken_over(tmp_path, tiny_source_args, capsys):
+    from galgen_lightning.faults import RunLock
+
+    run = tmp_path / "run"
+    held = RunLock(run).acquire()  # another galgen fit holds it (flock: another open file)
+    try:
+        code = run_cli(["fit", *FAMILY, *tiny_source_args, *TINY, _config(tmp_path), f"--trainer.default_root_dir={run}"])
+    finally:
+        held.release()
+    assert code == 2
+    err = _err_lines(capsys)
+    assert len(err) == 1 and f"{run} is in use by another galgen process (pid {os.getpid()}" in err[0]
+    assert not (run / "status.json").exists()
+    # a lock file left by a process that is gone: taken over
+    (run / ".lock").write_text("999999999\n")
+    lock = RunLock(run).acquire()
+    assert (run / ".lock").read_text() == f"{os.getpid()}\n"
+    lock.release()
+
+
+# --- 6. hostile inputs ---------------------------------------------------------------------------
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, (f"touch {os.environ.get('GALGEN_PWNED', '/nonexistent/pwned')}",))
+
+
+def test_hostile_foreign_and_broken_checkpoints_are_one_line(tmp_path, tiny_source_args, capsys, monkeypatch):
+    pwned = tmp_path / "pwned"
+    monkeypatch.setenv("GALGEN_PWNED", str(pwned))
+    hostile, foreign, junk = tmp_path / "hostile.ckpt", tmp_path / "foreign.ckpt", tmp_path / "junk.ckpt"
+    torch.save({"state_dict": {}, "payload": _RunsCode()}, hostile)
+    torch.save({"state_dict": {"G.weight": torch.zeros(3)}, "pytorch-lightning_version": L.__version__, "hyper_parameters": {}}, foreign)
+    junk.write_bytes(os.urandom(2000))
+    base = ["validate", *FAMILY, *tiny_source_args, *TINY, _config(tmp_path), f"--trainer.default_root_dir={tmp_path / 'v'}"]
+    expected = {
+        hostile: "not a readable galgen checkpoint: it holds objects other than tensors",
+        foreign: "does not fit DiffusionPair with these options:",
+        junk: "not a readable galgen checkpoint",
+    }
+    for ckpt, text in expected.items():
+        assert run_cli([*base, f"--ckpt_path={ckpt}"]) == 2
+        err = _err_lines(capsys)
+        assert len(err) == 1 and err[0].startswith(f"galgen: error: --ckpt_path {ckpt}") and text in err[0], err
+    assert not pwned.exists()
+
+
+def test_report_escapes_a_run_named_like_markup(tmp_path):
+    from galgen_lightning.report import main as report_main
+    from galgen_lightning.rundir import RunDir
+
+    name = "<img src=x onerror=alert(1)>"
+    rd = RunDir(tmp_path / "runs" / name)
+    rd.write_status({"state": "complete"})
+    rd.write_config("model:\n  class_path: galgen_lightning.models.diffusion.DiffusionPair\ndata:\n  n: 8\n  image_size: 16\n")
+    rd.append_metrics({"test": "two_models", "epoch": 0, "step": 1, "ssim_median": 0.5})
+    out = tmp_path / "report"
+    report_main([str(tmp_path / "runs"), "--out", str(out)])
+    html = next(out.glob("*.html")).read_text()
+    assert name not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
