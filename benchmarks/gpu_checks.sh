@@ -37,6 +37,9 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu
 # diffusion (issue 2): fp32 like the reference, then bf16 + channels-last; sampler batched
 step diffusion_fp32 150 "$PY" benchmarks/bench_diffusion.py --device cuda --size full
 step diffusion_bf16_cl 150 "$PY" benchmarks/bench_diffusion.py --device cuda --size full --bf16 --channels-last
+# the galgen fit loop (Trainer, device-resident loader; and the per-item DataLoader with 4 workers)
+# against the bare step, same model and batch (issue 14): ratio_device should be >= 0.9
+step fit_loop_bf16 300 "$PY" benchmarks/bench_fit.py --device cuda --size full --bf16 --repeats 1 --workers 4
 # Glow (issue 3): eager at the paper's batch, then a larger batch
 step glow_b16 150 "$PY" benchmarks/bench_glow.py --device cuda --batch-size 16
 step glow_b64 150 "$PY" benchmarks/bench_glow.py --device cuda --batch-size 64

@@ -585,10 +585,12 @@ def sweep(
     out: str = "runs/sweep",
     configs_dir: str = "configs",
     per_gpu: bool = False,
-    gpus: list[int] | None = None,
+    gpus: list[int] | int | None = None,
     fit_args: str = "",
     report: bool = True,
     dry_run: bool = False,
+    plan: bool = False,
+    throughput: str | None = None,
 ) -> int:
     """Train pairs of one family over N (skipping finished runs, resuming interrupted ones), then the report.
 
@@ -612,11 +614,18 @@ def sweep(
         out: folder of the sweep's run directories, state (sweep.json) and report.
         configs_dir: galgen's configs folder.
         per_gpu: run one pair per GPU at a time (child processes with CUDA_VISIBLE_DEVICES).
-        gpus: GPU indices for per_gpu (default: every visible GPU).
+        gpus: GPU indices for per_gpu, e.g. ``'[0, 2]'``, or a number K: the first K GPUs
+            (default: every visible GPU). With ``plan``, K is the number of GPUs to plan for.
         fit_args: extra ``galgen fit`` arguments for every run, one string, e.g.
             ``--fit_args="--trainer.max_epochs=3"`` (part of the fingerprint of the runs).
         report: write ``galgen report`` of ``out`` at the end.
         dry_run: print the plan and stop.
+        plan: print each run's projected time and the total (``galgen_lightning.sweep_cost``:
+            steps, batch, evaluation cost, throughput) for this machine's GPUs (one, or every
+            visible one with ``per_gpu``) or for ``gpus`` GPUs, and stop.
+        throughput: a benchmark result file (``benchmarks/bench_fit.py``, ``bench_diffusion.py``,
+            ``bench_glow.py``, ``bench_gan.py`` output or ``gpu_checks.sh``'s results.jsonl)
+            for ``plan``; default: the design notes' H200 reference figures, labelled as such.
 
     Returns:
         0 when every run is complete, 1 when some failed.
@@ -681,13 +690,34 @@ def sweep(
         f"[sweep] {len(plans)} runs: {counts['skip']} complete (skipped), {counts['resume']} to resume, {counts['train']} to train",
         flush=True,
     )
+    if plan:
+        from galgen_lightning.sweep_cost import builtin_throughput, plan_cost, read_throughput, run_profile
+
+        if isinstance(gpus, list):
+            slots, where = len(gpus), f"GPUs {gpus}"
+        elif isinstance(gpus, int):
+            slots, where = gpus, f"{gpus} GPU{'s' if gpus != 1 else ''} (--gpus)"
+        else:
+            local = detect_gpus() if per_gpu else 1
+            slots, where = max(local, 1), f"this machine ({'one run per GPU, ' if per_gpu else ''}{max(local, 1)} at a time)"
+        if slots < 1:
+            raise GalgenError(f"sweep: --gpus must be at least 1, got {gpus}")
+        if throughput:
+            rate = read_throughput(throughput, family)
+        else:
+            first = run_profile(prof.merged, extra, kept[0])
+            model = (prof.merged.get("model") or {}).get("init_args") or {}
+            fast = "bf16" in str((prof.merged.get("trainer") or {}).get("precision", "")) and bool(model.get("channels_last"))
+            rate = builtin_throughput(family, first.batch, fast)
+        plan_cost(family, prof.merged, extra, plans, rate, slots, where)
+        return 0
     if dry_run:
         for p in plans:
             print(f"  {p.action:>6s}  galgen {shlex.join(p.args)}")
         return 0
     devices = None
     if per_gpu:
-        devices = list(gpus) if gpus else list(range(gpu_count or 0))
+        devices = list(range(gpus)) if isinstance(gpus, int) else list(gpus) if gpus else list(range(gpu_count or 0))
         if not devices:
             raise GalgenError("sweep: --per_gpu needs CUDA GPUs and none is visible")
         print(f"[sweep] one run per GPU on GPUs {devices}", flush=True)

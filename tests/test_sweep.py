@@ -252,3 +252,42 @@ def test_real_tiny_sweep_resumes_from_checkpoint(tmp_path, capsys, monkeypatch):
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "complete" and any(a.startswith("--ckpt_path=") for a in status["command"])
     assert [r["test"] for r in read_jsonl(run / "metrics.jsonl")].count("two_models") >= 1
+
+
+def test_plan_projects_each_run_and_the_total_from_a_benchmark_file(tmp_path, fake_runner, capsys):
+    """--plan: steps x batch / measured rate per run, evaluation on top, runs dealt onto --gpus K; nothing trains."""
+    path = tmp_path / "plan.yaml"
+    callbacks = [{"class_path": "galgen_lightning.evaluation.TwoModelsTest", "init_args": {"every_n_epochs": 2, "n_samples": 8}}]
+    data = {"source": {"class_path": "galgen_lightning.data.SyntheticGalaxies", "init_args": {"size": 100}}, "n_val": 16}
+    data |= {"batch_size": 4, "samples_per_epoch": 40}
+    model = {"class_path": "galgen_lightning.models.diffusion.DiffusionPair", "init_args": {"max_steps": 50}}
+    config = {"sweep": {"ns": [2, 4, 8]}, "model": model, "data": data, "trainer": {"max_epochs": 3, "callbacks": callbacks}}
+    path.write_text(yaml.safe_dump(config))
+    bench = tmp_path / "results.jsonl"
+    lines = [
+        {"benchmark": "diffusion", "device": "X", "batch_size": 4, "train_img_per_s_per_model": 5.0, "sampler_evaluations_per_s": 100.0},
+        {"benchmark": "fit_loop", "family": "diffusion", "device": "X", "batch_size": 4, "fit_device_img_per_s_per_model": 4.0},
+    ]
+    bench.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    _run(tmp_path / "s" / "diffusion-plan-n2-seed0", "complete")
+    assert sweep(family="diffusion", profile=str(path), out=str(tmp_path / "s"), plan=True, throughput=str(bench), gpus=2) == 0
+    text = capsys.readouterr().out
+    assert not fake_runner
+    assert "throughput: 4 training img/s per model of the pair, sampler 100 evaluations/s; measured" in text
+    assert "galgen fit loop (bench_fit.py)" in text
+    rows = [line.split() for line in text.splitlines() if line.startswith("  diffusion-plan-")]
+    assert [r[2] for r in rows] == ["skip", "train", "train"] and all(r[3:6] == ["3", "30", "4"] for r in rows)
+    # 30 steps x 4 images / 4 img/s = 30 s of training per run; evaluation: validation 3 x 2 x 16 forward passes
+    # (1/24 s each) and the two-models test at epochs 2 and 3: 2 x 2 x 8 x (50 / 100 s + 2/24 s)
+    assert rows[1][6:8] == ["30", "s"] and rows[1][8:10] == ["23", "s"]
+    assert "2 runs to train, 0.0 GPU-hours; wall time 53 s on 2 GPUs" in text
+
+
+def test_plan_without_a_file_uses_labelled_reference_figures(tmp_path, profile, fake_runner, capsys):
+    assert sweep(family="glow", profile=str(profile), out=str(tmp_path / "s"), plan=True) == 0
+    text = capsys.readouterr().out
+    assert "built-in H200 reference (design notes: Glow" in text and "not measured" in text and not fake_runner
+    empty = tmp_path / "none.json"
+    empty.write_text('{"benchmark": "gan", "per_model_img_per_s": 3}')
+    with pytest.raises(GalgenError, match="no glow training throughput in"):
+        sweep(family="glow", profile=str(profile), out=str(tmp_path / "s"), plan=True, throughput=str(empty))
