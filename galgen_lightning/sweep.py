@@ -340,12 +340,14 @@ def plan_runs(
             last = folder / "checkpoints" / "last.ckpt"
             if state == "complete":
                 action = "skip"
+            elif state == "diverged":  # resuming would diverge again: left for the user to change and rerun
+                action = "skip"
             elif last.is_file():
                 action = "resume"
                 args.append(f"--ckpt_path={last}")
             else:
                 action = "train"
-            warning = ""
+            warning = f"diverged ({status.get('error', 'see its status.json')}): not resumed; delete the folder to retrain" if state == "diverged" else ""
             known, old_pool = recorded_pool_size(folder) if action != "train" else (False, None)
             if known and old_pool != pool_size:
                 old = "an N-dependent pool" if old_pool is None else f"data.pool_size {old_pool}"
@@ -558,6 +560,10 @@ def execute(
                 state = RunDir(plan.folder).status().get("state", "?")
                 if code == 0 and state == "complete":
                     print(f"[sweep] {plan.folder.name} complete in {_duration(plan.duration)}", flush=True)
+                elif state == "interrupted" or code > 128:
+                    # a signal (scheduler, Ctrl+C): the run saved last.ckpt; the same command resumes it
+                    print(f"[sweep] {plan.folder.name} interrupted (exit {code}); rerun the same command to resume it", flush=True)
+                    pending.clear()
                 else:
                     failed.append(plan)
                     print(f"[sweep] {plan.folder.name} FAILED (exit {code}, status {state}); see {plan.folder}", flush=True)
@@ -741,6 +747,10 @@ def sweep(
         except KeyboardInterrupt:
             print("[sweep] stopped. Run the same command again to resume (finished runs are skipped).", flush=True)
             return 130
+    stopped = [p for p in plans if p.returncode is not None and p.returncode > 128]
+    if stopped:  # a signal stopped a run: no report of a half sweep; the exit status says so
+        print(f"[sweep] stopped by a signal at {stopped[0].folder.name}; run the same command again to resume", flush=True)
+        return stopped[0].returncode
     print(
         f"[sweep] finished in {_duration(time.time() - started)}: {len(plans) - len(failed)}/{len(plans)} runs complete",
         flush=True,

@@ -15,6 +15,7 @@ TO_SPLIT = {
     "evaluation/morphology_measure.py": "measurement, statistics and figure of the morphology test",
     "sweep.py": "plan, local launcher and progress in one module: sweep/",
     "data/synthetic.py": "scene model and renderer",
+    "faults.py": "signals, divergence guard, atomic checkpoints and the run lock: one module each",
 }
 
 

@@ -291,3 +291,28 @@ def test_plan_without_a_file_uses_labelled_reference_figures(tmp_path, profile, 
     empty.write_text('{"benchmark": "gan", "per_model_img_per_s": 3}')
     with pytest.raises(GalgenError, match="no glow training throughput in"):
         sweep(family="glow", profile=str(profile), out=str(tmp_path / "s"), plan=True, throughput=str(empty))
+
+
+def test_sweep_leaves_a_diverged_run_and_stops_at_an_interrupted_one(tmp_path, profile, monkeypatch, capsys):
+    """A diverged run is not resumed (it would diverge again); a run stopped by a signal (state
+    interrupted, exit 128 + signal) is not a failure: the sweep stops, and the same command resumes."""
+    out = tmp_path / "sweep"
+    folder = out / "diffusion-tiny-n2-seed0"
+    folder.mkdir(parents=True)
+    (folder / "status.json").write_text(json.dumps({"state": "diverged", "error": "diffusion model a: 20 updates in a row skipped"}))
+    calls: list[list[str]] = []
+
+    def interrupted(args, env, log):
+        calls.append(args)
+        run = Path(_option(args, "trainer.default_root_dir"))
+        (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (run / "checkpoints" / "last.ckpt").write_bytes(b"x")
+        (run / "status.json").write_text(json.dumps({"state": "interrupted", "signal": "SIGTERM"}))
+        return 143
+
+    monkeypatch.setattr(sweep_module, "subprocess_runner", interrupted)
+    assert sweep(family="diffusion", profile=str(profile), ns=[2, 4, 8], out=str(out), report=False) == 143
+    text = capsys.readouterr().out
+    assert "diverged (diffusion model a: 20 updates in a row skipped): not resumed" in text
+    assert [_option(c, "data.n") for c in calls] == ["4"]  # N=2 left alone, N=8 not started after the signal
+    assert "interrupted (exit 143); rerun the same command to resume it" in text and "FAILED" not in text
