@@ -13,7 +13,6 @@ evaluation result; W&B runs offline unless you are logged in; a user mistake is 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 import warnings
@@ -38,14 +37,10 @@ from galgen_lightning.rundir import RunDir, RunDirectory
 
 
 def wandb_logged_in() -> bool:
-    """Whether W&B credentials exist (an API key in the environment or a netrc entry)."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    try:
-        return "api.wandb.ai" in netrc.read_text()
-    except OSError:
-        return False
+    """Whether W&B credentials exist (see :func:`galgen_lightning.wandb_utils.logged_in`)."""
+    from galgen_lightning.wandb_utils import logged_in
+
+    return logged_in()
 
 
 def _entries(value) -> list:
@@ -118,9 +113,10 @@ class GalgenCLI(LightningCLI):
             parser_class=GalgenParser,
             parser_kwargs={
                 "description": "galgen: the two-models test of generative models of galaxy images. "
-                "Besides fit and validate: 'galgen report PATH' (HTML report of a run or a sweep), "
-                "'galgen sweep' (pairs over N, then the report) and 'galgen data download|convert|inspect' (survey cutouts, "
-                "conversion into the cache, a look at a source); each has its own --help."
+                "Subcommands: fit (train a pair and run the tests), validate (re-run the tests on a checkpoint), "
+                "sample (draw samples of a trained pair), report (HTML report of a run or a sweep), "
+                "sweep (pairs over N, then the report), data (download|convert|inspect a source); each has its own --help. "
+                "--config also takes a bundled config by name (e.g. diffusion.yaml, quick/diffusion.yaml)."
             },
             **kwargs,
         )
@@ -184,6 +180,10 @@ class GalgenCLI(LightningCLI):
         except ValueError as e:  # a constructor refused an option value: one line, not a traceback
             raise GalgenError(f"invalid option value: {_root_cause(e)}") from e
         self.trainer.callbacks = averaging_after_tests(self.trainer.callbacks)
+        from galgen_lightning import wandb_utils
+
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        wandb_utils.configure(self.trainer.loggers, Path(self.trainer.default_root_dir), cfg, self.subcommand or "fit")
 
 
     def _choose_run_dir(self, cfg) -> Path:
@@ -229,20 +229,86 @@ def _state_dict_summary(message: str) -> str:
     return "; ".join(parts) or " ".join(message.split())[:300]
 
 
-EXTRA_COMMANDS = {"report": "galgen_lightning.report", "sweep": "galgen_lightning.sweep", "data": "galgen_lightning.data.command"}
+EXTRA_COMMANDS = {
+    "report": "galgen_lightning.report",
+    "sweep": "galgen_lightning.sweep",
+    "data": "galgen_lightning.data.command",
+    "sample": "galgen_lightning.sample",
+}
 """Subcommands outside LightningCLI: ``galgen report --help``, ``galgen sweep --help``."""
+
+
+def config_folders() -> list[Path]:
+    """Where bundled configs are looked up: the checkout's ``configs/`` (galgen run from a
+    checkout or an editable install), else ``<prefix>/share/galgen/configs`` where a wheel puts
+    them (pyproject ``[tool.setuptools.data-files]``; ``pip install --user``: the user base)."""
+    import site
+
+    candidates = [Path(__file__).resolve().parent.parent / "configs"]
+    for prefix in (sys.prefix, sys.base_prefix, getattr(site, "USER_BASE", None)):
+        if prefix:
+            candidates.append(Path(prefix) / "share" / "galgen" / "configs")
+    out: list[Path] = []
+    for path in candidates:
+        if path.is_dir() and path not in out and (path / "diffusion.yaml").is_file():
+            out.append(path)
+    return out
+
+
+def resolve_config(value: str) -> str:
+    """A ``--config`` value that is not a file but names a bundled config (``diffusion.yaml``,
+    ``quick/diffusion.yaml``, ``configs/quick/gan.yaml``) becomes that config's path."""
+    if not value or Path(value).expanduser().exists() or not value.endswith((".yaml", ".yml")):
+        return value
+    name = value[len("configs/") :] if value.startswith("configs/") else value
+    for folder in config_folders():
+        path = folder / name
+        if path.is_file():
+            return str(path)
+    return value
+
+
+def _resolve_configs(argv: list[str]) -> list[str]:
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg.startswith("--config="):
+            out[i] = "--config=" + resolve_config(arg[len("--config=") :])
+        elif arg == "--config" and i + 1 < len(out):
+            out[i + 1] = resolve_config(out[i + 1])
+    return out
+
+
+OPTIONAL_EXTRAS = {"galsim": "simulation", "statmorph": "morphology", "photutils": "morphology", "h5py": "hdf5", "skimage": "hxdf"}
+"""Optional packages and the extra of galgen that installs them (``pip install 'galgen[<extra>]'``)."""
+
+
+def missing_extra(error: BaseException) -> str | None:
+    """The one-line message for a missing optional package, or None when ``error`` is not one."""
+    while error is not None:
+        if isinstance(error, ModuleNotFoundError) and error.name:
+            top = error.name.split(".")[0]
+            if top in OPTIONAL_EXTRAS:
+                extra = OPTIONAL_EXTRAS[top]
+                return f"this needs the optional package {top}, which is not installed: pip install 'galgen[{extra}]'"
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``galgen`` command (``args`` for in-process use and tests)."""
-    if "WANDB_MODE" not in os.environ and not wandb_logged_in():
-        os.environ["WANDB_MODE"] = "offline"
-    os.environ.setdefault("WANDB_SILENT", "true")
+    from galgen_lightning.wandb_utils import choose_mode
+
+    choose_mode()  # WANDB_MODE wins; offline without credentials
     # the seed is in the run's config.yaml; Lightning's "Seed set to N" line would stand before a one-line error
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
     if args is not None:  # in-process use: the argument list is the command
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-    argv = sys.argv[1:] if args is None else list(args)
+    argv = _resolve_configs(sys.argv[1:] if args is None else list(args))
+    if args is not None:
+        args = argv
+    elif argv != sys.argv[1:]:
+        args = argv
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
     cli, handlers = None, {}
     try:
         if argv and argv[0] in EXTRA_COMMANDS:  # galgen report / galgen sweep: their own small CLIs
@@ -259,6 +325,12 @@ def main(args: list[str] | None = None) -> None:
         sys.exit(e.code)
     except GalgenError as e:
         print(f"galgen: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except ImportError as e:
+        message = missing_extra(e)
+        if message is None:
+            raise
+        print(f"galgen: error: {message}", file=sys.stderr)
         sys.exit(2)
     except OSError as e:  # a write that failed outside galgen's own writers (a full disk, a read-only folder)
         if e.errno is None or e.filename is None:

@@ -12,6 +12,8 @@ A run directory is the interface between ``galgen fit``/``validate`` (which writ
     <run>/eval/<test>/epoch_XXXX[tag].npz|.png   per-sample arrays and figures of each test
     <run>/verdict.json       the one judge's label and evidence, at the end of fit/validate
     <run>/sweep.json         how ``galgen sweep`` launched the run (arguments, fingerprint)
+    <run>/wandb.json         the W&B run id, project and group (a resume continues that W&B run)
+    <run>/wandb/             W&B's own files (offline runs: ``wandb sync <run>/wandb/offline-run-*``)
     <run>/checkpoints/       Lightning's checkpoints
     <run>/validate-<time>/   a later ``galgen validate`` of this run (a run directory itself)
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -37,7 +40,8 @@ import lightning as L
 import numpy as np
 
 CONFIG, MANIFEST, STATUS, METRICS, VERDICT, EVAL = "config.yaml", "manifest.json", "status.json", "metrics.jsonl", "verdict.json", "eval"
-LAUNCH = "sweep.json"
+LAUNCH, WANDB = "sweep.json", "wandb.json"
+
 
 
 def _jsonable(v: Any) -> Any:
@@ -155,6 +159,14 @@ class RunDir:
 
     def launch(self) -> dict:
         return _read_json(self.path / LAUNCH)
+
+    def write_wandb_identity(self, identity: dict) -> None:
+        """``wandb.json``: the W&B run id (and project, group) this run logs to."""
+        _write_atomic(self.path / WANDB, json.dumps(identity, indent=1) + "\n")
+
+    def wandb_identity(self) -> dict:
+        """``wandb.json``, or ``{}`` when the run has none."""
+        return _read_json(self.path / WANDB)
 
     def write_verdict(self, verdict: dict) -> Path:
         """``verdict.json`` (the judge's JSON)."""
@@ -387,6 +399,12 @@ def load_run(path: Path) -> Run:
     return run
 
 
+def _versions() -> dict:
+    from galgen_lightning.wandb_utils import software_versions
+
+    return software_versions()
+
+
 class RunDirectory(L.Callback):
     """Writes ``config.yaml``, ``manifest.json`` and ``status.json`` into the run directory (rank zero).
 
@@ -411,6 +429,7 @@ class RunDirectory(L.Callback):
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "epoch": trainer.current_epoch,
             "global_step": trainer.global_step,
+            "versions": _versions(),
             **extra,
         }
         RunDir(Path(trainer.default_root_dir)).write_status(status)
@@ -424,8 +443,15 @@ class RunDirectory(L.Callback):
         if self.config_text is not None:
             folder.write_config(self.config_text)
         dm = getattr(trainer, "datamodule", None)
-        if dm is not None and hasattr(dm, "manifest"):
-            folder.write_manifest(dm.manifest())
+        manifest = dm.manifest() if dm is not None and hasattr(dm, "manifest") else {}
+        if manifest:
+            folder.write_manifest(manifest)
+        from galgen_lightning import wandb_utils
+
+        if wandb_utils.wandb_loggers(trainer.loggers):
+            family = type(pl_module).__name__.replace("Pair", "").lower()
+            seed = os.environ.get("PL_GLOBAL_SEED")
+            wandb_utils.start(trainer, wandb_utils.run_config(family, manifest, int(seed) if seed else None, _versions()))
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # progress for whoever watches the run (galgen sweep, a user): epochs and steps done
@@ -445,8 +471,7 @@ class RunDirectory(L.Callback):
         folder = RunDir(Path(trainer.default_root_dir))
         if not trainer.is_global_zero or not folder.has_results():
             return
-        from lightning.pytorch.loggers import WandbLogger
-
+        from galgen_lightning import wandb_utils
         from galgen_lightning.evaluation.verdict import judge_run
 
         verdict = judge_run(folder.load())
@@ -460,9 +485,7 @@ class RunDirectory(L.Callback):
                 summary[f"verdict/{key}"] = value
                 if key in verdict.intervals:
                     summary[f"verdict/{key}_low"], summary[f"verdict/{key}_high"] = verdict.intervals[key]
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.experiment.summary.update(summary)
+        wandb_utils.write_summary(trainer.loggers, summary)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         from galgen_lightning.faults import run_state

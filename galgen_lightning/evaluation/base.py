@@ -9,6 +9,7 @@ CLI sets per run.
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,8 @@ class EvalCallback(L.Callback):
                 + f"; {(pl_module if isinstance(pl_module, type) else type(pl_module)).__name__} has none: remove the test from the config"
             )
 
+    _started: float | None = None
+
     def __init__(self, every_n_epochs: int = 1) -> None:
         if every_n_epochs < 1:
             raise ValueError(f"{type(self).__name__}: every_n_epochs must be positive, got {every_n_epochs}")
@@ -109,7 +112,11 @@ class EvalCallback(L.Callback):
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero and self._due(trainer):
-            self.evaluate(trainer, pl_module)
+            self._started = time.perf_counter()
+            try:
+                self.evaluate(trainer, pl_module)
+            finally:
+                self._started = None
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         raise NotImplementedError
@@ -141,10 +148,19 @@ class EvalCallback(L.Callback):
         return RunDir(run_dir(trainer)).eval_path(self.name, trainer.current_epoch, suffix, tag)
 
     def log_scalars(self, trainer: L.Trainer, values: dict[str, float]) -> None:
-        """Log ``<name>/<key>`` to every logger and append a line to ``<run>/metrics.jsonl``."""
+        """Log ``<name>/<key>`` to every logger (with ``epoch``, the x axis of W&B's charts) and
+        append a line to ``<run>/metrics.jsonl``.
+
+        Inside :meth:`evaluate` it adds ``seconds``: the evaluation's wall time up to its numbers
+        (sampling, the search, the statistics; the figures that follow are not counted).
+        """
+        from galgen_lightning import wandb_utils
+
+        started = getattr(self, "_started", None)
+        if started is not None and "seconds" not in values:
+            values = {**values, "seconds": time.perf_counter() - started}
         metrics = {f"{self.name}/{k}": float(v) for k, v in values.items()}
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
+        wandb_utils.epoch_metrics(trainer.loggers, metrics, trainer.current_epoch, trainer.global_step)
         record = {"epoch": trainer.current_epoch, "step": trainer.global_step, "test": self.name}
         record.update({k: _jsonable(v) for k, v in values.items()})
         RunDir(run_dir(trainer)).append_metrics(record)
@@ -160,7 +176,7 @@ class EvalCallback(L.Callback):
                 import wandb
 
                 data = {f"{self.name}/{k}": wandb.Histogram(np.asarray(v)[np.isfinite(v)]) for k, v in arrays.items() if np.size(v)}
-                logger.experiment.log({**data, "trainer/global_step": trainer.global_step})
+                logger.experiment.log({**data, "epoch": trainer.current_epoch, "trainer/global_step": trainer.global_step})
 
     def save_figure(self, trainer: L.Trainer, fig, key: str, tag: str = "") -> Path:
         """Save a matplotlib figure as PNG in the run directory and log it to W&B as an image."""

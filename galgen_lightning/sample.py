@@ -1,0 +1,137 @@
+"""``galgen sample``: samples of a trained pair, A and B from the same noise.
+
+    galgen sample --ckpt_path runs/<run>/checkpoints/last.ckpt --n 1000 --out samples.npz
+    galgen sample --ckpt_path ... --n 64 --seed 3 --out samples.fits     (FITS: one HDU per model)
+    galgen sample --ckpt_path ... --n 64 --out grid.png                  (a grid: A above, B below)
+
+Sample ``i`` of A and of B come from the same noise (``PairModule.sample(n, seed)``), so the same
+``--seed`` gives the same samples whatever ``--batch_size``. The ``.npz`` holds ``a``, ``b``
+(``(n, c, h, w)`` float32), ``ok_a``, ``ok_b`` (usable samples) and ``seed``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from galgen_lightning.errors import GalgenError
+
+FORMATS = (".npz", ".fits", ".png")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not the usage
+        raise GalgenError(f"galgen sample: {message}")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="galgen sample", description="Samples of a trained pair, A and B from the same noise (npz, FITS or a PNG grid).")
+    p.add_argument("--ckpt_path", required=True, help="a checkpoint of galgen fit (e.g. runs/<run>/checkpoints/last.ckpt)")
+    p.add_argument("--n", type=int, default=1000, help="samples per model (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed: fixes all the noise (default 0)")
+    p.add_argument("--out", default="samples.npz", help="output file: .npz, .fits or .png (default samples.npz)")
+    p.add_argument("--batch_size", type=int, default=None, help="samples per forward batch (default: the model's sample_batch_size)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--grid", type=int, default=16, help="samples per model in the .png grid (default 16)")
+    return p
+
+
+def load_pair(ckpt_path: str | Path, device: str | torch.device = "cpu"):
+    """The pair of a galgen checkpoint (its family from the checkpoint, else the run's config.yaml)."""
+    from galgen_lightning.models.base import PairModule
+    from galgen_lightning.rundir import RunDir
+
+    path = Path(ckpt_path).expanduser()
+    if not path.is_file():
+        raise GalgenError(f"--ckpt_path {ckpt_path}: {'is a directory, not a checkpoint file' if path.is_dir() else 'no such file'}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 (unpickling raises anything)
+        raise GalgenError(f"--ckpt_path {ckpt_path}: not a readable galgen checkpoint: {(str(e).strip().splitlines() or [type(e).__name__])[0][:200]}") from None
+    hparams = dict(checkpoint.get("hyper_parameters") or {}) if isinstance(checkpoint, dict) else {}
+    class_path = hparams.get("_class_path") or ((RunDir(path.resolve().parent.parent).config().get("model") or {}).get("class_path"))
+    if not class_path or "state_dict" not in checkpoint:
+        raise GalgenError(f"--ckpt_path {ckpt_path}: not a galgen checkpoint (no model class or weights)")
+    module, name = str(class_path).rsplit(".", 1)
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise GalgenError(f"--ckpt_path {ckpt_path}: its model {class_path} cannot be imported ({e})") from None
+    if not (isinstance(cls, type) and issubclass(cls, PairModule)):
+        raise GalgenError(f"--ckpt_path {ckpt_path}: {class_path} is not a galgen pair")
+    pair = cls(**{k: v for k, v in hparams.items() if not k.startswith("_")})
+    try:
+        pair.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as e:
+        raise GalgenError(f"--ckpt_path {ckpt_path}: the weights do not fit {name}: {' '.join(str(e).split())[:200]}") from None
+    return pair.to(device).eval()
+
+
+def write(samples, out: Path, seed: int, grid: int = 16) -> Path:
+    """Write ``samples`` (:class:`PairSamples`) as ``.npz``, ``.fits`` or a ``.png`` grid."""
+    from galgen_lightning.faults import atomic_write_bytes
+
+    a, b = samples.a.numpy().astype(np.float32), samples.b.numpy().astype(np.float32)
+    ok_a, ok_b = samples.ok_a.numpy(), samples.ok_b.numpy()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".npz":
+        import io
+
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, a=a, b=b, ok_a=ok_a, ok_b=ok_b, seed=np.int64(seed))
+        atomic_write_bytes(out, buffer.getbuffer())
+    elif out.suffix == ".fits":
+        import io
+
+        from astropy.io import fits
+
+        primary = fits.PrimaryHDU()
+        primary.header["SEED"] = (seed, "galgen sampling seed (shared noise of A and B)")
+        primary.header["NSAMPLE"] = (len(a), "samples per model")
+        hdus = [primary]
+        for which, x, ok in (("A", a, ok_a), ("B", b, ok_b)):
+            hdu = fits.ImageHDU(x, name=which)
+            hdu.header["MODEL"] = (which, "model of the pair")
+            hdus.append(hdu)
+            hdus.append(fits.ImageHDU(ok.astype(np.uint8), name=f"OK_{which}"))
+        buffer = io.BytesIO()
+        fits.HDUList(hdus).writeto(buffer)
+        atomic_write_bytes(out, buffer.getbuffer())
+    else:
+        import matplotlib.image
+
+        from galgen_lightning.evaluation.base import mosaic
+
+        k = min(grid, len(a))
+        image = mosaic([samples.a[:k, :1], samples.b[:k, :1]])
+        matplotlib.image.imsave(out, image, cmap="gray", vmin=0, vmax=255)
+    return out
+
+
+def main(args: list[str] | None = None) -> None:
+    opts = parser().parse_args(args)
+    out = Path(opts.out)
+    if out.suffix not in FORMATS:
+        raise GalgenError(f"--out {opts.out}: the name must end in {', '.join(FORMATS)}")
+    if opts.n < 1:
+        raise GalgenError(f"--n must be positive, got {opts.n}")
+    device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except RuntimeError as e:
+        raise GalgenError(f"--device {opts.device}: {e}") from None
+    pair = load_pair(opts.ckpt_path, device)
+    batch_size = opts.batch_size or getattr(pair.hparams, "sample_batch_size", None)
+    samples = pair.sample(opts.n, opts.seed, batch_size=batch_size)
+    write(samples, out, opts.seed, opts.grid)
+    bad = int((~samples.ok_a).sum()) + int((~samples.ok_b).sum())
+    print(f"galgen sample: {opts.n} samples of A and of B (seed {opts.seed}) -> {out}" + (f"; {bad} not usable (ok_a/ok_b)" if bad else ""), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

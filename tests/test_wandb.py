@@ -1,0 +1,164 @@
+"""W&B: online or offline decided right, an unreachable server costs seconds, and an offline run's
+own files (read back with the wandb package's protobuf records) hold the per-epoch charts, the
+run's identity, and the same id after a resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import CONFIGS, read_jsonl, run_cli
+
+from galgen_lightning import wandb_utils
+
+FAMILY = [f"--config={CONFIGS / 'diffusion.yaml'}", f"--config={CONFIGS / 'quick' / 'diffusion.yaml'}"]
+TINY = [
+    "--data.n=8",
+    "--data.n_val=32",
+    "--data.batch_size=8",
+    "--data.samples_per_epoch=16",
+    "--model.init_args.blocks=2",
+    "--model.init_args.width=8",
+    "--model.init_args.max_steps=20",
+    "--trainer.max_epochs=1",
+]
+
+
+def wandb_records(run: Path) -> list:
+    """Every record of the run's offline ``.wandb`` files (W&B's block log of protobuf records)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    out = []
+    for path in sorted(run.glob("wandb/offline-run-*/run-*.wandb")):
+        data, block = path.read_bytes(), 32768
+        assert data[:4] == b":W&B"
+        pos, buffer, records = 7, b"", []
+        while pos + 7 <= len(data):
+            left = block - pos % block
+            if left < 7:  # a block's tail too short for a header is padding
+                pos += left
+                continue
+            _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+            pos += 7
+            if kind == 0:
+                break
+            chunk, pos = data[pos : pos + length], pos + length
+            buffer = chunk if kind in (1, 2) else buffer + chunk
+            if kind in (1, 4):  # full, or the last piece
+                record = pb.Record()
+                record.ParseFromString(buffer)
+                records.append(record)
+        out.append((path, records))
+    return out
+
+
+def _key(item) -> str:
+    return item.key or "/".join(item.nested_key)
+
+
+def test_mode_choice(monkeypatch, tmp_path):
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    netrc = tmp_path / "netrc"
+    monkeypatch.setenv("NETRC", str(netrc))
+    assert not wandb_utils.logged_in()
+    assert wandb_utils.choose_mode() == "offline"
+    monkeypatch.delenv("WANDB_MODE")
+    netrc.write_text("machine wandb.example.org\n  login user\n  password secret\n")  # a self-hosted server
+    netrc.chmod(0o600)
+    assert wandb_utils.logged_in() and wandb_utils.choose_mode() == "online"
+    netrc.unlink()
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.org")
+    assert wandb_utils.logged_in()
+    monkeypatch.delenv("WANDB_BASE_URL")
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert wandb_utils.logged_in()
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # WANDB_MODE always wins
+    assert wandb_utils.choose_mode() == "disabled"
+
+
+UNREACHABLE = """
+import sys, time
+from types import SimpleNamespace
+from lightning.pytorch.loggers import WandbLogger
+from galgen_lightning import wandb_utils
+logger = WandbLogger(project="galgen", save_dir=sys.argv[1], id="unreach1")
+logger._wandb_init["settings"] = wandb_utils._settings()
+trainer = SimpleNamespace(is_global_zero=True, loggers=[logger])
+started = time.monotonic()
+wandb_utils.start(trainer, {"family": "diffusion"})
+print("mode", logger.experiment.settings.mode, "id", logger.experiment.id, "seconds", round(time.monotonic() - started, 1))
+logger.experiment.finish()
+"""
+
+
+def test_unreachable_server_goes_offline_in_seconds(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
+    env.update(WANDB_API_KEY="x" * 40, WANDB_BASE_URL="http://127.0.0.1:1", GALGEN_WANDB_INIT_TIMEOUT="3", WANDB_SILENT="true")
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", UNREACHABLE, str(tmp_path)], env=env, capture_output=True, text=True, timeout=120)
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "mode offline id unreach1" in proc.stdout
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("galgen: warning: W&B did not start")]
+    assert len(warnings) == 1 and "wandb sync" in warnings[0]
+    assert elapsed < 45, elapsed  # 3 s of init timeout, plus the start of Python and W&B's service
+    assert list(tmp_path.glob("wandb/offline-run-*"))
+
+
+def test_offline_run_files_hold_epoch_charts_identity_and_resume(tmp_path, tiny_source_args, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run = tmp_path / "sweepname" / "run"
+    (run).mkdir(parents=True)
+    (run / "sweep.json").write_text(json.dumps({"args": []}))  # as galgen sweep launches it: group = the sweep
+    assert run_cli(["fit", *FAMILY, *tiny_source_args, *TINY, f"--trainer.default_root_dir={run}"]) == 0
+    identity = json.loads((run / "wandb.json").read_text())
+    status = json.loads((run / "status.json").read_text())
+    assert {"galgen", "torch", "lightning", "cuda", "git_commit"} <= set(status["versions"])
+    (path, records), = wandb_records(run)
+    kinds = {}
+    for r in records:
+        kinds.setdefault(r.WhichOneof("record_type"), []).append(r)
+    header = kinds["run"][0].run
+    assert header.run_id == identity["id"] and path.name == f"run-{identity['id']}.wandb"
+    assert header.run_group == "sweepname" and header.job_type == "fit"
+    assert {"diffusion", "n=8"} <= set(header.tags)
+    config = {_key(i): json.loads(i.value_json) for r in kinds["config"] for i in r.config.update}
+    assert config["family"] == "diffusion" and config["n"] == 8 and config["data_seed"] == 0 and config["seed_everything"] == 0
+    assert config["image_size"] == 16 and len(config["split_sha1"]) == 40 and config["source"]
+    assert config["versions"]["torch"] and "git_commit" in config["versions"]
+    steps = {(r.metric.name or r.metric.glob_name): r.metric.step_metric for r in kinds["metric"]}
+    for prefix in wandb_utils.EVAL_PREFIXES:
+        assert steps[f"{prefix}/*"] == "epoch"
+    assert steps["two_models/memorization_rate"] == "epoch" and steps["two_models/seconds"] == "epoch"
+    rows = [{_key(i): i.value_json for i in r.history.item} for r in kinds["history"]]
+    rate_rows = [row for row in rows if "two_models/memorization_rate" in row]
+    assert rate_rows and all(row["epoch"] == "0" for row in rate_rows)
+    seconds = [r["seconds"] for r in read_jsonl(run / "metrics.jsonl")]
+    assert all(s is not None and s > 0 for s in seconds)
+
+    # a resume continues the same W&B run
+    ckpt = run / "checkpoints" / "last.ckpt"
+    args = ["fit", *FAMILY, *tiny_source_args, *TINY, "--trainer.max_epochs=2", f"--ckpt_path={ckpt}", f"--trainer.default_root_dir={run}"]
+    assert run_cli(args) == 0
+    runs = wandb_records(run)
+    assert len(runs) == 2
+    ids = {r.run.run_id for _, records in runs for r in records if r.WhichOneof("record_type") == "run"}
+    assert ids == {identity["id"]}
+    assert json.loads((run / "wandb.json").read_text())["id"] == identity["id"]
+
+
+@pytest.mark.parametrize("value", ["diffusion.yaml", "quick/gan.yaml", "configs/quick/diffusion.yaml"])
+def test_bundled_config_by_name(value, tmp_path, monkeypatch):
+    from galgen_lightning.cli import resolve_config
+
+    monkeypatch.chdir(tmp_path)
+    path = Path(resolve_config(value))
+    assert path.is_file() and path.name == Path(value).name
+    assert resolve_config("no/such/file.yaml") == "no/such/file.yaml"
