@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from galgen_lightning.data import GalaxyPairDataModule
-from galgen_lightning.data.sources import GalaxySource
+from galgen_lightning.data.sources.base import GalaxySource
 from galgen_lightning.models.diffusion import DiffusionPair
 
 PROFILES = {

@@ -49,7 +49,7 @@ def write_cutouts(folder: Path, count: int, side: int, seed: int = 0) -> float:
 
 def step_times(path: Path, crop: int, image_size: int, repeat: int = 20) -> dict[str, float]:
     """Milliseconds per cutout of each step, in this process (median of ``repeat``)."""
-    from galgen_lightning.data.readers import FitsRecipe, fits_to_gray, read_fits_planes
+    from galgen_lightning.data.sources.fits import FitsRecipe, fits_to_gray, read_fits_planes
     from galgen_lightning.data.synthetic import _lupton_gray
 
     recipe = FitsRecipe(None, "zrg", crop, 8.0, 0.2, image_size)

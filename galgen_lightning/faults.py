@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import math
@@ -477,10 +478,12 @@ class RunLock:
         self.folder = Path(folder)
         self.path = self.folder / LOCK
         self.fd: int | None = None
+        self.created = False
 
     def acquire(self) -> RunLock:
         import fcntl
 
+        self.created = not self.folder.exists()
         make_dir(self.folder)
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -512,6 +515,11 @@ class RunLock:
             pass
         os.close(self.fd)
         self.fd = None
+        # a run that stopped before writing anything (a bad option, a bad source) leaves no folder
+        if self.created and [p.name for p in self.folder.iterdir()] == [LOCK]:
+            self.path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                self.folder.rmdir()
 
 
 def is_rank_zero_launch() -> bool:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from galgen_lightning.data import ArrayFile, GalaxyPairDataModule, SyntheticGalaxies, TiledPairs
-from galgen_lightning.data.sources import content_hash
+from galgen_lightning.data.sources.base import content_hash
 from galgen_lightning.data.split import check_disjoint, duplicate_mask, make_split
 from galgen_lightning.errors import GalgenError
 

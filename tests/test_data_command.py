@@ -388,7 +388,7 @@ def test_template_must_name_ra_and_dec_and_known_placeholders():
 def test_retry_after_parsing():
     from email.utils import formatdate
 
-    from galgen_lightning.data.download import retry_after_seconds
+    from galgen_lightning.data.fetch import retry_after_seconds
 
     assert retry_after_seconds("3") == 3.0
     assert retry_after_seconds(None) is None and retry_after_seconds("soon") is None

@@ -249,7 +249,7 @@ def test_full_disk_during_a_metrics_record_cuts_it_off_and_a_torn_line_is_ended(
 
 
 def test_full_disk_during_a_cache_chunk_is_one_line_and_keeps_the_old_chunk(tmp_path):
-    from galgen_lightning.data.sources import write_atomic
+    from galgen_lightning.data.cache import write_atomic
     from galgen_lightning.errors import GalgenError
 
     path = tmp_path / "chunk_00000.npy"
@@ -290,7 +290,7 @@ def test_truncated_synthetic_chunk_is_rendered_again(tmp_path, capsys):
 
 
 def test_corrupt_reader_chunk_meta_and_summary_are_rebuilt_from_the_untouched_input(tmp_path, capsys):
-    from galgen_lightning.data.readers import ArrayFile
+    from galgen_lightning.data import ArrayFile
 
     data = tmp_path / "images.npy"
     np.save(data, np.random.default_rng(0).random((12, 20, 20)).astype(np.float32))

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from galgen_lightning.data import GalaxyPairDataModule, HubbleDeepField
-from galgen_lightning.data.hxdf import hubble_deep_field_gray
-from galgen_lightning.data.sources import content_hash
+from galgen_lightning.data.sources.base import content_hash
+from galgen_lightning.data.sources.hxdf import hubble_deep_field_gray
 from galgen_lightning.errors import GalgenError
 
 

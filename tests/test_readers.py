@@ -16,8 +16,8 @@ from astropy.visualization import make_lupton_rgb
 from conftest import CONFIGS, run_cli
 
 from galgen_lightning.data import ArrayFile, FitsCutouts, GalaxyPairDataModule, ImageFolder
-from galgen_lightning.data import readers as readers_module
-from galgen_lightning.data.sources import resize
+from galgen_lightning.data import cache as readers_module
+from galgen_lightning.data.sources.base import resize
 from galgen_lightning.errors import GalgenError
 
 
@@ -320,23 +320,25 @@ def test_changing_a_parameter_or_a_file_converts_again_and_keeps_the_old_cache(t
     assert len(_chunks(tmp_path)) == 4 and not np.array_equal(d[2], a[2]) and np.array_equal(d[3], a[3])
 
 
-def test_foreign_or_corrupt_cache_is_reported_not_used(tmp_path):
+def test_foreign_or_corrupt_cache_is_rebuilt_not_used(tmp_path, capsys):
+    """A damaged meta.json or chunk is never used: one warning, and it is made again from the inputs."""
     folder = fits_dir(tmp_path / "in", 4)
-    src = FitsCutouts(str(folder), workers=1, cache_dir=cache_of(tmp_path))
-    src.load(4, 16)
+    want = FitsCutouts(str(folder), workers=1, cache_dir=cache_of(tmp_path)).load(4, 16)
     (chunk,) = _chunks(tmp_path)
     meta = chunk.parent.parent / "meta.json"
     original = meta.read_text()
     meta.write_text(original.replace('"format": 1', '"format": 0'))
-    with pytest.raises(GalgenError, match=r"written by another galgen version or with other parameters \(format 0, expected 1"):
-        FitsCutouts(str(folder), workers=1, cache_dir=cache_of(tmp_path)).load(4, 16)
-    meta.write_text(original)
+    capsys.readouterr()
+    assert np.array_equal(FitsCutouts(str(folder), workers=1, cache_dir=cache_of(tmp_path)).load(4, 16), want)
+    assert f"data cache {meta} differs from what its folder is named for (in format); writing it again" in capsys.readouterr().err
+    assert meta.read_text() == original
     chunk.write_bytes(chunk.read_bytes()[:100])
-    with pytest.raises(GalgenError, match=r"chunk_00000.npz is unreadable .*delete it"):
-        FitsCutouts(str(folder), workers=1, cache_dir=cache_of(tmp_path)).load(4, 16)
+    assert np.array_equal(FitsCutouts(str(folder), workers=1, cache_dir=cache_of(tmp_path)).load(4, 16), want)
+    assert f"data cache {chunk} is unreadable (BadZipFile); converting it again from the inputs" in capsys.readouterr().err
     np.savez(chunk, images=np.zeros((4, 8, 8), np.float32), reasons=np.array([""] * 4), details=np.array([""] * 4))
-    with pytest.raises(GalgenError, match=r"expected float32 \(4, 16, 16\).*delete it"):
-        FitsCutouts(str(folder), workers=1, cache_dir=cache_of(tmp_path)).load(4, 16)
+    assert np.array_equal(FitsCutouts(str(folder), workers=1, cache_dir=cache_of(tmp_path)).load(4, 16), want)
+    assert "expected float32 (4, 16, 16) for 4; converting it again from the inputs" in capsys.readouterr().err
+    assert _chunks(tmp_path) == [chunk]
 
 
 @pytest.mark.parametrize("code, words", [(errno.ENOSPC, "no space left"), (errno.EROFS, "it is on a read-only file system"), (errno.EACCES, "permission denied")])

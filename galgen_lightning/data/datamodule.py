@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from galgen_lightning.data.sources import GalaxySource, SyntheticGalaxies
+from galgen_lightning.data.sources.base import GalaxySource
+from galgen_lightning.data.sources.synthetic import SyntheticGalaxies
 from galgen_lightning.data.split import SUBSETS, Split, check_disjoint, duplicate_mask, make_split
 from galgen_lightning.errors import GalgenError
 

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from galgen_lightning.data.sources import content_hash
+from galgen_lightning.data.sources.base import content_hash
 
 DIHEDRAL_NAMES = ("identity", "rot90", "rot180", "rot270", "flip_lr", "flip_ud", "transpose", "antitranspose")
 """The 8 flips/right-angle rotations, in the order :func:`dihedral_views` returns them."""

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from galgen_lightning.data.sources import GalaxySource
+from galgen_lightning.data.sources.base import GalaxySource
 from galgen_lightning.errors import GalgenError
 
 
@@ -35,8 +35,8 @@ def _label(source: GalaxySource, info: dict) -> str:
 
 def _cache_folder(source: GalaxySource, image_size: int) -> Path | None:
     """Where the source keeps its converted images at ``image_size`` (None: no cache)."""
-    from galgen_lightning.data.readers import CachedReader
-    from galgen_lightning.data.sources import SyntheticGalaxies
+    from galgen_lightning.data.sources.reader import CachedReader
+    from galgen_lightning.data.sources.synthetic import SyntheticGalaxies
 
     if isinstance(source, CachedReader):
         return source._root() / f"{image_size}px-chunk{source.chunk}"
@@ -47,7 +47,7 @@ def _cache_folder(source: GalaxySource, image_size: int) -> Path | None:
 
 def _rejections(info: dict) -> tuple[int | None, dict[str, int]]:
     """``(inputs, rejected per reason)`` from a source's ``describe()``."""
-    from galgen_lightning.data.readers import REASONS
+    from galgen_lightning.data.sources.reader import REASONS
 
     report = info.get("report") or {}
     if "by_reason" in report:  # the readers
@@ -136,7 +136,7 @@ def _pixel_stats(images: np.ndarray) -> dict[str, float]:
 
 def _rejected_inputs(source: GalaxySource, image_size: int) -> list[tuple[str, Any, str, str]]:
     """``(name, input, reason, detail)`` of every rejected input converted so far (readers only)."""
-    from galgen_lightning.data.readers import REASONS, CachedReader, Chunk
+    from galgen_lightning.data.sources.reader import REASONS, CachedReader, Chunk
 
     if not isinstance(source, CachedReader):
         return []
@@ -149,6 +149,8 @@ def _rejected_inputs(source: GalaxySource, image_size: int) -> list[tuple[str, A
             break
         stop = min(start + source.chunk, len(inputs))
         chunk = Chunk.read(path, stop - start, image_size)
+        if chunk is None:  # damaged: removed, with a warning; the next load converts it again
+            break
         for i, (reason, detail) in enumerate(zip(chunk.reasons.tolist(), chunk.details.tolist())):
             if reason:
                 out.append((names[start + i], inputs[start + i], REASONS.get(reason, reason), detail))
@@ -167,15 +169,10 @@ def _stretch(image: np.ndarray) -> np.ndarray:
 
 def _preview(source: GalaxySource, item: Any) -> np.ndarray | None:
     """A 2-D view of a rejected input, or None when it cannot be read at all."""
-    from galgen_lightning.data.readers import (
-        ArrayFile,
-        FitsCutouts,
-        ImageFolder,
-        Reject,
-        array_layout,
-        read_fits_planes,
-        rows_to_gray,
-    )
+    from galgen_lightning.data.sources.arrays import ArrayFile, array_layout, rows_to_gray
+    from galgen_lightning.data.sources.fits import FitsCutouts, read_fits_planes
+    from galgen_lightning.data.sources.images import ImageFolder
+    from galgen_lightning.data.sources.reader import Reject
 
     try:
         if isinstance(source, FitsCutouts):

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from galgen_lightning.data.dedup import duplicate_mask as duplicate_mask  # re-exported: callers import it from here
-from galgen_lightning.data.sources import content_hash
+from galgen_lightning.data.sources.base import content_hash
 from galgen_lightning.errors import GalgenError
 
 SUBSETS = ("a", "b", "val")

@@ -23,7 +23,7 @@ import functools
 
 import numpy as np
 
-from galgen_lightning.data.sources import GalaxySource, resize
+from galgen_lightning.data.sources.base import GalaxySource, resize
 from galgen_lightning.errors import GalgenError
 
 HXDF_VERSION: int = 1
