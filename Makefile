@@ -31,11 +31,11 @@ $(STAMP): pyproject.toml
 demo: install ## Train diffusion pairs at a small and a larger N on synthetic galaxies (CPU, < 10 min) and print the verdict
 	$(PY) -m galgen_lightning.demo
 
-test: install browser ## Run the whole test suite (slow tests included), W&B disabled
+test: install browser lint ## Lint, then the whole test suite (slow tests included), W&B disabled
 	WANDB_MODE=disabled $(PY) -m pytest -q
 
-test-fast: install browser ## Run the tests without the slow ones
-	WANDB_MODE=disabled $(PY) -m pytest -q -m "not slow"
+test-fast: install ## The fast tier to run before every commit: no slow tests, no whole-command tests
+	WANDB_MODE=disabled $(PY) -m pytest -q -m "not slow and not cli"
 
 bench: install ## CPU benchmarks at a small size (JSON); on a GPU machine: make bench DEVICE=cuda SIZE=full
 	$(PY) benchmarks/bench_diffusion.py --device $(or $(DEVICE),cpu) --size $(or $(SIZE),small)

@@ -17,6 +17,17 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 
 
+CLI_MODULES = {"test_cli", "test_faults", "test_sample", "test_wandb", "test_data_command"}
+"""Modules that drive whole `galgen` commands (Lightning start-up, training steps): marked `cli`, so
+`make test-fast` (``-m "not slow and not cli"``) leaves them to `make test`."""
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__.rsplit(".", 1)[-1] in CLI_MODULES:
+            item.add_marker(pytest.mark.cli)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _cache_dir(tmp_path_factory):
     """Every test session renders synthetic galaxies into its own cache."""
