@@ -13,9 +13,25 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CONFIGS, read_jsonl, run_cli
+from conftest import CONFIGS, read_jsonl
 
 from galgen_lightning import wandb_utils
+
+
+@pytest.fixture(autouse=True)
+def _fresh_wandb():
+    """Each test starts from a fresh W&B service: an earlier in-process run (disabled mode, another
+    test module) must not decide where this one writes."""
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish()
+    wandb.teardown()
+    yield
+    if wandb.run is not None:
+        wandb.finish()
+    wandb.teardown()
+
 
 FAMILY = [f"--config={CONFIGS / 'diffusion.yaml'}", f"--config={CONFIGS / 'quick' / 'diffusion.yaml'}"]
 TINY = [
@@ -112,12 +128,20 @@ def test_unreachable_server_goes_offline_in_seconds(tmp_path):
     assert list(tmp_path.glob("wandb/offline-run-*"))
 
 
+def _fit_offline(args: list[str]) -> int:
+    """``galgen fit`` with W&B offline in a fresh interpreter: W&B keeps process-wide state that an
+    earlier in-process run of the suite (in disabled mode) could leave behind."""
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    done = subprocess.run([sys.executable, "-m", "galgen_lightning.cli", *args], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.returncode
+
+
 def test_offline_run_files_hold_epoch_charts_identity_and_resume(tmp_path, tiny_source_args, monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "offline")
     run = tmp_path / "sweepname" / "run"
     (run).mkdir(parents=True)
     (run / "sweep.json").write_text(json.dumps({"args": []}))  # as galgen sweep launches it: group = the sweep
-    assert run_cli(["fit", *FAMILY, *tiny_source_args, *TINY, f"--trainer.default_root_dir={run}"]) == 0
+    assert _fit_offline(["fit", *FAMILY, *tiny_source_args, *TINY, f"--trainer.default_root_dir={run}"]) == 0
     identity = json.loads((run / "wandb.json").read_text())
     status = json.loads((run / "status.json").read_text())
     assert {"galgen", "torch", "lightning", "cuda", "git_commit"} <= set(status["versions"])
@@ -146,7 +170,7 @@ def test_offline_run_files_hold_epoch_charts_identity_and_resume(tmp_path, tiny_
     # a resume continues the same W&B run
     ckpt = run / "checkpoints" / "last.ckpt"
     args = ["fit", *FAMILY, *tiny_source_args, *TINY, "--trainer.max_epochs=2", f"--ckpt_path={ckpt}", f"--trainer.default_root_dir={run}"]
-    assert run_cli(args) == 0
+    assert _fit_offline(args) == 0
     runs = wandb_records(run)
     assert len(runs) == 2
     ids = {r.run.run_id for _, records in runs for r in records if r.WhichOneof("record_type") == "run"}
