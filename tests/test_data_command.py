@@ -321,6 +321,37 @@ def test_interrupt_keeps_the_folder_resumable(tmp_path, server, monkeypatch, cap
     check_folder(out)
 
 
+def test_kill_9_mid_download_then_rerun_ends_as_one_uninterrupted_run(tmp_path, server):
+    """A real SIGKILL of a child `galgen data download` mid-run: the rerun finishes with every good
+    galaxy downloaded and valid, every bad one recorded, and no partial file counted as done."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cat = write_catalogue(tmp_path / "cat.csv", ALL_RAS)
+    out = tmp_path / "cutouts"
+    slow = [*fast(server, out)[:-1], "--rate=3", "--workers=1"]  # about 3 requests a second: time to kill it
+    child = subprocess.Popen([sys.executable, "-m", "galgen_lightning.cli", "data", "download", str(cat), *slow],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and child.poll() is None:
+            if (out / "manifest.jsonl").exists() and len(manifest_records(out)) >= 3:
+                break
+            time.sleep(0.05)
+        assert child.poll() is None, "the download ended before it could be killed"
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert 3 <= len(manifest_records(out)) < len(ALL_RAS)  # killed mid-way
+    assert run_cli(["data", "download", str(cat), *fast(server, out)]) == 0
+    check_folder(out)
+
+
 def test_download_of_an_id_column_and_a_fits_catalogue(tmp_path, server):
     from astropy.table import Table
 
