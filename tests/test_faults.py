@@ -326,7 +326,10 @@ def test_a_second_fit_into_a_locked_run_directory_is_refused_and_a_stale_lock_ta
     err = _err_lines(capsys)
     assert len(err) == 1 and f"{run} is in use by another galgen process (pid {os.getpid()}" in err[0]
     assert not (run / "status.json").exists()
+    # the refused run wrote nothing, and the holder that made the folder left it empty: no folder
+    assert not run.exists()
     # a lock file left by a process that is gone: taken over
+    run.mkdir()
     (run / ".lock").write_text("999999999\n")
     lock = RunLock(run).acquire()
     assert (run / ".lock").read_text() == f"{os.getpid()}\n"
