@@ -156,6 +156,7 @@ class GalgenCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         _check_ckpt_path(getattr(cfg, "ckpt_path", None))
+        _check_tests_fit_family(cfg)
         folder = self._choose_run_dir(cfg)
         cfg.trainer.default_root_dir = str(folder)
         for logger in _entries(cfg.trainer.logger):
@@ -170,7 +171,6 @@ class GalgenCLI(LightningCLI):
             args = getattr(callback, "init_args", None)
             if "ModelCheckpoint" in str(getattr(callback, "class_path", "")) and args is not None and args.dirpath is None:
                 args.dirpath = str(folder / "checkpoints")
-        _check_tests_fit_family(cfg)
         parser = self._parser(self.subcommand)
         self.run_directory.config_text = parser.dump(cfg, skip_none=False)
 
@@ -192,7 +192,9 @@ class GalgenCLI(LightningCLI):
         stamp = time.strftime("%Y%m%d-%H%M%S")
         if self.subcommand != "fit":
             base = Path(given) if given else (Path(ckpt).resolve().parent.parent if ckpt else Path("runs"))
-            return make_dir(base / f"{self.subcommand}-{stamp}")
+            folder = base / f"{self.subcommand}-{stamp}"
+            self.fresh_dir = None if folder.exists() else folder  # removed again if the command fails before writing to it
+            return make_dir(folder)
         if not given:
             family = str(cfg.model.class_path).rsplit(".", 1)[-1].replace("Pair", "").lower()
             folder = Path("runs") / f"{family}-n{cfg.data.n}-seed{cfg.data.seed}-{stamp}"
@@ -301,6 +303,7 @@ def main(args: list[str] | None = None) -> None:
     choose_mode()  # WANDB_MODE wins; offline without credentials
     # the seed is in the run's config.yaml; Lightning's "Seed set to N" line would stand before a one-line error
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message="No seed found, seed set to 0")
     if args is not None:  # in-process use: the argument list is the command
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
     argv = _resolve_configs(sys.argv[1:] if args is None else list(args))
@@ -342,6 +345,9 @@ def main(args: list[str] | None = None) -> None:
     finally:
         if cli is not None and cli.lock is not None:
             cli.lock.release()
+        fresh = getattr(cli, "fresh_dir", None)
+        if fresh is not None and fresh.is_dir() and not any(fresh.iterdir()):  # a validate that wrote nothing leaves nothing
+            fresh.rmdir()
         if args is not None:  # in-process use: the caller's handlers again
             restore_signal_handlers(handlers)
         if "wandb" in sys.modules and sys.modules["wandb"].run is not None:

@@ -116,3 +116,13 @@ def test_gan_needs_the_discriminator_curves_to_agree():
     v = V.judge(arrays, "gan", discriminator=apart, n_boot=300, rng=rng)
     assert v.label == "inconclusive" and "do not agree" in " ".join(v.reasons)
     assert V.judge(arrays, "gan", discriminator=None, n_boot=300, rng=rng).label == "inconclusive"
+
+
+def test_a_test_that_does_not_fit_the_family_is_one_line_and_leaves_no_folder(tmp_path, tiny_source_args, capsys):
+    run = tmp_path / "run"
+    args = ["validate", "--model=galgen_lightning.models.reference.OracleGeneralizer", *tiny_source_args,
+            "--trainer.callbacks+=galgen_lightning.evaluation.InversionTest", f"--trainer.default_root_dir={run}"]  # fmt: skip
+    assert run_cli(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "InversionTest needs a family with latent_shapes" in err[0]
+    assert not run.exists() or not any(run.iterdir())
