@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import time
 import warnings
 
 import torch
+from _timing import peak_memory_mb, sync  # benchmarks/_timing.py
 
 from galgen_lightning.models.diffusion import DiffusionPair
 
@@ -32,15 +32,8 @@ PROFILES = {
 }
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def bench_training(pair: DiffusionPair, data: torch.Tensor, batch: int, steps: int, bf16: bool, warmup: int = 3) -> float:

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import time
 import warnings
 
 import lightning as L
 import numpy as np
 import torch
+from _timing import peak_memory_mb, sync  # benchmarks/_timing.py
 
 from galgen_lightning.data import GalaxyPairDataModule
 from galgen_lightning.data.sources.base import GalaxySource
@@ -60,15 +60,8 @@ class SmoothRandom(GalaxySource):
         return {"source": "smooth-random", "size": self.size}
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def make_pair(prof: dict, channels_last: bool) -> DiffusionPair:

@@ -25,6 +25,7 @@ import time
 import warnings
 
 import torch
+from _timing import sync  # benchmarks/_timing.py
 
 from galgen_lightning.models.glow import GlowPair
 
@@ -39,9 +40,6 @@ def peak_memory(device: torch.device) -> dict:
     return {"peak_memory_mib": kib / 1024, "peak_memory_kind": "ru_maxrss (whole process)"}
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main(argv: list[str] | None = None) -> dict:

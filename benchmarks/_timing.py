@@ -1,0 +1,20 @@
+"""What every benchmark script shares: waiting for the device, and peak memory."""
+
+from __future__ import annotations
+
+import resource
+
+import torch
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU), so timings cover it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory in MiB: allocated on a CUDA device, the process's resident set on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
