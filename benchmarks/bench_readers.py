@@ -50,7 +50,7 @@ def write_cutouts(folder: Path, count: int, side: int, seed: int = 0) -> float:
 def step_times(path: Path, crop: int, image_size: int, repeat: int = 20) -> dict[str, float]:
     """Milliseconds per cutout of each step, in this process (median of ``repeat``)."""
     from galgen_lightning.data.sources.fits import FitsRecipe, fits_to_gray, read_fits_planes
-    from galgen_lightning.data.synthetic import _lupton_gray
+    from galgen_lightning.data.synthetic import lupton_gray
 
     recipe = FitsRecipe(None, "zrg", crop, 8.0, 0.2, image_size)
     times: dict[str, list[float]] = {"read_ms": [], "lupton_ms": [], "whole_ms": []}
@@ -59,7 +59,7 @@ def step_times(path: Path, crop: int, image_size: int, repeat: int = 20) -> dict
         planes, bands = read_fits_planes(str(path))
         t1 = time.perf_counter()
         a = (planes[0].shape[0] - crop) // 2
-        _lupton_gray(np.stack([p[a : a + crop, a : a + crop] for p in planes]).astype(np.float64), 8.0, 0.2)
+        lupton_gray(np.stack([p[a : a + crop, a : a + crop] for p in planes]).astype(np.float64), 8.0, 0.2)
         t2 = time.perf_counter()
         fits_to_gray(planes, bands, recipe, str(path))
         t3 = time.perf_counter()

@@ -12,7 +12,6 @@ TO_SPLIT = {
     # that grows past MAX_LINES fails this test, and so does a listed one that shrank below it
     "evaluation/morphology_measure.py": "measurement, statistics and figure of the morphology test",
     "sweep.py": "plan, local launcher and progress in one module: sweep/",
-    "data/synthetic.py": "scene model and renderer (its bytes key the synthetic cache: a split re-renders every cache)",
     "faults.py": "signals, divergence guard, atomic checkpoints and the run lock: one module each",
 }
 

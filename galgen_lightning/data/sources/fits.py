@@ -138,7 +138,7 @@ def fits_to_gray(planes: Sequence[np.ndarray], file_bands: str | None, recipe: F
     """
     # the renderer's own Lupton grayscale (one owner); giving it a public name would change the
     # renderer's bytes, so its digest and every synthetic cache key: it waits for the renderer's split
-    from galgen_lightning.data.synthetic import _lupton_gray
+    from galgen_lightning.data.synthetic import lupton_gray
 
     bands = recipe.bands or file_bands or ("grz" if len(planes) == 3 else None)
     if bands is None:
@@ -169,7 +169,7 @@ def fits_to_gray(planes: Sequence[np.ndarray], file_bands: str | None, recipe: F
     cut = np.stack([p[top : top + side, left : left + side] for p in used])
     # single-precision data (what FITS cutouts hold) stays single: astropy maps it twice as fast
     cut = cut.astype(np.float32 if cut.dtype.kind == "f" and cut.dtype.itemsize == 4 else np.float64)
-    gray = _lupton_gray(cut[::-1], recipe.q, recipe.stretch)  # _lupton_gray takes (B, G, R)
+    gray = lupton_gray(cut[::-1], recipe.q, recipe.stretch)  # lupton_gray takes (B, G, R)
     return resize(gray[None], recipe.image_size, name)[0]
 
 
