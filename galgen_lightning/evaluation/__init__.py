@@ -1,5 +1,8 @@
 """The evaluation of a pair: one module per test (its statistics, figures and Lightning callback),
 the pure statistics of the two-models test (``statistics``), and the one judge (``verdict``).
+Beside them: the two-models galleries (``gallery``), progress bars (``progress``), and the
+morphology test's measurement (``morphology_image``, ``morphology_measure``) and statistics
+(``morphology_stats``).
 
 The callbacks the configs name: :class:`TwoModelsTest` (every family), :class:`DenoisingTest`
 (diffusion), :class:`InversionTest` (Glow), :class:`DiscriminatorTest` (GAN) and

@@ -1,15 +1,19 @@
 """What every evaluation callback shares: when to run, and where results go.
 
 Every number a callback logs goes to the Lightning loggers (W&B scalars, histograms, images)
-*and* to the run directory (``metrics.jsonl``, ``eval/<test>/epoch_XXXX.npz`` and ``.png``),
-so results survive without W&B. The run directory is ``trainer.default_root_dir``, which the
-CLI sets per run.
+*and* to the run directory (``metrics.jsonl``, ``eval/<test>/epoch_XXXX.npz``, and each figure
+as ``.png`` at :data:`FIGURE_DPI` dpi with a ``.pdf`` of the same stem beside it), so results
+survive without W&B. The run directory is ``trainer.default_root_dir``, which the CLI sets per
+run. Every evaluation's wall time is logged as ``<test>/seconds``, and its slow parts
+(:meth:`EvalCallback.timed`) as ``<test>/<part>_seconds``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +23,12 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 
 from galgen_lightning.errors import GalgenError
+from galgen_lightning.evaluation.progress import bars_enabled, counting_batches, progress_bar
 from galgen_lightning.rundir import RunDir
 
 _SAMPLES_KEY = "_galgen_eval_samples"
+FIGURE_DPI = 150
+"""Resolution of the PNG figures (the PDF beside each is vector)."""
 
 
 def _has_path(obj: Any, path: str) -> bool:
@@ -95,6 +102,7 @@ class EvalCallback(L.Callback):
             )
 
     _started: float | None = None
+    _parts: dict[str, float] | None = None
 
     def __init__(self, every_n_epochs: int = 1) -> None:
         if every_n_epochs < 1:
@@ -112,11 +120,26 @@ class EvalCallback(L.Callback):
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero and self._due(trainer):
-            self._started = time.perf_counter()
-            try:
-                self.evaluate(trainer, pl_module)
-            finally:
-                self._started = None
+            self.run_timed(trainer, pl_module)
+
+    def run_timed(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """:meth:`evaluate`, with its wall time and its parts' times counted for :meth:`log_scalars`."""
+        self._started, self._parts = time.perf_counter(), {}
+        try:
+            self.evaluate(trainer, pl_module)
+        finally:
+            self._started, self._parts = None, None
+
+    @contextlib.contextmanager
+    def timed(self, part: str) -> Iterator[None]:
+        """Count the block's wall time as ``<part>_seconds`` of this evaluation (added up when a
+        part runs more than once); outside :meth:`run_timed` nothing is counted."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self._parts is not None:
+                self._parts[part] = self._parts.get(part, 0.0) + time.perf_counter() - start
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         raise NotImplementedError
@@ -125,12 +148,21 @@ class EvalCallback(L.Callback):
         pl_module.__dict__.pop(_SAMPLES_KEY, None)  # new weights: forget the last evaluation's samples
 
     @staticmethod
-    def samples(pl_module: L.LightningModule, n: int, seed: int, batch_size: int | None = None):
+    def samples(
+        pl_module: L.LightningModule, n: int, seed: int, batch_size: int | None = None, progress: Callable[[int], None] | None = None
+    ):
         """``pl_module.sample(n, seed)``, shared by the tests of one evaluation.
 
         Sampling a diffusion pair is the costly part of an evaluation; the tests that ask for
         samples with the same seed at the same evaluation get the same ones (sample ``i``
         depends only on the seed and ``i``, so a shorter request takes the first ``n``).
+
+        Args:
+            pl_module: the pair.
+            n: samples per model.
+            seed: sampling seed.
+            batch_size: samples per generation batch.
+            progress: called with the batch's size after each generated batch (A's, then B's).
         """
         cached = pl_module.__dict__.get(_SAMPLES_KEY)
         if cached is not None and cached[0] == seed and len(cached[1].a) >= n:
@@ -138,9 +170,20 @@ class EvalCallback(L.Callback):
             if len(have.a) == n:
                 return have
             return type(have)(a=have.a[:n], b=have.b[:n], ok_a=have.ok_a[:n], ok_b=have.ok_b[:n], info={})
-        samples = pl_module.sample(n, seed, batch_size=batch_size)
+        with counting_batches(pl_module, progress) if progress is not None else contextlib.nullcontext():
+            samples = pl_module.sample(n, seed, batch_size=batch_size)
         pl_module.__dict__[_SAMPLES_KEY] = (seed, samples)
         return samples
+
+    def draw_samples(self, trainer: L.Trainer, pl_module: L.LightningModule, n: int, seed: int, batch_size: int | None = None):
+        """:meth:`samples` with a progress bar per generated batch, timed as ``sampling_seconds``
+        (about 0 when an earlier test of the same evaluation drew them)."""
+        with self.timed("sampling"), progress_bar(2 * n, f"{self.name}: sampling A and B", "sample", bars_enabled(trainer)) as bar:
+            return self.samples(pl_module, n, seed, batch_size=batch_size, progress=bar.update)
+
+    def bar(self, trainer: L.Trainer, total: int, what: str, unit: str):
+        """A progress bar ``<test>: <what>`` on stderr, shown when the trainer shows its own."""
+        return progress_bar(total, f"{self.name}: {what}", unit, bars_enabled(trainer))
 
     # --- where results go ------------------------------------------------------------------
     def out_path(self, trainer: L.Trainer, suffix: str, tag: str = "") -> Path:
@@ -152,13 +195,17 @@ class EvalCallback(L.Callback):
         append a line to ``<run>/metrics.jsonl``.
 
         Inside :meth:`evaluate` it adds ``seconds``: the evaluation's wall time up to its numbers
-        (sampling, the search, the statistics; the figures that follow are not counted).
+        (sampling, the search, the statistics; the figures that follow are not counted), and
+        ``<part>_seconds`` for each part timed so far (:meth:`timed`: ``sampling``, ``search``,
+        ``morphology``).
         """
         from galgen_lightning import wandb_utils
 
         started = getattr(self, "_started", None)
         if started is not None and "seconds" not in values:
             values = {**values, "seconds": time.perf_counter() - started}
+        parts = {f"{part}_seconds": seconds for part, seconds in (self._parts or {}).items()}
+        values = {**values, **{k: v for k, v in parts.items() if k not in values}}
         metrics = {f"{self.name}/{k}": float(v) for k, v in values.items()}
         wandb_utils.epoch_metrics(trainer.loggers, metrics, trainer.current_epoch, trainer.global_step)
         record = {"epoch": trainer.current_epoch, "step": trainer.global_step, "test": self.name}
@@ -178,16 +225,30 @@ class EvalCallback(L.Callback):
                 data = {f"{self.name}/{k}": wandb.Histogram(np.asarray(v)[np.isfinite(v)]) for k, v in arrays.items() if np.size(v)}
                 logger.experiment.log({**data, "epoch": trainer.current_epoch, "trainer/global_step": trainer.global_step})
 
-    def save_figure(self, trainer: L.Trainer, fig, key: str, tag: str = "") -> Path:
-        """Save a matplotlib figure as PNG in the run directory and log it to W&B as an image."""
+    def save_figure(self, trainer: L.Trainer, fig, key: str, tag: str = "", log: bool = True) -> Path:
+        """Save a matplotlib figure as ``<run>/eval/<name>/epoch_XXXX<tag>.png`` (at
+        :data:`FIGURE_DPI` dpi) and ``.pdf`` beside it, and log the PNG to W&B as ``<name>/<key>``.
+
+        Args:
+            trainer: the trainer (run directory, epoch, loggers).
+            fig: the figure; closed here.
+            key: W&B key under the test's name.
+            tag: file name tag after ``epoch_XXXX``.
+            log: log the PNG to W&B (False when the caller logs its own images under ``key``).
+
+        Returns:
+            The PNG's path.
+        """
         import matplotlib.pyplot as plt
 
         path = self.out_path(trainer, ".png", tag)
-        fig.savefig(path, dpi=100, bbox_inches="tight")
-        plt.close(fig)
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_image(key=f"{self.name}/{key}", images=[str(path)], step=trainer.global_step)
+        try:
+            fig.savefig(path, dpi=FIGURE_DPI, bbox_inches="tight")
+            fig.savefig(path.with_suffix(".pdf"), bbox_inches="tight")
+        finally:
+            plt.close(fig)
+        if log:
+            self.log_images(trainer, key, [str(path)])
         return path
 
     def save_image(self, trainer: L.Trainer, image: np.ndarray, key: str, tag: str = "") -> Path:
@@ -196,10 +257,23 @@ class EvalCallback(L.Callback):
 
         path = self.out_path(trainer, ".png", tag)
         matplotlib.image.imsave(path, image, cmap="gray", vmin=0, vmax=255)
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_image(key=f"{self.name}/{key}", images=[image], step=trainer.global_step)
+        self.log_images(trainer, key, [image])
         return path
+
+    def log_images(self, trainer: L.Trainer, key: str, images: list, captions: list[str] | None = None) -> None:
+        """Log ``images`` (paths or uint8 arrays) to W&B as ``<name>/<key>``, with ``epoch`` (the
+        x axis of the test's charts) and optional captions; other loggers get the files."""
+        loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+        if not loggers:
+            return
+        import wandb
+
+        captions = captions if captions is not None else [None] * len(images)
+        if len(captions) != len(images):
+            raise ValueError(f"log_images: {len(images)} images but {len(captions)} captions")
+        data = [wandb.Image(image, caption=caption) for image, caption in zip(images, captions)]
+        for logger in loggers:
+            logger.experiment.log({f"{self.name}/{key}": data, "epoch": trainer.current_epoch, "trainer/global_step": trainer.global_step})
 
 
 def mosaic(rows: list[torch.Tensor], pad: int = 2) -> np.ndarray:

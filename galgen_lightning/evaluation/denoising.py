@@ -95,9 +95,10 @@ class DenoisingTest(EvalCallback):
         curves["sigmas"] = np.asarray(self.sigmas)
         self.log_scalars(trainer, gain_scalars(curves))
         self.save_arrays(trainer, curves)
-        self.save_figure(trainer, self.figure(curves, trainer.current_epoch), "psnr")
+        self.save_figure(trainer, self.figure(curves), "psnr")
 
-    def figure(self, curves: dict[str, np.ndarray], epoch: int):
+    def figure(self, curves: dict[str, np.ndarray]):
+        """PSNR out against PSNR in, one panel per image set: each image thin, the mean thick."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -107,17 +108,17 @@ class DenoisingTest(EvalCallback):
         fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), sharey=True)
         for ax, name in zip(axes, IMAGES):
             x = curves[f"psnr_in_{name}"].mean(axis=0)
-            ax.plot(x, x, color="gray", ls=":", label="identity")
+            ax.plot(x, x, color="gray", ls=":", label="no change (out = in)")
             for which, color in (("a", "tab:red"), ("b", "tab:blue")):
                 out = curves[f"psnr_out_{which}_{name}"]
-                for row in out:  # each image, thin
-                    ax.plot(x, row, "-", color=color, alpha=0.2, lw=0.8)
-                ax.plot(x, out.mean(axis=0), "o-", color=color, label=f"model {which.upper()} (mean)")
-            ax.set_title(f"{titles[name]} ({len(curves[f'psnr_in_{name}'])})")
-            ax.set_xlabel("PSNR in (dB)")
-        axes[0].set_ylabel("PSNR out (dB)")
-        axes[0].legend(fontsize=8)
-        fig.suptitle(f"denoising test, epoch {epoch}")
+                for k, row in enumerate(out):  # each image, thin
+                    ax.plot(x, row, "-", color=color, alpha=0.2, lw=0.8, label=f"model {which.upper()}, each image" if k == 0 else None)
+                ax.plot(x, out.mean(axis=0), "o-", color=color, label=f"model {which.upper()}, mean over images")
+            ax.set_title(f"{titles[name]} ({len(curves[f'psnr_in_{name}'])} images)")
+            ax.set_xlabel("PSNR of the noisy input (dB)")
+            ax.set_ylabel("PSNR of the denoised output (dB)")
+        axes[0].legend(fontsize=7)
+        fig.tight_layout()
         return fig
 
 

@@ -46,6 +46,8 @@ LABELS = {
 }
 MONITORED = ("score", "max_w1", "max_mean_dev", "max_mean_gap")
 TARGET = 2.0
+CHART_KEY = "hinge_means"
+"""W&B key (under ``discriminator/``) of the multi-line chart of the curves' means over the epochs."""
 
 
 def draw(images: torch.Tensor, n: int, seed: int) -> torch.Tensor:
@@ -220,7 +222,7 @@ class DiscriminatorTest(EvalCallback):
         due = self._due(trainer)
         self._monitored = {}
         if trainer.is_global_zero and due:
-            self.evaluate(trainer, pl_module)
+            self.run_timed(trainer, pl_module)
         if not due:
             return
         values = trainer.strategy.broadcast(self._monitored, src=0) if trainer.world_size > 1 else self._monitored
@@ -238,14 +240,32 @@ class DiscriminatorTest(EvalCallback):
         self.save_arrays(trainer, losses)
         self.log_histograms(trainer, {k: v for k, v in losses.items() if k in CURVES or k in VAL_CURVES})
         history = self._history(trainer)
-        self.save_figure(trainer, self.figure(losses, scalars, history, trainer.current_epoch), "losses")
+        self.log_chart(trainer, history)
+        self.save_figure(trainer, self.figure(losses, scalars, history), "losses")
+
+    def log_chart(self, trainer: L.Trainer, history: list[dict]) -> None:
+        """The means of the curves over the epochs so far as one W&B multi-line chart
+        (``discriminator/hinge_means``); the same numbers are also logged as scalars."""
+        from lightning.pytorch.loggers import WandbLogger
+
+        loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+        if not loggers:
+            return
+        import wandb
+
+        xs, ys, keys = mean_series(history)
+        if not keys:
+            return
+        chart = wandb.plot.line_series(xs=xs, ys=ys, keys=keys, title="mean per-sample hinge loss of each curve", xname="epoch")
+        for logger in loggers:
+            logger.experiment.log({f"{self.name}/{CHART_KEY}": chart, "epoch": trainer.current_epoch, "trainer/global_step": trainer.global_step})
 
     @staticmethod
     def _history(trainer: L.Trainer) -> list[dict]:
         """Earlier records of this test in ``<run>/metrics.jsonl`` (survives resumes)."""
         return RunDir(run_dir(trainer)).records(DiscriminatorTest.name)
 
-    def figure(self, losses: dict[str, np.ndarray], scalars: dict[str, float], history: list[dict], epoch: int):
+    def figure(self, losses: dict[str, np.ndarray], scalars: dict[str, float], history: list[dict]):
         """Like the paper's Figure 14: the loss distributions seen by D_A and by D_B, plus the
         means of the four curves over the epochs so far (they should meet at 2)."""
         import matplotlib
@@ -280,21 +300,49 @@ class DiscriminatorTest(EvalCallback):
                     color="k",
                     label=f"{LABELS[key]}: {scalars[key + '_mean']:.3f}",
                 )
-            ax.axvline(TARGET, color="k", ls=":", lw=1)
+            ax.axvline(TARGET, color="k", ls=":", lw=1, label=f"{TARGET:g}: the discriminator cannot tell")
             ax.set_title(f"discriminator {d.upper()}")
             ax.set_xlabel("per-sample hinge loss")
+            ax.set_ylabel("count of samples")
             ax.legend(fontsize=7, loc="upper left")
         ax = axes[2]
-        rows = [r for r in history if r.get("epoch") is not None]
-        for key in CURVES:
-            xs = [r["epoch"] for r in rows if r.get(f"{key}_mean") is not None]
-            ys = [r[f"{key}_mean"] for r in rows if r.get(f"{key}_mean") is not None]
-            ls = "-" if key.startswith("da") else "--"  # solid: D_A, dashed: D_B; red: G_A, blue: G_B
-            ax.plot(xs, ys, ls, marker="o", ms=3, color=colours[key], label=LABELS[key])
-        ax.axhline(TARGET, color="k", ls=":", lw=1)
+        xs, ys, keys = mean_series(history, CURVES)
+        for key, x, y in zip(keys, xs, ys):
+            curve = next(c for c in CURVES if LABELS[c] == key)
+            ls = "-" if curve.startswith("da") else "--"  # solid: D_A, dashed: D_B; red: G_A, blue: G_B
+            ax.plot(x, y, ls, marker="o", ms=3, color=colours[curve], label=key)
+        ax.axhline(TARGET, color="k", ls=":", lw=1, label=f"{TARGET:g}: the discriminator cannot tell")
+        ax.plot([], [], " ", label=f"now: max W1 {scalars['max_w1']:.3f}, max |mean - 2| {scalars['max_mean_dev']:.3f}")
         ax.set_xlabel("epoch")
-        ax.set_ylabel("mean loss")
-        ax.set_title(f"max W1 {scalars['max_w1']:.3f}, max |mean - 2| {scalars['max_mean_dev']:.3f}")
+        ax.set_ylabel("mean hinge loss")
+        ax.set_title("means of the four curves over the epochs")
         ax.legend(fontsize=7)
-        fig.suptitle(f"discriminator test, epoch {epoch}", y=1.03)
+        fig.tight_layout()
         return fig
+
+
+def mean_series(history: list[dict], curves: tuple[str, ...] = (*CURVES, *VAL_CURVES)) -> tuple[list[list[int]], list[list[float]], list[str]]:
+    """Per curve, the epochs and its mean loss at each, from this test's ``metrics.jsonl`` records.
+
+    Args:
+        history: the records (``epoch`` and ``<curve>_mean``; a later record of an epoch, as after
+            a resume, replaces an earlier one).
+        curves: which curves (default: the four and the held-out ones).
+
+    Returns:
+        ``(xs, ys, keys)`` for ``wandb.plot.line_series``: one list of epochs and one of means per
+        curve that has any finite value, named by :data:`LABELS`.
+    """
+    by_epoch: dict[int, dict] = {}
+    for record in history:
+        if record.get("epoch") is not None:
+            by_epoch[int(record["epoch"])] = record
+    xs, ys, keys = [], [], []
+    for curve in curves:
+        points = [(e, float(r[f"{curve}_mean"])) for e, r in sorted(by_epoch.items()) if r.get(f"{curve}_mean") is not None]
+        points = [(e, v) for e, v in points if np.isfinite(v)]
+        if points:
+            xs.append([e for e, _ in points])
+            ys.append([v for _, v in points])
+            keys.append(LABELS[curve])
+    return xs, ys, keys

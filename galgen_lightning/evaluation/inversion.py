@@ -284,7 +284,7 @@ class InversionTest(EvalCallback):
             if hasattr(logger, "log_table"):
                 logger.log_table(key=f"{self.name}/table", columns=columns, data=rows, step=trainer.global_step)
         for d in MODELS:
-            fig = self.figure(arrays, stats, d, shapes, trainer.current_epoch)
+            fig = self.figure(arrays, stats, d, shapes)
             self.save_figure(trainer, fig, f"from_{d}", tag=f"_from_{d}")
 
     def subsample(self, stats: dict) -> dict[str, np.ndarray]:
@@ -299,8 +299,16 @@ class InversionTest(EvalCallback):
                     out[f"from_{d}/{key}_{k}"] = res[key][k].ravel()[pick]
         return out
 
-    def figure(self, arrays: dict[str, np.ndarray], stats: dict, direction: str, shapes, epoch: int):
-        """Top: ``z_A`` and ``z_B`` against ``z`` per level. Bottom: density of the other model's latents."""
+    def figure(self, arrays: dict[str, np.ndarray], stats: dict, direction: str, shapes, epoch: int | None = None):
+        """Top: ``z_A`` and ``z_B`` against ``z`` per level. Bottom: density of the other model's latents.
+
+        Args:
+            arrays: :meth:`subsample`'s values.
+            stats: :func:`inversion_statistics`'s result (the distances in the legends).
+            direction: ``"a"`` (``x = A^-1(z)``) or ``"b"``.
+            shapes: the latent shape of each level.
+            epoch: accepted for older callers and not drawn: a figure carries no run state.
+        """
         import matplotlib
 
         matplotlib.use("Agg")
@@ -319,10 +327,11 @@ class InversionTest(EvalCallback):
                 ax.scatter(
                     z, arrays[f"from_{direction}/{key}_{k}"], s=1, alpha=0.3, color=color, label=LABELS[key], rasterized=True
                 )
-            ax.plot([-4.5, 4.5], [-4.5, 4.5], color="k", lw=0.5)
-            ax.set(xlim=(-4.5, 4.5), ylim=(-4.5, 4.5), xlabel="z", title=f"level {k} {'x'.join(map(str, shapes[k]))}")
+            ax.plot([-4.5, 4.5], [-4.5, 4.5], color="k", lw=0.5, label="identity")
+            ax.set(xlim=(-4.5, 4.5), ylim=(-4.5, 4.5), title=f"level {k} {'x'.join(map(str, shapes[k]))}")
+            ax.set_xlabel("drawn latent z (standard deviations)")
+            ax.set_ylabel(f"latent of x = {direction.upper()}$^{{-1}}$(z), re-encoded (standard deviations)", fontsize=7)
             if k == 0:
-                ax.set_ylabel(f"x = {direction.upper()}^-1(z): encoded latent")
                 ax.legend(markerscale=8, loc="upper left", fontsize=8)
             ax = axes[1, k]
             values = arrays[f"from_{direction}/{other}_{k}"]
@@ -331,13 +340,13 @@ class InversionTest(EvalCallback):
                 ax.hist(
                     values, bins=self.bins, range=(-4.5, 4.5), density=True, color="tab:orange", alpha=0.6, label=LABELS[other]
                 )
-            ax.plot(grid, pdf, color="k", lw=1, label="N(0,1)")
+            ax.plot(grid, pdf, color="k", lw=1, label="N(0,1) density")
             name_other = f"{other}_normal"
-            ax.set(xlabel=LABELS[other], title=f"W1({LABELS[other]}, N)={w[name_other]:.3g}, W1(z, N)={w['z_normal']:.3g}")
-            ax.title.set_fontsize(8)
-            if k == 0:
-                ax.set_ylabel("density")
-                ax.legend(fontsize=8)
-        fig.suptitle(f"Inversion test, x = {direction.upper()}^-1(z), epoch {epoch}")
+            ax.plot([], [], " ", label=f"W1({LABELS[other]}, N)={w[name_other]:.3g}; floor W1(z, N)={w['z_normal']:.3g}")
+            ax.set_title(f"level {k}: the other model's latents", fontsize=8)
+            ax.set_xlabel(f"{LABELS[other]}, latent of the other model (standard deviations)", fontsize=7)
+            ax.set_ylabel("probability density")
+            ax.legend(fontsize=6)
+        fig.suptitle(f"Inversion test, x = {direction.upper()}$^{{-1}}$(z)")
         fig.tight_layout()
         return fig

@@ -1,7 +1,7 @@
 """The morphology test: do samples of A and B have the morphology of real galaxies?
 
 Each evaluation measures concentration, asymmetry, smoothness, Gini and M20 with statmorph
-(see :mod:`galgen_lightning.evaluation.morphology_measure`) on five groups of images: the training subsets A and
+(see :mod:`galgen_lightning.evaluation.morphology_image`) on five groups of images: the training subsets A and
 B (``real_a``, ``real_b``; at most ``n_real`` images each, a fixed random choice), the held-out
 validation set (``val``) and ``n_samples`` samples of model A and of model B (``sample_a``,
 ``sample_b``; same seed every epoch). Per variable it compares the distributions with the
@@ -11,10 +11,11 @@ real galaxies are), plus samples vs validation and real A vs real B.
 
 Every image is accounted for: the counts of measured, failed (with reasons) and flagged
 images of each group are logged, and the per-image values, flags and reasons are saved in
-``<run>/eval/morphology/epoch_XXXX.npz`` (keys in :mod:`galgen_lightning.evaluation.morphology_measure`). The
+``<run>/eval/morphology/epoch_XXXX.npz`` (keys in :mod:`galgen_lightning.evaluation.morphology_stats`). The
 real groups do not change during a run, so they are measured once and reused. The figure
-``epoch_XXXX.png`` has one histogram panel per variable (the paper's Figures 7, 8 and 15).
-See ``docs/morphology.md``.
+``epoch_XXXX.png`` (and ``.pdf``) has one histogram panel per variable (the paper's Figures 7, 8
+and 15). Besides ``seconds``, ``sampling_seconds`` and ``morphology_seconds`` (the measurement)
+are logged. See ``docs/morphology.md``.
 """
 
 from __future__ import annotations
@@ -26,16 +27,10 @@ import numpy as np
 
 from galgen_lightning.errors import GalgenError
 from galgen_lightning.evaluation.base import EvalCallback
-from galgen_lightning.evaluation.morphology_measure import (
-    COMPARISONS,
-    PRELOAD,
-    VARIABLES,
-    MorphologyOptions,
-    measure_groups,
-    missing_dependencies,
-    morphology_figure,
-    morphology_statistics,
-)
+from galgen_lightning.evaluation.morphology_image import VARIABLES, MorphologyOptions, missing_dependencies
+from galgen_lightning.evaluation.morphology_measure import PRELOAD, measure_groups
+from galgen_lightning.evaluation.morphology_stats import COMPARISONS, morphology_figure, morphology_statistics
+from galgen_lightning.evaluation.progress import bars_enabled
 from galgen_lightning.parallel import WorkerPool, default_workers
 
 REAL_GROUPS = {"real_a": "a", "real_b": "b", "val": "val"}
@@ -69,7 +64,7 @@ class MorphologyTest(EvalCallback):
         skybox_size: statmorph's sky box size (default: a quarter of the image, at least 8).
         upsample: measure on images enlarged this many times (1: as they are).
         max_flag: largest statmorph flag whose measurement is used (0 good, 1 suspect, 2 bad).
-        progress: show a progress bar (default: for more than 100 images).
+        progress: show a progress bar of the measurement (default: when the trainer shows its own).
         bins: histogram bins per figure panel.
     """
 
@@ -135,21 +130,26 @@ class MorphologyTest(EvalCallback):
             self._pool.close()
             self._pool = None
 
-    def measure(self, groups: dict) -> dict[str, dict[str, np.ndarray]]:
+    def measure(self, groups: dict, progress: bool | None = None) -> dict[str, dict[str, np.ndarray]]:
         """Measure ``{name: (images, valid)}`` with this callback's options.
 
         With more than one worker, the processes are started at the first evaluation and kept
         until the end of the run (each one imports the training script once).
+
+        Args:
+            groups: name -> ``(images, valid)``.
+            progress: show a progress bar (default: this callback's ``progress``, else above 100 images).
         """
         workers = default_workers() if self.workers is None else self.workers
         if workers > 1 and self._pool is None:
             self._pool = WorkerPool(workers, PRELOAD)
-        return measure_groups(groups, self.options, workers=workers, progress=self.progress, pool=self._pool)
+        progress = self.progress if progress is None else progress
+        return measure_groups(groups, self.options, workers=workers, progress=progress, desc=f"{self.name}: statmorph", pool=self._pool)
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         dm = trainer.datamodule
         batch_size = self.batch_size or getattr(pl_module.hparams, "sample_batch_size", None)
-        samples = self.samples(pl_module, self.n_samples, self.seed, batch_size=batch_size)
+        samples = self.draw_samples(trainer, pl_module, self.n_samples, self.seed, batch_size=batch_size)
         todo = {f"sample_{w}": (samples[w], samples.ok(w).numpy()) for w in ("a", "b")}
         real: dict[str, tuple[tuple[str, str], np.ndarray]] = {}
         for name, subset in REAL_GROUPS.items():
@@ -161,7 +161,8 @@ class MorphologyTest(EvalCallback):
             real[name] = (key, index)
             if key not in self._real_cache:
                 todo[name] = (chosen, None)
-        measured = self.measure(todo)
+        with self.timed("morphology"):
+            measured = self.measure(todo, self.progress if self.progress is not None else bars_enabled(trainer))
         groups: dict[str, dict[str, np.ndarray]] = {}
         for name, (key, index) in real.items():
             if key not in self._real_cache:
@@ -176,5 +177,5 @@ class MorphologyTest(EvalCallback):
             trainer,
             {f"{g}/{v}": arrays[f"{g}/{v}"][arrays[f"{g}/used"]] for g in groups for v in VARIABLES},
         )
-        title = f"morphology, epoch {trainer.current_epoch} (statmorph; used images per group in the legends)"
+        title = "morphology of real and generated galaxies (statmorph; used images per group in the legends)"
         self.save_figure(trainer, morphology_figure(arrays, scalars, title, self.bins), "histograms")

@@ -22,20 +22,28 @@ The statistics themselves live in :mod:`galgen_lightning.evaluation.statistics`;
 decided by :mod:`galgen_lightning.evaluation.verdict`.
 Samples the family marks invalid (diverged, step limit, non-finite) are counted and left out.
 Both the mean-removed cosine (default, used for the figures) and the plain cosine are reported.
+Each evaluation also draws the galleries of the most and least memorized samples
+(:mod:`galgen_lightning.evaluation.gallery`) and logs its parts' times: ``sampling_seconds``
+and ``search_seconds`` (the nearest-neighbour searches), beside ``seconds``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import lightning as L
 import numpy as np
 import torch
 
+from galgen_lightning.evaluation import gallery
 from galgen_lightning.evaluation.base import EvalCallback, mosaic
 from galgen_lightning.evaluation.statistics import two_models_evidence
 from galgen_lightning.metrics import nearest_similarity, own_other_gap, paired_cosine, summarize
 from galgen_lightning.models.base import MODELS
 
 OTHER = {"a": "b", "b": "a"}
+SEARCHES = 6
+"""Nearest-neighbour searches of one :func:`two_models_statistics` call (own, other, held-out; per model)."""
 
 
 def two_models_statistics(
@@ -45,6 +53,7 @@ def two_models_statistics(
     transforms: bool = True,
     quantile: float = 0.99,
     line: float = 0.95,
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """All numbers of the test, from samples and the three subsets (a pure function).
 
@@ -55,6 +64,7 @@ def two_models_statistics(
         transforms: match training images under the 8 flips/rotations too.
         quantile: calibration quantile of the held-out reference distribution.
         line: the fixed similarity line whose exceedance is also reported (0.95 in the paper).
+        progress: called with 1 after each of the :data:`SEARCHES` nearest-neighbour searches.
 
     Returns:
         ``(scalars, arrays)``: scalars for the logger, arrays for the ``.npz`` file.
@@ -64,15 +74,19 @@ def two_models_statistics(
     both = samples.both_ok
     arrays["a_vs_b"] = paired_cosine(samples.a[both], samples.b[both], mean_removed).numpy()
     ref = []
+    tick = progress or (lambda _: None)
     for which in MODELS:
         ok = samples.ok(which)
         x = samples[which][ok]
         own, own_idx = nearest_similarity(x, subsets[which], **kw)
-        other, _ = nearest_similarity(x, subsets[OTHER[which]], **kw)
+        tick(1)
+        other, other_idx = nearest_similarity(x, subsets[OTHER[which]], **kw)
+        tick(1)
         arrays[f"own_{which}"], arrays[f"other_{which}"] = own.numpy(), other.numpy()
-        arrays[f"own_index_{which}"] = own_idx.numpy()
+        arrays[f"own_index_{which}"], arrays[f"other_index_{which}"] = own_idx.numpy(), other_idx.numpy()
         arrays[f"sample_index_{which}"] = torch.nonzero(ok).flatten().numpy()
         ref.append(nearest_similarity(subsets["val"], subsets[which], **kw)[0].numpy())
+        tick(1)
     arrays["heldout"] = np.concatenate(ref)
     arrays["heldout_pixel_std"] = subsets["val"].flatten(1).float().std(dim=1).numpy()
     arrays["pair_index"] = torch.nonzero(both).flatten().numpy()
@@ -115,6 +129,7 @@ class TwoModelsTest(EvalCallback):
         quantile: calibration quantile of the held-out distribution for the memorization rate.
         line: fixed similarity line also reported (the paper's 0.95).
         grid: samples shown in the sample grid.
+        gallery_k: samples in each gallery (the most and the least memorized).
     """
 
     name = "two_models"
@@ -131,8 +146,11 @@ class TwoModelsTest(EvalCallback):
         quantile: float = 0.99,
         line: float = 0.95,
         grid: int = 8,
+        gallery_k: int = 8,
     ) -> None:
         super().__init__(every_n_epochs)
+        if gallery_k < 1:
+            raise ValueError(f"TwoModelsTest: gallery_k must be positive, got {gallery_k}")
         self.n_samples = n_samples
         self.seed = seed
         self.batch_size = batch_size
@@ -140,25 +158,34 @@ class TwoModelsTest(EvalCallback):
         self.quantile = quantile
         self.line = line
         self.grid = grid
+        self.gallery_k = gallery_k
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         dm = trainer.datamodule
         subsets = {s: dm.subset_images(s) for s in ("a", "b", "val")}
         batch_size = self.batch_size or getattr(pl_module.hparams, "sample_batch_size", None)
-        samples = self.samples(pl_module, self.n_samples, self.seed, batch_size=batch_size)
-        scalars, arrays = two_models_statistics(samples, subsets, True, self.transforms, self.quantile, self.line)
-        plain, plain_arrays = two_models_statistics(samples, subsets, False, self.transforms, self.quantile, self.line)
+        samples = self.draw_samples(trainer, pl_module, self.n_samples, self.seed, batch_size=batch_size)
+        with self.timed("search"), self.bar(trainer, 2 * SEARCHES, "nearest-neighbour search", "search") as bar:
+            scalars, arrays = two_models_statistics(samples, subsets, True, self.transforms, self.quantile, self.line, bar.update)
+            plain, plain_arrays = two_models_statistics(samples, subsets, False, self.transforms, self.quantile, self.line, bar.update)
+        selection = gallery.gallery_selection(arrays, self.gallery_k)
         scalars.update({f"plain/{k}": v for k, v in plain.items() if k.startswith(("a_vs_b", "nearest", "heldout", "memorization", "gap"))})
         arrays.update({f"plain_{k}": v for k, v in plain_arrays.items()})
         arrays["samples_a"], arrays["samples_b"] = samples.a.numpy(), samples.b.numpy()
         arrays["ok_a"], arrays["ok_b"] = samples.ok_a.numpy(), samples.ok_b.numpy()
+        arrays.update(selection)
         self.log_scalars(trainer, scalars)
         self.save_arrays(trainer, arrays)
         self.log_histograms(trainer, {k: arrays[k] for k in ("a_vs_b", "own_a", "own_b", "other_a", "other_b", "heldout")})
-        self.save_figure(trainer, self.histogram_figure(arrays, scalars, trainer.current_epoch), "histograms")
+        self.save_figure(trainer, self.histogram_figure(arrays, scalars), "histograms")
         self.save_image(trainer, self.grid_image(samples, subsets, arrays), "samples", tag="_grid")
+        for kind in gallery.KINDS:
+            triples = gallery.gallery_triples(samples, subsets, selection, kind)
+            self.save_figure(trainer, gallery.gallery_figure(triples, selection, kind), f"gallery_{kind}", tag=f"_gallery_{kind}", log=False)
+            if triples:
+                self.log_images(trainer, f"gallery_{kind}", [gallery.strip(t) for t in triples], gallery.captions(selection, kind))
 
-    def histogram_figure(self, arrays: dict[str, np.ndarray], scalars: dict[str, float], epoch: int):
+    def histogram_figure(self, arrays: dict[str, np.ndarray], scalars: dict[str, float]):
         """Left: A vs B similarity. Right: nearest-training similarity, own, other and held-out."""
         import matplotlib
 
@@ -166,25 +193,31 @@ class TwoModelsTest(EvalCallback):
         import matplotlib.pyplot as plt
 
         fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
-        finite = [v for v in arrays.values() if v.dtype.kind == "f" and v.size]
+        finite = [v for v in arrays.values() if v.dtype.kind == "f" and v.size and np.isfinite(v).any()]
         low = min(0.0, min(float(np.nanmin(v)) for v in finite)) if finite else 0.0
         bins = np.linspace(max(low, -1.0), 1.0, 51)
-        left.hist(arrays["a_vs_b"], bins=bins, color="tab:purple", alpha=0.8)
-        left.axvline(self.line, color="k", ls=":", lw=1)
-        left.set_title(f"A vs B, same noise (median {scalars['a_vs_b_median']:.3f})")
-        left.set_xlabel("cosine similarity (mean removed)")
+        left.hist(arrays["a_vs_b"], bins=bins, color="tab:purple", alpha=0.8, label=f"A vs B, same noise (median {scalars['a_vs_b_median']:.3f})")
+        left.axvline(self.line, color="k", ls=":", lw=1, label=f"fixed line {self.line:g}")
+        left.set_title("samples of A and B from the same noise")
+        left.set_xlabel("cosine similarity of A's and B's sample (mean removed)")
+        left.set_ylabel("count of sample pairs")
+        left.legend(fontsize=7, loc="upper left")
         own = np.concatenate([arrays["own_a"], arrays["own_b"]])
         other = np.concatenate([arrays["other_a"], arrays["other_b"]])
-        for values, label, color in ((own, "sample vs own subset", "tab:red"), (other, "sample vs other subset", "tab:blue"), (arrays["heldout"], "held-out real vs training", "tab:gray")):
-            right.hist(values, bins=bins, alpha=0.5, density=True, label=label, color=color)
-        right.axvline(scalars["memorization_threshold"], color="k", ls="--", lw=1, label=f"samples vs other subset, {self.quantile:.0%} quantile")
-        right.axvline(scalars["memorization_threshold_heldout"], color="tab:gray", ls=":", lw=1, label=f"held-out {self.quantile:.0%} quantile")
-        right.set_title(
-            f"nearest training image: memorized {scalars['memorization_rate']:.2f}, own-other {scalars['gap_median']:+.3f}"
+        curves = (
+            (own, f"sample vs own training subset (memorized {scalars['memorization_rate']:.2f})", "tab:red"),
+            (other, f"sample vs other training subset (own - other {scalars['gap_median']:+.3f})", "tab:blue"),
+            (arrays["heldout"], "held-out real image vs training subset", "tab:gray"),
         )
-        right.set_xlabel("cosine similarity (mean removed)")
+        for values, label, color in curves:
+            right.hist(values, bins=bins, alpha=0.5, density=True, label=label, color=color)
+        right.axvline(scalars["memorization_threshold"], color="k", ls="--", lw=1, label=f"{self.quantile:.0%} quantile of samples vs other subset")
+        right.axvline(scalars["memorization_threshold_heldout"], color="tab:gray", ls=":", lw=1, label=f"{self.quantile:.0%} quantile of held-out")
+        right.set_title("nearest training image of each sample")
+        right.set_xlabel("cosine similarity to nearest training image (mean removed)")
+        right.set_ylabel("probability density")
         right.legend(fontsize=7, loc="upper left")
-        fig.suptitle(f"two-models test, epoch {epoch}")
+        fig.tight_layout()
         return fig
 
     def grid_image(self, samples, subsets: dict[str, torch.Tensor], arrays: dict[str, np.ndarray]) -> np.ndarray:
