@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml
 demo: install ## Train diffusion pairs at a small and a larger N on synthetic galaxies (CPU, < 10 min) and print the verdict
 	$(PY) -m galgen_lightning.demo
 
-test: install browser lint ## Lint, then the whole test suite (slow tests included), W&B disabled
+test: install browser slurm lint ## Lint, then the whole test suite (slow tests included), W&B disabled
 	WANDB_MODE=disabled $(PY) -m pytest -q
 
 test-fast: install ## The fast tier to run before every commit: no slow tests, no whole-command tests
@@ -54,6 +54,15 @@ browser: ## Install Debian's chromium (the report's headless-browser test) when 
 	       $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } > /tmp/galgen-apt.log 2>&1; then \
 	    echo "chromium installed: $$(command -v chromium)"; \
 	  else echo "WARNING: could not install chromium (needs apt-get as root or passwordless sudo; log in /tmp/galgen-apt.log): the browser test will be skipped"; fi; }
+
+slurm: ## Install Debian's slurm-wlm and munge (the SLURM launcher's tests start a one-node cluster) when missing
+	@{ test -x /usr/sbin/slurmctld || command -v slurmctld > /dev/null 2>&1; } && { test -x /usr/sbin/munged || command -v munged > /dev/null 2>&1; } || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo > /dev/null 2>&1; then SUDO="sudo -n"; else SUDO=none; fi; \
+	  echo "installing slurm-wlm and munge with apt-get (for the SLURM launcher's tests)"; \
+	  if [ "$$SUDO" != none ] && { $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	       $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge; } > /tmp/galgen-apt-slurm.log 2>&1; then \
+	    echo "slurm installed: $$(/usr/sbin/slurmctld -V)"; \
+	  else echo "WARNING: could not install slurm-wlm and munge (needs apt-get as root or passwordless sudo; log in /tmp/galgen-apt-slurm.log): the SLURM tests will be skipped"; fi; }
 
 lint: install ## ruff
 	$(VENV)/bin/ruff check galgen_lightning tests benchmarks

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from conftest import CONFIGS, read_jsonl, run_cli
 
-import galgen_lightning.sweep as sweep_module
+import galgen_lightning.sweep.runs as sweep_module
 from galgen_lightning.errors import GalgenError
 from galgen_lightning.sweep import sweep, sweep_lock
 
@@ -49,7 +49,8 @@ def fake_runner(monkeypatch):
 def profile(tmp_path) -> Path:
     path = tmp_path / "tiny.yaml"
     data = {"class_path": "galgen_lightning.data.SyntheticGalaxies", "init_args": {"size": 100}}
-    path.write_text(yaml.safe_dump({"sweep": {"ns": [2, 4, 8, 1000]}, "data": {"source": data, "n_val": 16}}))
+    sweep = {"base": [str(CONFIGS / "diffusion.yaml")], "ns": [2, 4, 8, 1000]}  # a profile galgen fit can parse
+    path.write_text(yaml.safe_dump({"sweep": sweep, "data": {"source": data, "n_val": 16}}))
     return path
 
 

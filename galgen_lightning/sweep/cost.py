@@ -106,16 +106,6 @@ def read_throughput(path: str, family: str) -> Throughput:
     return Throughput(rate, max(sampler) if sampler else None, f"measured ({where})")
 
 
-def _args_value(extra: list[str], name: str) -> str | None:
-    value = None
-    for i, a in enumerate(extra):
-        if a.startswith(f"--{name}="):
-            value = a.split("=", 1)[1]
-        elif a == f"--{name}" and i + 1 < len(extra):
-            value = extra[i + 1]
-    return value
-
-
 @dataclass
 class RunProfile:
     """What one run does: ``epochs`` of ``steps_per_epoch`` steps of ``batch`` images per model."""
@@ -137,24 +127,18 @@ class RunProfile:
         return self.epochs // every + (1 if self.epochs % every else 0)
 
 
-def run_profile(merged: dict, extra: list[str], n: int) -> RunProfile:
-    """The profile of the run with N = ``n`` from the merged configs and ``--fit_args``."""
-    data, trainer = merged.get("data") or {}, merged.get("trainer") or {}
-    model = (merged.get("model") or {}).get("init_args") or {}
-
-    def pick(section: dict, key: str, name: str, default):
-        given = _args_value(extra, name)
-        return (
-            type(default)(given) if given is not None else section.get(key, default) if section.get(key) is not None else default
-        )
-
-    batch = int(pick(data, "batch_size", "data.batch_size", 64))
-    per_epoch = pick(data, "samples_per_epoch", "data.samples_per_epoch", 0) or max(n, batch)
+def run_profile(fit: dict, n: int) -> RunProfile:
+    """The profile of the run with N = ``n`` from the parsed ``galgen fit`` configuration (the
+    profile's configs and ``--fit_args``, every default filled in by the parser)."""
+    data, trainer = fit.get("data") or {}, fit.get("trainer") or {}
+    model = (fit.get("model") or {}).get("init_args") or {}
+    batch = int(data["batch_size"])
+    per_epoch = data.get("samples_per_epoch") or max(n, batch)
     steps_per_epoch = per_epoch // batch if per_epoch >= batch else 1
-    epochs = int(pick(trainer, "max_epochs", "trainer.max_epochs", 1000))
-    max_steps = int(pick(trainer, "max_steps", "trainer.max_steps", -1))
+    epochs = int(trainer.get("max_epochs") or 1000)  # Lightning's default when max_epochs and max_steps are unset
+    max_steps = int(trainer.get("max_steps") or -1)
     if max_steps > 0:
-        epochs = min(epochs, math.ceil(max_steps / steps_per_epoch))
+        epochs = min(epochs, math.ceil(max_steps / steps_per_epoch)) if trainer.get("max_epochs") else math.ceil(max_steps / steps_per_epoch)
     tests = []
     for cb in trainer.get("callbacks") or []:
         if not isinstance(cb, dict):
@@ -162,9 +146,10 @@ def run_profile(merged: dict, extra: list[str], n: int) -> RunProfile:
         name = str(cb.get("class_path", "")).rsplit(".", 1)[-1]
         init = cb.get("init_args") or {}
         if name.endswith("Test"):
-            tests.append((name, int(init.get("every_n_epochs", 1)), int(init.get("n_samples", 256)), int(init.get("n_real", 0))))
-    sampler_steps = min(int(model.get("max_steps", 1000)), DIFFUSION_SAMPLER_STEPS)
-    return RunProfile(batch, epochs, steps_per_epoch, int(pick(data, "n_val", "data.n_val", 500)), sampler_steps, tests)
+            every = init.get("every_n_epochs") or 1
+            tests.append((name, int(every), int(init.get("n_samples") or 256), int(init.get("n_real") or 0)))
+    sampler_steps = min(int(model.get("max_steps") or 1000), DIFFUSION_SAMPLER_STEPS)
+    return RunProfile(batch, epochs, steps_per_epoch, int(data["n_val"]), sampler_steps, tests)
 
 
 def run_seconds(family: str, prof: RunProfile, rate: Throughput) -> tuple[float, float]:
@@ -207,7 +192,7 @@ def duration(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
-def plan_cost(family: str, merged: dict, extra: list[str], plans: list, rate: Throughput, gpus: int, where: str) -> dict:
+def plan_cost(family: str, fit: dict, plans: list, rate: Throughput, gpus: int, where: str) -> dict:
     """Print the projected cost of ``plans`` (``RunPlan`` of the sweep) and return it as a dict."""
     rows, todo = [], []
     print(f"[sweep] plan: {len(plans)} runs on {where}", flush=True)
@@ -217,7 +202,7 @@ def plan_cost(family: str, merged: dict, extra: list[str], plans: list, rate: Th
     header = f"  {'run':34s} {'N':>8s} {'action':>6s} {'epochs':>6s} {'steps':>9s} {'batch':>5s} {'train':>9s} {'eval':>9s} {'total':>9s}"
     print(header)
     for p in plans:
-        prof = run_profile(merged, extra, p.n)
+        prof = run_profile(fit, p.n)
         train, evaluation = run_seconds(family, prof, rate)
         total = 0.0 if p.action == "skip" else train + evaluation
         if p.action != "skip":
