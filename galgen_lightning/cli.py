@@ -32,6 +32,7 @@ from galgen_lightning.faults import (
     make_dir,
     restore_signal_handlers,
 )
+from galgen_lightning.faults.ddp import configure_ddp, rank_lost
 from galgen_lightning.models.base import PairModule
 from galgen_lightning.rundir import RunDir, RunDirectory
 
@@ -112,10 +113,9 @@ class GalgenCLI(LightningCLI):
             save_config_callback=None,
             parser_class=GalgenParser,
             parser_kwargs={
+                "prog": "galgen",
                 "description": "galgen: the two-models test of generative models of galaxy images. "
-                "Subcommands: fit (train a pair and run the tests), validate (re-run the tests on a checkpoint), "
-                "sample (draw samples of a trained pair), report (HTML report of a run or a sweep), "
-                "sweep (pairs over N, then the report), data (download|convert|inspect a source); each has its own --help. "
+                "Each subcommand has its own --help (galgen fit --help lists every option). "
                 "--config also takes a bundled config by name (e.g. diffusion.yaml, quick/diffusion.yaml)."
             },
             **kwargs,
@@ -125,6 +125,19 @@ class GalgenCLI(LightningCLI):
     def subcommands() -> dict[str, set[str]]:
         """``fit`` trains the pair and runs the tests; ``validate`` re-runs them on a checkpoint."""
         return {"fit": {"model", "train_dataloaders", "val_dataloaders", "datamodule"}, "validate": {"model", "dataloaders", "datamodule"}}
+
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs) -> None:
+        """LightningCLI's ``fit`` and ``validate``, then galgen's own commands, so ``galgen --help``
+        lists every subcommand with one line each (the others are dispatched by :func:`main`
+        before LightningCLI parses anything; their entries here only document them)."""
+        super()._add_subcommands(parser, **kwargs)
+        from jsonargparse import ArgumentParser
+
+        action = parser._subcommands_action
+        for choice in action._choices_actions:
+            choice.help = SUBCOMMANDS.get(choice.dest, choice.help)
+        for name in EXTRA_COMMANDS:
+            action.add_subcommand(name, ArgumentParser(description=SUBCOMMANDS[name]), help=SUBCOMMANDS[name])
 
     def _parse_ckpt_path(self) -> None:
         """LightningCLI reads the checkpoint's hyperparameters (``weights_only``) before anything
@@ -145,6 +158,9 @@ class GalgenCLI(LightningCLI):
         try:
             super()._run_subcommand(subcommand)
         except RuntimeError as e:  # a checkpoint of another family or shape: one line
+            lost = rank_lost(e, self.trainer)  # or a DDP collective that failed: one line naming the rank lost
+            if lost is not None:
+                raise lost from None
             if "state_dict" not in str(e):
                 raise
             ckpt = getattr(self.config[subcommand], "ckpt_path", None)
@@ -154,7 +170,10 @@ class GalgenCLI(LightningCLI):
         parser.link_arguments("data.image_size", "model.init_args.image_size")
 
     def before_instantiate_classes(self) -> None:
+        if self.subcommand in EXTRA_COMMANDS:  # e.g. galgen --config x.yaml report: options before the command
+            raise GalgenError(f"galgen {self.subcommand} takes its own options after its name: galgen {self.subcommand} --help")
         cfg = self.config[self.subcommand] if self.subcommand else self.config
+        saved = cfg.clone()  # config.yaml: as given, before the run directory's paths are filled in
         _check_ckpt_path(getattr(cfg, "ckpt_path", None))
         _check_tests_fit_family(cfg)
         folder = self._choose_run_dir(cfg)
@@ -172,7 +191,7 @@ class GalgenCLI(LightningCLI):
             if "ModelCheckpoint" in str(getattr(callback, "class_path", "")) and args is not None and args.dirpath is None:
                 args.dirpath = str(folder / "checkpoints")
         parser = self._parser(self.subcommand)
-        self.run_directory.config_text = parser.dump(cfg, skip_none=False)
+        self.run_directory.config_text = parser.dump(rerunnable(saved, self.subcommand), skip_none=False)
 
     def instantiate_classes(self) -> None:
         try:
@@ -180,6 +199,7 @@ class GalgenCLI(LightningCLI):
         except ValueError as e:  # a constructor refused an option value: one line, not a traceback
             raise GalgenError(f"invalid option value: {_root_cause(e)}") from e
         self.trainer.callbacks = averaging_after_tests(self.trainer.callbacks)
+        configure_ddp(self.trainer)  # DDP: the collective timeout (GALGEN_DDP_TIMEOUT), a lost rank named
         from galgen_lightning import wandb_utils
 
         cfg = self.config[self.subcommand] if self.subcommand else self.config
@@ -197,7 +217,10 @@ class GalgenCLI(LightningCLI):
             return make_dir(folder)
         if not given:
             family = str(cfg.model.class_path).rsplit(".", 1)[-1].replace("Pair", "").lower()
-            folder = Path("runs") / f"{family}-n{cfg.data.n}-seed{cfg.data.seed}-{stamp}"
+            name = f"{family}-n{cfg.data.n}-seed{cfg.data.seed}-{stamp}"
+            folder, k = Path("runs") / name, 2
+            while folder.exists() and is_rank_zero_launch():  # another run started in the same second
+                folder, k = Path("runs") / f"{name}-{k}", k + 1
             if is_rank_zero_launch():
                 self.lock = RunLock(folder).acquire()
             return folder
@@ -211,6 +234,20 @@ class GalgenCLI(LightningCLI):
                 "choose another directory, or resume it with --ckpt_path"
             )
         return folder
+
+
+def rerunnable(cfg, subcommand: str | None):
+    """The configuration as ``config.yaml`` keeps it: ``galgen fit --config <run>/config.yaml``
+    reruns it as is into a new run directory. The run directory (``trainer.default_root_dir``) is
+    left empty, and so are the paths the CLI derives from it (a logger's ``save_dir`` and
+    ``WandbLogger.name``, ``ModelCheckpoint.dirpath``: ``cfg`` is the configuration before they
+    were filled in); a fit's ``ckpt_path`` too (the checkpoint it resumed from is in
+    ``status.json``'s command), so the rerun trains afresh."""
+    out = cfg.clone()
+    out.trainer.default_root_dir = None
+    if subcommand == "fit" and "ckpt_path" in out:
+        out.ckpt_path = None
+    return out
 
 
 def _state_dict_summary(message: str) -> str:
@@ -232,12 +269,26 @@ def _state_dict_summary(message: str) -> str:
 
 
 EXTRA_COMMANDS = {
+    "sample": "galgen_lightning.sample",
     "report": "galgen_lightning.report",
     "sweep": "galgen_lightning.sweep",
+    "demo": "galgen_lightning.demo",
     "data": "galgen_lightning.data.command",
-    "sample": "galgen_lightning.sample",
+    "sync": "galgen_lightning.sync",
 }
-"""Subcommands outside LightningCLI: ``galgen report --help``, ``galgen sweep --help``."""
+"""Subcommands outside LightningCLI (``galgen report --help``, ...): each module's ``main(argv)``."""
+
+SUBCOMMANDS = {
+    "fit": "train a pair (A and B on disjoint subsets) and run the tests",
+    "validate": "re-run the tests on a checkpoint (into <run>/validate-<time>/)",
+    "sample": "draw samples of a trained pair from shared noise (.npz, .fits or .png)",
+    "report": "HTML report (figures with PDFs, tables, verdicts) of a run or a sweep",
+    "sweep": "train pairs over N and seeds, then the report",
+    "demo": "two N end to end on a CPU, with the judge's label for each",
+    "data": "download, convert or inspect a data source",
+    "sync": "upload the offline W&B runs of a run or a sweep",
+}
+"""Every ``galgen`` subcommand and its line in ``galgen --help``."""
 
 
 def config_folders() -> list[Path]:
@@ -317,7 +368,9 @@ def main(args: list[str] | None = None) -> None:
         if argv and argv[0] in EXTRA_COMMANDS:  # galgen report / galgen sweep: their own small CLIs
             import importlib
 
-            importlib.import_module(EXTRA_COMMANDS[argv[0]]).main(argv[1:])
+            code = importlib.import_module(EXTRA_COMMANDS[argv[0]]).main(argv[1:])
+            if code:  # a main that returns its exit status (galgen demo)
+                sys.exit(int(code))
             return
         handlers = install_signal_handlers()  # SIGTERM, SIGINT, SIGUSR1: stop at a step boundary (galgen_lightning.faults)
         cli = GalgenCLI.__new__(GalgenCLI)

@@ -13,7 +13,7 @@ A run directory is the interface between ``galgen fit``/``validate`` (which writ
     <run>/verdict.json       the one judge's label and evidence, at the end of fit/validate
     <run>/sweep.json         how ``galgen sweep`` launched the run (arguments, fingerprint)
     <run>/wandb.json         the W&B run id, project and group (a resume continues that W&B run)
-    <run>/wandb/             W&B's own files (offline runs: ``wandb sync <run>/wandb/offline-run-*``)
+    <run>/wandb/             W&B's own files (offline runs: ``galgen sync <run>`` uploads them)
     <run>/checkpoints/       Lightning's checkpoints
     <run>/validate-<time>/   a later ``galgen validate`` of this run (a run directory itself)
 
@@ -418,8 +418,8 @@ class RunDirectory(L.Callback):
         self.command = command
         self.started = time.time()
 
-    def _write_status(self, trainer: L.Trainer, state: str, **extra) -> None:
-        if not trainer.is_global_zero:
+    def _write_status(self, trainer: L.Trainer, state: str, any_rank: bool = False, **extra) -> None:
+        if not (trainer.is_global_zero or any_rank):
             return
         status = {
             "state": state,
@@ -489,9 +489,10 @@ class RunDirectory(L.Callback):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         from galgen_lightning.faults import run_state
+        from galgen_lightning.faults.ddp import records_for_the_lost
 
-        state, extra = run_state(exception)  # interrupted (a signal), diverged, or failed
-        try:
-            self._write_status(trainer, state, **extra)
+        state, extra = run_state(exception, trainer)  # interrupted (a signal), diverged, or failed (a lost DDP rank named)
+        try:  # when DDP rank 0 is the one lost, the lowest surviving rank records it
+            self._write_status(trainer, state, any_rank=records_for_the_lost(trainer, extra.get("lost_ranks") or []), **extra)
         except Exception as e:  # noqa: BLE001 (a full disk must not hide the error that ended the run)
             print(f"galgen: warning: could not record state {state} in {Path(trainer.default_root_dir) / STATUS}: {e}", file=sys.stderr)

@@ -55,7 +55,7 @@ def load_pair(ckpt_path: str | Path, device: str | torch.device = "cpu"):
         raise GalgenError(f"--ckpt_path {ckpt_path}: not a readable galgen checkpoint: {(str(e).strip().splitlines() or [type(e).__name__])[0][:200]}") from None
     hparams = dict(checkpoint.get("hyper_parameters") or {}) if isinstance(checkpoint, dict) else {}
     class_path = hparams.get("_class_path") or ((RunDir(path.resolve().parent.parent).config().get("model") or {}).get("class_path"))
-    if not class_path or "state_dict" not in checkpoint:
+    if not isinstance(checkpoint, dict) or not class_path or "state_dict" not in checkpoint:
         raise GalgenError(f"--ckpt_path {ckpt_path}: not a galgen checkpoint (no model class or weights)")
     module, name = str(class_path).rsplit(".", 1)
     try:
@@ -64,12 +64,33 @@ def load_pair(ckpt_path: str | Path, device: str | torch.device = "cpu"):
         raise GalgenError(f"--ckpt_path {ckpt_path}: its model {class_path} cannot be imported ({e})") from None
     if not (isinstance(cls, type) and issubclass(cls, PairModule)):
         raise GalgenError(f"--ckpt_path {ckpt_path}: {class_path} is not a galgen pair")
-    pair = cls(**{k: v for k, v in hparams.items() if not k.startswith("_")})
     try:
-        pair.load_state_dict(checkpoint["state_dict"])
-    except RuntimeError as e:
-        raise GalgenError(f"--ckpt_path {ckpt_path}: the weights do not fit {name}: {' '.join(str(e).split())[:200]}") from None
+        pair = cls(**{k: v for k, v in hparams.items() if not k.startswith("_")})
+    except (TypeError, ValueError, GalgenError) as e:  # hyperparameters of another family, or refused
+        raise GalgenError(f"--ckpt_path {ckpt_path}: its hyperparameters do not fit {name} (a checkpoint of another family?): {' '.join(str(e).split())[:200]}") from None
+    state = checkpoint["state_dict"]
+    differs = state_dict_difference(state, pair.state_dict()) if isinstance(state, dict) else "its state_dict is not a dictionary"
+    if differs:
+        raise GalgenError(f"--ckpt_path {ckpt_path}: its weights do not fit {name} as its hyperparameters build it: {differs}")
+    pair.load_state_dict(state)
     return pair.to(device).eval()
+
+
+def state_dict_difference(found: dict, expected: dict) -> str:
+    """What differs between a checkpoint's weights and a model's, as one phrase ("" when they fit):
+    parameters missing, unexpected, and of another shape, each with an example."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    shapes = [(k, tuple(found[k].shape), tuple(v.shape)) for k, v in expected.items() if k in found and hasattr(found[k], "shape") and tuple(found[k].shape) != tuple(v.shape)]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} parameters missing (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    if shapes:
+        key, have, want = shapes[0]
+        parts.append(f"{len(shapes)} of another shape (e.g. {key}: {have} in the checkpoint, {want} here)")
+    return "; ".join(parts)
 
 
 def write(samples, out: Path, seed: int, grid: int = 16) -> Path:

@@ -10,12 +10,15 @@
   continues the same W&B run (``resume="allow"``). Start-up waits ``GALGEN_WANDB_INIT_TIMEOUT``
   seconds (default 15) at most.
 - :func:`start` (at setup, rank zero): starts the W&B run; when the server cannot be reached in
-  time, one warning line and the run goes on offline (``wandb sync <run>/wandb/offline-run-*``
+  time, one warning line and the run goes on offline (``galgen sync <run>``
   uploads it later). Then the run config (family, N, seeds, image size, split SHA-1, source,
   versions, git commit) and ``define_metric``: every evaluation metric is charted against
   ``epoch``.
 - :func:`epoch_metrics` and :func:`write_summary`: what the evaluation callbacks and the verdict
   send to W&B.
+- :func:`log_sweep` (``galgen report`` of a sweep): one W&B run of ``job_type`` ``sweep`` in the
+  sweep's group, with the sweep table (every run's label and numbers with intervals) and charts
+  of the memorization rate, the own-minus-other gap and the A-vs-B agreement against N.
 """
 
 from __future__ import annotations
@@ -137,10 +140,7 @@ def configure(loggers, folder: Path, cfg, subcommand: str) -> None:
     if run_id is None and subcommand == "fit" and ckpt and Path(ckpt).is_file():  # resuming into a new folder
         run_id = RunDir(Path(ckpt).resolve().parent.parent).wandb_identity().get("id")
     if run_id is None:
-        import secrets
-        import string
-
-        run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+        run_id = _new_id()
     for logger in chosen:
         init = logger._wandb_init  # Lightning's arguments of wandb.init, read when the run starts
         if init.get("id") is None:
@@ -177,12 +177,13 @@ def start(trainer, config: dict) -> None:
             experiment = logger.experiment
         except Exception as e:  # noqa: BLE001 (wandb raises CommError, UsageError, timeouts)
             why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            print(f"galgen: warning: W&B did not start ({why}); logging offline: upload later with 'wandb sync {Path(logger.save_dir or '.') / 'wandb'}/offline-run-*'", file=sys.stderr)
+            print(f"galgen: warning: W&B did not start ({why}); logging offline: upload later with 'galgen sync {logger.save_dir or '.'}'", file=sys.stderr)
             import wandb
 
             if wandb.run is not None:
                 wandb.finish()
-            wandb.teardown()  # the service still holds the failed run's id            logger._experiment = None
+            wandb.teardown()  # the service still holds the failed run's id
+            logger._experiment = None
             logger._wandb_init["mode"] = "offline"
             experiment = logger.experiment
         if not hasattr(experiment, "define_metric"):
@@ -232,3 +233,89 @@ def write_summary(loggers, summary: dict) -> None:
     """The judge's label and numbers in the W&B run summary."""
     for logger in wandb_loggers(loggers):
         logger.experiment.summary.update(summary)
+
+
+def _start_run(**init: Any):
+    """``wandb.init`` within :func:`init_timeout`; offline (one warning line) when the server does not answer."""
+    import wandb
+
+    try:
+        return wandb.init(**init, settings=_settings())
+    except Exception as e:  # noqa: BLE001 (wandb raises CommError, UsageError, timeouts)
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        print(f"galgen: warning: W&B did not start ({why}); logging offline: upload later with 'galgen sync {init['dir']}'", file=sys.stderr)
+        if wandb.run is not None:
+            wandb.finish()
+        wandb.teardown()
+        return wandb.init(**{**init, "mode": "offline"}, settings=_settings())
+
+
+def log_sweep(sweep: Path, rows: list[dict] | None = None, folder: Path | None = None, summary: dict | None = None) -> str | None:
+    """Log a sweep to one W&B run: the sweep table and its charts against N.
+
+    The run has ``job_type`` ``sweep``, the sweep folder's name as ``group`` (the group of the
+    sweep's training runs too), and the project most of the runs logged to (their ``wandb.json``;
+    default ``galgen``). Its id is kept in ``<folder>/wandb.json``, so a later report of the same
+    sweep logs into the same W&B run. Logged: ``sweep/table`` (a ``wandb.Table`` with the columns of
+    :data:`galgen_lightning.report.table.COLUMNS`), one line chart per statistic of
+    :data:`~galgen_lightning.report.table.CHARTS` (``sweep/<statistic>``: per family group and
+    seed, the statistic and its interval bounds as series ``low``/``high``), and ``summary``
+    in the run summary. Online or offline as :func:`choose_mode` decides; nothing when
+    ``WANDB_MODE=disabled``.
+
+    Args:
+        sweep: the sweep folder.
+        rows: the sweep table (default: every run below ``sweep``, read through the run
+            directories and judged by the one judge with 200 bootstrap replicates).
+        folder: where the W&B files and ``wandb.json`` go (default ``<sweep>/report``).
+        summary: extra numbers for the run summary (e.g. N* per family group).
+
+    Returns:
+        The W&B run id, or ``None`` when W&B is disabled.
+    """
+    from collections import Counter
+
+    from galgen_lightning.report.table import CHARTS, COLUMNS, chart_series, sweep_rows
+    from galgen_lightning.rundir import RunDir, find_runs
+
+    if choose_mode() == "disabled":
+        return None
+    sweep = Path(sweep)
+    folder = Path(folder) if folder is not None else sweep / "report"
+    folder.mkdir(parents=True, exist_ok=True)
+    if rows is None:
+        rows = sweep_rows(sweep)
+    projects = Counter(RunDir(p).wandb_identity().get("project") for p in find_runs(sweep))
+    projects.pop(None, None)
+    identity = RunDir(folder).wandb_identity()
+    project = identity.get("project") or (projects.most_common(1)[0][0] if projects else "galgen")
+    run_id = identity.get("id") or _new_id()
+    group = sweep.resolve().name
+    import wandb
+
+    run = _start_run(
+        project=project, id=run_id, resume="allow", group=group, job_type="sweep", name=f"{group}-sweep",
+        tags=sorted({str(r["family"]) for r in rows if r.get("family")}), dir=str(folder),
+        config={"sweep": str(sweep), "runs": len(rows)},
+    )
+    RunDir(folder).write_wandb_identity({"id": run.id, "project": project, "group": group})
+    try:
+        data = [[row.get(c) for c in COLUMNS] for row in rows]
+        payload: dict[str, Any] = {"sweep/table": wandb.Table(columns=list(COLUMNS), data=data)}
+        for key, title in CHARTS.items():
+            series = chart_series(rows, key)
+            if series:
+                names, xs, ys = zip(*series)
+                payload[f"sweep/{key}"] = wandb.plot.line_series(xs=list(xs), ys=list(ys), keys=list(names), title=title, xname="N (images per model)")
+        run.log(payload)
+        run.summary.update({"runs": len(rows), **(summary or {})})
+    finally:
+        run.finish()
+    return run_id
+
+
+def _new_id() -> str:
+    import secrets
+    import string
+
+    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))

@@ -39,6 +39,7 @@ def test_existing_run_directory_is_not_overwritten(tmp_path, tiny_source_args, c
     run = tmp_path / "run"
     assert run_cli(["fit", *FAMILY, *tiny_source_args, *TINY, f"--trainer.default_root_dir={run}"]) == 0
     before = (run / "status.json").read_text()
+    capsys.readouterr()  # the first run's output (progress bars) is not the second's
     code = run_cli(["fit", *FAMILY, *tiny_source_args, *TINY, f"--trainer.default_root_dir={run}"])
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -53,7 +54,7 @@ def test_existing_run_directory_is_not_overwritten(tmp_path, tiny_source_args, c
         (["--data.n=0"], "data.n"),
         (["--data.source=galgen_lightning.data.ArrayFile", "--data.source.path=/nonexistent/x.npy"], "/nonexistent/x.npy"),
         (["--model.init_args.blocks=0"], "DiffusionPair: blocks must be at least 1, got 0"),
-        (["--model.init_args.beta=1.5"], "DiffusionPair: beta must be in (0, 1]"),
+        (["--model.init_args.beta=1.5"], "beta must be in (0, 1], got 1.5"),
         (
             ["--trainer.callbacks+=galgen_lightning.evaluation.InversionTest"],
             "InversionTest needs a family with latent_shapes (normalizing flows such as Glow); DiffusionPair has none",
@@ -204,3 +205,69 @@ def test_missing_checkpoint_is_one_line_and_writes_nothing(tmp_path, capsys, ckp
     err = [line for line in capsys.readouterr().err.strip().splitlines() if "Seed set to" not in line]
     assert err == [f"galgen: error: --ckpt_path {ckpt}: {expected}"]
     assert not run.exists()
+
+
+def test_help_lists_every_subcommand_with_one_line(capsys):
+    from galgen_lightning.cli import EXTRA_COMMANDS, SUBCOMMANDS
+
+    assert run_cli(["--help"]) == 0
+    out = capsys.readouterr().out
+    names = ["fit", "validate", *EXTRA_COMMANDS]
+    assert set(names) == set(SUBCOMMANDS) >= {"fit", "validate", "sample", "report", "sweep", "demo", "data", "sync"}
+    assert "{" + ",".join(names) + "}" in "".join(out.split())  # the usage line
+    flat = " ".join(out.split())
+    for name in names:
+        assert f" {name} {SUBCOMMANDS[name]}" in flat, name
+
+
+def test_a_run_config_yaml_reruns_into_a_new_run_directory(tmp_path, tiny_source_args, monkeypatch):
+    """config.yaml keeps no path of its run directory (nor the checkpoint a fit resumed from), so
+    ``galgen fit --config <run>/config.yaml`` trains again into a fresh folder; the first run is untouched."""
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    first = tmp_path / "first"
+    assert run_cli(["fit", *FAMILY, *tiny_source_args, *TINY, f"--trainer.default_root_dir={first}"]) == 0
+    config = yaml.safe_load((first / "config.yaml").read_text())
+    assert config["trainer"]["default_root_dir"] is None and config["ckpt_path"] is None
+    loggers = config["trainer"]["logger"]
+    loggers = loggers if isinstance(loggers, list) else [loggers]
+    assert loggers and all(str(first) not in json.dumps(logger) for logger in loggers)
+    assert str(first) not in (first / "config.yaml").read_text()
+    before = {p: p.read_bytes() for p in first.rglob("*") if p.is_file()}
+
+    assert run_cli(["fit", f"--config={first / 'config.yaml'}"]) == 0
+    (second,) = (tmp_path / "runs").iterdir()
+    assert second.name.startswith("diffusion-n8-seed0-")
+    assert json.loads((second / "status.json").read_text())["state"] == "complete"
+    assert {r["test"] for r in read_jsonl(second / "metrics.jsonl")} == {"two_models", "denoising"}
+    assert {p: p.read_bytes() for p in first.rglob("*") if p.is_file()} == before
+
+
+def test_sync_lists_offline_runs_and_needs_a_login(tmp_path, capsys, monkeypatch):
+    sweep = tmp_path / "sweep"
+    pending = [sweep / "a" / "wandb" / "offline-run-20260101_000000-aaaa1111", sweep / "b" / "wandb" / "offline-run-20260102_000000-bbbb2222"]
+    done = sweep / "c" / "wandb" / "offline-run-20260103_000000-cccc3333"
+    report = sweep / "report" / "wandb" / "offline-run-20260104_000000-dddd4444"
+    for folder in (*pending, done, report):
+        folder.mkdir(parents=True)
+        (folder / f"run-{folder.name.rsplit('-', 1)[1]}.wandb").write_bytes(b":W&B")
+    (done / "run-cccc3333.wandb.synced").touch()  # uploaded already (W&B's marker)
+    (sweep / "a" / "checkpoints" / "wandb" / "offline-run-x").mkdir(parents=True)  # not where runs log
+
+    assert run_cli(["sync", str(sweep), "--dry-run"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[:-1] == [str(p) for p in (*pending, report)]
+    assert out[-1] == f"galgen sync: would upload 3 offline W&B run(s) from {sweep} (1 already synced)"
+
+    assert run_cli(["sync", str(sweep / "c"), "--dry-run"]) == 0
+    assert capsys.readouterr().out.strip() == f"galgen sync: no offline W&B run to upload in {sweep / 'c'} (1 already synced)"
+
+    for name in ("WANDB_API_KEY", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    assert run_cli(["sync", str(sweep)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("galgen: error: sync: not logged in to W&B") and "wandb login" in err[0]
+    assert run_cli(["sync", str(tmp_path / "nowhere")]) == 2
+    assert capsys.readouterr().err.strip() == f"galgen: error: sync: {tmp_path / 'nowhere'} does not exist"

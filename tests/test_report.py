@@ -47,8 +47,40 @@ def _save(folder: Path, test: str, epoch: int, arrays: dict) -> None:
     np.savez_compressed(path, **arrays)
 
 
+def _gallery(folder: Path, epoch: int, arrays: dict, k: int = 4) -> None:
+    """The galleries in the two-models callback's naming contract: ``epoch_XXXX_gallery_most|least``
+    as PNG with a PDF of the same stem, the shown indices (and their similarities) in the epoch's npz."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gap = arrays["own_a"] - arrays["other_a"]
+    order = np.argsort(gap)
+    for kind, idx in (("most", order[::-1][:k]), ("least", order[:k])):
+        arrays[f"gallery_{kind}_idx"] = idx
+        arrays[f"gallery_{kind}_own"], arrays[f"gallery_{kind}_other"] = arrays["own_a"][idx], arrays["other_a"][idx]
+        fig, axes = plt.subplots(3, k, figsize=(k, 3))
+        for j, i in enumerate(idx):
+            for r, image in enumerate((arrays["samples_a"][i, 0], arrays["samples_b"][i, 0], arrays["samples_a"][i, 0] * 0.9)):
+                axes[r, j].imshow(image, cmap="gray")
+                axes[r, j].set_axis_off()
+            axes[0, j].set_title(f"own {arrays['own_a'][i]:.2f}", fontsize=6)
+        stem = folder / "eval" / "two_models" / f"epoch_{epoch:04d}_gallery_{kind}"
+        fig.savefig(stem.with_suffix(".png"), dpi=150)
+        fig.savefig(stem.with_suffix(".pdf"))
+        plt.close(fig)
+
+
 def _two_models(
-    folder: Path, rate: float, a_vs_b: float, gap: float, rng: np.random.Generator, epoch: int = 4, faint: bool = False
+    folder: Path,
+    rate: float,
+    a_vs_b: float,
+    gap: float,
+    rng: np.random.Generator,
+    epoch: int = 4,
+    faint: bool = False,
+    gallery: bool = False,
 ) -> None:
     """Per-sample arrays in the callback's format: a share ``rate`` of copies (own similarity near 1,
     the other subset as far as for real galaxies), samples sharing ``a_vs_b`` of their noise-driven
@@ -73,6 +105,9 @@ def _two_models(
     arrays["plain_a_vs_b"], arrays["plain_heldout"] = arrays["a_vs_b"], heldout
     for w in "ab":
         arrays[f"plain_own_{w}"], arrays[f"plain_other_{w}"] = arrays[f"own_{w}"], arrays[f"other_{w}"]
+    if gallery:
+        (folder / "eval" / "two_models").mkdir(parents=True, exist_ok=True)
+        _gallery(folder, epoch, arrays)
     _save(folder, "two_models", epoch, arrays)
     from galgen_lightning.evaluation.statistics import two_models_evidence
 
@@ -83,12 +118,27 @@ def _two_models(
     _append(folder, record)
 
 
+DIFFUSION = {"class_path": "galgen_lightning.models.diffusion.DiffusionPair", "init_args": {"blocks": 2, "width": 4}}
+SMALL = {10: (0.9, 0.0, 0.1), 100: (0.7, 0.3, 0.05), 1000: (0.0, 0.9, 0.0)}
+"""N -> (memorization rate, A-vs-B sharing, own-other gap) of the fake diffusion runs."""
+
+
+def small_sweep(root: Path, ns: tuple[int, ...] = (10, 100, 1000), seed: int = 0) -> Path:
+    """A sweep folder of complete fake diffusion runs (two-models results only) at ``ns``."""
+    rng = np.random.default_rng(seed)
+    for n in ns:
+        run = root / f"diffusion-small-n{n}-seed0"
+        _write_run(run, DIFFUSION, n, 16)
+        _two_models(run, *SMALL[n], rng)
+    return root
+
+
 @pytest.fixture(scope="module")
 def fake_sweep(tmp_path_factory) -> Path:
     """Diffusion over N = 10, 100, 1000 (+ an unfinished N = 10000), one Glow and one GAN run, morphology on one run."""
     root = tmp_path_factory.mktemp("sweep")
     rng = np.random.default_rng(0)
-    diffusion = {"class_path": "galgen_lightning.models.diffusion.DiffusionPair", "init_args": {"blocks": 2, "width": 4}}
+    diffusion = DIFFUSION
     for n, rate, ab, gap, state in (
         (10, 0.9, 0.0, 0.1, "complete"),
         (100, 0.7, 0.3, 0.05, "complete"),
@@ -97,7 +147,7 @@ def fake_sweep(tmp_path_factory) -> Path:
     ):
         run = root / f"diffusion-small-n{n}-seed0"
         _write_run(run, diffusion, n, 16, state)
-        _two_models(run, rate, ab, gap, rng)
+        _two_models(run, rate, ab, gap, rng, gallery=n in (10, 1000))
         x = np.linspace(5, 35, 6).astype(np.float32)
         curves = {f"psnr_in_{i}": x for i in ("train_a", "train_b", "val")}
         curves.update({f"psnr_out_{w}_{i}": x + 5 for w in "ab" for i in ("train_a", "train_b", "val")})
@@ -241,6 +291,70 @@ def test_report_files_and_html(built):
     assert (out / "summary.csv").read_text().count("\n") == 7
 
 
+def test_report_figures_have_pdfs_dpi_and_galleries(built):
+    """Every figure has a PDF beside it and a PDF link on the page; the report's own figures are
+    at least 150 dpi; the two-models galleries (most and least memorized) of the runs that wrote
+    them are collected with their PDFs."""
+    from PIL import Image
+
+    out, _ = built
+    pngs = sorted((out / "figures").glob("*.png"))
+    page = (out / "index.html").read_text()
+    for png in pngs:
+        assert png.with_suffix(".pdf").read_bytes()[:5] == b"%PDF-", png
+        assert f'href="figures/{png.stem}.pdf">PDF</a>' in page, png.name
+    own = [p for p in pngs if not p.name.startswith("gallery_")]
+    assert own and all(Image.open(p).info["dpi"][0] >= 149.9 for p in own)
+    galleries = sorted(p.name for p in pngs if p.name.startswith("gallery_"))
+    assert len(galleries) == 4, galleries  # most and least, for N = 10 and N = 1000
+    assert {g.split("_")[1] for g in galleries} == {"most", "least"}
+    section = page.split("Two-models galleries")[1].split("<h2>")[0]
+    assert section.count("<img") == 4 and "the 4 samples most memorized" in section and "N=1,000" in section
+
+
+def test_sweep_table_files(built):
+    out, summary = built
+    from galgen_lightning.report.table import COLUMNS
+
+    table = json.loads((out / "sweep_table.json").read_text())
+    assert table["columns"] == list(COLUMNS)
+    rows = {(r["family"], r["n"]): r for r in table["rows"]}
+    assert len(table["rows"]) == 6 and rows[("diffusion", 10)]["label"] == "memorizes"
+    assert rows[("diffusion", 1000)]["label"] == "generalizes" and rows[("diffusion", 10000)]["state"] == "running"
+    r10 = rows[("diffusion", 10)]
+    assert r10["memorization_rate_low"] <= r10["memorization_rate"] <= r10["memorization_rate_high"]
+    assert r10["agreement_kappa_low"] <= r10["agreement_kappa"] <= r10["agreement_kappa_high"]
+    reported = {r["n"]: r for r in summary["groups"]["diffusion (16 px)"]["runs"]}
+    assert r10["memorization_rate"] == pytest.approx(reported[10]["memorization_rate"])
+    lines = (out / "sweep_table.csv").read_text().splitlines()
+    assert lines[0].split(",") == list(COLUMNS) and len(lines) == 7
+
+
+def test_report_escapes_what_it_shows(tmp_path):
+    """Text from run directories (here a folder name) is escaped in the page, never markup."""
+    root = small_sweep(tmp_path / "x<i>&y", ns=(10,))
+    assert run_cli(["report", str(root), "--bootstrap", "0"]) == 0
+    page = (root / "report" / "index.html").read_text()
+    assert "x<i>&y" not in page and "x&lt;i&gt;&amp;y" in page
+
+
+def test_report_of_a_sweep_logs_it_to_wandb(tmp_path, monkeypatch):
+    """``galgen report`` of a sweep hands its table and N* to ``log_sweep``; of one run, or with
+    ``--wandb false``, it does not."""
+    from galgen_lightning import wandb_utils
+
+    calls = []
+    monkeypatch.setattr(wandb_utils, "log_sweep", lambda *args: calls.append(args) or "abcd1234")
+    root = small_sweep(tmp_path / "sweep")
+    assert run_cli(["report", str(root), "--bootstrap", "0"]) == 0
+    ((sweep, rows, folder, summary),) = calls
+    assert sweep == root and folder == root / "report" and [r["n"] for r in rows] == [10, 100, 1000]
+    assert 100 < summary["n_star/diffusion-16-px"] < 1000
+    assert run_cli(["report", str(root / "diffusion-small-n10-seed0"), "--bootstrap", "0"]) == 0
+    assert run_cli(["report", str(root), "--bootstrap", "0", "--wandb", "false"]) == 0
+    assert len(calls) == 1
+
+
 def test_report_of_one_run(fake_sweep, tmp_path):
     assert (
         run_cli(["report", str(fake_sweep / "diffusion-small-n10-seed0"), "--out", str(tmp_path / "r"), "--bootstrap", "0"]) == 0
@@ -271,13 +385,17 @@ def _chromium() -> str | None:
 
 PROBE = """<script>window.addEventListener('load', function () {
   var out = document.createElement('pre'); out.id = 'probe';
-  out.textContent = JSON.stringify(Array.prototype.map.call(document.images, function (i) { return [i.complete, i.naturalWidth, i.naturalHeight]; }));
+  out.textContent = JSON.stringify({
+    images: Array.prototype.map.call(document.images, function (i) { return [i.complete, i.naturalWidth, i.naturalHeight, i.dataset.file]; }),
+    pdfs: Array.prototype.map.call(document.querySelectorAll('a.pdf'), function (a) { return [a.getAttribute('href'), a.textContent]; })
+  });
   document.body.appendChild(out);
 });</script>"""
 
 
 def test_report_renders_in_headless_chromium(built, tmp_path):
-    """Every figure decodes in a real browser, and the page is not blank."""
+    """Every figure decodes in a real browser (the galleries among them), each has its PDF link,
+    and the page is not blank."""
     browser = _chromium()
     if browser is None:
         pytest.skip("no chromium (make test installs Debian's chromium with apt-get)")
@@ -303,9 +421,14 @@ def test_report_renders_in_headless_chromium(built, tmp_path):
     )
     match = re.search(r'<pre id="probe">(.*?)</pre>', dom.stdout, re.S)
     assert match, dom.stderr[-2000:]
-    images = json.loads(match.group(1))
+    probed = json.loads(match.group(1))
+    images, pdfs = probed["images"], probed["pdfs"]
     assert len(images) == len(list((out / "figures").glob("*.png"))) > 0
-    assert all(complete and width > 0 and height > 0 for complete, width, height in images), images
+    assert all(complete and width > 0 and height > 0 for complete, width, height, _ in images), images
+    shown = [file for *_, file in images]
+    assert sum(f.startswith("figures/gallery_most_") for f in shown) == 2 and sum(f.startswith("figures/gallery_least_") for f in shown) == 2
+    assert sorted(href for href, _ in pdfs) == sorted(f[: -len(".png")] + ".pdf" for f in shown)
+    assert all(text == "PDF" and (out / href).is_file() for href, text in pdfs)
 
     shot = tmp_path / "shot.png"
     subprocess.run(

@@ -65,11 +65,68 @@ def test_sample_errors_are_one_line(args, expected, checkpoint, capsys):
     assert len(err) == 1 and err[0].startswith("galgen: error:") and expected in err[0]
 
 
+def _foreign(checkpoint, tmp_path, name: str, change) -> str:
+    """A copy of ``checkpoint`` (in a folder without a run's config.yaml) changed by ``change``."""
+    import torch
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    change(state)
+    path = tmp_path / name
+    torch.save(state, path)
+    return str(path)
+
+
+def test_a_checkpoint_of_another_family_or_shape_is_one_line_naming_what_differs(checkpoint, tmp_path, capsys):
+    import torch
+
+    from galgen_lightning.models.gan import GANPair
+
+    gan = GANPair(image_size=16, latent_dim=16, fmap_max=16, fmap_inverse_coef=7, attn_sizes=[], small_width=8, decoder_upsamples=1)
+    wider = lambda s: s["hyper_parameters"].update(width=16)  # noqa: E731
+    cases = {
+        # the hyperparameters name another family: its constructor refuses them
+        _foreign(checkpoint, tmp_path, "family.ckpt", lambda s: s["hyper_parameters"].update(_class_path="galgen_lightning.models.gan.GANPair")):
+            "its hyperparameters do not fit GANPair (a checkpoint of another family?):",
+        # the weights of another family under diffusion's hyperparameters
+        _foreign(checkpoint, tmp_path, "weights.ckpt", lambda s: s.update(state_dict=gan.state_dict())):
+            "its weights do not fit DiffusionPair as its hyperparameters build it: ",
+        # another shape: the weights of width 8 where the hyperparameters say 16
+        _foreign(checkpoint, tmp_path, "shape.ckpt", wider):
+            "its weights do not fit DiffusionPair as its hyperparameters build it: ",
+        _foreign(checkpoint, tmp_path, "bare.ckpt", lambda s: s.pop("hyper_parameters")): "not a galgen checkpoint (no model class or weights)",
+    }
+    errors = []
+    for path, text in cases.items():
+        assert run_cli(["sample", f"--ckpt_path={path}", "--n=2", f"--out={tmp_path / 'x.npz'}"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"galgen: error: --ckpt_path {path}: ") and text in err[0], err
+        errors.append(err[0])
+    assert not (tmp_path / "x.npz").exists()
+    assert "parameters missing (e.g. " in errors[1] and "unexpected (e.g. model_a.G." in errors[1]
+    assert "of another shape (e.g. model_a." in errors[2] and "in the checkpoint" in errors[2] and "16" in errors[2]
+    assert torch.load(checkpoint, map_location="cpu", weights_only=True)["hyper_parameters"]["width"] == 8  # the original untouched
+
+
+def test_validate_with_a_checkpoint_of_another_shape_is_one_line(checkpoint, tiny_source_args, tmp_path, capsys):
+    """validate builds the model from the checkpoint's hyperparameters: weights of width 8 under
+    hyperparameters that say 16 do not fit."""
+    shape = _foreign(checkpoint, tmp_path, "shape.ckpt", lambda s: s["hyper_parameters"].update(width=16))
+    config = checkpoint.parent.parent / "config.yaml"
+    args = ["validate", f"--config={config}", *tiny_source_args, f"--ckpt_path={shape}", f"--trainer.default_root_dir={tmp_path / 'v'}"]
+    assert run_cli(args) == 2
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if line.startswith("galgen:")]
+    assert len(err) == 1 and err[0].startswith(f"galgen: error: --ckpt_path {shape} does not fit DiffusionPair with these options: "), err
+    assert "of another shape (e.g. model_a." in err[0]
+
+
 def test_help_lists_every_subcommand(capsys):
     assert run_cli(["--help"]) == 0
-    text = " ".join(capsys.readouterr().out.split())
+    import re
+
+    usage = re.search(r"\{([a-z,]+)\}", capsys.readouterr().out)
+    assert usage is not None
     for name in ("fit", "validate", "sample", "report", "sweep", "data"):
-        assert f"{name} (" in text
+        assert name in usage.group(1).split(",")
 
 
 def test_missing_optional_package_names_its_extra():

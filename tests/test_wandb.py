@@ -123,7 +123,7 @@ def test_unreachable_server_goes_offline_in_seconds(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "mode offline id unreach1" in proc.stdout
     warnings = [line for line in proc.stderr.splitlines() if line.startswith("galgen: warning: W&B did not start")]
-    assert len(warnings) == 1 and "wandb sync" in warnings[0]
+    assert len(warnings) == 1 and f"galgen sync {tmp_path}" in warnings[0]
     assert elapsed < 45, elapsed  # 3 s of init timeout, plus the start of Python and W&B's service
     assert list(tmp_path.glob("wandb/offline-run-*"))
 
@@ -186,3 +186,55 @@ def test_bundled_config_by_name(value, tmp_path, monkeypatch):
     path = Path(resolve_config(value))
     assert path.is_file() and path.name == Path(value).name
     assert resolve_config("no/such/file.yaml") == "no/such/file.yaml"
+
+
+LOG_SWEEP = """
+import sys
+from pathlib import Path
+from galgen_lightning.wandb_utils import log_sweep
+print("run", log_sweep(Path(sys.argv[1])))
+print("run", log_sweep(Path(sys.argv[1])))  # a second report of the sweep
+"""
+
+
+def test_sweep_table_and_charts_in_one_offline_wandb_run(tmp_path):
+    """``log_sweep`` (what ``galgen report`` of a sweep calls) in a fresh interpreter with W&B
+    offline: one run of job type ``sweep`` in the sweep's group holds the table (one row per run,
+    the judge's labels) and a chart per statistic against N with its interval bounds; a second
+    report of the sweep logs into the same W&B run."""
+    from test_report import small_sweep
+
+    from galgen_lightning.report.table import CHARTS, COLUMNS
+
+    sweep = small_sweep(tmp_path / "sweep-diffusion")
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "WANDB_BASE_URL")}
+    env.update(WANDB_MODE="offline", NETRC=str(tmp_path / "no-netrc"))
+    done = subprocess.run([sys.executable, "-c", LOG_SWEEP, str(sweep)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    identity = json.loads((sweep / "report" / "wandb.json").read_text())
+    assert identity["group"] == "sweep-diffusion" and done.stdout.split() == ["run", identity["id"]] * 2
+    runs = wandb_records(sweep / "report")
+    assert len(runs) == 2
+    for path, records in runs:
+        kinds: dict[str, list] = {}
+        for r in records:
+            kinds.setdefault(r.WhichOneof("record_type"), []).append(r)
+        header = kinds["run"][0].run
+        assert header.run_id == identity["id"] and header.job_type == "sweep" and header.run_group == "sweep-diffusion"
+        history = {_key(i): json.loads(i.value_json) for r in kinds["history"] for i in r.history.item}
+        files = path.parent / "files"
+        table = json.loads((files / history["sweep/table/path"]).read_text())
+        assert table["columns"] == list(COLUMNS)
+        rows = [dict(zip(table["columns"], row)) for row in table["data"]]
+        assert [(r["n"], r["label"]) for r in rows] == [(10, "memorizes"), (100, "memorizes"), (1000, "generalizes")]
+        assert all(r["memorization_rate_low"] <= r["memorization_rate"] <= r["memorization_rate_high"] for r in rows)
+        assert all(r["agreement_kappa"] is not None and r["realism_outside_any"] is not None for r in rows)
+        for key in CHARTS:
+            chart = json.loads((files / history[f"sweep/{key}_table/path"]).read_text())
+            series = {}
+            for n, name, value in chart["data"]:
+                series.setdefault(name, []).append((n, value))
+            line = "diffusion (16 px) seed 0"
+            assert set(series) == {line, f"{line} low", f"{line} high"}, series
+            assert [n for n, _ in series[line]] == [10, 100, 1000]
+            assert [v for _, v in series[line]] == pytest.approx([r[key] for r in rows])

@@ -14,7 +14,11 @@ readers) keeps them here, the same way:
   must hold is never used: one warning line, and it is made again from the inputs (which the
   cache never modifies);
 - :class:`ChunkCache` fills a folder only as far as a caller needs: ``fill(count, produce)``
-  stops once ``count`` usable images are there.
+  stops once ``count`` usable images are there;
+- **one filler at a time**: a process that has chunks to make holds the folder's lock
+  (``.lock``, a ``flock`` through the ``filelock`` library, released by the OS when the process
+  dies, so a lock left by a killed process is free); a second process (another run, another
+  DDP rank) waits for it, then reads what it made instead of making it again.
 
 A cache that cannot be written (read-only, full) is a one-line :class:`GalgenError` naming the
 directory; a complete cache is read without writing anything.
@@ -22,6 +26,7 @@ directory; a complete cache is read without writing anything.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -29,7 +34,7 @@ import math
 import os
 import sys
 import zipfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -37,6 +42,9 @@ from typing import IO, Any
 import numpy as np
 
 from galgen_lightning.errors import GalgenError
+
+LOCK = ".lock"
+"""The lock file of a cache folder (held while a process makes its missing chunks)."""
 
 Result = tuple["np.ndarray | None", str, str]
 """What preparing one input gives: ``(image or None, reason or "", detail or "")``."""
@@ -293,22 +301,53 @@ class ChunkCache:
         """
         chunks: list[Chunk] = []
         seen = have = prepared = k = 0
-        while k < len(self.bounds) and have < count:
-            cached = self.read(k)
-            if cached is not None:
-                found: Iterable[tuple[int, Chunk]] = [(k, cached)]
-            else:
-                run = self._missing_run(k, count - have, seen, have)
-                prepared += sum(self.inputs(j) for j in run)
-                found = self._written(produce(run), check)
-            for j, chunk in found:
-                if check is not None and cached is not None:
-                    check(j, chunk)
-                chunks.append(chunk)
-                seen += len(chunk.reasons)
-                have += len(chunk.images)
-                k = j + 1
+        with contextlib.ExitStack() as held:
+            locked = False
+            while k < len(self.bounds) and have < count:
+                cached = self.read(k)
+                if cached is None and not locked:  # chunks to make: one process at a time
+                    held.enter_context(self.lock())
+                    locked = True
+                    cached = self.read(k)  # made by another process while this one waited?
+                if cached is not None:
+                    found: Iterable[tuple[int, Chunk]] = [(k, cached)]
+                else:
+                    run = self._missing_run(k, count - have, seen, have)
+                    prepared += sum(self.inputs(j) for j in run)
+                    found = self._written(produce(run), check)
+                for j, chunk in found:
+                    if check is not None and cached is not None:
+                        check(j, chunk)
+                    chunks.append(chunk)
+                    seen += len(chunk.reasons)
+                    have += len(chunk.images)
+                    k = j + 1
         return Filled(chunks, k >= len(self.bounds), prepared)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold this folder's lock (``.lock``) while making chunks; wait, with one line, while
+        another process holds it. The OS releases the lock of a process that dies.
+
+        Raises:
+            GalgenError: naming the folder when the lock file cannot be created.
+        """
+        from filelock import FileLock, Timeout
+
+        make_cache_dir(self.folder)
+        lock = FileLock(str(self.folder / LOCK))
+        try:
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                print(f"galgen: waiting for another process that fills the data cache {self.folder} (lock {self.folder / LOCK})", file=sys.stderr, flush=True)
+                lock.acquire()
+        except OSError as e:
+            raise cache_error(self.folder, e, "lock") from None
+        try:
+            yield
+        finally:
+            lock.release()
 
     def _written(self, produced: Iterable[tuple[int, Chunk]], check: Callable[[int, Chunk], None] | None) -> Iterable[tuple[int, Chunk]]:
         make_cache_dir(self.folder)

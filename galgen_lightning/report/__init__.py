@@ -4,14 +4,19 @@
     galgen report runs/diffusion-n10-seed0-20261128-101500 --out /tmp/report
 
 The report reads only what the runs wrote (``status.json``, ``config.yaml``, ``manifest.json``,
-``metrics.jsonl`` and ``eval/<test>/epoch_XXXX.npz``); it never trains or samples. It writes
-``<out>/index.html`` (every figure embedded, nothing fetched), the figures as PNG files in
-``<out>/figures/``, the tables as CSV and every number in ``<out>/summary.json``:
+``metrics.jsonl``, ``eval/<test>/epoch_XXXX.npz`` and the two-models galleries); it never trains
+or samples. It writes ``<out>/index.html`` (every figure embedded, nothing fetched), the figures
+in ``<out>/figures/`` as PNG (150 dpi) with a PDF of each beside it (linked from the page), the
+tables as CSV, one row per run with the judge's numbers in ``sweep_table.csv``/``.json``, and
+every number in ``<out>/summary.json``; for a sweep it also logs the sweep table and its charts
+against N to W&B (:func:`galgen_lightning.wandb_utils.log_sweep`):
 
 - per family (and image size), over N: the two-models histograms (A vs B on top, nearest
   training image below, as the paper's Figure 7), the memorization rate, own-minus-other gap and
   A-vs-B agreement against N with bootstrap confidence intervals, and an estimate of the
   transition size N*;
+- the galleries of the most and the least memorized samples beside their nearest training
+  images (:mod:`~galgen_lightning.report.galleries`);
 - the denoising PSNR curves (diffusion), the inversion table per level and N with its scatter
   plots (Glow, Table 1 / Figure 10), the discriminator-test panels per epoch and per N (GAN,
   Figures 14 and 16), the morphology distributions (when the morphology test ran);
@@ -24,21 +29,22 @@ The verdict uses the calibrated numbers of the two-models test as the callback l
 adds confidence intervals (resampling the per-sample arrays of the ``.npz`` file) and never
 moves a threshold.
 
-The package: :mod:`~galgen_lightning.report.runs` reads run directories,
-:mod:`~galgen_lightning.report.stats` computes the verdicts, intervals and N*,
-:mod:`~galgen_lightning.report.figures` draws, and this module writes the page.
+The package: :mod:`~galgen_lightning.report.runs` counts parameters (runs are read through
+:mod:`galgen_lightning.rundir`), :mod:`~galgen_lightning.report.stats` computes intervals and N*,
+:mod:`~galgen_lightning.report.figures` draws, :mod:`~galgen_lightning.report.galleries` collects
+the galleries, :mod:`~galgen_lightning.report.table` makes the sweep table,
+:mod:`~galgen_lightning.report.page` renders the HTML (a Jinja2 template, every value escaped),
+and this module puts them together.
 """
 
 from __future__ import annotations
 
-import base64
 import csv
-import html
 import io
 import json
 import math
 import os
-import re
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -50,7 +56,6 @@ from galgen_lightning.evaluation import verdict as rules
 from galgen_lightning.evaluation.verdict import judge_run
 from galgen_lightning.report.figures import (
     MORPHOLOGY_VARIABLES,
-    Figure,
     FigureWriter,
     fig_denoising,
     fig_discriminator,
@@ -63,6 +68,8 @@ from galgen_lightning.report.figures import (
     one_per_n,
     slug,
 )
+from galgen_lightning.report.galleries import gallery_figures
+from galgen_lightning.report.page import html_figure, html_table, render
 from galgen_lightning.report.runs import count_parameters, ratio_parameters
 from galgen_lightning.report.stats import (
     MEMORIZED_RATE,
@@ -74,43 +81,27 @@ from galgen_lightning.report.stats import (
     fmt_p,
     transition_checks,
 )
-from galgen_lightning.rundir import Run, find_runs, load_run
+from galgen_lightning.report.table import table_row, write_table
+from galgen_lightning.rundir import Run, find_runs, is_run_dir, load_run
 
-# --- the HTML ----------------------------------------------------------------------------------
-CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1400px;padding:0 1em;color:#222}
-h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}h3{margin-top:1.5em}
-table{border-collapse:collapse;margin:.8em 0;font-size:.85em}th,td{border:1px solid #ccc;padding:.25em .5em;vertical-align:top}
-th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
-figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}figcaption{font-size:.85em;color:#444;max-width:1100px}
-.memorizes{color:#b00020;font-weight:600}.poor{color:#6a1b9a;font-weight:600}.partly{color:#c25e00;font-weight:600}.generalizes{color:#1b7f2a;font-weight:600}
-.incomplete{background:#fff3cd}.badge{display:inline-block;padding:0 .4em;border-radius:.3em;background:#f0ad4e;color:#000;font-size:.8em}
-.pass{color:#1b7f2a}.fail{color:#b00020}.note{background:#f7f7f7;border-left:4px solid #999;padding:.4em .8em}
-"""
-
-
-def _img_tag(fig: Figure) -> str:
-    data = base64.b64encode(fig.path.read_bytes()).decode("ascii")
-    rel = html.escape(f"figures/{fig.path.name}")
-    return (
-        f'<figure><img alt="{html.escape(fig.caption[:120])}" data-file="{rel}" src="data:image/png;base64,{data}">'
-        f"<figcaption>{html.escape(fig.caption)} (<code>{rel}</code>)</figcaption></figure>"
-    )
+SECTIONS = {
+    "two_models": ("Two-models test: cosine similarities over N (Figure 7)", ""),
+    "galleries": (
+        "Two-models galleries: the most and the least memorized samples",
+        "Per N, the samples of the last evaluation that lean most and least towards their own training subset "
+        "(own-minus-other nearest similarity), each beside its nearest training image of its own and of the other "
+        "subset, captioned with the similarities.",
+    ),
+    "denoising": ("Denoising test: PSNR curves (Figures 5, 6)", ""),
+    "inversion": ("Inversion test (Glow): Table 1 and scatter plots (Figure 10)", ""),
+    "discriminator": ("Discriminator test (GAN): per epoch and per N (Figures 14, 16)", ""),
+    "morphology": ("Morphology distributions (Figures 7, 8, 15)", ""),
+}
+"""The report's test sections, in page order: key -> (title, introduction)."""
 
 
-def _table(columns: list[str], rows: list[list[str]], row_classes: list[str] | None = None, raw: set[int] | None = None) -> str:
-    raw = raw or set()
-    out = ["<table><thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in columns) + "</tr></thead><tbody>"]
-    for i, row in enumerate(rows):
-        cls = f' class="{row_classes[i]}"' if row_classes and row_classes[i] else ""
-        cells = []
-        for j, cell in enumerate(row):
-            text = str(cell) if j in raw else html.escape(str(cell))
-            num = ' class="num"' if re.fullmatch(r"[-+0-9.,e\[\] ]+|n/a", str(cell)) else ""
-            cells.append(f"<td{num}>{text}</td>")
-        out.append(f"<tr{cls}>" + "".join(cells) + "</tr>")
-    out.append("</tbody></table>")
-    return "".join(out)
+def _block(figure: dict | None = None, table: dict | None = None, heading: str = "", text: str = "", file: str = "") -> dict:
+    return {"figure": figure, "table": table, "heading": heading, "text": text, "file": file}
 
 
 def _write_csv(path: Path, columns: list[str], rows: list[list[str]]) -> None:
@@ -192,16 +183,19 @@ def build_report(
         "confidence": confidence,
         "groups": {},
     }
-    body: list[str] = []
     summary_rows, summary_classes = [], []
-    sections: dict[str, list[str]] = {k: [] for k in ("two_models", "denoising", "inversion", "discriminator", "morphology")}
-    n_star_lines, check_blocks = [], []
+    sections: dict[str, list[dict]] = {k: [] for k in SECTIONS}
+    n_star_lines: list[dict] = []
+    check_blocks: list[dict] = []
     run_rows, run_classes = [], []
+    sweep_table: list[dict] = []
 
     for group, members in groups.items():
         rows = []
         for run in members:
             verdict = judge_run(run, n_boot, confidence, rng)
+            if run.records:
+                sweep_table.append(table_row(run, verdict))
             rec = run.last("two_models") or {}
             v: dict[str, Any] = {k: rec.get(k) for k in ("a_vs_b_median", "valid_a", "valid_b", "epoch")}
             for key in ("diverged", "step_limit"):
@@ -290,53 +284,53 @@ def build_report(
                 + ", ".join(f"N={r['n']} {r['state']}" for r in incomplete)
                 + ")"
             )
-        n_star_lines.append(f"<li><b>{html.escape(group)}</b>: {html.escape(statement)}</li>")
+        n_star_lines.append({"group": group, "statement": statement})
         ordered = sorted([r for r in rows if r["n"]], key=lambda r: (r["n"], r["seed"] or 0))
         ordered = list({r["n"]: r for r in reversed(ordered)}.values())[::-1]  # one run per N (the lowest seed) for the checks
         checks = transition_checks(ordered)
         notes = diagnose(ordered)
-        items = "".join(
-            f'<li class="{"pass" if ok else "fail" if ok is not None else ""}">{"yes" if ok else "NO" if ok is not None else "n/a"}: '
-            f"{html.escape(text)} ({html.escape(detail)})</li>"
+        items = [
+            {
+                "cls": "pass" if ok else "fail" if ok is not None else "",
+                "mark": "yes" if ok else "NO" if ok is not None else "n/a",
+                "text": text,
+                "detail": detail,
+            }
             for text, ok, detail in checks
-        )
-        note_html = "".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)
-        check_blocks.append(f"<h3>{html.escape(group)}</h3><ul>{items}</ul>{note_html}")
+        ]
         fig = fig_summary(rows, group, n_star, writer)
-        if fig:
-            check_blocks.append(_img_tag(fig))
+        check_blocks.append({"group": group, "items": items, "notes": notes, "figure": html_figure(fig) if fig else None})
 
         for variant in (False, True) if plain else (False,):
             fig = fig_two_models(members, group, writer, variant)
             if fig:
-                sections["two_models"].append(_img_tag(fig))
+                sections["two_models"].append(_block(html_figure(fig)))
+        sections["galleries"].extend(_block(html_figure(fig)) for fig in gallery_figures(members, group, writer))
         fig = fig_denoising(members, group, writer)
         if fig:
-            sections["denoising"].append(_img_tag(fig))
+            sections["denoising"].append(_block(html_figure(fig)))
         cols, trows = inversion_table(members)
         if trows:
             name = f"inversion_table_{slug(group)}.csv"
             _write_csv(out_dir / name, cols, trows)
-            sections["inversion"].append(
-                f"<h3>{html.escape(group)}</h3><p>Table 1 per level and N (<code>{name}</code>). "
-                "W1(z, N(0,1)) is the finite-sample floor the others compare to.</p>"
-                + _table(cols, trows, ["incomplete" if r[1] != "complete" else "" for r in trows])
-            )
+            text = "Table 1 per level and N; W1(z, N(0,1)) is the finite-sample floor the others compare to"
+            rows_css = ["incomplete" if r[1] != "complete" else "" for r in trows]
+            sections["inversion"].append(_block(table=html_table(cols, trows, rows_css), heading=group, text=text, file=name))
             fig = fig_inversion(members, group, writer)
             if fig:
-                sections["inversion"].append(_img_tag(fig))
+                sections["inversion"].append(_block(html_figure(fig)))
         for fig in fig_discriminator(members, group, writer):
-            sections["discriminator"].append(_img_tag(fig))
+            sections["discriminator"].append(_block(html_figure(fig)))
         fig = fig_morphology(members, group, writer)
         if fig:
-            sections["morphology"].append(_img_tag(fig))
+            sections["morphology"].append(_block(html_figure(fig)))
             mrows = [row for run in one_per_n(members) for row in morphology_rows(run)]
             if mrows:
-                sections["morphology"].append(
-                    "<p>1-Wasserstein distance between the two groups' distributions (in the variable's units) and the two-sample "
-                    "Kolmogorov-Smirnov p-value; <i>real_a vs val</i> is the baseline of two real sets.</p>"
-                    + _table(["run", "comparison", *MORPHOLOGY_VARIABLES], mrows)
+                text = (
+                    "1-Wasserstein distance between the two groups' distributions (in the variable's units) and the two-sample "
+                    "Kolmogorov-Smirnov p-value; real_a vs val is the baseline of two real sets."
                 )
+                sections["morphology"].append(_block(table=html_table(["run", "comparison", *MORPHOLOGY_VARIABLES], mrows), text=text))
 
         summary["groups"][group] = {
             "n_star": n_star,
@@ -359,7 +353,6 @@ def build_report(
         "evidence",
     ]
     _write_csv(out_dir / "summary.csv", s_cols, summary_rows)
-    verdict_cells = [[*r[:4], f'<span class="{_verdict_class(r[4])}">{html.escape(r[4])}</span>', *r[5:]] for r in summary_rows]
     r_cols = [
         "run",
         "family",
@@ -375,49 +368,39 @@ def build_report(
     _write_csv(out_dir / "runs.csv", r_cols, run_rows)
     incomplete = sum(1 for c in run_classes if c)
 
-    body.append(f"<h1>galgen report: {html.escape(str(root))}</h1>")
-    body.append(
-        f"<p>{len(runs)} run(s) in {len(groups)} family group(s); {incomplete} not complete"
-        + (' <span class="badge">incomplete runs are highlighted and left out of N*</span>' if incomplete else "")
-        + f". Made {summary['created']}; bootstrap {n_boot} replicates, {confidence:.0%} intervals.</p>"
-    )
-    body.append("<h2>Summary: memorization or generalization</h2>")
-    body.append(
-        "<p>Verdict per run from the one judge (galgen_lightning/evaluation/verdict.py, docs/verdict.md), with "
-        f"{confidence:.0%} bootstrap intervals over noise indices. <b>memorizes</b>: the memorization rate under the "
-        f"two-models null (share of samples nearer their own subset than the {rules.MEMORIZES_RATE:.0%}... see below) has its "
-        f"lower bound above {rules.MEMORIZES_RATE}; <b>poor samples</b>: more than {rules.POOR_SHARE:.0%} of samples are unlike "
-        "any real galaxy (lower bound); <b>generalizes</b>: the rate is at chance (upper bound below "
-        f"{rules.GENERALIZES_RATE_FACTOR:g}x chance), the samples look real, and positive evidence holds: shared-noise "
-        f"agreement kappa above {rules.AGREEMENT_KAPPA} (lower bound, permutation p &lt; {rules.ALPHA}) for noise-to-image "
-        f"families, the discriminator curves within +-{rules.DISCRIMINATOR_TOLERANCE} of each other for GANs; "
-        "<b>in transition</b>: more copies than chance but not most; <b>inconclusive</b>: none of these shown. "
-        "The memorization rate's threshold is the 99th percentile of the samples' own nearest similarity to the subset "
-        "their model never saw.</p>"
-    )
-    body.append(_table(s_cols, verdict_cells, summary_classes, raw={4}))
-    body.append("<h3>Transition size N*</h3><ul>" + "".join(n_star_lines) + "</ul>")
-    body.append("<h3>Does the sweep show the transition?</h3>" + "".join(check_blocks))
-    titles = {
-        "two_models": "Two-models test: cosine similarities over N (Figure 7)",
-        "denoising": "Denoising test: PSNR curves (Figures 5, 6)",
-        "inversion": "Inversion test (Glow): Table 1 and scatter plots (Figure 10)",
-        "discriminator": "Discriminator test (GAN): per epoch and per N (Figures 14, 16)",
-        "morphology": "Morphology distributions (Figures 7, 8, 15)",
+    context = {
+        "root": str(root),
+        "n_runs": len(runs),
+        "n_groups": len(groups),
+        "n_incomplete": incomplete,
+        "created": summary["created"],
+        "n_boot": n_boot,
+        "level": f"{confidence:.0%}",
+        "rules": {
+            "memorizes_rate": rules.MEMORIZES_RATE,
+            "poor_share": f"{rules.POOR_SHARE:.0%}",
+            "generalizes_factor": f"{rules.GENERALIZES_RATE_FACTOR:g}",
+            "agreement_kappa": rules.AGREEMENT_KAPPA,
+            "alpha": rules.ALPHA,
+            "discriminator_tolerance": rules.DISCRIMINATOR_TOLERANCE,
+        },
+        "summary_table": html_table(s_cols, summary_rows, summary_classes, spans={4: [_verdict_class(r[4]) for r in summary_rows]}),
+        "n_star": n_star_lines,
+        "checks": check_blocks,
+        "sections": [
+            {
+                "title": title,
+                "intro": intro if sections[key] else "",
+                "blocks": sections[key],
+                "gallery": key == "galleries",
+                "empty": "No run wrote galleries." if key == "galleries" else "No run wrote this test's results.",
+            }
+            for key, (title, intro) in SECTIONS.items()
+        ],
+        "runs_table": html_table(r_cols, run_rows, run_classes),
     }
-    for key, title in titles.items():
-        body.append(f"<h2>{title}</h2>")
-        body.append("".join(sections[key]) if sections[key] else "<p>No run wrote this test's results.</p>")
-    body.append("<h2>Runs: training pixels per model parameter</h2>")
-    body.append(
-        "<p>Pixels of one model's training subset (N x channels x height x width) per trainable parameter of one model "
-        "(for a GAN, of its generator). Below about one pixel per parameter a model can store its training set.</p>"
-    )
-    body.append(_table(r_cols, run_rows, run_classes))
-    doc = (
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>galgen report</title>'
-        f"<style>{CSS}</style></head><body>" + "\n".join(body) + "</body></html>\n"
-    )
+    doc = render(context)
+    write_table(out_dir, sweep_table)
     index = out_dir / "index.html"
     index.write_text(doc)
     (out_dir / "summary.json").write_text(json.dumps(_jsonable(summary), indent=1) + "\n")
@@ -425,9 +408,15 @@ def build_report(
 
 
 def report(
-    path: str, out: str | None = None, bootstrap: int = 1000, seed: int = 0, confidence: float = 0.95, plain: bool = False
+    path: str,
+    out: str | None = None,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+    plain: bool = False,
+    wandb: bool = True,
 ) -> None:
-    """Write an HTML report (figures embedded, plus PNG, CSV and JSON files) of a run or a sweep.
+    """Write an HTML report (figures embedded, plus PNG, PDF, CSV and JSON files) of a run or a sweep.
 
     Args:
         path: a run directory, or a folder holding run directories (a sweep); searched 4 levels deep.
@@ -437,6 +426,9 @@ def report(
         confidence: level of the confidence intervals.
         plain: also draw the two-models grid with the plain cosine, as the paper's Figure 7 (the
             default figures remove each image's mean first, see docs/concepts.md).
+        wandb: for a sweep (a folder of runs), also log its table and charts against N to one W&B
+            run of job type ``sweep`` in the sweep's group (online or offline as for ``galgen fit``;
+            ``WANDB_MODE=disabled`` or ``--wandb false``: not at all).
     """
     index = build_report(path, out, bootstrap, seed, confidence, plain)
     summary = json.loads((index.parent / "summary.json").read_text())
@@ -447,6 +439,19 @@ def report(
             print(f"  {n:>10s}  {r['state']:>9s}  {r['verdict']}")
         print(f"  {g['n_star']['statement']}")
     print(f"report: {index}")
+    if wandb and not is_run_dir(Path(path)):
+        from galgen_lightning.report.table import read_table
+        from galgen_lightning.wandb_utils import log_sweep
+
+        n_star = {f"n_star/{slug(group)}": g["n_star"].get("n_star") for group, g in summary["groups"].items()}
+        try:
+            run_id = log_sweep(Path(path), read_table(index.parent), index.parent, {k: v for k, v in n_star.items() if v is not None})
+        except Exception as e:  # noqa: BLE001 (the report is written; W&B must not turn it into a failure)
+            run_id = None
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            print(f"galgen: warning: the sweep table was not logged to W&B ({why}); the report has it (sweep_table.csv)", file=sys.stderr)
+        if run_id:
+            print(f"W&B: sweep table and charts in run {run_id} (group {Path(path).resolve().name}, job type sweep)")
 
 
 def main(argv: list[str]) -> None:

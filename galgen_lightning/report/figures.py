@@ -25,27 +25,35 @@ def _plt():
     return plt
 
 
+DPI = 150
+"""Resolution of the report's PNG figures; a vector PDF of each is written beside it."""
+
+
 @dataclass
 class Figure:
-    """A figure of the report: its PNG file and caption."""
+    """A figure of the report: its PNG file, the PDF beside it (if any) and its caption."""
 
     path: Path
     caption: str
+    pdf: Path | None = None
 
 
 class FigureWriter:
-    """Saves matplotlib figures as PNG under ``<out>/figures`` and keeps their captions."""
+    """Saves matplotlib figures under ``<out>/figures`` as PNG (:data:`DPI`) and PDF, with their captions."""
 
     def __init__(self, out: Path) -> None:
         self.folder = out / "figures"
         self.folder.mkdir(parents=True, exist_ok=True)
+        for old in [*self.folder.glob("*.png"), *self.folder.glob("*.pdf")]:  # an earlier report's figures
+            old.unlink()
 
     def save(self, fig, name: str, caption: str) -> Figure:
         plt = _plt()
         path = self.folder / f"{slug(name)}.png"
-        fig.savefig(path, dpi=90)
+        fig.savefig(path, dpi=DPI)
+        fig.savefig(path.with_suffix(".pdf"))
         plt.close(fig)
-        return Figure(path, caption)
+        return Figure(path, caption, path.with_suffix(".pdf"))
 
 
 def slug(text: str) -> str:
@@ -83,9 +91,13 @@ def fig_two_models(runs: list[Run], group: str, writer: FigureWriter, plain: boo
     for j, (run, a) in enumerate(cols):
         ab = finite(a[f"{prefix}a_vs_b"])
         ax = axes[0, j]
-        ax.hist(np.clip(ab, bins[0], 1), bins=bins, color="tab:purple", alpha=0.85)
+        ax.hist(np.clip(ab, bins[0], 1), bins=bins, color="tab:purple", alpha=0.85, label="A_i vs B_i")
         med = f"median {np.median(ab):.3f}" if ab.size else "no valid pairs"
         ax.set_title(f"{run_title(run)}\nA vs B, same noise ({med})", fontsize=9)
+        ax.set_xlabel("cosine similarity of A_i and B_i", fontsize=8)
+        if j == 0:
+            ax.set_ylabel("samples (count)", fontsize=8)
+            ax.legend(fontsize=6, loc="upper left")
         ax = axes[1, j]
         own = finite(np.concatenate([a.get(f"{prefix}own_a", []), a.get(f"{prefix}own_b", [])]))
         other = finite(np.concatenate([a.get(f"{prefix}other_a", []), a.get(f"{prefix}other_b", [])]))
@@ -103,8 +115,9 @@ def fig_two_models(runs: list[Run], group: str, writer: FigureWriter, plain: boo
             ax.axvline(thr, color="k", ls="--", lw=1, label="threshold (held-out quantile)")
         rate = rec.get(f"{'plain/' if plain else ''}memorization_rate")
         ax.set_title(f"nearest training image (memorized {fmt(rate, 2)})", fontsize=9)
-        ax.set_xlabel("cosine similarity" + (" (plain)" if plain else " (mean removed)"), fontsize=8)
+        ax.set_xlabel("cosine similarity to nearest image\n" + ("(plain)" if plain else "(mean removed)"), fontsize=8)
         if j == 0:
+            ax.set_ylabel("density (per unit cosine)", fontsize=8)
             ax.legend(fontsize=6, loc="upper left")
     fig.suptitle(f"{group}: two-models test over N ({'plain cosine, as in the paper' if plain else 'mean-removed cosine'})")
     fig.tight_layout()
@@ -124,10 +137,11 @@ def fig_summary(rows: list[dict], group: str, n_star: dict, writer: FigureWriter
         return None
     plt = _plt()
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
-    for ax, key, title in zip(
+    for ax, key, title, ylabel in zip(
         axes,
         ("memorization_rate", "gap_median", "a_vs_b_median"),
         ("memorization rate (calibrated)", "own - other nearest similarity (median)", "A vs B similarity (median)"),
+        ("share of samples (fraction)", "difference of cosine similarities", "cosine similarity"),
     ):
         for complete, marker in ((True, "o"), (False, "x")):
             sel = [r for r in rows if r["complete"] == complete and r.get(key) is not None]
@@ -158,6 +172,7 @@ def fig_summary(rows: list[dict], group: str, n_star: dict, writer: FigureWriter
                 ax.axvspan(*n_star["ci"], color="tab:green", alpha=0.1)
         ax.set_xscale("log")
         ax.set_xlabel("N (images per model)")
+        ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize=10)
     axes[0].legend(fontsize=7)
     fig.suptitle(f"{group}: memorization to generalization over N (bars: bootstrap intervals)")
@@ -269,12 +284,15 @@ def fig_inversion(runs: list[Run], group: str, writer: FigureWriter, max_points:
             values = finite(a[f"from_a/zb_{k}"])
             values = values[np.abs(values) < 50]
             if values.size:
-                bottom.hist(values, bins=60, range=(-4.5, 4.5), density=True, color="tab:orange", alpha=0.6)
-            bottom.plot(grid, pdf, "k", lw=1)
+                bottom.hist(values, bins=60, range=(-4.5, 4.5), density=True, color="tab:orange", alpha=0.6, label="z_B = B(x)")
+            bottom.plot(grid, pdf, "k", lw=1, label="N(0, 1)")
+            top.set_xlabel("z (input latent, std. normal units)", fontsize=8)
+            bottom.set_xlabel("z_B (std. normal units)", fontsize=8)
             if k == 0:
-                top.set_ylabel("encoded latent", fontsize=8)
+                top.set_ylabel("encoded latent (std. normal units)", fontsize=8)
                 top.legend(markerscale=8, fontsize=7, loc="upper left")
                 bottom.set_ylabel("density of z_B", fontsize=8)
+                bottom.legend(fontsize=7, loc="upper left")
     fig.suptitle(f"{group}: inversion test, x = A^-1(z), z ~ N(0, I)")
     fig.tight_layout()
     return writer.save(
@@ -306,7 +324,8 @@ def _disc_panel(ax, losses: dict[str, np.ndarray], title: str) -> None:
             )
     ax.axvline(TARGET, color="k", ls=":", lw=1)
     ax.set_title(title, fontsize=9)
-    ax.set_xlabel("per-sample hinge loss", fontsize=8)
+    ax.set_xlabel("per-sample hinge loss (dimensionless)", fontsize=8)
+    ax.set_ylabel("samples (count)", fontsize=8)
 
 
 def _pick_epochs(epochs: list[int], k: int = 4) -> list[int]:
@@ -461,8 +480,10 @@ def fig_morphology(runs: list[Run], group: str, writer: FigureWriter) -> Figure 
                     )
             if i == 0:
                 ax.set_title(var, fontsize=10)
+            if i == len(rows) - 1:
+                ax.set_xlabel(f"{var} (dimensionless)", fontsize=8)
             if j == 0:
-                ax.set_ylabel(run_title(run), fontsize=9)
+                ax.set_ylabel(f"{run_title(run)}\ndensity", fontsize=9)
                 ax.legend(fontsize=6)
     fig.suptitle(f"{group}: morphology (statmorph), real images and samples, per N")
     fig.tight_layout()
