@@ -71,15 +71,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--small-n", type=int, default=4)
     parser.add_argument("--large-n", type=int, default=256)
     parser.add_argument("--out", default="runs/demo", help="parent folder of the demo's runs")
-    parser.add_argument("--configs", default="configs", help="galgen's configs folder")
+    parser.add_argument("--configs", default=None, help="galgen's configs folder (default: ./configs, else the bundled configs)")
     parser.add_argument("--epochs", type=int, default=None, help="override the demo config's max_epochs")
     args = parser.parse_args(argv)
 
-    configs = Path(args.configs)
-    needed = [configs / "diffusion.yaml", configs / "quick" / "diffusion.yaml", configs / "demo" / "diffusion.yaml"]
+    if args.configs is None:
+        from galgen_lightning.cli import config_folders
+
+        found = [Path("configs")] if Path("configs", "diffusion.yaml").is_file() else config_folders()
+        configs = found[0] if found else Path("configs")
+    else:
+        configs = Path(args.configs)
+    # the paper config, then the CPU profile the small sweep shares (configs/cpu/diffusion.yaml)
+    needed = [configs / "diffusion.yaml", configs / "cpu" / "diffusion.yaml"]
     missing = [str(p) for p in needed if not p.exists()]
     if missing:
-        print(f"galgen demo: error: config {missing[0]} not found; run from the galgen repository or pass --configs", file=sys.stderr)
+        print(f"galgen demo: error: config {missing[0]} not found; pass --configs with galgen's configs folder", file=sys.stderr)
         return 2
     stamp = time.strftime("%Y%m%d-%H%M%S")
     from galgen_lightning.cli import main as galgen
