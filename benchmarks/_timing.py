@@ -13,6 +13,12 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak-memory measurement (CUDA; the CPU's resident-set peak cannot be reset)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
 def peak_memory_mb(device: torch.device) -> float:
     """Peak memory in MiB: allocated on a CUDA device, the process's resident set on the CPU."""
     if device.type == "cuda":

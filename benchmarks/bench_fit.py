@@ -15,6 +15,10 @@ The ratio is fit / bare images per second (1.0: the loop costs nothing). Sides a
 ``--repeats`` times and the best of each is kept (other processes on a shared CPU only slow a
 measurement down).
 
+The pair's GPU-path options (docs/gpu.md) apply to both sides: ``--channels-last``,
+``--fused-adam``/``--no-fused-adam`` (neither: the family's default, the foreach Adam) and
+``--compile`` (the U-Nets of the training step).
+
     python benchmarks/bench_fit.py --device cpu --size small           # 32 px, width 16, batch 32
     python benchmarks/bench_fit.py --device cuda --size full --bf16    # the paper's U-Net, batch 512
 """
@@ -39,6 +43,7 @@ PROFILES = {
     "small": dict(image_size=32, blocks=3, width=16, batch_size=32, n=512, steps=12, warmup=3),
     "full": dict(image_size=64, blocks=3, width=64, batch_size=512, n=4096, steps=60, warmup=10),
 }
+OPTIONS = ("channels_last", "fused_adam", "compile")
 
 
 class SmoothRandom(GalaxySource):
@@ -60,20 +65,19 @@ class SmoothRandom(GalaxySource):
         return {"source": "smooth-random", "size": self.size}
 
 
-
-
-
-
-def make_pair(prof: dict, channels_last: bool) -> DiffusionPair:
+def make_pair(prof: dict, options: dict[str, bool | None]) -> DiffusionPair:
     torch.manual_seed(0)
-    return DiffusionPair(image_size=prof["image_size"], blocks=prof["blocks"], width=prof["width"], channels_last=channels_last)
+    chosen = {key: value for key, value in options.items() if value is not None}  # None: the family's default
+    return DiffusionPair(image_size=prof["image_size"], blocks=prof["blocks"], width=prof["width"], **chosen)
 
 
-def bare(prof: dict, device: torch.device, bf16: bool, channels_last: bool) -> float:
-    """Images per second per model of the bare step on device-resident data."""
-    pair = make_pair(prof, channels_last).to(device)
+def bare(prof: dict, device: torch.device, bf16: bool, options: dict[str, bool]) -> float:
+    """Images per second per model of the bare step on device-resident data (the pair's own optimizer)."""
+    pair = make_pair(prof, options).to(device)
+    if options["compile"]:
+        pair.compile_for_training()  # what ``compile: true`` does at fit start
     data = torch.rand(2 * prof["n"], 1, prof["image_size"], prof["image_size"], device=device)
-    opt = torch.optim.Adam(pair.parameters(), lr=1e-3)
+    opt = pair.configure_optimizers()["optimizer"]
     batch = prof["batch_size"]
 
     def step() -> None:
@@ -113,7 +117,7 @@ class StepTimer(L.Callback):
             self.end = time.perf_counter()
 
 
-def fit(prof: dict, device: torch.device, bf16: bool, channels_last: bool, loader: str, workers: int) -> float:
+def fit(prof: dict, device: torch.device, bf16: bool, options: dict[str, bool], loader: str, workers: int) -> float:
     """Images per second per model of ``Trainer.fit`` as ``galgen fit`` runs it (timed batches only)."""
     batches = prof["warmup"] + prof["steps"]
     dm = GalaxyPairDataModule(
@@ -141,7 +145,7 @@ def fit(prof: dict, device: torch.device, bf16: bool, channels_last: bool, loade
         num_sanity_val_steps=0,
         callbacks=[timer],
     )
-    trainer.fit(make_pair(prof, channels_last), datamodule=dm)
+    trainer.fit(make_pair(prof, options), datamodule=dm)
     return prof["batch_size"] * timer.batches / (timer.end - timer.start)
 
 
@@ -157,8 +161,11 @@ def main() -> None:
     parser.add_argument("--loaders", default="device,dataset", help="DataModule loaders to time, comma-separated")
     parser.add_argument("--workers", type=int, default=0, help="num_workers of the dataset loader")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (Trainer precision bf16-mixed)")
-    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--channels-last", action="store_true", help="model.channels_last")
+    parser.add_argument("--fused-adam", action=argparse.BooleanOptionalAction, default=None, help="model.fused_adam (default: the family's)")
+    parser.add_argument("--compile", action="store_true", help="model.compile: torch.compile the U-Nets of the training step")
     args = parser.parse_args()
+    options = {key: getattr(args, key) for key in OPTIONS}
 
     import logging
 
@@ -176,9 +183,9 @@ def main() -> None:
     loaders = [x.strip() for x in args.loaders.split(",") if x.strip()]
     best: dict[str, float] = {}
     for _ in range(max(args.repeats, 1)):
-        best["bare"] = max(best.get("bare", 0.0), bare(prof, device, args.bf16, args.channels_last))
+        best["bare"] = max(best.get("bare", 0.0), bare(prof, device, args.bf16, options))
         for loader in loaders:
-            value = fit(prof, device, args.bf16, args.channels_last, loader, args.workers)
+            value = fit(prof, device, args.bf16, options, loader, args.workers)
             best[f"fit_{loader}"] = max(best.get(f"fit_{loader}", 0.0), value)
     result = {
         "benchmark": "fit_loop",
@@ -187,7 +194,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         **prof,
         "bf16": args.bf16,
-        "channels_last": args.channels_last,
+        "options": options,
         "repeats": args.repeats,
         "bare_img_per_s_per_model": round(best["bare"], 2),
         **{f"fit_{ld}_img_per_s_per_model": round(best[f"fit_{ld}"], 2) for ld in loaders},

@@ -11,7 +11,9 @@ optimization, four optimizers, DiffAugment at the N = 1,000 probability, the gra
 every 4th batch), with the training images resident on the device. One batch trains both
 models: ``pair img/s = 2 * batch / seconds per batch``. Time ``--steps`` batches after
 ``--warmup`` (keep ``--steps`` a multiple of 4 so the penalty batches are counted fairly).
-The reference loop does 109 img/s (one model, fp32, batch 64) on one H200.
+The reference loop does 109 img/s (one model, fp32, batch 64) on one H200. The pair's
+GPU-path options (docs/gpu.md) are flags: ``--channels-last``, ``--compile`` and
+``--fused-adam``/``--no-fused-adam`` (neither: the family's default, fused on CUDA only).
 
     python benchmarks/bench_gan.py --device cpu --size small
     python benchmarks/bench_gan.py --device cuda --size full --bf16 --channels-last --batch-size 256
@@ -132,6 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (Lightning precision bf16-mixed)")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile G and D (penalty batches stay eager)")
+    parser.add_argument("--fused-adam", action=argparse.BooleanOptionalAction, default=None, help="model.fused_adam (default: the family's)")
     parser.add_argument("--n", type=int, default=1000, help="N whose automatic DiffAugment probability is used")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     args = parser.parse_args(argv)
@@ -155,6 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
         aug_prob=auto_aug_prob(args.n),
         channels_last=args.channels_last,
         compile=args.compile,
+        **({} if args.fused_adam is None else {"fused_adam": args.fused_adam}),
     )
     size = prof["image_size"]
     pools = [torch.rand(1024, 1, size, size, device=device) ** 3 for _ in range(2)]  # resident training images
@@ -189,6 +193,11 @@ def main(argv: list[str] | None = None) -> dict:
         "bf16": args.bf16,
         "channels_last": args.channels_last,
         "compile": args.compile,
+        "options": {
+            "channels_last": args.channels_last,
+            "fused_adam": bool(trainer.optimizers[0].defaults.get("fused")),
+            "compile": args.compile,
+        },
         "aug_prob": round(pair.aug_prob, 4),
         "global_step": trainer.global_step,
         "seconds_per_batch": round(seconds, 4),

@@ -10,6 +10,11 @@ Examples:
     python benchmarks/bench_glow.py --device cpu --image-size 16 --n-flow 4 --n-block 3 --hidden 64
     python benchmarks/bench_glow.py --device cuda --batch-size 16            # the paper's model
     python benchmarks/bench_glow.py --device cuda --batch-size 64 --compile  # CUDA graphs
+    python benchmarks/bench_glow.py --device cuda --batch-size 64 --no-fused-adam --channels-last
+
+The pair's GPU-path options (docs/gpu.md) are flags: ``--channels-last``, ``--compile`` (with
+``--compile-mode``) and ``--fused-adam``/``--no-fused-adam`` (neither: the family's default,
+fused on CUDA only).
 """
 
 from __future__ import annotations
@@ -63,6 +68,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     parser.add_argument("--compile", action="store_true", help="torch.compile both flows")
+    parser.add_argument("--channels-last", action="store_true", help="model.channels_last")
+    parser.add_argument("--fused-adam", action=argparse.BooleanOptionalAction, default=None, help="model.fused_adam (default: the family's)")
     parser.add_argument("--compile-mode", default="reduce-overhead", help="torch.compile mode (reduce-overhead: CUDA graphs)")
     parser.add_argument(
         "--compile-scope",
@@ -80,12 +87,13 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
-    pair = GlowPair(args.image_size, 1, args.n_flow, args.n_block, args.hidden, args.affine).to(device)
+    options = {"channels_last": args.channels_last, **({} if args.fused_adam is None else {"fused_adam": args.fused_adam})}
+    pair = GlowPair(args.image_size, 1, args.n_flow, args.n_block, args.hidden, args.affine, **options).to(device)
     pair.train()
     n_params = sum(p.numel() for p in pair.model_a.parameters())
     models = ("a", "b") if args.models == "pair" else ("a",)
     params = [p for w in models for p in pair.model(w).parameters()]
-    opt = torch.optim.Adam(params, lr=pair.hparams.lr, fused=device.type == "cuda")  # as GlowPair.configure_optimizers
+    opt = pair.make_adam(params, lr=pair.hparams.lr)  # as GlowPair.configure_optimizers
     pool = torch.rand(8, args.batch_size, 1, args.image_size, args.image_size, device=device)  # resident data
 
     def step(i: int) -> None:
@@ -101,8 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
             loss.backward()
         if args.models == "pair":
             pair.on_before_optimizer_step(opt)  # gradient check
-            pair._stepped = False
-            pair._count_bad_steps()
+            pair.guard.end_step(pair)  # count skipped updates
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -143,6 +150,11 @@ def main(argv: list[str] | None = None) -> dict:
         "params_per_model": n_params,
         "bf16": args.bf16,
         "compile": f"{args.compile_scope}:{args.compile_mode}" if args.compile else False,
+        "options": {
+            "channels_last": args.channels_last,
+            "fused_adam": bool(opt.defaults.get("fused")),
+            "compile": f"{args.compile_scope}:{args.compile_mode}" if args.compile else False,
+        },
         "steps": args.steps,
         "warmup_s": round(warmup_s, 3),
         "step_s_median": round(median, 5),
@@ -152,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
         "skipped_steps": dict(pair.skipped),
         **peak_memory(device),
     }
-    print(json.dumps(result, indent=2))
+    print(json.dumps(result), flush=True)
     return result
 
 

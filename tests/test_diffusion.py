@@ -1,14 +1,24 @@
-"""The diffusion pair: the bias-free U-Net, the shared-noise batched sampler, training."""
+"""The diffusion pair (the bias-free U-Net, the shared-noise batched sampler, training), what
+PairModule owns for every family (validation seed, sample_batch_size, sampling precision, the
+GPU-path options) and the benchmarks' CPU paths."""
 
 from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from galgen_lightning.models.base import golden_uniform
-from galgen_lightning.models.diffusion import BiasFreeBatchNorm, BiasFreeUNet, DiffusionPair, sample_denoiser
+from galgen_lightning.errors import GalgenError
+from galgen_lightning.models.base import VAL_SEED, autocast_for, golden_uniform, precision_dtype
+from galgen_lightning.models.diffusion import BiasFreeBatchNorm, BiasFreeUNet, DiffusionPair, SamplerSettings, sample_denoiser
 from galgen_lightning.noise import counter_normal
 
 
@@ -92,8 +102,8 @@ def test_sampler_gives_a_and_b_the_same_noise_whatever_the_batch():
     pair.eval()
     idx = torch.arange(4)
     with torch.no_grad():
-        sample_denoiser(recorder("a"), idx, 5, (1, 16, 16), max_steps=1)
-        sample_denoiser(recorder("b"), idx, 5, (1, 16, 16), max_steps=1)
+        sample_denoiser(recorder("a"), idx, 5, (1, 16, 16), settings=SamplerSettings(max_steps=1))
+        sample_denoiser(recorder("b"), idx, 5, (1, 16, 16), settings=SamplerSettings(max_steps=1))
     assert torch.equal(seen["a"][0], seen["b"][0])  # same y0 for A and B
 
     whole = pair.sample(6, seed=3, batch_size=6)
@@ -107,10 +117,10 @@ def test_sampler_gives_a_and_b_the_same_noise_whatever_the_batch():
 def test_sampler_counts_step_limit_and_divergence():
     idx = torch.arange(3)
     never = lambda y: 0.5 * torch.ones_like(y)  # noqa: E731  constant residual: sigma never falls
-    _, ok, c = sample_denoiser(never, idx, 0, (1, 4, 4), max_steps=5, sigma_final=0.01)
+    _, ok, c = sample_denoiser(never, idx, 0, (1, 4, 4), settings=SamplerSettings(max_steps=5, sigma_final=0.01))
     assert c["step_limit"] == 3 and not ok.any()
     exploding = lambda y: 10 * y  # noqa: E731  sigma grows with y
-    _, ok, c = sample_denoiser(exploding, idx, 0, (1, 4, 4), max_steps=50, h0=0.5, beta=1.0)
+    _, ok, c = sample_denoiser(exploding, idx, 0, (1, 4, 4), settings=SamplerSettings(max_steps=50, h0=0.5, beta=1.0))
     assert c["diverged"] == 3 and not ok.any()
     blind = lambda y: 0 * y  # noqa: E731  sees no noise at all
     _, ok, c = sample_denoiser(blind, idx, 0, (1, 4, 4))
@@ -120,7 +130,8 @@ def test_sampler_counts_step_limit_and_divergence():
 def test_sampler_stops_each_sample_on_its_own():
     # an oracle denoiser for a point mass at 0.3: residual = y - 0.3
     oracle = lambda y: y - 0.3  # noqa: E731
-    out, ok, c = sample_denoiser(oracle, torch.arange(5), 1, (1, 8, 8), sigma_final=0.02, h0=0.2, beta=0.5, max_steps=500)
+    settings = SamplerSettings(sigma_final=0.02, h0=0.2, beta=0.5, max_steps=500)
+    out, ok, c = sample_denoiser(oracle, torch.arange(5), 1, (1, 8, 8), settings=settings)
     assert ok.all() and c["finished"] == 5 and c["steps_sum"] > 0
     assert torch.allclose(out, torch.full_like(out, 0.3), atol=1e-4)
 
@@ -227,3 +238,199 @@ def test_validation_loss_does_not_depend_on_the_batch_size(norm):
     # image i's noise is a function of i alone: its level and its pattern
     idx = torch.tensor([9, 2])
     assert torch.equal(pair.validation_noise(idx, (1, 16, 16)), pair.validation_noise(torch.arange(10), (1, 16, 16))[[9, 2]])
+
+
+# ----------------------------------------------------------------------------- what PairModule owns
+@pytest.mark.parametrize(
+    "precision, dtype",
+    [
+        ("bf16-mixed", torch.bfloat16),
+        ("bf16-true", torch.bfloat16),
+        ("16-mixed", torch.float16),
+        ("16-true", torch.float16),
+        ("32-true", None),
+        ("64-true", None),
+        ("32", None),
+        (None, None),
+    ],
+)
+def test_trainer_precision_maps_to_the_sampling_dtype(precision, dtype):
+    assert precision_dtype(precision) == dtype
+    with autocast_for(precision, "cpu"):
+        out = torch.nn.functional.linear(torch.rand(2, 3), torch.rand(4, 3))
+    assert out.dtype == (dtype or torch.float32)
+
+
+def test_an_unknown_precision_is_refused():
+    with pytest.raises(ValueError, match="unknown trainer precision '8-mixed'"):
+        precision_dtype("8-mixed")
+
+
+@pytest.mark.parametrize("precision, dtype", [(None, torch.float32), ("32-true", torch.float32), ("bf16-mixed", torch.bfloat16)])
+def test_the_sampler_runs_at_the_trainers_precision(precision, dtype):
+    pair = DiffusionPair(image_size=16, blocks=2, width=4, max_steps=2)
+    if precision is not None:
+        pair.trainer = L.Trainer(accelerator="cpu", precision=precision, logger=False, enable_progress_bar=False)
+    seen = []
+    pair.model_a.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    pair.sample(2, seed=0)
+    assert seen and set(seen) == {dtype}
+
+
+def test_every_family_shares_the_validation_seed_and_declares_sample_batch_size():
+    from galgen_lightning.models.gan import GANPair
+    from galgen_lightning.models.glow import GlowPair
+    from galgen_lightning.models.reference import NoisePair, OracleGeneralizer, OracleMemorizer, OracleMixture
+
+    pairs = [
+        DiffusionPair(image_size=16, blocks=2, width=4, sample_batch_size=3),
+        GlowPair(image_size=16, n_flow=1, n_block=2, hidden=4, sample_batch_size=3),
+        GANPair(image_size=16, latent_dim=8, fmap_max=8, fmap_inverse_coef=6, attn_sizes=[], small_width=4, decoder_upsamples=1, sample_batch_size=3),
+        OracleMixture(image_size=16, sample_batch_size=3),
+        OracleGeneralizer(image_size=16, sample_batch_size=3),
+        OracleMemorizer(image_size=16, sample_batch_size=3),
+        NoisePair(image_size=16, sample_batch_size=3),
+    ]
+    for pair in pairs:
+        assert pair.val_seed == VAL_SEED == 12345
+        assert pair.sample_batch_size == 3
+    noise = pairs[-1]
+    sizes = []
+    generate = noise.generate
+    noise.generate = lambda which, idx, seed: (sizes.append(len(idx)), generate(which, idx, seed))[1]
+    assert noise.sample(7, seed=1).a.shape == (7, 1, 16, 16)
+    assert sizes == [3, 3, 1, 3, 3, 1]  # sample() batches by sample_batch_size by default
+    with pytest.raises(GalgenError, match=r"^model.sample_batch_size must be at least 1, got 0$"):
+        NoisePair(sample_batch_size=0)
+
+
+def test_sampler_settings_are_listed_once():
+    pair = DiffusionPair(image_size=16, blocks=2, width=4, sigma0=0.9, sigma_final=0.02, h0=0.05, beta=0.3, max_steps=7, check_every=3)
+    assert pair.sampler_settings == SamplerSettings(sigma0=0.9, sigma_final=0.02, h0=0.05, beta=0.3, max_steps=7, check_every=3)
+    pair.hparams.max_steps = 9  # read afresh from the hyperparameters
+    assert pair.sampler_settings.max_steps == 9
+    for bad, message in (
+        ({"beta": 0.0}, r"^model.beta must be in \(0, 1\], got 0.0$"),
+        ({"h0": -1.0}, r"^model.h0 must be positive, got -1.0$"),
+        ({"sigma_final": -0.1}, r"^model.sigma_final must be non-negative, got -0.1$"),
+        ({"max_steps": 0}, r"^model.max_steps must be at least 1, got 0$"),
+    ):
+        with pytest.raises(GalgenError, match=message):
+            DiffusionPair(image_size=16, blocks=2, width=4, **bad)
+
+
+def _noise_losses(pair: DiffusionPair, steps: int = 3) -> list[float]:
+    opt = pair.configure_optimizers()["optimizer"]
+    g = torch.Generator().manual_seed(4)
+    out = []
+    for _ in range(steps):
+        x = {w: torch.rand(4, 1, 16, 16, generator=g) for w in "ab"}
+        noise = 0.3 * torch.randn(4, 1, 16, 16, generator=g)
+        loss = pair.noise_loss("a", x["a"], noise) + pair.noise_loss("b", x["b"], noise)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        out.append(loss.item())
+    return out
+
+
+@pytest.mark.parametrize("option", ["channels_last", "fused_adam"])
+def test_gpu_path_options_leave_the_numbers_unchanged_on_the_cpu(option):
+    torch.manual_seed(5)
+    plain = DiffusionPair(image_size=16, blocks=2, width=4)
+    torch.manual_seed(5)
+    other = DiffusionPair(image_size=16, blocks=2, width=4, **{option: True})
+    assert not plain.configure_optimizers()["optimizer"].defaults["fused"]  # the default: foreach Adam, as before
+    if option == "fused_adam":
+        assert other.configure_optimizers()["optimizer"].defaults["fused"]
+    else:
+        assert other.model_a.down[0][0][0].weight.is_contiguous(memory_format=torch.channels_last)
+        assert other.to_memory_format(torch.rand(2, 1, 16, 16)).is_contiguous(memory_format=torch.channels_last)
+    assert _noise_losses(plain) == pytest.approx(_noise_losses(other), rel=1e-5)
+    assert torch.allclose(plain.sample(3, seed=2).a, other.sample(3, seed=2).a, atol=1e-5)
+
+
+def test_fused_adam_on_a_device_without_it_is_one_line():
+    pair = DiffusionPair(image_size=16, blocks=2, width=4, fused_adam=True).to("meta")
+    with pytest.raises(GalgenError, match=r"^model.fused_adam: no fused Adam on meta \(.*\); set model.fused_adam: false$"):
+        pair.configure_optimizers()
+
+
+def test_sampler_graph_is_refused_off_cuda_in_one_line():
+    pair = DiffusionPair(image_size=16, blocks=2, width=4, max_steps=2, sampler_graph=True)
+    message = r"^model.sampler_graph needs a CUDA device \(CUDA graphs\), the model is on cpu: set it to false$"
+    with pytest.raises(GalgenError, match=message):
+        pair.sample(2, seed=0)
+    with pytest.raises(GalgenError, match=message):
+        _trainer(max_steps=1, limit_val_batches=0).fit(pair, datamodule=_TinyPairData())
+
+
+@pytest.mark.slow
+def test_compile_trains_like_eager_on_the_cpu():
+    """torch.compile's CPU path (a C++ compiler; about two minutes on a busy 2-core machine)."""
+    torch.manual_seed(6)
+    eager = DiffusionPair(image_size=16, blocks=2, width=4)
+    torch.manual_seed(6)
+    compiled = DiffusionPair(image_size=16, blocks=2, width=4, compile=True)
+    losses = {}
+    for name, pair in (("eager", eager), ("compiled", compiled)):
+        L.seed_everything(0, verbose=False)
+        _trainer(max_steps=2, limit_val_batches=0).fit(pair, datamodule=_TinyPairData())
+        losses[name] = [p.detach().clone() for p in pair.parameters()]
+    assert compiled._train_nets and not eager._train_nets
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(losses["eager"], losses["compiled"]))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_sampler_graph_matches_the_eager_sampler_on_cuda():
+    torch.manual_seed(0)
+    pair = _pair(fused_adam=True, channels_last=True).cuda()
+    assert pair.configure_optimizers()["optimizer"].defaults["fused"]
+    eager = pair.sample(6, seed=3, batch_size=4)
+    pair.hparams.sampler_graph = True
+    graph = pair.sample(6, seed=3, batch_size=4)
+    assert torch.equal(eager.ok_a, graph.ok_a)
+    assert torch.allclose(eager.a, graph.a, atol=1e-3) and torch.allclose(eager.b, graph.b, atol=1e-3)
+
+
+# ----------------------------------------------------------------------------- benchmarks
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _bench(script: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(BENCH.parent)}
+    return subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_gpu_checks_script_parses_and_fits_in_ten_minutes():
+    script = BENCH / "gpu_checks.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    default = script.read_text().split('if [ -n "${EXTRA:-}" ]')[0]
+    limits = [int(m) for m in re.findall(r"^\s*step \w+ (\d+) ", default, flags=re.M)]
+    assert len(limits) >= 10 and "timeout -k 2" in default
+    assert sum(limits) + 2 * len(limits) < 600, sum(limits)
+    timed = default.replace("-", "_")  # a flag (--fused-adam) or a variant name (fused_adam)
+    for option in ("channels_last", "fused_adam", "no_fused_adam", "compile", "sampler_graph", "bench_fit.py"):
+        assert option in timed, option
+
+
+@pytest.mark.slow
+def test_diffusion_and_fit_benchmarks_run_on_the_cpu_with_the_option_flags():
+    run = _bench("bench_diffusion.py", "--device", "cpu", "--size", "small", "--train-steps", "1", "--sample-steps", "1",
+                 "--variants", "base,channels_last,fused_adam")  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    lines = [json.loads(line) for line in run.stdout.splitlines()]
+    assert [r["variant"] for r in lines] == ["base", "channels_last", "fused_adam"]
+    assert [r["options"]["channels_last"] for r in lines] == [False, True, False]
+    assert [r["options"]["fused_adam"] for r in lines] == [False, False, True]
+    assert all(r["train_img_per_s_per_model"] > 0 and r["peak_memory_mb"] > 0 for r in lines)
+    refused = _bench("bench_diffusion.py", "--device", "cpu", "--train-steps", "1", "--sample-steps", "1", "--sampler-graph")
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        "bench_diffusion: error: model.sampler_graph needs a CUDA device (CUDA graphs), the model is on cpu: set it to false"
+    ]
+    fit = _bench("bench_fit.py", "--device", "cpu", "--size", "small", "--steps", "2", "--repeats", "1", "--loaders", "device",
+                 "--channels-last", "--fused-adam")  # fmt: skip
+    assert fit.returncode == 0, fit.stderr
+    (result,) = [json.loads(line) for line in fit.stdout.splitlines() if line.startswith("{")]
+    assert result["options"] == {"channels_last": True, "fused_adam": True, "compile": False} and result["ratio_device"] > 0

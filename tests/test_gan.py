@@ -296,3 +296,114 @@ def test_ddp_two_cpu_processes_with_manual_optimization(tmp_path, blob_file):
     assert json.loads((run / "status.json").read_text())["state"] == "complete"
     records = read_jsonl(run / "metrics.jsonl")
     assert sorted(r["test"] for r in records) == ["discriminator", "two_models"]
+
+
+# ----------------------------------------------------------------------------- the EMA generator
+def _old_ema_update(ema: dict[str, torch.Tensor], live: dict[str, torch.Tensor], beta: float) -> None:
+    """The hand-written EMA this family had before AveragedModel: lerp floats, copy integers."""
+    for key, value in live.items():
+        if value.dtype.is_floating_point:
+            ema[key].lerp_(value, 1.0 - beta)
+        else:
+            ema[key].copy_(value)
+
+
+def test_ema_through_averaged_model_matches_the_old_formula():
+    torch.manual_seed(3)
+    net = tiny_pair(ema_beta=0.9).model_a
+    net.reset_ema()
+    expected = {k: v.clone() for k, v in net.G.state_dict().items()}
+    for _ in range(4):
+        with torch.no_grad():  # move the live generator: parameters, running statistics and counters
+            for p in net.G.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+            net.G.train()(torch.randn(4, 16))
+        net.update_ema()
+        _old_ema_update(expected, net.G.state_dict(), 0.9)
+    got = net.generator_ema.state_dict()
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        assert torch.allclose(got[key].double(), value.double(), rtol=0, atol=1e-7), key
+    assert int(net.G_ema.n_averaged) == 5
+    net.reset_ema()
+    assert all(torch.equal(a, b) for a, b in zip(net.generator_ema.state_dict().values(), net.G.state_dict().values()))
+    assert not any(p.requires_grad for p in net.G_ema.parameters())
+
+
+def test_ema_schedule_copies_before_ema_start_then_averages_every_ema_every():
+    import lightning as L
+
+    class Record(L.Callback):  # after each training batch: the live generator of model A
+        states: list[dict[str, torch.Tensor]] = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.states.append({k: v.clone() for k, v in pl_module.model_a.G.state_dict().items()})
+
+    record = Record()
+    pair = tiny_pair(ema_every=2, ema_start=2, ema_beta=0.8, aug_prob=0.0, gp_every=1000)
+    g = torch.Generator().manual_seed(5)
+    batches = [{m: torch.rand(4, 1, 16, 16, generator=g) for m in ("a", "b")} for _ in range(6)]
+    trainer = L.Trainer(
+        max_steps=4 * 6, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, limit_val_batches=0, callbacks=[record],
+    )  # fmt: skip
+    trainer.fit(pair, train_dataloaders=_Pairs(batches))
+    expected = None
+    for iteration, state in enumerate(record.states):
+        if (iteration + 1) % 2 == 0:
+            if iteration + 1 > 2 and expected is not None:
+                _old_ema_update(expected, state, 0.8)
+            else:
+                expected = {k: v.clone() for k, v in state.items()}
+    got = pair.model_a.generator_ema.state_dict()
+    assert all(torch.allclose(got[k].double(), v.double(), rtol=0, atol=1e-6) for k, v in expected.items())
+    assert int(pair.model_a.G_ema.n_averaged) == 3  # a copy at iteration 2, averages at 4 and 6
+
+
+def test_checkpoints_from_before_averaged_model_still_load():
+    old = tiny_pair()
+    with torch.no_grad():
+        for p in old.model_a.G_ema.parameters():
+            p.add_(0.5)  # an EMA generator that differs from the live one
+    state = {
+        k.replace("G_ema.module.", "G_ema."): v for k, v in old.state_dict().items() if not k.endswith("G_ema.n_averaged")
+    }
+    assert "model_a.G_ema.initial.0.weight" in state  # the old layout
+    fresh = tiny_pair(ema_beta=0.5)
+    torch.manual_seed(9)
+    fresh.load_state_dict(state)  # strict: every old key has its place
+    assert int(fresh.model_a.G_ema.n_averaged) == 1  # holds an average: the next update averages
+    assert torch.equal(fresh.sample(4, seed=2).a, old.sample(4, seed=2).a)
+
+
+def test_validation_does_not_depend_on_the_batch_size():
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    pair = tiny_pair()
+    val = torch.rand(10, 1, 16, 16, generator=torch.Generator().manual_seed(6))
+    results = []
+    for batch_size in (3, 4, 10):  # short last batches: 3+3+3+1, 4+4+2
+        trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+        (metrics,) = trainer.validate(pair, DataLoader(val, batch_size=batch_size), verbose=False)
+        results.append([metrics[f"val/{k}_{m}"] for k in ("d_real", "d_fake", "hinge") for m in ("a", "b")])
+    results = torch.tensor(results)
+    assert torch.allclose(results, results[:1].expand_as(results), atol=1e-5), results
+
+
+@pytest.mark.slow
+def test_gan_benchmark_runs_on_the_cpu_with_the_option_flags():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_gan.py"
+    run = subprocess.run(
+        [sys.executable, str(bench), "--device", "cpu", "--size", "small", "--steps", "1", "--warmup", "1", "--batch-size", "4",
+         "--threads", "1", "--channels-last", "--fused-adam"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    (result,) = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    assert result["options"] == {"channels_last": True, "fused_adam": True, "compile": False}
+    assert result["pair_img_per_s"] > 0 and result["peak_memory_mib"] > 0

@@ -15,8 +15,9 @@ from scipy import integrate, stats
 from torch.autograd.functional import jacobian
 
 from galgen_lightning.evaluation.inversion import InversionTest, inversion_statistics, w1_standard_normal
+from galgen_lightning.models.base import VAL_SEED
 from galgen_lightning.models.glow import Glow, GlowPair, dequantize, latent_shapes
-from galgen_lightning.models.glow.module import VAL_SEED, uniform_from_normal
+from galgen_lightning.models.glow.module import uniform_from_normal
 from galgen_lightning.models.glow.network import (
     ActNorm,
     Coupling,
@@ -516,3 +517,47 @@ def test_train_sample_and_invert_on_cuda(compile_mode):
     assert whole.ok_a.all() and torch.allclose(whole.a, parts.a, atol=1e-4)
     result = inversion_statistics(pair.model_a, pair.model_b, pair.latents(torch.arange(16, device="cuda"), seed=0))
     assert all(result["a"]["w1"][k]["z_za"] < 1e-4 for k in range(3))
+
+
+# ----------------------------------------------------------------------------- GPU-path options
+def test_channels_last_and_fused_adam_leave_the_bits_per_dim_unchanged():
+    x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    noise = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    bpd = {}
+    for name, options in (("plain", {}), ("fast", {"channels_last": True, "fused_adam": True})):
+        torch.manual_seed(4)
+        pair = GlowPair(image_size=8, n_flow=2, n_block=2, hidden=8, **options)
+        opt = pair.configure_optimizers()
+        assert opt.defaults["fused"] == bool(options)  # the default on a CPU: foreach Adam, as before
+        for _ in range(3):
+            loss = pair.bits_per_dim("a", x, noise)[0].mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        bpd[name] = pair.bits_per_dim("a", x, noise)[0]
+        assert pair.sample(3, seed=1).a.shape == (3, 1, 8, 8)
+    assert torch.allclose(bpd["plain"], bpd["fast"], atol=1e-4), bpd
+
+
+def test_compile_alone_or_through_compile_mode():
+    assert GlowPair(image_size=8, n_flow=1, n_block=2, hidden=4, compile=True).compile_networks
+    assert GlowPair(image_size=8, n_flow=1, n_block=2, hidden=4, compile_mode="default").compile_networks  # older configs
+    assert not GlowPair(image_size=8, n_flow=1, n_block=2, hidden=4).compile_networks
+
+
+@pytest.mark.slow
+def test_glow_benchmark_runs_on_the_cpu_with_the_option_flags():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_glow.py"
+    run = subprocess.run(
+        [sys.executable, str(bench), "--device", "cpu", "--image-size", "8", "--n-flow", "1", "--n-block", "2", "--hidden", "8",
+         "--batch-size", "4", "--steps", "1", "--warmup", "1", "--threads", "1", "--channels-last", "--fused-adam"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    (result,) = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    assert result["options"] == {"channels_last": True, "fused_adam": True, "compile": False}
+    assert result["images_per_s"] > 0 and result["skipped_steps"] == {"a": 0, "b": 0}

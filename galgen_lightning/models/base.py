@@ -9,15 +9,59 @@ the CLI) then works for the new family unchanged. See ``docs/extending.md``.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import lightning as L
 import torch
 from torch import Tensor, nn
 
+from galgen_lightning.errors import GalgenError
 from galgen_lightning.faults import UpdateGuard
 
 MODELS = ("a", "b")
+
+VAL_SEED = 12345
+"""Seed of the fixed noise of the validation images (the diffusion pair's noise, Glow's
+dequantisation, the GAN's latents): the same every epoch, so validation losses compare."""
+
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "16": torch.float16}
+_FULL_PRECISIONS = {"32", "64", "32-true", "64-true", "transformer-engine", "transformer-engine-float16"}
+
+
+def precision_dtype(precision: str | int | None) -> torch.dtype | None:
+    """The autocast dtype of a Lightning precision setting, ``None`` for full precision.
+
+    ``"bf16-mixed"``/``"bf16-true"``/``"bf16"`` give ``torch.bfloat16``, ``"16-mixed"``/``"16-true"``/
+    ``16`` give ``torch.float16``; ``"32-true"``, ``"64-true"`` (and their short forms) and ``None``
+    (no trainer) give ``None``: no autocast, float32. Transformer Engine's settings also give
+    ``None`` (its fp8 applies to its own layers only).
+
+    Raises:
+        ValueError: for a setting Lightning does not know.
+    """
+    if precision is None:
+        return None
+    text = str(precision)
+    if text in _FULL_PRECISIONS:
+        return None
+    head, _, tail = text.partition("-")
+    if head in _AUTOCAST_DTYPES and tail in ("", "mixed", "true"):
+        return _AUTOCAST_DTYPES[head]
+    raise ValueError(f"unknown trainer precision {precision!r}")
+
+
+def autocast_for(precision: str | int | None, device_type: str) -> contextlib.AbstractContextManager:
+    """The autocast context that runs a network at the trainer's ``precision`` on ``device_type``.
+
+    A null context for full precision (see :func:`precision_dtype`), else
+    ``torch.autocast(device_type, dtype)``.
+    """
+    dtype = precision_dtype(precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, dtype=dtype)
 
 
 @dataclass
@@ -60,18 +104,50 @@ class PairModule(L.LightningModule):
     (each is seeded from the run's seed, offset by model); the shared part is the noise at
     sampling time.
 
+    What every family shares lives here: the fixed validation noise seed (:attr:`val_seed`),
+    each validation image's global index (:meth:`validation_indices`), the sampling batch
+    (:attr:`sample_batch_size`), the precision of sampling (:meth:`sampling_autocast`, from the
+    trainer's ``precision``), and the GPU-path options (:attr:`channels_last`,
+    :attr:`fused_adam`, :attr:`compile_networks`; see ``docs/gpu.md``).
+
     Args:
         image_size: side of the square training images (linked from ``data.image_size`` by the CLI).
         channels: image channels (galgen's galaxies are one grayscale channel).
+        sample_batch_size: samples per generation batch of :meth:`sample` and of the evaluation
+            callbacks (it bounds memory only: samples do not depend on it).
+        channels_last: the channels-last memory format for the networks and the batches
+            (faster convolutions on GPUs). A family converts its networks at the end of its
+            ``__init__`` and its batches with :meth:`to_memory_format`.
+        fused_adam: ``true``: Adam's fused kernel (``torch.optim.Adam(fused=True)``: CUDA, and CPU
+            since torch 2.4; a device without one is a one-line error); ``false``: the default
+            (foreach) Adam; ``null``: fused on CUDA, foreach elsewhere.
+        compile: ``torch.compile`` the networks for training (the state dict is unchanged).
     """
 
     model_a: nn.Module
     model_b: nn.Module
+    val_seed: int = VAL_SEED
+    """Seed of the fixed validation noise (:data:`VAL_SEED`)."""
 
-    def __init__(self, image_size: int = 64, channels: int = 1) -> None:
+    def __init__(
+        self,
+        image_size: int = 64,
+        channels: int = 1,
+        sample_batch_size: int = 64,
+        channels_last: bool = False,
+        fused_adam: bool | None = None,
+        compile: bool = False,
+    ) -> None:
         super().__init__()
+        if sample_batch_size < 1:
+            raise GalgenError(f"model.sample_batch_size must be at least 1, got {sample_batch_size}")
         self.image_size = image_size
         self.channels = channels
+        self.sample_batch_size = int(sample_batch_size)
+        self.channels_last = bool(channels_last)
+        self.fused_adam = fused_adam
+        self.compile_networks = bool(compile)
+        self._val_index = ValidationIndex()
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -114,6 +190,50 @@ class PairModule(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         self.guard.record(self)
 
+    # --- what every family shares: validation indices, precision, the GPU path ------------------
+    def on_validation_epoch_start(self) -> None:
+        """Read the validation loader's order for :meth:`validation_indices`."""
+        self._val_index.reset(self._trainer)
+
+    def validation_indices(self, batch_idx: int, size: int, device: torch.device) -> Tensor:
+        """``(size,)`` int64 global indices of the images of validation batch ``batch_idx``.
+
+        The same image gets the same index whatever the batch size or a short last batch (see
+        :class:`ValidationIndex`): give its fixed noise a function of this index and
+        :attr:`val_seed` only.
+        """
+        return self._val_index(batch_idx, size, device)
+
+    def sampling_autocast(self, device: torch.device | None = None) -> contextlib.AbstractContextManager:
+        """Autocast context for running a network while sampling: the trainer's precision
+        (:func:`autocast_for`), float32 when no trainer is attached."""
+        trainer = self._trainer
+        precision = getattr(trainer, "precision", None) if trainer is not None else None
+        return autocast_for(precision, (device or self.device).type)
+
+    def to_memory_format(self, x: Tensor) -> Tensor:
+        """``x`` in channels-last memory format when :attr:`channels_last` is on (4-d only)."""
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+
+    def make_adam(self, params: Iterable, **kwargs) -> torch.optim.Adam:
+        """``torch.optim.Adam(params, **kwargs)``, fused as :attr:`fused_adam` says."""
+        fused = self.device.type == "cuda" if self.fused_adam is None else bool(self.fused_adam)
+        params = list(params)
+        try:
+            opt = torch.optim.Adam(params, fused=fused, **kwargs)
+            if fused:  # torch checks devices and dtypes at the first step: check now, in one line
+                try:
+                    from torch.optim.optimizer import _device_dtype_check_for_fused
+                except ImportError:  # a torch without the helper: it checks at the first step
+                    return opt
+                for p in params:
+                    for tensor in p["params"] if isinstance(p, dict) else [p]:
+                        _device_dtype_check_for_fused(tensor)
+        except RuntimeError as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise GalgenError(f"model.fused_adam: no fused Adam on {self.device.type} ({first}); set model.fused_adam: false") from None
+        return opt
+
     def model(self, which: str) -> nn.Module:
         """Model ``"a"`` or ``"b"``."""
         if which not in MODELS:
@@ -148,12 +268,12 @@ class PairModule(L.LightningModule):
         Args:
             n: number of samples per model.
             seed: sampling seed (fixes all noise).
-            batch_size: samples per forward batch (default: all at once).
+            batch_size: samples per forward batch (default: :attr:`sample_batch_size`).
 
         Returns:
             :class:`PairSamples` on the CPU.
         """
-        batch_size = batch_size or n
+        batch_size = batch_size or self.sample_batch_size
         out: dict[str, list[Tensor]] = {"a": [], "b": []}
         oks: dict[str, list[Tensor]] = {"a": [], "b": []}
         info: dict[str, dict[str, float]] = {"a": {}, "b": {}}

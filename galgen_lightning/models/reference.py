@@ -32,10 +32,16 @@ SEED_STRIDE = 1_000_000
 
 
 class _ReferencePair(PairModule):
-    """Shared plumbing: nothing to train, the datamodule's subsets and source at hand."""
+    """Shared plumbing: nothing to train, the datamodule's subsets and source at hand.
 
-    def __init__(self, image_size: int = 64, channels: int = 1) -> None:
-        super().__init__(image_size=image_size, channels=channels)
+    Args:
+        image_size: side of the images (linked from ``data.image_size``).
+        channels: image channels.
+        sample_batch_size: samples per generation batch.
+    """
+
+    def __init__(self, image_size: int = 64, channels: int = 1, sample_batch_size: int = 64) -> None:
+        super().__init__(image_size=image_size, channels=channels, sample_batch_size=sample_batch_size)
         self.model_a = nn.Identity()
         self.model_b = nn.Identity()
         self._unused = nn.Parameter(torch.zeros(1))  # an optimizer needs one parameter under `galgen fit`
@@ -104,12 +110,19 @@ class OracleMixture(_ReferencePair):
         copy_share: probability that a noise index copies (0: the generalizer, 1: the memorizer).
         noise: standard deviation of the Gaussian noise added to a copy (images are in [0, 1]).
         transforms: copies are flipped or rotated at random (one of the 8 dihedral transforms).
+        sample_batch_size: samples per generation batch.
     """
 
     def __init__(
-        self, image_size: int = 64, channels: int = 1, copy_share: float = 0.3, noise: float = 0.01, transforms: bool = True
+        self,
+        image_size: int = 64,
+        channels: int = 1,
+        copy_share: float = 0.3,
+        noise: float = 0.01,
+        transforms: bool = True,
+        sample_batch_size: int = 64,
     ) -> None:
-        super().__init__(image_size=image_size, channels=channels)
+        super().__init__(image_size=image_size, channels=channels, sample_batch_size=sample_batch_size)
         if not 0 <= copy_share <= 1:
             raise ValueError(f"copy_share must be in [0, 1], got {copy_share}")
         if noise < 0:
@@ -135,10 +148,11 @@ class OracleGeneralizer(OracleMixture):
     Args:
         image_size: side of the images (linked from ``data.image_size``).
         channels: image channels.
+        sample_batch_size: samples per generation batch.
     """
 
-    def __init__(self, image_size: int = 64, channels: int = 1) -> None:
-        super().__init__(image_size=image_size, channels=channels, copy_share=0.0)
+    def __init__(self, image_size: int = 64, channels: int = 1, sample_batch_size: int = 64) -> None:
+        super().__init__(image_size=image_size, channels=channels, copy_share=0.0, sample_batch_size=sample_batch_size)
 
 
 class OracleMemorizer(OracleMixture):
@@ -149,10 +163,20 @@ class OracleMemorizer(OracleMixture):
         channels: image channels.
         noise: standard deviation of the Gaussian noise added to a copy.
         transforms: copies are flipped or rotated at random.
+        sample_batch_size: samples per generation batch.
     """
 
-    def __init__(self, image_size: int = 64, channels: int = 1, noise: float = 0.01, transforms: bool = True) -> None:
-        super().__init__(image_size=image_size, channels=channels, copy_share=1.0, noise=noise, transforms=transforms)
+    def __init__(
+        self, image_size: int = 64, channels: int = 1, noise: float = 0.01, transforms: bool = True, sample_batch_size: int = 64
+    ) -> None:
+        super().__init__(
+            image_size=image_size,
+            channels=channels,
+            copy_share=1.0,
+            noise=noise,
+            transforms=transforms,
+            sample_batch_size=sample_batch_size,
+        )
 
 
 class NoisePair(_ReferencePair):
@@ -161,6 +185,7 @@ class NoisePair(_ReferencePair):
     Args:
         image_size: side of the images (linked from ``data.image_size``).
         channels: image channels.
+        sample_batch_size: samples per generation batch.
     """
 
     def generate(self, which: str, indices: Tensor, seed: int) -> tuple[Tensor, Tensor, dict[str, float]]:

@@ -12,14 +12,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
-from galgen_lightning.models.base import MODELS, PairModule, ValidationIndex, golden_uniform
-from galgen_lightning.models.diffusion.network import NORMS, BiasFreeUNet, sample_denoiser
+from galgen_lightning.errors import GalgenError
+from galgen_lightning.models.base import MODELS, PairModule, golden_uniform
+from galgen_lightning.models.diffusion.network import NORMS, BiasFreeUNet, SamplerSettings, sample_denoiser
 from galgen_lightning.noise import counter_normal
-
-VAL_SEED = 12345  # fixed noise of the validation images, so epochs compare
 
 
 class DiffusionPair(PairModule):
@@ -33,12 +34,13 @@ class DiffusionPair(PairModule):
         lr: Adam learning rate.
         lr_halving_epochs: the learning rate halves every this many epochs.
         sigma_max: training noise levels are ``sigma_max * U**2``.
-        channels_last: use the channels-last memory format (faster on GPUs).
-        sigma0: sampler initial noise level.
+        channels_last: use the channels-last memory format for the U-Nets and the batches
+            (faster on GPUs; see docs/gpu.md).
+        sigma0: sampler initial noise level (the sampler's settings: :class:`SamplerSettings`).
         sigma_final: sampler stopping noise level (an under-trained denoiser may never reach
-            0.01: raise it rather than let samples hit the step limit).
+            0.01: raise it rather than let samples hit the step limit; 0 never stops).
         h0: sampler initial step size.
-        beta: sampler noise injection.
+        beta: sampler noise injection, in (0, 1].
         max_steps: sampler step limit.
         check_every: sampler steps between host checks for early exit.
         sample_batch_size: samples per sampler batch.
@@ -50,6 +52,14 @@ class DiffusionPair(PairModule):
         max_loss_ratio: stop when a model's loss exceeds this multiple of the median of its last
             100 losses (``null``: off).
         check_grads: also skip an update whose gradients are non-finite (one fused norm per step).
+        fused_adam: Adam's fused kernel: ``true`` on any device torch has one for (a device
+            without one is a one-line error), ``false`` (default, as before) never, ``null`` on
+            CUDA only.
+        compile: ``torch.compile`` the two U-Nets for training (validation and sampling stay
+            eager unless ``sampler_graph``).
+        sampler_graph: run the denoiser evaluation of every sampler step as a CUDA graph
+            (``torch.compile(mode="reduce-overhead")``, one graph per batch size): no kernel
+            launch overhead per step. CUDA only: on another device it is a one-line error.
 
     Each model's sampler starts from the mean pixel of its own training subset
     (``data_mean_a``, ``data_mean_b``, set at fit start from ``datamodule.subset_images``), so
@@ -79,38 +89,68 @@ class DiffusionPair(PairModule):
         max_bad_steps: int = 20,
         max_loss_ratio: float | None = 1000.0,
         check_grads: bool = True,
+        fused_adam: bool | None = False,
+        compile: bool = False,
+        sampler_graph: bool = False,
     ) -> None:
-        super().__init__(image_size=image_size, channels=channels)
-        for name, value in (("blocks", blocks), ("width", width), ("max_steps", max_steps), ("sample_batch_size", sample_batch_size)):
+        super().__init__(
+            image_size=image_size,
+            channels=channels,
+            sample_batch_size=sample_batch_size,
+            channels_last=channels_last,
+            fused_adam=fused_adam,
+            compile=compile,
+        )
+        for name, value in (("blocks", blocks), ("width", width)):
             if value < 1:
                 raise ValueError(f"DiffusionPair: {name} must be at least 1, got {value}")
-        for name, value in (("lr", lr), ("sigma_final", sigma_final), ("h0", h0), ("sigma0", sigma0), ("sigma_max", sigma_max)):
+        for name, value in (("lr", lr), ("sigma_max", sigma_max)):
             if not value > 0:
                 raise ValueError(f"DiffusionPair: {name} must be positive, got {value}")
-        if not 0 < beta <= 1:
-            raise ValueError(f"DiffusionPair: beta must be in (0, 1], got {beta}")
         if norm not in NORMS:
             raise ValueError(f"DiffusionPair: norm must be one of {', '.join(NORMS)}, got {norm!r}")
         self.save_hyperparameters()
+        self.sampler_settings  # noqa: B018 (checks the sampler's settings now)
         self.guard  # noqa: B018 (checks max_bad_steps and max_loss_ratio now)
         self.model_a = BiasFreeUNet(channels, blocks, width, norm)
         self.model_b = BiasFreeUNet(channels, blocks, width, norm)
         for which in MODELS:
             self.register_buffer(f"data_mean_{which}", torch.tensor(0.5))
-        self._val_index = ValidationIndex()
+        self._train_nets: dict[str, Callable[[Tensor], Tensor]] = {}
+        self._sampler_nets: dict[str, Callable[[Tensor], Tensor]] = {}
         if channels_last:
             self.to(memory_format=torch.channels_last)
+
+    @property
+    def sampler_settings(self) -> SamplerSettings:
+        """The sampler's settings, from the hyperparameters of the same names."""
+        return SamplerSettings.from_hparams(self.hparams)
 
     def data_mean(self, which: str) -> Tensor:
         """Mean pixel of model ``which``'s training subset: where its sampler starts."""
         self.model(which)  # validates ``which``
         return getattr(self, f"data_mean_{which}")
 
+    def setup(self, stage: str) -> None:
+        if self.hparams.sampler_graph:
+            self._check_sampler_graph(self.trainer.strategy.root_device)
+
     def on_fit_start(self) -> None:
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and hasattr(dm, "subset_images"):
             for which in MODELS:
                 self.data_mean(which).fill_(float(dm.subset_images(which).double().mean()))
+        if self.compile_networks:
+            self.compile_for_training()
+
+    def compile_for_training(self) -> None:
+        """``torch.compile`` both U-Nets for the training step (what ``compile: true`` does at fit start)."""
+        if not self._train_nets:
+            self._train_nets = {which: torch.compile(self.model(which)) for which in MODELS}
+
+    def _check_sampler_graph(self, device: torch.device) -> None:
+        if device.type != "cuda":
+            raise GalgenError(f"model.sampler_graph needs a CUDA device (CUDA graphs), the model is on {device.type}: set it to false")
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         # checkpoints from before the per-model means hold one pooled ``data_mean``: both models start from it
@@ -120,12 +160,12 @@ class DiffusionPair(PairModule):
                 state_dict.setdefault(f"{prefix}data_mean_{which}", old.clone())
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
-    def _prepare(self, x: Tensor) -> Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
+    def noise_loss(self, which: str, x: Tensor, noise: Tensor, net: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+        """Summed squared error of the predicted noise, divided by the batch size.
 
-    def noise_loss(self, which: str, x: Tensor, noise: Tensor) -> Tensor:
-        """Summed squared error of the predicted noise, divided by the batch size."""
-        pred = self.model(which)(self._prepare(x + noise))
+        ``net`` replaces model ``which`` (the training step passes the compiled one).
+        """
+        pred = (self.model(which) if net is None else net)(self.to_memory_format(x + noise))
         return (pred.float() - noise.float()).square().sum() / len(x)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
@@ -133,16 +173,13 @@ class DiffusionPair(PairModule):
         for which in MODELS:
             x = batch[which]
             sigma = self.hparams.sigma_max * torch.rand(len(x), 1, 1, 1, device=x.device) ** 2
-            losses[which] = self.noise_loss(which, x, sigma * torch.randn_like(x))
+            losses[which] = self.noise_loss(which, x, sigma * torch.randn_like(x), self._train_nets.get(which))
         # a non-finite (or spiking) loss skips that model's update: see PairModule.guard
         total = self.guard.guard_losses(self, losses)
         for which in MODELS:
             if not self.guard.bad_now[which]:
                 self.log(f"train/loss_{which}", losses[which], prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch[which]))
         return total
-
-    def on_validation_epoch_start(self) -> None:
-        self._val_index.reset(self.trainer)
 
     def validation_noise(self, indices: Tensor, shape: tuple[int, ...]) -> Tensor:
         """Fixed noise of the validation images ``indices``: a function of each image's index only.
@@ -152,17 +189,17 @@ class DiffusionPair(PairModule):
         pattern; neither depends on the batch, the batch size or the number of images.
         """
         sigma = self.hparams.sigma_max * golden_uniform(indices).square().view(-1, *([1] * len(shape)))
-        return sigma * counter_normal(VAL_SEED, indices, tuple(shape), stream=0)
+        return sigma * counter_normal(self.val_seed, indices, tuple(shape), stream=0)
 
     def validation_step(self, batch: Tensor, batch_idx: int) -> None:
         x = batch
-        idx = self._val_index(batch_idx, len(x), x.device)
+        idx = self.validation_indices(batch_idx, len(x), x.device)
         noise = self.validation_noise(idx, tuple(x.shape[1:])).to(x.dtype)
         for which in ("a", "b"):
             self.log(f"val/loss_{which}", self.noise_loss(which, x, noise), on_epoch=True, batch_size=len(x), sync_dist=True)
 
     def configure_optimizers(self):
-        opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        opt = self.make_adam(self.parameters(), lr=self.hparams.lr)
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=self.hparams.lr_halving_epochs, gamma=0.5)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
@@ -173,29 +210,31 @@ class DiffusionPair(PairModule):
         self.eval()
         try:
             y = y.to(self.device)
-            return (y - self.model(which)(self._prepare(y)).float()).cpu()
+            return (y - self.model(which)(self.to_memory_format(y)).float()).cpu()
         finally:
             self.train(was)
 
-    def generate(self, which: str, indices: Tensor, seed: int) -> tuple[Tensor, Tensor, dict[str, float]]:
-        hp = self.hparams
+    def _sampler_net(self, which: str) -> Callable[[Tensor], Tensor]:
+        """Model ``which`` as the sampler calls it: eager, or a CUDA graph under ``sampler_graph``."""
         net = self.model(which)
-        use_bf16 = indices.device.type == "cuda"
+        if not self.hparams.sampler_graph:
+            return net
+        self._check_sampler_graph(self.device)
+        if which not in self._sampler_nets:
+            self._sampler_nets[which] = torch.compile(net, mode="reduce-overhead", dynamic=False)
+        graph = self._sampler_nets[which]
+
+        def replay(y: Tensor) -> Tensor:
+            torch.compiler.cudagraph_mark_step_begin()  # the previous step's output is no longer needed
+            return graph(y).clone()  # the graph's output buffer is reused by the next replay
+
+        return replay
+
+    def generate(self, which: str, indices: Tensor, seed: int) -> tuple[Tensor, Tensor, dict[str, float]]:
+        net = self._sampler_net(which)
 
         def f(y: Tensor) -> Tensor:
-            with torch.autocast(device_type=indices.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                return net(self._prepare(y))
+            with self.sampling_autocast(indices.device):
+                return net(self.to_memory_format(y))
 
-        return sample_denoiser(
-            f,
-            indices,
-            seed,
-            self.image_shape,
-            mean=self.data_mean(which),
-            sigma0=hp.sigma0,
-            sigma_final=hp.sigma_final,
-            h0=hp.h0,
-            beta=hp.beta,
-            max_steps=hp.max_steps,
-            check_every=hp.check_every,
-        )
+        return sample_denoiser(f, indices, seed, self.image_shape, mean=self.data_mean(which), settings=self.sampler_settings)

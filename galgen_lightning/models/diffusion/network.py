@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from galgen_lightning.errors import GalgenError
 from galgen_lightning.noise import counter_normal
 
 NORMS = ("reference", "rms")
@@ -130,6 +132,49 @@ class BiasFreeUNet(nn.Module):
         return x
 
 
+@dataclass(frozen=True)
+class SamplerSettings:
+    """The settings of :func:`sample_denoiser`, in one place (``DiffusionPair`` builds them from
+    its hyperparameters of the same names: ``model.sigma0``, ``model.sigma_final``, ...).
+
+    Attributes:
+        sigma0: initial noise level.
+        sigma_final: stopping noise level (sigma_L); 0 never stops (``max_steps`` steps, for
+            benchmarks).
+        h0: initial step size.
+        beta: noise injection, in (0, 1] (1: none; 0.01 the reference default; 0.1-0.5
+            converges faster).
+        max_steps: step limit.
+        check_every: steps between the host checks of whether every sample has stopped.
+        diverge_factor: divergence when sigma exceeds this multiple of its first value.
+    """
+
+    sigma0: float = 1.0
+    sigma_final: float = 0.01
+    h0: float = 0.01
+    beta: float = 0.01
+    max_steps: int = 1000
+    check_every: int = 10
+    diverge_factor: float = 2.0
+
+    def __post_init__(self) -> None:
+        for name in ("sigma0", "h0", "diverge_factor"):
+            if not getattr(self, name) > 0:
+                raise GalgenError(f"model.{name} must be positive, got {getattr(self, name)}")
+        if not self.sigma_final >= 0:
+            raise GalgenError(f"model.sigma_final must be non-negative, got {self.sigma_final}")
+        if not 0 < self.beta <= 1:
+            raise GalgenError(f"model.beta must be in (0, 1], got {self.beta}")
+        for name in ("max_steps", "check_every"):
+            if getattr(self, name) < 1:
+                raise GalgenError(f"model.{name} must be at least 1, got {getattr(self, name)}")
+
+    @classmethod
+    def from_hparams(cls, hparams) -> SamplerSettings:
+        """The settings named in ``hparams`` (a mapping; absent names keep their defaults)."""
+        return cls(**{f.name: hparams[f.name] for f in fields(cls) if f.name in hparams})
+
+
 @torch.no_grad()
 def sample_denoiser(
     net: Callable[[Tensor], Tensor],
@@ -137,13 +182,7 @@ def sample_denoiser(
     seed: int,
     shape: tuple[int, int, int],
     mean: float | Tensor = 0.5,
-    sigma0: float = 1.0,
-    sigma_final: float = 0.01,
-    h0: float = 0.01,
-    beta: float = 0.01,
-    max_steps: int = 1000,
-    check_every: int = 10,
-    diverge_factor: float = 2.0,
+    settings: SamplerSettings | None = None,
 ) -> tuple[Tensor, Tensor, dict[str, float]]:
     """Batched stochastic coarse-to-fine sampler of Kadkhodaie & Simoncelli.
 
@@ -164,18 +203,15 @@ def sample_denoiser(
         seed: sampling seed.
         shape: ``(c, h, w)`` of one image.
         mean: the data's mean pixel value, the start of the chain.
-        sigma0: initial noise level.
-        sigma_final: stopping noise level (sigma_L).
-        h0: initial step size.
-        beta: noise injection (1: none; 0.01 the reference default; 0.1-0.5 converges faster).
-        max_steps: step limit.
-        check_every: steps between the host checks of whether every sample has stopped.
-        diverge_factor: divergence when sigma exceeds this multiple of its first value.
+        settings: the sampler's settings (:class:`SamplerSettings`; default: its defaults).
 
     Returns:
         ``(samples (B, c, h, w), ok (B,), counters)`` with counters ``diverged``,
         ``step_limit``, ``stalled``, ``finished`` and ``steps_sum`` (steps of the finished samples).
     """
+    s = settings or SamplerSettings()
+    sigma0, sigma_final, h0, beta = s.sigma0, s.sigma_final, s.h0, s.beta
+    max_steps, check_every, diverge_factor = s.max_steps, s.check_every, s.diverge_factor
     dims = math.prod(shape)
     y = mean + sigma0 * counter_normal(seed, indices, shape, stream=0)
     active = torch.ones(len(indices), dtype=torch.bool, device=y.device)

@@ -10,11 +10,11 @@ advances by **4 per batch**: ``max_steps``, ``ModelCheckpoint(every_n_train_step
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from galgen_lightning.models.base import MODELS, PairModule
 from galgen_lightning.models.gan.network import (
@@ -33,30 +33,64 @@ OPTIMIZERS_PER_BATCH = 4  # G_A, D_A, G_B, D_B: global_step advances by this per
 HEADS = ("main", "small", "both")
 
 
-class LightweightGAN(nn.Module):
-    """One model of the pair: generator ``G``, discriminator ``D`` and the EMA generator ``G_ema``."""
+def ema_multi_avg_fn(beta: float) -> Callable[[list[Tensor], list[Tensor], Tensor], None]:
+    """torch's EMA (:func:`~torch.optim.swa_utils.get_ema_multi_avg_fn`) for float tensors;
+    integer tensors (batch norm's step counters) are copied, as an average of counters means nothing."""
+    ema = get_ema_multi_avg_fn(beta)
 
-    def __init__(self, generator: Generator, discriminator: Discriminator) -> None:
+    def update(averaged: list[Tensor], current: list[Tensor], n_averaged: Tensor) -> None:
+        if averaged[0].is_floating_point():
+            ema(averaged, current, n_averaged)
+        else:
+            torch._foreach_copy_(averaged, current)
+
+    return update
+
+
+class LightweightGAN(nn.Module):
+    """One model of the pair: generator ``G``, discriminator ``D`` and the EMA generator ``G_ema``.
+
+    ``G_ema`` is a :class:`torch.optim.swa_utils.AveragedModel` of ``G`` (parameters and
+    buffers, ``use_buffers=True``) with decay ``ema_beta``; its generator is ``G_ema.module``.
+    Checkpoints from before it (keys ``G_ema.<name>``) load into ``G_ema.module.<name>``.
+
+    Args:
+        generator: the generator.
+        discriminator: the discriminator.
+        ema_beta: EMA decay of ``G_ema``.
+    """
+
+    def __init__(self, generator: Generator, discriminator: Discriminator, ema_beta: float = 0.995) -> None:
         super().__init__()
         self.G = generator
         self.D = discriminator
-        self.G_ema = copy.deepcopy(generator).requires_grad_(False)
+        self.G_ema = AveragedModel(generator, multi_avg_fn=ema_multi_avg_fn(ema_beta), use_buffers=True).requires_grad_(False)
+
+    @property
+    def generator_ema(self) -> nn.Module:
+        """The EMA generator itself (what sampling uses)."""
+        return self.G_ema.module
 
     @torch.no_grad()
-    def update_ema(self, beta: float) -> None:
-        """``G_ema <- beta * G_ema + (1 - beta) * G`` for parameters and float buffers (batch-norm
+    def update_ema(self) -> None:
+        """``G_ema <- beta G_ema + (1 - beta) G`` for parameters and float buffers (batch-norm
         running statistics); integer buffers are copied."""
-        torch._foreach_lerp_(list(self.G_ema.parameters()), [p.detach() for p in self.G.parameters()], 1.0 - beta)
-        for ema, live in zip(self.G_ema.buffers(), self.G.buffers()):
-            if ema.dtype.is_floating_point:
-                ema.lerp_(live, 1.0 - beta)
-            else:
-                ema.copy_(live)
+        self.G_ema.update_parameters(self.G)
 
     @torch.no_grad()
     def reset_ema(self) -> None:
-        """``G_ema <- G``."""
-        self.G_ema.load_state_dict(self.G.state_dict())
+        """``G_ema <- G`` (the averaged model's first update is a copy)."""
+        self.G_ema.n_averaged.zero_()
+        self.G_ema.update_parameters(self.G)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        # checkpoints from before AveragedModel hold the EMA generator under G_ema.<name>
+        old, new = prefix + "G_ema.", prefix + "G_ema.module."
+        for key in [k for k in state_dict if k.startswith(old) and not k.startswith(new) and k != old + "n_averaged"]:
+            state_dict[new + key[len(old) :]] = state_dict.pop(key)
+        if any(k.startswith(new) for k in state_dict):
+            state_dict.setdefault(old + "n_averaged", torch.tensor(1, dtype=torch.long))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
 
 def head_scores(main: Tensor, small: Tensor, head: str) -> Tensor:
@@ -148,18 +182,23 @@ class GANPair(PairModule):
         aug_prob: DiffAugment probability; ``null`` chooses the reference's
             ``min(0.5, (1e5 - N) * 3e-6)`` for ``N < 1e5`` images per model (``data.n``), else 0.
         aug_types: DiffAugment operations, from ``translation`` and ``cutout``.
-        ema_beta: EMA decay of the sampling generator (0.995).
+        ema_beta: EMA decay of the sampling generator (0.995), kept by
+            :class:`torch.optim.swa_utils.AveragedModel`.
         ema_every: the EMA is updated every this many iterations (10 in the reference).
         ema_start: before this many iterations the EMA generator is a plain copy of the live one
             (the reference averages only after 20,000 iterations).
-        channels_last: channels-last memory format (faster convolutions on GPUs).
+        channels_last: channels-last memory format of the networks and the batches (faster
+            convolutions on GPUs; see docs/gpu.md).
         compile: ``torch.compile`` the generators and discriminators for training (the gradient
             penalty steps use the eager discriminator: compiled graphs have no double backward).
-        sample_batch_size: generation batch of the evaluation callbacks.
+        sample_batch_size: generation batch of ``sample`` and the evaluation callbacks.
         max_bad_steps: stop after this many consecutive batches in which a model's update was
             skipped (a non-finite loss or gradient of its G or D skips that update).
         max_loss_ratio: stop when a model's discriminator loss exceeds this multiple of the median
             of its last 100 (``null``: off, the default; GAN losses oscillate).
+        fused_adam: the four Adams' fused kernel: ``true`` on any device torch has one for (a
+            device without one is a one-line error), ``false`` never, ``null`` (default) on CUDA
+            only, as the GAN always did.
     """
 
     family_name = "gan"
@@ -192,10 +231,20 @@ class GANPair(PairModule):
         sample_batch_size: int = 256,
         max_bad_steps: int = 20,
         max_loss_ratio: float | None = None,
+        fused_adam: bool | None = None,
     ) -> None:
-        super().__init__(image_size=image_size, channels=channels)
+        super().__init__(
+            image_size=image_size,
+            channels=channels,
+            sample_batch_size=sample_batch_size,
+            channels_last=channels_last,
+            fused_adam=fused_adam,
+            compile=compile,
+        )
         if accumulate < 1 or gp_every < 1 or ema_every < 1:
             raise ValueError("accumulate, gp_every and ema_every must be positive")
+        if not 0 <= ema_beta <= 1:
+            raise ValueError(f"ema_beta must be in [0, 1], got {ema_beta}")
         unknown = set(aug_types) - {"translation", "cutout"}
         if unknown:
             raise ValueError(f"unknown aug_types {sorted(unknown)}; choose from translation, cutout")
@@ -233,28 +282,24 @@ class GANPair(PairModule):
             hp.attn_heads,
             hp.attn_dim_head,
         )
-        return LightweightGAN(G, D)
+        return LightweightGAN(G, D, hp.ema_beta)
 
     # ------------------------------------------------------------------ set-up
     def on_fit_start(self) -> None:
         if self.hparams.aug_prob is None:
             n = getattr(getattr(self.trainer, "datamodule", None), "n", None)
             self.aug_prob = auto_aug_prob(int(n)) if n is not None else 0.0
-        if self.hparams.compile and not self._compiled:
+        if self.compile_networks and not self._compiled:
             self._compiled = {w: (torch.compile(self.model(w).G), torch.compile(self.model(w).D)) for w in MODELS}
 
     def configure_optimizers(self):
         hp = self.hparams
-        fused = self.device.type == "cuda"  # one kernel per update on GPUs
         opts = []
         for which in MODELS:
             net = self.model(which)
             for params in (net.G.parameters(), net.D.parameters()):
-                opts.append(torch.optim.Adam(params, lr=hp.lr, betas=tuple(hp.betas), fused=fused))
+                opts.append(self.make_adam(params, lr=hp.lr, betas=tuple(hp.betas)))
         return opts  # [G_A, D_A, G_B, D_B]
-
-    def _prepare(self, x: Tensor) -> Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
 
     def _nets(self, which: str) -> tuple[Callable, Callable]:
         """(generator, discriminator) used for training: compiled when asked, else eager."""
@@ -290,7 +335,7 @@ class GANPair(PairModule):
             for part, weight in self._chunks(len(real)):
                 x = real[part]
                 with torch.no_grad():
-                    fake = self._prepare(G(self._latents(len(x))))
+                    fake = self.to_memory_format(G(self._latents(len(x))))
                 gp_weight = self.hparams.gp_weight if apply_gp else 0.0
                 out = discriminator_objective(D, x, fake, self._augment, gp_weight, self.model(which).D)
                 self.manual_backward(out["loss"] * weight)
@@ -311,7 +356,7 @@ class GANPair(PairModule):
         try:
             opt.zero_grad(set_to_none=True)
             for part, weight in self._chunks(n):
-                fake = self._prepare(G(self._latents(part.stop - part.start)))
+                fake = self.to_memory_format(G(self._latents(part.stop - part.start)))
                 main, small, _ = D(self._augment(fake))
                 loss = generator_loss(main) + generator_loss(small)
                 self.manual_backward(loss * weight)
@@ -345,12 +390,12 @@ class GANPair(PairModule):
         opts = self.optimizers()
         for k, which in enumerate(MODELS):
             g_opt, d_opt = opts[2 * k], opts[2 * k + 1]
-            real = self._prepare(batch[which])
+            real = self.to_memory_format(batch[which])
             d = self._discriminator_update(which, real, d_opt, apply_gp)
             g = self._generator_update(which, len(real), g_opt)
             if (iteration + 1) % hp.ema_every == 0:
                 if iteration + 1 > hp.ema_start:
-                    self.model(which).update_ema(hp.ema_beta)
+                    self.model(which).update_ema()
                 else:
                     self.model(which).reset_ema()
             kw = dict(on_step=True, on_epoch=True, batch_size=len(real))
@@ -371,10 +416,10 @@ class GANPair(PairModule):
         when D cannot tell; below 2 when it separates them. Compare with ``train/d_loss_<m>``
         (two heads, so 4 when D cannot tell) and the discriminator test.
         """
-        x = self._prepare(batch)
-        idx = torch.arange(batch_idx * len(x), (batch_idx + 1) * len(x), device=x.device)
+        x = self.to_memory_format(batch)
+        idx = self.validation_indices(batch_idx, len(x), x.device)
         for which in MODELS:
-            fake = self.fake_images(which, idx, seed=12345, ema=False)
+            fake = self.fake_images(which, idx, seed=self.val_seed, ema=False)
             real_score = self.discriminator_scores(which, x)
             fake_score = self.discriminator_scores(which, fake)
             kw = dict(on_epoch=True, batch_size=len(x), sync_dist=True)
@@ -383,9 +428,6 @@ class GANPair(PairModule):
             self.log(f"val/hinge_{which}", hinge_per_sample(real_score, fake_score).mean(), **kw)
 
     # ------------------------------------------------------------------ sampling and scoring
-    def _autocast(self, device: torch.device):
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
     def fake_images(self, which: str, indices: Tensor, seed: int, ema: bool = True) -> Tensor:
         """Raw generator output for the samples ``indices`` (not clamped), float32.
 
@@ -395,19 +437,19 @@ class GANPair(PairModule):
         for batch-independent batch norm).
         """
         net = self.model(which)
-        G = net.G_ema if ema else net.G
+        G = net.generator_ema if ema else net.G
         z = counter_normal(seed, indices, (self.hparams.latent_dim,), stream=0)
 
         def noise(stage: int, shape: tuple[int, int, int]) -> Tensor:
             return counter_normal(seed, indices, shape, stream=stage + 1)
 
-        with torch.no_grad(), self._autocast(indices.device):
+        with torch.no_grad(), self.sampling_autocast(indices.device):
             return G(z, noise).float()
 
     def discriminator_scores(self, which: str, images: Tensor, head: str = "main") -> Tensor:
         """Per-sample output of discriminator ``which`` (no augmentation), ``(B,)`` float32."""
-        with torch.no_grad(), self._autocast(images.device):
-            main, small, _ = self.model(which).D(self._prepare(images.to(self.device)))
+        with torch.no_grad(), self.sampling_autocast(images.device):
+            main, small, _ = self.model(which).D(self.to_memory_format(images.to(self.device)))
         return head_scores(main.float(), small.float(), head)
 
     def generate(self, which: str, indices: Tensor, seed: int) -> tuple[Tensor, Tensor, dict[str, float]]:

@@ -20,11 +20,9 @@ import torch
 from torch import Tensor
 
 from galgen_lightning.errors import GalgenError
-from galgen_lightning.models.base import MODELS, PairModule, ValidationIndex
+from galgen_lightning.models.base import MODELS, PairModule
 from galgen_lightning.models.glow.network import FlowStep, Glow, latent_shapes
 from galgen_lightning.noise import counter_normal
-
-VAL_SEED = 12345  # fixed dequantisation noise of the validation images, so epochs compare
 
 
 def dequantize(x: Tensor, n_bits: int, noise: Tensor) -> Tensor:
@@ -71,8 +69,14 @@ class GlowPair(PairModule):
             (``null``: off; bits per dimension rarely spike before they turn non-finite).
         check_grads: also skip an update whose gradients are non-finite (one fused norm per step).
         sample_batch_size: samples per generation batch.
-        compile_mode: if set (e.g. ``"reduce-overhead"``: CUDA graphs, or ``"default"``),
-            ``torch.compile`` every step of flow after the first training batch (which
+        compile_mode: the ``torch.compile`` mode of ``compile`` (e.g. ``"reduce-overhead"``: CUDA
+            graphs; ``null``: ``"default"``). Setting it alone also compiles (older configs).
+        channels_last: the channels-last memory format for the flows and the batches (see
+            docs/gpu.md).
+        fused_adam: Adam's fused kernel: ``true`` on any device torch has one for (a device
+            without one is a one-line error), ``false`` never, ``null`` (default) on CUDA only,
+            as Glow always did (one kernel for the ~1,500 parameter tensors of each Glow).
+        compile: ``torch.compile`` every step of flow after the first training batch (which
             initialises ActNorm eagerly). Steps of one level share a graph, so compilation is
             short; aimed at GPUs, where the small kernels of a Glow make training overhead bound.
     """
@@ -95,8 +99,18 @@ class GlowPair(PairModule):
         check_grads: bool = True,
         sample_batch_size: int = 64,
         compile_mode: str | None = None,
+        channels_last: bool = False,
+        fused_adam: bool | None = None,
+        compile: bool = False,
     ) -> None:
-        super().__init__(image_size=image_size, channels=channels)
+        super().__init__(
+            image_size=image_size,
+            channels=channels,
+            sample_batch_size=sample_batch_size,
+            channels_last=channels_last,
+            fused_adam=fused_adam,
+            compile=compile or compile_mode is not None,
+        )
         if n_block < 1 or n_flow < 1 or hidden < 1:
             raise GalgenError(f"model: n_block, n_flow and hidden must be positive, got {n_block}, {n_flow}, {hidden}")
         if image_size % 2**n_block:
@@ -112,7 +126,8 @@ class GlowPair(PairModule):
         self.model_b = Glow(channels, n_flow, n_block, hidden, affine)
         self.guard  # noqa: B018 (checks max_bad_steps and max_loss_ratio now)
         self._compiled = False
-        self._val_index = ValidationIndex()
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
 
     @property
     def latent_shapes(self) -> list[tuple[int, int, int]]:
@@ -133,7 +148,7 @@ class GlowPair(PairModule):
             noise: dequantisation noise in [0, 1) (default: fresh uniform noise).
         """
         noise = torch.rand_like(x) if noise is None else noise
-        out = self.model(which)(dequantize(x, self.hparams.n_bits, noise))
+        out = self.model(which)(self.to_memory_format(dequantize(x, self.hparams.n_bits, noise)))
         return bits_per_dim(out.log_p, out.logdet, self.dims, self.hparams.n_bits), out.logdet
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
@@ -151,8 +166,8 @@ class GlowPair(PairModule):
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         super().on_train_batch_end(outputs, batch, batch_idx)  # counts skipped updates, stops on divergence
-        if self.hparams.compile_mode and not self._compiled:
-            self.compile_steps(self.hparams.compile_mode)
+        if self.compile_networks and not self._compiled:
+            self.compile_steps(self.hparams.compile_mode or "default")
 
     def compile_steps(self, mode: str = "reduce-overhead") -> None:
         """``torch.compile`` every step of flow of both models in place (the state dict is unchanged)."""
@@ -162,21 +177,17 @@ class GlowPair(PairModule):
                     module.compile(mode=mode)
         self._compiled = True
 
-    def on_validation_epoch_start(self) -> None:
-        self._val_index.reset(self.trainer)
-
     def validation_step(self, batch: Tensor, batch_idx: int) -> None:
         x = batch
         # each image's dequantisation noise is a function of its global validation index only
-        idx = self._val_index(batch_idx, len(x), x.device)
-        noise = uniform_from_normal(counter_normal(VAL_SEED, idx, tuple(x.shape[1:]))).to(x.dtype)
+        idx = self.validation_indices(batch_idx, len(x), x.device)
+        noise = uniform_from_normal(counter_normal(self.val_seed, idx, tuple(x.shape[1:]))).to(x.dtype)
         for which in MODELS:
             bpd, _ = self.bits_per_dim(which, x, noise)
             self.log(f"val/bpd_{which}", bpd.mean(), on_epoch=True, batch_size=len(x), sync_dist=True)
 
     def configure_optimizers(self):
-        # fused Adam on GPUs: one kernel for the ~1,500 parameter tensors of each Glow
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, fused=self.device.type == "cuda")
+        return self.make_adam(self.parameters(), lr=self.hparams.lr)
 
     # --- sampling ----------------------------------------------------------------------------
     def latents(self, indices: Tensor, seed: int) -> list[Tensor]:
@@ -184,6 +195,7 @@ class GlowPair(PairModule):
         return [counter_normal(seed, indices, shape, stream=k) for k, shape in enumerate(self.latent_shapes)]
 
     def generate(self, which: str, indices: Tensor, seed: int) -> tuple[Tensor, Tensor, dict[str, float]]:
-        x = self.model(which).reverse(self.latents(indices, seed), standardized=True, temperature=self.hparams.temperature)
+        with self.sampling_autocast(indices.device):
+            x = self.model(which).reverse(self.latents(indices, seed), standardized=True, temperature=self.hparams.temperature)
         ok = torch.isfinite(x).flatten(1).all(dim=1)
         return to_image(x.float(), self.hparams.n_bits), ok, {"nonfinite": float((~ok).sum())}
