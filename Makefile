@@ -64,8 +64,12 @@ slurm: ## Install Debian's slurm-wlm and munge (the SLURM launcher's tests start
 	    echo "slurm installed: $$(/usr/sbin/slurmctld -V)"; \
 	  else echo "WARNING: could not install slurm-wlm and munge (needs apt-get as root or passwordless sudo; log in /tmp/galgen-apt-slurm.log): the SLURM tests will be skipped"; fi; }
 
-lint: install ## ruff
+lint: install ## ruff: the lint rules (pyproject.toml) and the formatting (ruff format --check; `make format` fixes it)
 	$(VENV)/bin/ruff check galgen_lightning tests benchmarks
+	$(VENV)/bin/ruff format --check galgen_lightning tests benchmarks
+
+format: install ## Format the code with ruff format
+	$(VENV)/bin/ruff format galgen_lightning tests benchmarks
 
 clean: ## Remove run outputs and caches (not .venv, not the data cache)
 	rm -rf runs wandb lightning_logs .pytest_cache .ruff_cache

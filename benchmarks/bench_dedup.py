@@ -273,7 +273,10 @@ def main() -> None:
     for r in rows:
         extra = ""
         if "peak_rss_mib" in r:
-            extra = f": {r['wall_s']} s, peak memory {r['peak_rss_mib']:,} MiB ({r['above_loaded_mib']:,} MiB above the loaded images)"
+            extra = (
+                f": {r['wall_s']} s, peak memory {r['peak_rss_mib']:,} MiB "
+                f"({r['above_loaded_mib']:,} MiB above the loaded images)"
+            )
         print(f"| {r['test']}{extra} | {r['count']:,} | {r['of']:,} | {100 * r['count'] / max(r['of'], 1):.1f}% |")
     print()
     for r in rows:

@@ -11,7 +11,8 @@ samples, each with its own noise stream. On one H200 the reference does 5,798 tr
 (fp32, batch 512) and 368 sampler evaluations/s (one image at a time).
 
 The GPU-path options of the pair (docs/gpu.md) are flags: ``--channels-last``,
-``--fused-adam``/``--no-fused-adam`` (neither: the family's default, the foreach Adam), ``--compile`` (the training step's U-Nets) and ``--sampler-graph``
+``--fused-adam``/``--no-fused-adam`` (neither: the family's default, the foreach Adam), ``--compile``
+(the training step's U-Nets) and ``--sampler-graph``
 (CUDA only: the sampler step's denoiser as a CUDA graph; the line also gives the largest
 difference of its samples from the eager sampler's). ``--bf16`` runs training and sampling
 under bf16 autocast, what ``trainer.precision: bf16-mixed`` gives. ``--variants`` measures
@@ -132,7 +133,9 @@ def measure(prof: dict, device: torch.device, bf16: bool, options: dict[str, boo
         "peak_memory_mb": round(peak_memory_mb(device), 1),
     }
     if options["sampler_graph"]:
-        result["sampler_graph_max_abs_diff"] = graph_difference(pair, prof["sample_batch"], 5, bf16)  # the timed shape: no recompilation
+        result["sampler_graph_max_abs_diff"] = graph_difference(
+            pair, prof["sample_batch"], 5, bf16
+        )  # the timed shape: no recompilation
     return result
 
 
@@ -145,9 +148,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--train-steps", type=int, default=None)
     parser.add_argument("--sample-steps", type=int, default=None)
     parser.add_argument("--sample-batch", type=int, default=None)
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast for training and sampling (trainer precision bf16-mixed)")
+    parser.add_argument(
+        "--bf16", action="store_true", help="bf16 autocast for training and sampling (trainer precision bf16-mixed)"
+    )
     parser.add_argument("--channels-last", action="store_true", help="model.channels_last")
-    parser.add_argument("--fused-adam", action=argparse.BooleanOptionalAction, default=None, help="model.fused_adam (default: the family's)")
+    parser.add_argument(
+        "--fused-adam", action=argparse.BooleanOptionalAction, default=None, help="model.fused_adam (default: the family's)"
+    )
     parser.add_argument("--compile", action="store_true", help="model.compile: torch.compile the two U-Nets for training")
     parser.add_argument("--sampler-graph", action="store_true", help="model.sampler_graph: the sampler step as a CUDA graph")
     parser.add_argument("--variants", default="base", help=f"option sets to measure, comma-separated, from {', '.join(VARIANTS)}")

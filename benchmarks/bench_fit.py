@@ -162,7 +162,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0, help="num_workers of the dataset loader")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (Trainer precision bf16-mixed)")
     parser.add_argument("--channels-last", action="store_true", help="model.channels_last")
-    parser.add_argument("--fused-adam", action=argparse.BooleanOptionalAction, default=None, help="model.fused_adam (default: the family's)")
+    parser.add_argument(
+        "--fused-adam", action=argparse.BooleanOptionalAction, default=None, help="model.fused_adam (default: the family's)"
+    )
     parser.add_argument("--compile", action="store_true", help="model.compile: torch.compile the U-Nets of the training step")
     args = parser.parse_args()
     options = {key: getattr(args, key) for key in OPTIONS}

@@ -45,8 +45,6 @@ def peak_memory(device: torch.device) -> dict:
     return {"peak_memory_mib": kib / 1024, "peak_memory_kind": "ru_maxrss (whole process)"}
 
 
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -69,7 +67,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     parser.add_argument("--compile", action="store_true", help="torch.compile both flows")
     parser.add_argument("--channels-last", action="store_true", help="model.channels_last")
-    parser.add_argument("--fused-adam", action=argparse.BooleanOptionalAction, default=None, help="model.fused_adam (default: the family's)")
+    parser.add_argument(
+        "--fused-adam", action=argparse.BooleanOptionalAction, default=None, help="model.fused_adam (default: the family's)"
+    )
     parser.add_argument("--compile-mode", default="reduce-overhead", help="torch.compile mode (reduce-overhead: CUDA graphs)")
     parser.add_argument(
         "--compile-scope",

@@ -96,7 +96,9 @@ def main() -> None:
             images = src.load(args.count, args.image_size)
             seconds = time.perf_counter() - t
             runs.append({"workers": workers, "seconds": round(seconds, 2), "cutouts_per_s": round(len(images) / seconds, 1)})
-            print(f"workers={workers}: {len(images)} cutouts in {seconds:.2f} s = {len(images) / seconds:.1f} cutouts/s", flush=True)
+            print(
+                f"workers={workers}: {len(images)} cutouts in {seconds:.2f} s = {len(images) / seconds:.1f} cutouts/s", flush=True
+            )
         result = {
             "benchmark": "fits_conversion",
             "count": args.count,

@@ -116,7 +116,7 @@ class GalgenCLI(LightningCLI):
                 "prog": "galgen",
                 "description": "galgen: the two-models test of generative models of galaxy images. "
                 "Each subcommand has its own --help (galgen fit --help lists every option). "
-                "--config also takes a bundled config by name (e.g. diffusion.yaml, quick/diffusion.yaml)."
+                "--config also takes a bundled config by name (e.g. diffusion.yaml, quick/diffusion.yaml).",
             },
             **kwargs,
         )
@@ -124,7 +124,10 @@ class GalgenCLI(LightningCLI):
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         """``fit`` trains the pair and runs the tests; ``validate`` re-runs them on a checkpoint."""
-        return {"fit": {"model", "train_dataloaders", "val_dataloaders", "datamodule"}, "validate": {"model", "dataloaders", "datamodule"}}
+        return {
+            "fit": {"model", "train_dataloaders", "val_dataloaders", "datamodule"},
+            "validate": {"model", "dataloaders", "datamodule"},
+        }
 
     def _add_subcommands(self, parser: LightningArgumentParser, **kwargs) -> None:
         """LightningCLI's ``fit`` and ``validate``, then galgen's own commands, so ``galgen --help``
@@ -164,7 +167,9 @@ class GalgenCLI(LightningCLI):
             if "state_dict" not in str(e):
                 raise
             ckpt = getattr(self.config[subcommand], "ckpt_path", None)
-            raise GalgenError(f"--ckpt_path {ckpt} does not fit {type(self.model).__name__} with these options: {_state_dict_summary(str(e))}") from None
+            raise GalgenError(
+                f"--ckpt_path {ckpt} does not fit {type(self.model).__name__} with these options: {_state_dict_summary(str(e))}"
+            ) from None
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.image_size", "model.init_args.image_size")
@@ -204,7 +209,6 @@ class GalgenCLI(LightningCLI):
 
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         wandb_utils.configure(self.trainer.loggers, Path(self.trainer.default_root_dir), cfg, self.subcommand or "fit")
-
 
     def _choose_run_dir(self, cfg) -> Path:
         given = cfg.trainer.default_root_dir
@@ -256,7 +260,11 @@ def _state_dict_summary(message: str) -> str:
 
     missing = re.search(r"Missing key\(s\) in state_dict: (.*?)(?:\.\s|$)", message, re.S)
     unexpected = re.search(r"Unexpected key\(s\) in state_dict: (.*?)(?:\.\s|$)", message, re.S)
-    sizes = re.findall(r"size mismatch for ([^:]+): copying a param with shape (torch.Size\([^)]*\)) from checkpoint, the shape in current model is (torch.Size\([^)]*\))", message)
+    sizes = re.findall(
+        r"size mismatch for ([^:]+): copying a param with shape (torch.Size\([^)]*\)) from checkpoint, "
+        r"the shape in current model is (torch.Size\([^)]*\))",
+        message,
+    )
     parts = []
     if missing:
         parts.append(f"{missing.group(1).count(',') + 1} parameters missing (e.g. {missing.group(1).split(',')[0].strip()})")
@@ -331,7 +339,13 @@ def _resolve_configs(argv: list[str]) -> list[str]:
     return out
 
 
-OPTIONAL_EXTRAS = {"galsim": "simulation", "statmorph": "morphology", "photutils": "morphology", "h5py": "hdf5", "skimage": "hxdf"}
+OPTIONAL_EXTRAS = {
+    "galsim": "simulation",
+    "statmorph": "morphology",
+    "photutils": "morphology",
+    "h5py": "hdf5",
+    "skimage": "hxdf",
+}
 """Optional packages and the extra of galgen that installs them (``pip install 'galgen[<extra>]'``)."""
 
 
@@ -355,6 +369,9 @@ def main(args: list[str] | None = None) -> None:
     # the seed is in the run's config.yaml; Lightning's "Seed set to N" line would stand before a one-line error
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message="No seed found, seed set to 0")
+    # a machine with SLURM installed (a login node, the SLURM tests) but a run not started by srun:
+    # Lightning's hint is noise there; under srun (galgen sweep --launcher slurm) it is not shown
+    warnings.filterwarnings("ignore", message="The `srun` command is available on your system but is not used")
     if args is not None:  # in-process use: the argument list is the command
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
     argv = _resolve_configs(sys.argv[1:] if args is None else list(args))

@@ -30,12 +30,16 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="galgen sample", description="Samples of a trained pair, A and B from the same noise (npz, FITS or a PNG grid).")
+    p = _Parser(
+        prog="galgen sample", description="Samples of a trained pair, A and B from the same noise (npz, FITS or a PNG grid)."
+    )
     p.add_argument("--ckpt_path", required=True, help="a checkpoint of galgen fit (e.g. runs/<run>/checkpoints/last.ckpt)")
     p.add_argument("--n", type=int, default=1000, help="samples per model (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed: fixes all the noise (default 0)")
     p.add_argument("--out", default="samples.npz", help="output file: .npz, .fits or .png (default samples.npz)")
-    p.add_argument("--batch_size", type=int, default=None, help="samples per forward batch (default: the model's sample_batch_size)")
+    p.add_argument(
+        "--batch_size", type=int, default=None, help="samples per forward batch (default: the model's sample_batch_size)"
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--grid", type=int, default=16, help="samples per model in the .png grid (default 16)")
     return p
@@ -48,13 +52,20 @@ def load_pair(ckpt_path: str | Path, device: str | torch.device = "cpu"):
 
     path = Path(ckpt_path).expanduser()
     if not path.is_file():
-        raise GalgenError(f"--ckpt_path {ckpt_path}: {'is a directory, not a checkpoint file' if path.is_dir() else 'no such file'}")
+        raise GalgenError(
+            f"--ckpt_path {ckpt_path}: {'is a directory, not a checkpoint file' if path.is_dir() else 'no such file'}"
+        )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 (unpickling raises anything)
-        raise GalgenError(f"--ckpt_path {ckpt_path}: not a readable galgen checkpoint: {(str(e).strip().splitlines() or [type(e).__name__])[0][:200]}") from None
+        raise GalgenError(
+            f"--ckpt_path {ckpt_path}: not a readable galgen checkpoint: "
+            f"{(str(e).strip().splitlines() or [type(e).__name__])[0][:200]}"
+        ) from None
     hparams = dict(checkpoint.get("hyper_parameters") or {}) if isinstance(checkpoint, dict) else {}
-    class_path = hparams.get("_class_path") or ((RunDir(path.resolve().parent.parent).config().get("model") or {}).get("class_path"))
+    class_path = hparams.get("_class_path") or (
+        (RunDir(path.resolve().parent.parent).config().get("model") or {}).get("class_path")
+    )
     if not isinstance(checkpoint, dict) or not class_path or "state_dict" not in checkpoint:
         raise GalgenError(f"--ckpt_path {ckpt_path}: not a galgen checkpoint (no model class or weights)")
     module, name = str(class_path).rsplit(".", 1)
@@ -67,7 +78,10 @@ def load_pair(ckpt_path: str | Path, device: str | torch.device = "cpu"):
     try:
         pair = cls(**{k: v for k, v in hparams.items() if not k.startswith("_")})
     except (TypeError, ValueError, GalgenError) as e:  # hyperparameters of another family, or refused
-        raise GalgenError(f"--ckpt_path {ckpt_path}: its hyperparameters do not fit {name} (a checkpoint of another family?): {' '.join(str(e).split())[:200]}") from None
+        raise GalgenError(
+            f"--ckpt_path {ckpt_path}: its hyperparameters do not fit {name} (a checkpoint of another family?): "
+            f"{' '.join(str(e).split())[:200]}"
+        ) from None
     state = checkpoint["state_dict"]
     differs = state_dict_difference(state, pair.state_dict()) if isinstance(state, dict) else "its state_dict is not a dictionary"
     if differs:
@@ -81,7 +95,11 @@ def state_dict_difference(found: dict, expected: dict) -> str:
     parameters missing, unexpected, and of another shape, each with an example."""
     missing = [k for k in expected if k not in found]
     unexpected = [k for k in found if k not in expected]
-    shapes = [(k, tuple(found[k].shape), tuple(v.shape)) for k, v in expected.items() if k in found and hasattr(found[k], "shape") and tuple(found[k].shape) != tuple(v.shape)]
+    shapes = [
+        (k, tuple(found[k].shape), tuple(v.shape))
+        for k, v in expected.items()
+        if k in found and hasattr(found[k], "shape") and tuple(found[k].shape) != tuple(v.shape)
+    ]
     parts = []
     if missing:
         parts.append(f"{len(missing)} parameters missing (e.g. {missing[0]})")
@@ -151,7 +169,11 @@ def main(args: list[str] | None = None) -> None:
     samples = pair.sample(opts.n, opts.seed, batch_size=batch_size)
     write(samples, out, opts.seed, opts.grid)
     bad = int((~samples.ok_a).sum()) + int((~samples.ok_b).sum())
-    print(f"galgen sample: {opts.n} samples of A and of B (seed {opts.seed}) -> {out}" + (f"; {bad} not usable (ok_a/ok_b)" if bad else ""), file=sys.stderr)
+    print(
+        f"galgen sample: {opts.n} samples of A and of B (seed {opts.seed}) -> {out}"
+        + (f"; {bad} not usable (ok_a/ok_b)" if bad else ""),
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

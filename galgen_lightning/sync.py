@@ -101,6 +101,8 @@ def main(argv: list[str]) -> None:
     description = "Upload the offline W&B runs of a run directory or a sweep (with wandb sync); --dry-run lists them."
     parser = one_line_argument_parser()(prog="galgen sync", description=description)
     parser.add_argument("path", help="a run directory, a sweep folder, or one wandb/offline-run-* folder")
-    parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true", help="list what would be uploaded; upload nothing")
+    parser.add_argument(
+        "--dry-run", "--dry_run", dest="dry_run", action="store_true", help="list what would be uploaded; upload nothing"
+    )
     cfg = parser.parse_args(argv)
     sync(cfg.path, cfg.dry_run)

@@ -93,7 +93,12 @@ def software_versions() -> dict:
             commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
             if commit.returncode == 0 and (here.parent / ".git").exists():
                 out["git_commit"] = commit.stdout.strip()
-                dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5)
+                dirty = subprocess.run(
+                    ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                    capture_output=True,
+                    text=True,
+                    timeout=5,
+                )
                 out["git_dirty"] = bool(dirty.stdout.strip()) if dirty.returncode == 0 else None
         except (OSError, subprocess.SubprocessError):
             pass
@@ -152,7 +157,9 @@ def configure(loggers, folder: Path, cfg, subcommand: str) -> None:
         init["tags"] = list(dict.fromkeys([*(init.get("tags") or []), *tags]))
         logger._id = init["id"]
     if _is_rank_zero():
-        RunDir(folder).write_wandb_identity({"id": chosen[0]._wandb_init["id"], "project": chosen[0]._wandb_init.get("project"), "group": group})
+        RunDir(folder).write_wandb_identity(
+            {"id": chosen[0]._wandb_init["id"], "project": chosen[0]._wandb_init.get("project"), "group": group}
+        )
 
 
 def _settings():
@@ -177,7 +184,11 @@ def start(trainer, config: dict) -> None:
             experiment = logger.experiment
         except Exception as e:  # noqa: BLE001 (wandb raises CommError, UsageError, timeouts)
             why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            print(f"galgen: warning: W&B did not start ({why}); logging offline: upload later with 'galgen sync {logger.save_dir or '.'}'", file=sys.stderr)
+            print(
+                f"galgen: warning: W&B did not start ({why}); logging offline: "
+                f"upload later with 'galgen sync {logger.save_dir or '.'}'",
+                file=sys.stderr,
+            )
             import wandb
 
             if wandb.run is not None:
@@ -243,7 +254,10 @@ def _start_run(**init: Any):
         return wandb.init(**init, settings=_settings())
     except Exception as e:  # noqa: BLE001 (wandb raises CommError, UsageError, timeouts)
         why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        print(f"galgen: warning: W&B did not start ({why}); logging offline: upload later with 'galgen sync {init['dir']}'", file=sys.stderr)
+        print(
+            f"galgen: warning: W&B did not start ({why}); logging offline: upload later with 'galgen sync {init['dir']}'",
+            file=sys.stderr,
+        )
         if wandb.run is not None:
             wandb.finish()
         wandb.teardown()
@@ -294,8 +308,14 @@ def log_sweep(sweep: Path, rows: list[dict] | None = None, folder: Path | None =
     import wandb
 
     run = _start_run(
-        project=project, id=run_id, resume="allow", group=group, job_type="sweep", name=f"{group}-sweep",
-        tags=sorted({str(r["family"]) for r in rows if r.get("family")}), dir=str(folder),
+        project=project,
+        id=run_id,
+        resume="allow",
+        group=group,
+        job_type="sweep",
+        name=f"{group}-sweep",
+        tags=sorted({str(r["family"]) for r in rows if r.get("family")}),
+        dir=str(folder),
         config={"sweep": str(sweep), "runs": len(rows)},
     )
     RunDir(folder).write_wandb_identity({"id": run.id, "project": project, "group": group})
@@ -306,7 +326,9 @@ def log_sweep(sweep: Path, rows: list[dict] | None = None, folder: Path | None =
             series = chart_series(rows, key)
             if series:
                 names, xs, ys = zip(*series)
-                payload[f"sweep/{key}"] = wandb.plot.line_series(xs=list(xs), ys=list(ys), keys=list(names), title=title, xname="N (images per model)")
+                payload[f"sweep/{key}"] = wandb.plot.line_series(
+                    xs=list(xs), ys=list(ys), keys=list(names), title=title, xname="N (images per model)"
+                )
         run.log(payload)
         run.summary.update({"runs": len(rows), **(summary or {})})
     finally:

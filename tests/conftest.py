@@ -1,4 +1,6 @@
-"""Test set-up: W&B disabled, Agg backend, a private data cache, and an in-process CLI runner."""
+"""Test set-up: W&B disabled, Agg backend, a private data cache, the `cli` marker, and fixtures.
+
+Plain helpers (paths, the in-process CLI runner, tiny arguments) are in ``tests/support.py``."""
 
 from __future__ import annotations
 
@@ -8,14 +10,8 @@ os.environ["WANDB_MODE"] = "disabled"
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
-import json  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
-
 
 CLI_MODULES = {"test_cli", "test_faults", "test_sample", "test_wandb", "test_data_command"}
 """Modules that drive whole `galgen` commands (Lightning start-up, training steps): marked `cli`, so
@@ -42,16 +38,18 @@ def tiny_source_args() -> list[str]:
     return ["--data.source", "galgen_lightning.data.SyntheticGalaxies", "--data.source.size", "300", "--data.image_size", "16"]
 
 
-def run_cli(args: list[str]) -> int:
-    """Run ``galgen`` in-process; return its exit status (0 when it returned normally)."""
-    from galgen_lightning.cli import main
+@pytest.fixture(scope="session")
+def blob_file(tmp_path_factory):
+    """200 galaxy-like 16x16 images (a Gaussian blob on noise) in a .npy file: the data path is
+    tested elsewhere; here it only has to be fast (no GalSim rendering)."""
+    import numpy as np
 
-    try:
-        main(args)
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:16, :16]
+    cy, cx = rng.uniform(5, 11, (2, 200, 1, 1))
+    width = rng.uniform(1.5, 4, (200, 1, 1))
+    blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * width**2))
+    images = (0.6 * blob + 0.4 * rng.uniform(0, 1, (200, 16, 16))).astype(np.float32)
+    path = tmp_path_factory.mktemp("blobs") / "blobs.npy"
+    np.save(path, images)
+    return path

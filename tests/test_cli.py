@@ -5,18 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import CONFIGS, read_jsonl, run_cli
+from support import CONFIGS, QUICK_DIFFUSION, TINY_DIFFUSION, read_jsonl, run_cli
 
-FAMILY = [f"--config={CONFIGS / 'diffusion.yaml'}", f"--config={CONFIGS / 'quick' / 'diffusion.yaml'}"]
-TINY = [
-    "--data.n=8",
-    "--data.n_val=32",
-    "--data.batch_size=8",
-    "--model.init_args.blocks=2",
-    "--model.init_args.width=8",
-    "--model.init_args.max_steps=20",
-    "--trainer.fast_dev_run=true",
-]
+FAMILY = QUICK_DIFFUSION
+TINY = [*TINY_DIFFUSION, "--trainer.fast_dev_run=true"]
 
 
 def test_fit_fast_dev_run_writes_run_directory(tmp_path, tiny_source_args):
@@ -78,7 +70,7 @@ def test_bad_options_give_one_line(tmp_path, tiny_source_args, capsys, bad, expe
     [
         (["--data.no_such_option=3"], "unrecognized arguments: --data.no_such_option=3"),
         (["--config=no/such/file.yaml"], "no/such/file.yaml"),
-        (["--model.init_args.width=abc"], 'DiffusionPair: Parser key "width": Expected a <class \'int\'>. Got value: abc'),
+        (["--model.init_args.width=abc"], "DiffusionPair: Parser key \"width\": Expected a <class 'int'>. Got value: abc"),
         (["--model.class_path=nowhere.Pair"], "nowhere.Pair: No module named 'nowhere'"),
     ],
 )
@@ -176,11 +168,21 @@ def test_status_reports_progress_after_each_training_epoch(tmp_path):
     from galgen_lightning.rundir import RunDir, RunDirectory
 
     trainer = SimpleNamespace(
-        is_global_zero=True, default_root_dir=str(tmp_path), state=SimpleNamespace(fn="fit"), current_epoch=2, global_step=600, max_epochs=10
+        is_global_zero=True,
+        default_root_dir=str(tmp_path),
+        state=SimpleNamespace(fn="fit"),
+        current_epoch=2,
+        global_step=600,
+        max_epochs=10,
     )
     RunDirectory(command=["galgen", "fit"]).on_train_epoch_end(trainer, None)
     status = RunDir(tmp_path).status()
-    assert status["state"] == "running" and status["epochs_done"] == 3 and status["max_epochs"] == 10 and status["global_step"] == 600
+    assert (
+        status["state"] == "running"
+        and status["epochs_done"] == 3
+        and status["max_epochs"] == 10
+        and status["global_step"] == 600
+    )
 
 
 @pytest.mark.parametrize(
@@ -246,7 +248,10 @@ def test_a_run_config_yaml_reruns_into_a_new_run_directory(tmp_path, tiny_source
 
 def test_sync_lists_offline_runs_and_needs_a_login(tmp_path, capsys, monkeypatch):
     sweep = tmp_path / "sweep"
-    pending = [sweep / "a" / "wandb" / "offline-run-20260101_000000-aaaa1111", sweep / "b" / "wandb" / "offline-run-20260102_000000-bbbb2222"]
+    pending = [
+        sweep / "a" / "wandb" / "offline-run-20260101_000000-aaaa1111",
+        sweep / "b" / "wandb" / "offline-run-20260102_000000-bbbb2222",
+    ]
     done = sweep / "c" / "wandb" / "offline-run-20260103_000000-cccc3333"
     report = sweep / "report" / "wandb" / "offline-run-20260104_000000-dddd4444"
     for folder in (*pending, done, report):

@@ -142,7 +142,9 @@ def test_too_few_images_after_deduplication_names_the_source(tmp_path):
     imgs = _images(20, side=16)
     np.save(path, np.concatenate([imgs, imgs, imgs]))  # 60 images, only 20 distinct
     dm = GalaxyPairDataModule(ArrayFile(str(path)), image_size=16, n=20, n_val=10)
-    with pytest.raises(GalgenError, match=r"data.source \(array .*dups.npy\): 2 \* n \+ n_val = 50 .* only 20 usable .* 40 duplicates"):
+    with pytest.raises(
+        GalgenError, match=r"data.source \(array .*dups.npy\): 2 \* n \+ n_val = 50 .* only 20 usable .* 40 duplicates"
+    ):
         dm.setup("fit")
 
 

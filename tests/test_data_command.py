@@ -26,7 +26,7 @@ import pytest
 from astropy.io import fits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import run_cli  # noqa: E402
+from support import run_cli  # noqa: E402
 
 # ----------------------------------------------------------------------------- the test server
 # How the server answers, by RA. Every other RA gets a good cube at once.
@@ -289,7 +289,12 @@ def test_download_retries_records_failures_and_resumes(tmp_path, server, capsys,
 
     # 6. convert reads the folder into the cache galgen fit reads; inspect finds nothing rejected
     capsys.readouterr()
-    source = ["--source=galgen_lightning.data.FitsCutouts", f"--source.directory={out}", "--source.workers=1", f"--source.cache_dir={tmp_path / 'cache'}"]
+    source = [
+        "--source=galgen_lightning.data.FitsCutouts",
+        f"--source.directory={out}",
+        "--source.workers=1",
+        f"--source.cache_dir={tmp_path / 'cache'}",
+    ]
     assert run_cli(["data", "convert", *source, "--image_size=16"]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert "9 usable images at 16px" in line and "none rejected" in line, line
@@ -411,7 +416,11 @@ def test_template_must_name_ra_and_dec_and_known_placeholders():
     from galgen_lightning.errors import GalgenError
 
     check_template("https://example.org/c?ra={ra}&dec={dec}")
-    for bad, words in (("https://x/?ra={ra}", "{dec}"), ("https://x/?ra={ra}&dec={dec}&z={zoom}", "unknown"), ("x?ra={ra}&dec={dec}", "http")):
+    for bad, words in (
+        ("https://x/?ra={ra}", "{dec}"),
+        ("https://x/?ra={ra}&dec={dec}&z={zoom}", "unknown"),
+        ("x?ra={ra}&dec={dec}", "http"),
+    ):
         with pytest.raises(GalgenError, match=words):
             check_template(bad)
 
@@ -441,7 +450,12 @@ def _pngs_open(out: Path, rejected: bool) -> dict:
 def test_inspect_synthetic_with_nearest(tmp_path, capsys):
     out = tmp_path / "inspect"
     src = ["--source=galgen_lightning.data.SyntheticGalaxies", "--source.size=40", "--source.chunk=40", "--source.workers=1"]
-    assert run_cli(["data", "inspect", *src, "--image_size=16", "--n=10", "--n_val=10", "--nearest=true", "--grid=4", f"--out={out}"]) == 0
+    assert (
+        run_cli(
+            ["data", "inspect", *src, "--image_size=16", "--n=10", "--n_val=10", "--nearest=true", "--grid=4", f"--out={out}"]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "40 usable images at 16px" in printed and "nearest training image (n=10, 10 held-out images)" in printed
     summary = _pngs_open(out, rejected=False)
@@ -470,8 +484,16 @@ def test_inspect_arrays_images_and_fits_show_their_rejections(tmp_path, capsys):
         (fitsdir / f"c{i}.fits").write_bytes(fits_bytes(data, "grz"))
     cases = [
         (["--source=galgen_lightning.data.ArrayFile", f"--source.path={tmp_path / 'arr.npz'}"], 27, "3 NaN or infinite pixels"),
-        (["--source=galgen_lightning.data.ImageFolder", f"--source.directory={folder}", "--source.workers=1"], 12, "1 unreadable or truncated"),
-        (["--source=galgen_lightning.data.FitsCutouts", f"--source.directory={fitsdir}", "--source.workers=1"], 5, "1 NaN or infinite pixels"),
+        (
+            ["--source=galgen_lightning.data.ImageFolder", f"--source.directory={folder}", "--source.workers=1"],
+            12,
+            "1 unreadable or truncated",
+        ),
+        (
+            ["--source=galgen_lightning.data.FitsCutouts", f"--source.directory={fitsdir}", "--source.workers=1"],
+            5,
+            "1 NaN or infinite pixels",
+        ),
     ]
     for k, (src, usable, reason) in enumerate(cases):
         out = tmp_path / f"inspect{k}"
@@ -485,14 +507,32 @@ def test_inspect_arrays_images_and_fits_show_their_rejections(tmp_path, capsys):
 
 def test_inspect_hubble_deep_field(tmp_path, capsys):
     out = tmp_path / "hxdf"
-    assert run_cli(["data", "inspect", "--source=galgen_lightning.data.HubbleDeepField", "--image_size=16", "--count=40", "--grid=3", f"--out={out}"]) == 0
+    assert (
+        run_cli(
+            [
+                "data",
+                "inspect",
+                "--source=galgen_lightning.data.HubbleDeepField",
+                "--image_size=16",
+                "--count=40",
+                "--grid=3",
+                f"--out={out}",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "40 usable images" in printed and "too close to the edge" in printed
     _pngs_open(out, rejected=False)
 
 
 def test_data_command_parse_errors_are_one_line(capsys):
-    for args in (["data"], ["data", "inspect"], ["data", "download"], ["data", "convert", "--source=galgen_lightning.data.FitsCutouts"]):
+    for args in (
+        ["data"],
+        ["data", "inspect"],
+        ["data", "download"],
+        ["data", "convert", "--source=galgen_lightning.data.FitsCutouts"],
+    ):
         assert run_cli(args) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("galgen: error:"), (args, err)

@@ -19,7 +19,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import CONFIGS
+from support import CONFIGS
 
 FAMILY = [f"--config={CONFIGS / 'diffusion.yaml'}", f"--config={CONFIGS / 'quick' / 'diffusion.yaml'}"]
 TINY = [
@@ -100,10 +100,22 @@ def test_a_lost_rank_stops_the_others_in_bounded_time_and_is_named(tmp_path, tin
     config = tmp_path / "callbacks.yaml"
     config.write_text(
         "trainer:\n  callbacks:\n"
-        "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n      init_args:\n        save_last: true\n        every_n_epochs: 1\n"
-        f"    - class_path: test_ddp_faults.Progress\n      init_args:\n        folder: {marks}\n        seconds: 0.3\n        busy_at: {busy_at}\n"
+        "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n      init_args:\n"
+        "        save_last: true\n        every_n_epochs: 1\n"
+        f"    - class_path: test_ddp_faults.Progress\n      init_args:\n"
+        f"        folder: {marks}\n        seconds: 0.3\n        busy_at: {busy_at}\n"
     )
-    cmd = [sys.executable, "-m", "galgen_lightning.cli", "fit", *FAMILY, *tiny_source_args, *TINY, f"--config={config}", f"--trainer.default_root_dir={run}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "galgen_lightning.cli",
+        "fit",
+        *FAMILY,
+        *tiny_source_args,
+        *TINY,
+        f"--config={config}",
+        f"--trainer.default_root_dir={run}",
+    ]
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
     env.pop("GALGEN_DDP_TIMEOUT", None)
     if timeout:
@@ -147,7 +159,9 @@ def test_a_lost_rank_stops_the_others_in_bounded_time_and_is_named(tmp_path, tin
     # has recorded the state; a child killed while rank 0 is busy outside a collective: always that
     watched = code == -signal.SIGKILL
     if code is not None:
-        assert code in ((-signal.SIGKILL,) if how == "busy" else (2, -signal.SIGKILL) if victim == 1 and how == signal.SIGKILL else (2,)), text[-3000:]
+        assert code in (
+            (-signal.SIGKILL,) if how == "busy" else (2, -signal.SIGKILL) if victim == 1 and how == signal.SIGKILL else (2,)
+        ), text[-3000:]
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "failed" and status["lost_ranks"] == [victim], status
     assert status["error"].startswith(f"DDP rank {victim} lost at global step"), status["error"]
@@ -167,7 +181,9 @@ def test_a_lost_rank_stops_the_others_in_bounded_time_and_is_named(tmp_path, tin
     assert (run / "checkpoints" / "epoch=0-step=4.ckpt") in ckpts and (run / "checkpoints" / "last.ckpt") in ckpts
     for path in ckpts:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        assert 4 <= state["global_step"] <= status["global_step"] and all(torch.isfinite(v).all() for v in state["state_dict"].values())
+        assert 4 <= state["global_step"] <= status["global_step"] and all(
+            torch.isfinite(v).all() for v in state["state_dict"].values()
+        )
     assert not [p for p in (run / "checkpoints").iterdir() if ".tmp" in p.name]
 
 
@@ -211,9 +227,15 @@ def test_the_lost_rank_is_named_from_the_heartbeats(tmp_path):
     from galgen_lightning.faults import run_state
     from galgen_lightning.faults.ddp import Heartbeat, heartbeat_path, rank_lost, records_for_the_lost
 
-    trainer = SimpleNamespace(world_size=3, global_rank=0, global_step=5, default_root_dir=str(tmp_path), checkpoint_callback=None)
+    trainer = SimpleNamespace(
+        world_size=3, global_rank=0, global_step=5, default_root_dir=str(tmp_path), checkpoint_callback=None
+    )
+
     def failed_collective() -> RuntimeError:  # a new one each time: the finding is kept on the exception
-        return RuntimeError("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:42915: Connection reset by peer. This is typically caused by ...")
+        return RuntimeError(
+            "[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:42915: "
+            "Connection reset by peer. This is typically caused by ..."
+        )
 
     gloo = failed_collective()
     Heartbeat(tmp_path, 0).start()
@@ -233,7 +255,11 @@ def test_the_lost_rank_is_named_from_the_heartbeats(tmp_path):
     old = time.time() - 400
     os.utime(heartbeat_path(tmp_path, 1), (old, old))
     lost = rank_lost(RuntimeError("Timed out waiting 600000ms for recv operation to complete"), trainer)
-    assert lost is not None and lost.ranks == [1] and f"rank 1: pid {os.getpid()} on elsewhere stopped responding: no heartbeat for 400 s" in str(lost)
+    assert (
+        lost is not None
+        and lost.ranks == [1]
+        and f"rank 1: pid {os.getpid()} on elsewhere stopped responding: no heartbeat for 400 s" in str(lost)
+    )
     # nobody gone or silent, another error, or one process only: the error stands as it is
     os.utime(heartbeat_path(tmp_path, 1))
     gloo = failed_collective()

@@ -285,7 +285,16 @@ def test_every_family_shares_the_validation_seed_and_declares_sample_batch_size(
     pairs = [
         DiffusionPair(image_size=16, blocks=2, width=4, sample_batch_size=3),
         GlowPair(image_size=16, n_flow=1, n_block=2, hidden=4, sample_batch_size=3),
-        GANPair(image_size=16, latent_dim=8, fmap_max=8, fmap_inverse_coef=6, attn_sizes=[], small_width=4, decoder_upsamples=1, sample_batch_size=3),
+        GANPair(
+            image_size=16,
+            latent_dim=8,
+            fmap_max=8,
+            fmap_inverse_coef=6,
+            attn_sizes=[],
+            small_width=4,
+            decoder_upsamples=1,
+            sample_batch_size=3,
+        ),
         OracleMixture(image_size=16, sample_batch_size=3),
         OracleGeneralizer(image_size=16, sample_batch_size=3),
         OracleMemorizer(image_size=16, sample_batch_size=3),
@@ -305,7 +314,9 @@ def test_every_family_shares_the_validation_seed_and_declares_sample_batch_size(
 
 
 def test_sampler_settings_are_listed_once():
-    pair = DiffusionPair(image_size=16, blocks=2, width=4, sigma0=0.9, sigma_final=0.02, h0=0.05, beta=0.3, max_steps=7, check_every=3)
+    pair = DiffusionPair(
+        image_size=16, blocks=2, width=4, sigma0=0.9, sigma_final=0.02, h0=0.05, beta=0.3, max_steps=7, check_every=3
+    )
     assert pair.sampler_settings == SamplerSettings(sigma0=0.9, sigma_final=0.02, h0=0.05, beta=0.3, max_steps=7, check_every=3)
     pair.hparams.max_steps = 9  # read afresh from the hyperparameters
     assert pair.sampler_settings.max_steps == 9

@@ -13,7 +13,7 @@ class _Pair(torch.nn.Module):
         super().__init__()
         self.calls = 0
 
-    def sample(self, n: int, seed: int, batch_size: int | None = None) -> PairSamples:
+    def sample(self, n: int, seed: int, batch_size: int | None = None, progress=None) -> PairSamples:
         self.calls += 1
         g = torch.Generator().manual_seed(seed)
         x = torch.rand(n, 1, 4, 4, generator=g)

@@ -20,7 +20,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, read_jsonl, run_cli
+from support import CONFIGS, read_jsonl, run_cli
 
 FAMILY = [f"--config={CONFIGS / 'diffusion.yaml'}", f"--config={CONFIGS / 'quick' / 'diffusion.yaml'}"]
 TINY = [
@@ -44,8 +44,8 @@ def _config(tmp_path: Path, *extra: str) -> str:
     path = tmp_path / "callbacks.yaml"
     path.write_text(
         "trainer:\n  callbacks:\n"
-        "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n      init_args:\n        save_last: true\n        every_n_epochs: 1\n"
-        + "".join(extra)
+        "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n      init_args:\n"
+        "        save_last: true\n        every_n_epochs: 1\n" + "".join(extra)
     )
     return f"--config={path}"
 
@@ -114,7 +114,15 @@ def test_signal_stops_at_the_step_boundary_with_a_checkpoint_and_resumes(tmp_pat
     if sig != signal.SIGTERM:
         return
     # resume: continues from that step and completes the 2 epochs
-    resume = ["fit", *FAMILY, *tiny_source_args, *TINY, _config(tmp_path), f"--trainer.default_root_dir={run}", f"--ckpt_path={ckpt}"]
+    resume = [
+        "fit",
+        *FAMILY,
+        *tiny_source_args,
+        *TINY,
+        _config(tmp_path),
+        f"--trainer.default_root_dir={run}",
+        f"--ckpt_path={ckpt}",
+    ]
     assert run_cli(resume) == 0
     assert _status(run)["state"] == "complete"
     assert _ckpt_step(ckpt) in (2 * STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH + 1)
@@ -162,12 +170,29 @@ def test_gan_skips_a_nonfinite_update_of_one_model_only():
     from galgen_lightning.models.gan import GANPair
 
     torch.manual_seed(0)
-    pair = GANPair(image_size=16, latent_dim=16, fmap_max=16, fmap_inverse_coef=7, attn_sizes=[], small_width=8, decoder_upsamples=1, gp_weight=0.0)
+    pair = GANPair(
+        image_size=16,
+        latent_dim=16,
+        fmap_max=16,
+        fmap_inverse_coef=7,
+        attn_sizes=[],
+        small_width=8,
+        decoder_upsamples=1,
+        gp_weight=0.0,
+    )
     before_a = {k: v.clone() for k, v in pair.model_a.D.state_dict().items()}
     before_b = {k: v.clone() for k, v in pair.model_b.D.state_dict().items()}
     next(pair.model_a.D.parameters()).register_hook(lambda g: g * float("nan"))
     batches = [{"a": torch.rand(4, 1, 16, 16), "b": torch.rand(4, 1, 16, 16)} for _ in range(2)]
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
     trainer.fit(pair, torch.utils.data.DataLoader(batches, batch_size=None))
     assert all(torch.equal(v, before_a[k]) for k, v in pair.model_a.D.state_dict().items())
     assert not all(torch.equal(v, before_b[k]) for k, v in pair.model_b.D.state_dict().items())
@@ -192,7 +217,9 @@ def test_loss_spike_above_the_running_median_stops_with_the_model_and_step():
     guard.observe("b", 1.0)
     assert guard.bad_now == {"a": "loss spike", "b": ""}
     guard.stepped = True
-    with pytest.raises(Diverged, match=r"diffusion model A diverged at global step 6: loss 1e\+06 is above 100 x its running median"):
+    with pytest.raises(
+        Diverged, match=r"diffusion model A diverged at global step 6: loss 1e\+06 is above 100 x its running median"
+    ):
         guard.end_step(module)
 
 
@@ -260,7 +287,9 @@ def test_full_disk_during_a_cache_chunk_is_one_line_and_keeps_the_old_chunk(tmp_
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["chunk_00000.npy"]
 
 
-@pytest.mark.parametrize("option", ["--trainer.default_root_dir={blocker}/run", "--data.source.init_args.cache_dir={blocker}/cache"])
+@pytest.mark.parametrize(
+    "option", ["--trainer.default_root_dir={blocker}/run", "--data.source.init_args.cache_dir={blocker}/cache"]
+)
 def test_uncreatable_run_or_cache_directory_is_one_line(tmp_path, tiny_source_args, capsys, option):
     blocker = tmp_path / "a_file"
     blocker.write_text("in the way")
@@ -347,7 +376,9 @@ def test_hostile_foreign_and_broken_checkpoints_are_one_line(tmp_path, tiny_sour
     monkeypatch.setenv("GALGEN_PWNED", str(pwned))
     hostile, foreign, junk = tmp_path / "hostile.ckpt", tmp_path / "foreign.ckpt", tmp_path / "junk.ckpt"
     torch.save({"state_dict": {}, "payload": _RunsCode()}, hostile)
-    torch.save({"state_dict": {"G.weight": torch.zeros(3)}, "pytorch-lightning_version": L.__version__, "hyper_parameters": {}}, foreign)
+    torch.save(
+        {"state_dict": {"G.weight": torch.zeros(3)}, "pytorch-lightning_version": L.__version__, "hyper_parameters": {}}, foreign
+    )
     junk.write_bytes(os.urandom(2000))
     base = ["validate", *FAMILY, *tiny_source_args, *TINY, _config(tmp_path), f"--trainer.default_root_dir={tmp_path / 'v'}"]
     expected = {

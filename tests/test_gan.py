@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, read_jsonl, run_cli
+from support import CONFIGS, read_jsonl, run_cli
 
 from galgen_lightning.evaluation.discriminator import CURVES, DiscriminatorTest, discriminator_losses, discriminator_statistics
 from galgen_lightning.models.gan import (
@@ -40,21 +40,6 @@ TINY_MODEL = dict(
 def tiny_pair(**overrides) -> GANPair:
     torch.manual_seed(0)
     return GANPair(**{**TINY_MODEL, **overrides})
-
-
-@pytest.fixture(scope="module")
-def blob_file(tmp_path_factory):
-    """200 galaxy-like 16x16 images (a Gaussian blob on noise) in a .npy file: the data path is
-    tested elsewhere; here it only has to be fast (no GalSim rendering)."""
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:16, :16]
-    cy, cx = rng.uniform(5, 11, (2, 200, 1, 1))
-    width = rng.uniform(1.5, 4, (200, 1, 1))
-    blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * width**2))
-    images = (0.6 * blob + 0.4 * rng.uniform(0, 1, (200, 16, 16))).astype(np.float32)
-    path = tmp_path_factory.mktemp("blobs") / "blobs.npy"
-    np.save(path, images)
-    return path
 
 
 @pytest.fixture(autouse=True)
@@ -289,7 +274,12 @@ def test_ddp_two_cpu_processes_with_manual_optimization(tmp_path, blob_file):
     tiny = [a for a in TINY if not a.startswith("--trainer.fast_dev_run")]
     cmd = [sys.executable, "-m", "galgen_lightning.cli", "fit", *FAMILY, *source, *tiny]
     cmd += ["--trainer.max_epochs=1", "--data.samples_per_epoch=16", "--trainer.limit_val_batches=1"]
-    cmd += ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp_find_unused_parameters_true", f"--trainer.default_root_dir={run}"]
+    cmd += [
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=2",
+        "--trainer.strategy=ddp_find_unused_parameters_true",
+        f"--trainer.default_root_dir={run}",
+    ]
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -365,9 +355,7 @@ def test_checkpoints_from_before_averaged_model_still_load():
     with torch.no_grad():
         for p in old.model_a.G_ema.parameters():
             p.add_(0.5)  # an EMA generator that differs from the live one
-    state = {
-        k.replace("G_ema.module.", "G_ema."): v for k, v in old.state_dict().items() if not k.endswith("G_ema.n_averaged")
-    }
+    state = {k.replace("G_ema.module.", "G_ema."): v for k, v in old.state_dict().items() if not k.endswith("G_ema.n_averaged")}
     assert "model_a.G_ema.initial.0.weight" in state  # the old layout
     fresh = tiny_pair(ema_beta=0.5)
     torch.manual_seed(9)

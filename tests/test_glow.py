@@ -10,8 +10,8 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, read_jsonl, run_cli
 from scipy import integrate, stats
+from support import CONFIGS, read_jsonl, run_cli
 from torch.autograd.functional import jacobian
 
 from galgen_lightning.evaluation.inversion import InversionTest, inversion_statistics, w1_standard_normal
@@ -426,16 +426,9 @@ def test_inversion_statistics_survive_a_broken_model():
 
 # --- the CLI ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def blob_source_args(tmp_path_factory) -> list[str]:
-    """A small .npy of 16 px Gaussian blobs plus noise: no rendering, so the file stays fast."""
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:16, :16]
-    centre = rng.uniform(5, 11, size=(200, 2, 1, 1))
-    width = rng.uniform(1.5, 4, size=(200, 1, 1))
-    images = np.exp(-((yy - centre[:, 0]) ** 2 + (xx - centre[:, 1]) ** 2) / (2 * width**2))
-    images = np.clip(0.8 * images + rng.uniform(0, 0.2, size=images.shape), 0, 1).astype(np.float32)
-    path = tmp_path_factory.mktemp("glow-data") / "blobs.npy"
-    np.save(path, images)
+def blob_source_args(blob_file) -> list[str]:
+    """The shared .npy of 16 px Gaussian blobs plus noise (conftest): no rendering, so the file stays fast."""
+    path = blob_file
     return ["--data.source=galgen_lightning.data.ArrayFile", f"--data.source.path={path}", "--data.image_size=16"]
 
 

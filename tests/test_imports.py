@@ -10,7 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from conftest import ROOT
+from support import ROOT
 
 OPTIONAL = ("jsonargparse", "wandb", "astropy", "galsim", "statmorph", "photutils", "h5py", "skimage")
 
@@ -19,9 +19,9 @@ import sys, importlib.util
 for name in {OPTIONAL!r}:
     sys.modules[name] = None  # any import of it raises ImportError
 import galgen_lightning.models.diffusion, galgen_lightning.models.glow, galgen_lightning.models.gan, galgen_lightning.evaluation
-sys.path.insert(0, r"{ROOT / 'benchmarks'}")  # as when a benchmark runs as a script (its _timing helper)
+sys.path.insert(0, r"{ROOT / "benchmarks"}")  # as when a benchmark runs as a script (its _timing helper)
 for bench in ("bench_diffusion", "bench_glow", "bench_gan", "bench_fit"):
-    spec = importlib.util.spec_from_file_location(bench, r"{ROOT / 'benchmarks'}/" + bench + ".py")
+    spec = importlib.util.spec_from_file_location(bench, r"{ROOT / "benchmarks"}/" + bench + ".py")
     spec.loader.exec_module(importlib.util.module_from_spec(spec))
 print("ok")
 """

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import CONFIGS, read_jsonl, run_cli
+from support import CONFIGS, read_jsonl, run_cli
 
 from galgen_lightning.evaluation.two_models import two_models_statistics
 from galgen_lightning.models.base import PairSamples

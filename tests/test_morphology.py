@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import CONFIGS, read_jsonl, run_cli
+from support import CONFIGS, read_jsonl, run_cli
 
 from galgen_lightning.evaluation import morphology_image, morphology_stats
 from galgen_lightning.evaluation import morphology_measure as M
@@ -175,7 +175,12 @@ def test_callback_without_statmorph_stops_at_setup(monkeypatch):
 def test_cli_fit_with_morphology_callback_writes_npz_and_metrics(tmp_path, tiny_source_args):
     """16 px stamps are enough to segment and measure (docs/morphology.md); 4 images per group."""
     run = tmp_path / "run"
-    args = ["fit", f"--config={CONFIGS / 'diffusion.yaml'}", f"--config={CONFIGS / 'quick' / 'diffusion.yaml'}", *tiny_source_args]
+    args = [
+        "fit",
+        f"--config={CONFIGS / 'diffusion.yaml'}",
+        f"--config={CONFIGS / 'quick' / 'diffusion.yaml'}",
+        *tiny_source_args,
+    ]
     args += ["--data.n=8", "--data.n_val=32", "--data.batch_size=8", "--model.init_args.blocks=2", "--model.init_args.width=8"]
     args += ["--model.init_args.max_steps=20", "--trainer.fast_dev_run=true", f"--trainer.default_root_dir={run}"]
     args += ["--trainer.callbacks+=galgen_lightning.evaluation.MorphologyTest", "--trainer.callbacks.n_samples=4"]

@@ -30,7 +30,9 @@ from galgen_lightning.errors import GalgenError
 # directory unless told otherwise (read when first needed): keep them out of the checkout
 os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(Path(tempfile.gettempdir()) / "galgen-hypothesis"))
 
-SETTINGS = settings(max_examples=30, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = settings(
+    max_examples=30, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 KNOWN = set(REASONS) | {FATAL}
 
 
@@ -56,7 +58,9 @@ def _check_result(result) -> None:
 
 
 # ----------------------------------------------------------------------------- arrays
-DTYPES = st.sampled_from(["uint8", "uint16", "int8", "int32", "int64", "float16", "float32", "float64", "bool", "complex64", "<U3"])
+DTYPES = st.sampled_from(
+    ["uint8", "uint16", "int8", "int32", "int64", "float16", "float32", "float64", "bool", "complex64", "<U3"]
+)
 SHAPES = hnp.array_shapes(min_dims=0, max_dims=5, min_side=0, max_side=12)
 
 
@@ -73,7 +77,13 @@ def arrays(draw):
 
 
 @SETTINGS
-@given(array=arrays(), suffix=st.sampled_from([".npy", ".npz"]), key=st.sampled_from(["images", "other", None]), cut=st.sampled_from([None, 0, 10, 100, -1]), image_size=st.sampled_from([4, 8]))
+@given(
+    array=arrays(),
+    suffix=st.sampled_from([".npy", ".npz"]),
+    key=st.sampled_from(["images", "other", None]),
+    cut=st.sampled_from([None, 0, 10, 100, -1]),
+    image_size=st.sampled_from([4, 8]),
+)
 def test_any_array_file_ends_as_images_with_rejections_counted_or_one_line(array, suffix, key, cut, image_size):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"data{suffix}"

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from astropy.io import fits
 from astropy.visualization import make_lupton_rgb
-from conftest import CONFIGS, run_cli
+from support import CONFIGS, run_cli
 
 from galgen_lightning.data import ArrayFile, FitsCutouts, GalaxyPairDataModule, ImageFolder
 from galgen_lightning.data import cache as readers_module
@@ -100,7 +100,9 @@ def test_fits_preprocessing_matches_astropy(tmp_path, layout):
         else:
             for b, plane in zip("grz", c):
                 fits.PrimaryHDU(plane).writeto(folder / f"gal{i}_{b}.fits")
-    src = FitsCutouts(str(folder), crop=32, q=4.0, stretch=0.3, band_files=layout == "band-files", workers=1, cache_dir=cache_of(tmp_path))
+    src = FitsCutouts(
+        str(folder), crop=32, q=4.0, stretch=0.3, band_files=layout == "band-files", workers=1, cache_dir=cache_of(tmp_path)
+    )
     got = src.load(3, 16)
     want = np.stack([direct_gray(*c, crop=32, image_size=16, q=4.0, stretch=0.3) for c in cubes])
     assert got.shape == (3, 16, 16) and got.dtype == np.float32
@@ -227,7 +229,10 @@ def test_no_usable_cutout_is_one_clear_error(tmp_path):
     folder.mkdir()
     for i in range(3):
         write_cube(folder / f"n{i}.fits", np.full((3, 20, 20), np.nan, np.float32))
-    with pytest.raises(GalgenError, match=r"directory: none of the 3 cutouts in .*/in is usable: 3 rejected \(3 NaN or infinite pixels\): n0.fits"):
+    with pytest.raises(
+        GalgenError,
+        match=r"directory: none of the 3 cutouts in .*/in is usable: 3 rejected \(3 NaN or infinite pixels\): n0.fits",
+    ):
         FitsCutouts(str(folder), workers=1, cache_dir=cache_of(tmp_path)).load(3, 16)
 
 
@@ -253,7 +258,11 @@ def test_images_smaller_than_image_size(tmp_path):
 
 
 def test_bad_options_are_one_line_errors(tmp_path):
-    for kwargs, message in (({"rgb": "zr"}, "data.source.rgb"), ({"q": 0.0}, "data.source.q"), ({"bands": "ggr"}, "data.source.bands")):
+    for kwargs, message in (
+        ({"rgb": "zr"}, "data.source.rgb"),
+        ({"q": 0.0}, "data.source.q"),
+        ({"bands": "ggr"}, "data.source.bands"),
+    ):
         with pytest.raises(GalgenError, match=message):
             FitsCutouts(str(tmp_path), **kwargs)
     folder = fits_dir(tmp_path / "in", 1)
@@ -341,7 +350,10 @@ def test_foreign_or_corrupt_cache_is_rebuilt_not_used(tmp_path, capsys):
     assert _chunks(tmp_path) == [chunk]
 
 
-@pytest.mark.parametrize("code, words", [(errno.ENOSPC, "no space left"), (errno.EROFS, "it is on a read-only file system"), (errno.EACCES, "permission denied")])
+@pytest.mark.parametrize(
+    "code, words",
+    [(errno.ENOSPC, "no space left"), (errno.EROFS, "it is on a read-only file system"), (errno.EACCES, "permission denied")],
+)
 def test_full_or_read_only_cache_is_a_clear_error_and_keeps_what_was_written(tmp_path, monkeypatch, code, words):
     folder = fits_dir(tmp_path / "in", 12)
     FitsCutouts(str(folder), workers=1, chunk=4, cache_dir=cache_of(tmp_path)).load(4, 16)
@@ -484,7 +496,11 @@ def test_cli_trains_on_a_fits_directory(tmp_path):
     folder = fits_dir(tmp_path / "cutouts", 44)
     write_cube(folder / "zz_nan.fits", np.full((3, 40, 40), np.nan, np.float32))
     run = tmp_path / "run"
-    source = [f"--config={CONFIGS / 'data' / 'fits.yaml'}", f"--data.source.init_args.directory={folder}", "--data.source.init_args.crop=32"]
+    source = [
+        f"--config={CONFIGS / 'data' / 'fits.yaml'}",
+        f"--data.source.init_args.directory={folder}",
+        "--data.source.init_args.crop=32",
+    ]
     code = run_cli(["fit", *FAMILY, *source, *TINY, f"--trainer.default_root_dir={run}"])
     assert code == 0
     manifest = json.loads((run / "manifest.json").read_text())
@@ -523,7 +539,9 @@ def test_lupton_png_folder_gives_what_the_fits_reader_gives(tmp_path):
     for i in range(3):
         g, r, z = galaxy_bands(rng, 40)
         write_cube(tmp_path / "fits" / f"{i}.fits", np.stack([g, r, z]))
-        Image.fromarray(make_lupton_rgb(z[4:36, 4:36], r[4:36, 4:36], g[4:36, 4:36], Q=8.0, stretch=0.2)).save(tmp_path / "png" / f"{i}.png")
+        Image.fromarray(make_lupton_rgb(z[4:36, 4:36], r[4:36, 4:36], g[4:36, 4:36], Q=8.0, stretch=0.2)).save(
+            tmp_path / "png" / f"{i}.png"
+        )
     from_fits = FitsCutouts(str(tmp_path / "fits"), crop=32, workers=1, cache_dir=cache_of(tmp_path)).load(3, 16)
     from_png = ImageFolder(str(tmp_path / "png"), workers=1, cache_dir=cache_of(tmp_path)).load(3, 16)
     np.testing.assert_allclose(from_png, from_fits, atol=1e-6)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import run_cli
+from support import run_cli
 
 QUANTILE = 0.99
 S = 100  # samples per model in the fake runs
@@ -114,7 +114,12 @@ def _two_models(
     numbers, _, _ = two_models_evidence(arrays, QUANTILE, n_boot=0)
     record = {"epoch": epoch, "step": 100, "test": "two_models", "a_vs_b_median": float(np.median(arrays["a_vs_b"]))}
     record.update({k: v for k, v in numbers.items() if np.isfinite(v)})
-    record.update({"plain/memorization_rate": numbers["memorization_rate"], "plain/memorization_threshold": numbers["memorization_threshold"]})
+    record.update(
+        {
+            "plain/memorization_rate": numbers["memorization_rate"],
+            "plain/memorization_threshold": numbers["memorization_threshold"],
+        }
+    )
     _append(folder, record)
 
 
@@ -178,7 +183,10 @@ def fake_sweep(tmp_path_factory) -> Path:
 
     glow = root / "glow-small-n10-seed0"
     _write_run(
-        glow, {"class_path": "galgen_lightning.models.glow.GlowPair", "init_args": {"n_flow": 1, "n_block": 2, "hidden": 8}}, 10, 16
+        glow,
+        {"class_path": "galgen_lightning.models.glow.GlowPair", "init_args": {"n_flow": 1, "n_block": 2, "hidden": 8}},
+        10,
+        16,
     )
     _two_models(glow, 0.0, 0.9, 0.0, rng, faint=True)
     record = {"epoch": 4, "step": 100, "test": "inversion"}
@@ -386,8 +394,10 @@ def _chromium() -> str | None:
 PROBE = """<script>window.addEventListener('load', function () {
   var out = document.createElement('pre'); out.id = 'probe';
   out.textContent = JSON.stringify({
-    images: Array.prototype.map.call(document.images, function (i) { return [i.complete, i.naturalWidth, i.naturalHeight, i.dataset.file]; }),
-    pdfs: Array.prototype.map.call(document.querySelectorAll('a.pdf'), function (a) { return [a.getAttribute('href'), a.textContent]; })
+    images: Array.prototype.map.call(document.images, function (i) { \
+return [i.complete, i.naturalWidth, i.naturalHeight, i.dataset.file]; }),
+    pdfs: Array.prototype.map.call(document.querySelectorAll('a.pdf'), function (a) { \
+return [a.getAttribute('href'), a.textContent]; })
   });
   document.body.appendChild(out);
 });</script>"""
@@ -426,7 +436,10 @@ def test_report_renders_in_headless_chromium(built, tmp_path):
     assert len(images) == len(list((out / "figures").glob("*.png"))) > 0
     assert all(complete and width > 0 and height > 0 for complete, width, height, _ in images), images
     shown = [file for *_, file in images]
-    assert sum(f.startswith("figures/gallery_most_") for f in shown) == 2 and sum(f.startswith("figures/gallery_least_") for f in shown) == 2
+    assert (
+        sum(f.startswith("figures/gallery_most_") for f in shown) == 2
+        and sum(f.startswith("figures/gallery_least_") for f in shown) == 2
+    )
     assert sorted(href for href, _ in pdfs) == sorted(f[: -len(".png")] + ".pdf" for f in shown)
     assert all(text == "PDF" and (out / href).is_file() for href, text in pdfs)
 
@@ -441,3 +454,13 @@ def test_report_renders_in_headless_chromium(built, tmp_path):
     pixels = matplotlib.image.imread(shot)[..., :3]
     assert pixels.shape[0] >= 2000 and pixels.std() > 0.05
     assert (pixels.mean(axis=2) < 0.9).mean() > 0.02  # text and figures, not an empty white page
+
+
+def test_summary_figure_with_no_finite_value(tmp_path):
+    """A sweep whose every sample diverged (all statistics NaN) still gets its summary figure."""
+    from galgen_lightning.report.figures import FigureWriter, fig_summary
+
+    nan = float("nan")
+    rows = [{"n": n, "complete": True, "memorization_rate": nan, "gap_median": nan, "a_vs_b_median": nan} for n in (4, 32, 256)]
+    fig = fig_summary(rows, "diffusion (16 px)", {}, FigureWriter(tmp_path))
+    assert fig is not None and fig.path.is_file() and fig.path.with_suffix(".pdf").is_file()

@@ -4,19 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import CONFIGS, run_cli
+from support import CONFIGS, TINY_DIFFUSION, run_cli
 
 FAMILY = [f"--config={CONFIGS / 'diffusion.yaml'}", "--config=quick/diffusion.yaml"]  # a bundled config by name
-TINY = [
-    "--data.n=8",
-    "--data.n_val=32",
-    "--data.batch_size=8",
-    "--data.samples_per_epoch=16",
-    "--model.init_args.blocks=2",
-    "--model.init_args.width=8",
-    "--model.init_args.max_steps=20",
-    "--trainer.max_epochs=1",
-]
+TINY = [*TINY_DIFFUSION, "--data.samples_per_epoch=16", "--trainer.max_epochs=1"]
 
 
 @pytest.fixture(scope="module")
@@ -81,19 +72,29 @@ def test_a_checkpoint_of_another_family_or_shape_is_one_line_naming_what_differs
 
     from galgen_lightning.models.gan import GANPair
 
-    gan = GANPair(image_size=16, latent_dim=16, fmap_max=16, fmap_inverse_coef=7, attn_sizes=[], small_width=8, decoder_upsamples=1)
+    gan = GANPair(
+        image_size=16, latent_dim=16, fmap_max=16, fmap_inverse_coef=7, attn_sizes=[], small_width=8, decoder_upsamples=1
+    )
     wider = lambda s: s["hyper_parameters"].update(width=16)  # noqa: E731
     cases = {
         # the hyperparameters name another family: its constructor refuses them
-        _foreign(checkpoint, tmp_path, "family.ckpt", lambda s: s["hyper_parameters"].update(_class_path="galgen_lightning.models.gan.GANPair")):
-            "its hyperparameters do not fit GANPair (a checkpoint of another family?):",
+        _foreign(
+            checkpoint,
+            tmp_path,
+            "family.ckpt",
+            lambda s: s["hyper_parameters"].update(_class_path="galgen_lightning.models.gan.GANPair"),
+        ): "its hyperparameters do not fit GANPair (a checkpoint of another family?):",
         # the weights of another family under diffusion's hyperparameters
-        _foreign(checkpoint, tmp_path, "weights.ckpt", lambda s: s.update(state_dict=gan.state_dict())):
-            "its weights do not fit DiffusionPair as its hyperparameters build it: ",
+        _foreign(
+            checkpoint, tmp_path, "weights.ckpt", lambda s: s.update(state_dict=gan.state_dict())
+        ): "its weights do not fit DiffusionPair as its hyperparameters build it: ",
         # another shape: the weights of width 8 where the hyperparameters say 16
-        _foreign(checkpoint, tmp_path, "shape.ckpt", wider):
-            "its weights do not fit DiffusionPair as its hyperparameters build it: ",
-        _foreign(checkpoint, tmp_path, "bare.ckpt", lambda s: s.pop("hyper_parameters")): "not a galgen checkpoint (no model class or weights)",
+        _foreign(
+            checkpoint, tmp_path, "shape.ckpt", wider
+        ): "its weights do not fit DiffusionPair as its hyperparameters build it: ",
+        _foreign(
+            checkpoint, tmp_path, "bare.ckpt", lambda s: s.pop("hyper_parameters")
+        ): "not a galgen checkpoint (no model class or weights)",
     }
     errors = []
     for path, text in cases.items():
@@ -104,7 +105,9 @@ def test_a_checkpoint_of_another_family_or_shape_is_one_line_naming_what_differs
     assert not (tmp_path / "x.npz").exists()
     assert "parameters missing (e.g. " in errors[1] and "unexpected (e.g. model_a.G." in errors[1]
     assert "of another shape (e.g. model_a." in errors[2] and "in the checkpoint" in errors[2] and "16" in errors[2]
-    assert torch.load(checkpoint, map_location="cpu", weights_only=True)["hyper_parameters"]["width"] == 8  # the original untouched
+    assert (
+        torch.load(checkpoint, map_location="cpu", weights_only=True)["hyper_parameters"]["width"] == 8
+    )  # the original untouched
 
 
 def test_validate_with_a_checkpoint_of_another_shape_is_one_line(checkpoint, tiny_source_args, tmp_path, capsys):
@@ -112,10 +115,18 @@ def test_validate_with_a_checkpoint_of_another_shape_is_one_line(checkpoint, tin
     hyperparameters that say 16 do not fit."""
     shape = _foreign(checkpoint, tmp_path, "shape.ckpt", lambda s: s["hyper_parameters"].update(width=16))
     config = checkpoint.parent.parent / "config.yaml"
-    args = ["validate", f"--config={config}", *tiny_source_args, f"--ckpt_path={shape}", f"--trainer.default_root_dir={tmp_path / 'v'}"]
+    args = [
+        "validate",
+        f"--config={config}",
+        *tiny_source_args,
+        f"--ckpt_path={shape}",
+        f"--trainer.default_root_dir={tmp_path / 'v'}",
+    ]
     assert run_cli(args) == 2
     err = [line for line in capsys.readouterr().err.strip().splitlines() if line.startswith("galgen:")]
-    assert len(err) == 1 and err[0].startswith(f"galgen: error: --ckpt_path {shape} does not fit DiffusionPair with these options: "), err
+    assert len(err) == 1 and err[0].startswith(
+        f"galgen: error: --ckpt_path {shape} does not fit DiffusionPair with these options: "
+    ), err
     assert "of another shape (e.g. model_a." in err[0]
 
 
@@ -138,5 +149,8 @@ def test_missing_optional_package_names_its_extra():
         except ModuleNotFoundError as inner:
             raise RuntimeError("wrapped by a caller") from inner
     except RuntimeError as e:
-        assert missing_extra(e) == "this needs the optional package statmorph, which is not installed: pip install 'galgen[morphology]'"
+        assert (
+            missing_extra(e)
+            == "this needs the optional package statmorph, which is not installed: pip install 'galgen[morphology]'"
+        )
     assert missing_extra(ImportError("something else")) is None

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CONFIGS, run_cli
+from support import CONFIGS, run_cli
 
 from galgen_lightning.sweep import sweep
 from galgen_lightning.sweep.slurm import SlurmOptions
@@ -104,7 +104,9 @@ class Cluster:
     startup_s: float
 
     def run(self, *cmd: str) -> str:
-        return subprocess.run([_binary(cmd[0]) or cmd[0], *cmd[1:]], env=self.env, capture_output=True, text=True, timeout=60).stdout
+        return subprocess.run(
+            [_binary(cmd[0]) or cmd[0], *cmd[1:]], env=self.env, capture_output=True, text=True, timeout=60
+        ).stdout
 
     def jobs(self) -> list[str]:
         """Jobs still pending, running or completing."""
@@ -145,8 +147,16 @@ def cluster(tmp_path_factory):
 
     try:
         m = root / "munge"
-        daemon(_binary("munged"), "--foreground", "--force", f"--key-file={key}", f"--socket={m / 'munge.sock'}",
-               f"--pid-file={m / 'munged.pid'}", f"--log-file={m / 'munged.log'}", f"--seed-file={m / 'munged.seed'}")
+        daemon(
+            _binary("munged"),
+            "--foreground",
+            "--force",
+            f"--key-file={key}",
+            f"--socket={m / 'munge.sock'}",
+            f"--pid-file={m / 'munged.pid'}",
+            f"--log-file={m / 'munged.log'}",
+            f"--seed-file={m / 'munged.seed'}",
+        )
         _wait("munged's socket", lambda: (m / "munge.sock").exists(), 20, 0.1)
         (root / "slurm.conf").write_text(SLURM_CONF.format(root=root, ctld_port=_free_port(), d_port=_free_port()))
         daemon(_binary("slurmctld"), "-D")
@@ -204,7 +214,10 @@ def _profile(tmp_path: Path, ns: list[int], epochs: int, samples_per_epoch: int)
             "logger": False,
             "callbacks": [
                 {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"dirpath": None, "save_last": True}},
-                {"class_path": "galgen_lightning.evaluation.TwoModelsTest", "init_args": {"n_samples": 8, "every_n_epochs": epochs}},
+                {
+                    "class_path": "galgen_lightning.evaluation.TwoModelsTest",
+                    "init_args": {"n_samples": 8, "every_n_epochs": epochs},
+                },
             ],
         },
     }
@@ -225,7 +238,10 @@ def test_job_array_of_three_pairs_then_the_report(cluster, tmp_path, capsys):
     """Three tiny runs as one array on 2 CPUs (one waits: queued), `--status` on the way, the report job after."""
     out = tmp_path / "sweep"
     started = time.monotonic()
-    assert sweep(family=FAMILY, profile=str(_profile(tmp_path, [2, 4, 8], 1, 16)), out=str(out), launcher="slurm", slurm=OPTIONS) == 0
+    assert (
+        sweep(family=FAMILY, profile=str(_profile(tmp_path, [2, 4, 8], 1, 16)), out=str(out), launcher="slurm", slurm=OPTIONS)
+        == 0
+    )
     text = capsys.readouterr().out
     state = json.loads((out / "sweep.json").read_text())
     assert state["launcher"] == "slurm" and state["slurm"]["tasks"] == 3
@@ -255,7 +271,10 @@ def test_job_array_of_three_pairs_then_the_report(cluster, tmp_path, capsys):
     final = _status(out, capsys)
     assert "3 complete" in final and f"report: {out / 'report' / 'index.html'}" in final
     # a second submission finds nothing to train and writes the report itself
-    assert sweep(family=FAMILY, profile=str(_profile(tmp_path, [2, 4, 8], 1, 16)), out=str(out), launcher="slurm", slurm=OPTIONS) == 0
+    assert (
+        sweep(family=FAMILY, profile=str(_profile(tmp_path, [2, 4, 8], 1, 16)), out=str(out), launcher="slurm", slurm=OPTIONS)
+        == 0
+    )
     assert "nothing to submit" in capsys.readouterr().out
 
 
@@ -273,7 +292,12 @@ def test_signalled_tasks_are_requeued_and_resume_with_the_same_split(cluster, tm
 
     splits = {}
     for (folder, job), sig in zip(runs, ("TERM", "USR2")):
-        _wait(f"{folder.name} past its first epoch", lambda f=folder: status(f).get("state") == "running" and status(f).get("epochs_done", 0) >= 1, 300, 0.3)
+        _wait(
+            f"{folder.name} past its first epoch",
+            lambda f=folder: status(f).get("state") == "running" and status(f).get("epochs_done", 0) >= 1,
+            300,
+            0.3,
+        )
         splits[folder.name] = json.loads((folder / "manifest.json").read_text())["split_sha1"]
         cluster.run("scancel", f"--signal={sig}", job)
         _wait(f"{folder.name} interrupted", lambda f=folder: status(f).get("state") == "interrupted", 120, 0.2)

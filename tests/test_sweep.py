@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CONFIGS, read_jsonl, run_cli
+from support import CONFIGS, read_jsonl, run_cli
 
 import galgen_lightning.sweep.runs as sweep_module
 from galgen_lightning.errors import GalgenError
@@ -95,7 +95,10 @@ def test_sweep_over_seeds_shares_one_pool(tmp_path, profile, fake_runner, capsys
     # 2 * max(N) + n_val = 24, plus the DataModule's margin for duplicates: ceil(24 * 1.25) + 64
     assert {_option(c, "data.pool_size") for c in fake_runner} == {"94"}
     text = capsys.readouterr().out
-    assert "seeds 0, 2; every run reads the first 94 source images" in text and "[sweep 3/4] training diffusion-tiny-n2-seed2 (N=2, seed 2)" in text
+    assert (
+        "seeds 0, 2; every run reads the first 94 source images" in text
+        and "[sweep 3/4] training diffusion-tiny-n2-seed2 (N=2, seed 2)" in text
+    )
     state = json.loads((out / "sweep.json").read_text())
     assert state["seeds"] == [0, 2] and state["pool_size"] == 94 and state["data_seed"] is None
     assert [(r["n"], r["seed"], r["data_seed"], r["state"]) for r in state["runs"]] == [
@@ -126,7 +129,9 @@ def test_sweep_keeps_the_pool_of_a_run_it_resumes(tmp_path, profile, fake_runner
     _run(out / "diffusion-tiny-n2-seed0", "complete")
     (out / "diffusion-tiny-n2-seed0" / "manifest.json").write_text(json.dumps({"seed": 0, "pool_size": None}))
     _run(out / "diffusion-tiny-n4-seed0", "failed", checkpoint=True)
-    (out / "diffusion-tiny-n4-seed0" / "sweep.json").write_text(json.dumps({"args": ["fit", "--data.n=4", "--data.pool_size=60"]}))
+    (out / "diffusion-tiny-n4-seed0" / "sweep.json").write_text(
+        json.dumps({"args": ["fit", "--data.n=4", "--data.pool_size=60"]})
+    )
     assert sweep(family="diffusion", profile=str(profile), ns=[2, 4, 8], out=str(out), report=False) == 0
     assert [(_option(c, "data.n"), _option(c, "data.pool_size")) for c in fake_runner] == [("4", "60"), ("8", "100")]
     assert _option(fake_runner[0], "ckpt_path").endswith("diffusion-tiny-n4-seed0/checkpoints/last.ckpt")
@@ -266,7 +271,13 @@ def test_plan_projects_each_run_and_the_total_from_a_benchmark_file(tmp_path, fa
     path.write_text(yaml.safe_dump(config))
     bench = tmp_path / "results.jsonl"
     lines = [
-        {"benchmark": "diffusion", "device": "X", "batch_size": 4, "train_img_per_s_per_model": 5.0, "sampler_evaluations_per_s": 100.0},
+        {
+            "benchmark": "diffusion",
+            "device": "X",
+            "batch_size": 4,
+            "train_img_per_s_per_model": 5.0,
+            "sampler_evaluations_per_s": 100.0,
+        },
         {"benchmark": "fit_loop", "family": "diffusion", "device": "X", "batch_size": 4, "fit_device_img_per_s_per_model": 4.0},
     ]
     bench.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
@@ -300,7 +311,9 @@ def test_sweep_leaves_a_diverged_run_and_stops_at_an_interrupted_one(tmp_path, p
     out = tmp_path / "sweep"
     folder = out / "diffusion-tiny-n2-seed0"
     folder.mkdir(parents=True)
-    (folder / "status.json").write_text(json.dumps({"state": "diverged", "error": "diffusion model a: 20 updates in a row skipped"}))
+    (folder / "status.json").write_text(
+        json.dumps({"state": "diverged", "error": "diffusion model a: 20 updates in a row skipped"})
+    )
     calls: list[list[str]] = []
 
     def interrupted(args, env, log):

@@ -10,7 +10,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from support import run_cli
 
 from galgen_lightning.evaluation import verdict as V
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CONFIGS, read_jsonl
+from support import QUICK_DIFFUSION, TINY_DIFFUSION, read_jsonl
 
 from galgen_lightning import wandb_utils
 
@@ -33,17 +33,8 @@ def _fresh_wandb():
     wandb.teardown()
 
 
-FAMILY = [f"--config={CONFIGS / 'diffusion.yaml'}", f"--config={CONFIGS / 'quick' / 'diffusion.yaml'}"]
-TINY = [
-    "--data.n=8",
-    "--data.n_val=32",
-    "--data.batch_size=8",
-    "--data.samples_per_epoch=16",
-    "--model.init_args.blocks=2",
-    "--model.init_args.width=8",
-    "--model.init_args.max_steps=20",
-    "--trainer.max_epochs=1",
-]
+FAMILY = QUICK_DIFFUSION
+TINY = [*TINY_DIFFUSION, "--data.samples_per_epoch=16", "--trainer.max_epochs=1"]
 
 
 def wandb_records(run: Path) -> list:
@@ -118,7 +109,9 @@ def test_unreachable_server_goes_offline_in_seconds(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
     env.update(WANDB_API_KEY="x" * 40, WANDB_BASE_URL="http://127.0.0.1:1", GALGEN_WANDB_INIT_TIMEOUT="3", WANDB_SILENT="true")
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-c", UNREACHABLE, str(tmp_path)], env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", UNREACHABLE, str(tmp_path)], env=env, capture_output=True, text=True, timeout=120
+    )
     elapsed = time.monotonic() - started
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "mode offline id unreach1" in proc.stdout
@@ -132,7 +125,9 @@ def _fit_offline(args: list[str]) -> int:
     """``galgen fit`` with W&B offline in a fresh interpreter: W&B keeps process-wide state that an
     earlier in-process run of the suite (in disabled mode) could leave behind."""
     env = {**os.environ, "WANDB_MODE": "offline"}
-    done = subprocess.run([sys.executable, "-m", "galgen_lightning.cli", *args], env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "galgen_lightning.cli", *args], env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.returncode
 
@@ -145,7 +140,7 @@ def test_offline_run_files_hold_epoch_charts_identity_and_resume(tmp_path, tiny_
     identity = json.loads((run / "wandb.json").read_text())
     status = json.loads((run / "status.json").read_text())
     assert {"galgen", "torch", "lightning", "cuda", "git_commit"} <= set(status["versions"])
-    (path, records), = wandb_records(run)
+    ((path, records),) = wandb_records(run)
     kinds = {}
     for r in records:
         kinds.setdefault(r.WhichOneof("record_type"), []).append(r)
@@ -169,7 +164,15 @@ def test_offline_run_files_hold_epoch_charts_identity_and_resume(tmp_path, tiny_
 
     # a resume continues the same W&B run
     ckpt = run / "checkpoints" / "last.ckpt"
-    args = ["fit", *FAMILY, *tiny_source_args, *TINY, "--trainer.max_epochs=2", f"--ckpt_path={ckpt}", f"--trainer.default_root_dir={run}"]
+    args = [
+        "fit",
+        *FAMILY,
+        *tiny_source_args,
+        *TINY,
+        "--trainer.max_epochs=2",
+        f"--ckpt_path={ckpt}",
+        f"--trainer.default_root_dir={run}",
+    ]
     assert _fit_offline(args) == 0
     runs = wandb_records(run)
     assert len(runs) == 2

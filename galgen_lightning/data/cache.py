@@ -273,7 +273,14 @@ class ChunkCache:
         redo: what a warning about a damaged chunk says happens next.
     """
 
-    def __init__(self, folder: Path, bounds: Sequence[tuple[int, int]], image_size: int, suffix: str = ".npz", redo: str = "converting it again from the inputs") -> None:
+    def __init__(
+        self,
+        folder: Path,
+        bounds: Sequence[tuple[int, int]],
+        image_size: int,
+        suffix: str = ".npz",
+        redo: str = "converting it again from the inputs",
+    ) -> None:
         self.folder = folder
         self.bounds = list(bounds)
         self.image_size = image_size
@@ -340,7 +347,11 @@ class ChunkCache:
             try:
                 lock.acquire(timeout=0)
             except Timeout:
-                print(f"galgen: waiting for another process that fills the data cache {self.folder} (lock {self.folder / LOCK})", file=sys.stderr, flush=True)
+                print(
+                    f"galgen: waiting for another process that fills the data cache {self.folder} (lock {self.folder / LOCK})",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 lock.acquire()
         except OSError as e:
             raise cache_error(self.folder, e, "lock") from None
@@ -349,7 +360,9 @@ class ChunkCache:
         finally:
             lock.release()
 
-    def _written(self, produced: Iterable[tuple[int, Chunk]], check: Callable[[int, Chunk], None] | None) -> Iterable[tuple[int, Chunk]]:
+    def _written(
+        self, produced: Iterable[tuple[int, Chunk]], check: Callable[[int, Chunk], None] | None
+    ) -> Iterable[tuple[int, Chunk]]:
         make_cache_dir(self.folder)
         for j, chunk in produced:
             if check is not None:

@@ -46,7 +46,9 @@ def check_template(template: str) -> None:
     try:
         fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
     except ValueError as e:
-        raise GalgenError(f"--url_template {template!r} is not a valid template ({e}); write the position as {{ra}} and {{dec}}") from None
+        raise GalgenError(
+            f"--url_template {template!r} is not a valid template ({e}); write the position as {{ra}} and {{dec}}"
+        ) from None
     unknown = sorted({f for f in fields if f not in PLACEHOLDERS})
     if unknown:
         raise GalgenError(
@@ -55,7 +57,10 @@ def check_template(template: str) -> None:
         )
     missing = [p for p in ("ra", "dec") if p not in fields]
     if missing:
-        raise GalgenError(f"--url_template {template!r} lacks {' and '.join('{' + p + '}' for p in missing)}: it must contain {{ra}} and {{dec}}")
+        raise GalgenError(
+            f"--url_template {template!r} lacks {' and '.join('{' + p + '}' for p in missing)}: "
+            "it must contain {ra} and {dec}"
+        )
     if not re.match(r"^https?://", template):
         raise GalgenError(f"--url_template {template!r} must start with http:// or https://")
 
@@ -72,7 +77,8 @@ def _find_column(names: list[str], wanted: str | None, defaults: tuple[str, ...]
         if candidate in by_lower:
             return by_lower[candidate]
     raise GalgenError(
-        f"the catalogue {path} has no {what} column (looked for {', '.join(defaults)}; columns: {', '.join(names[:20]) or 'none'}); name it with {option}"
+        f"the catalogue {path} has no {what} column (looked for {', '.join(defaults)}; "
+        f"columns: {', '.join(names[:20]) or 'none'}); name it with {option}"
     )
 
 
@@ -137,7 +143,10 @@ def read_catalogue(
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             rule = f"{low:g} <= {name} {'<=' if closed else '<'} {high:g} degrees"
-            raise GalgenError(f"the catalogue {path}: row {i} has {name} = {values[i]!r}, out of range ({int(bad.sum())} such rows); expected {rule}")
+            raise GalgenError(
+                f"the catalogue {path}: row {i} has {name} = {values[i]!r}, out of range "
+                f"({int(bad.sum())} such rows); expected {rule}"
+            )
     if id_column is not None:
         id_name = _find_column(names, id_column, (), "--id_column", "id", path)
         ids = [SAFE_NAME.sub("_", str(v).strip()).strip("._") for v in table[id_name]]
@@ -147,7 +156,9 @@ def read_catalogue(
         seen: dict[str, int] = {}
         for i, v in enumerate(ids):
             if v in seen:
-                raise GalgenError(f"the catalogue {path}: column {id_name!r} repeats {v!r} (rows {seen[v]} and {i}); file names must be unique")
+                raise GalgenError(
+                    f"the catalogue {path}: column {id_name!r} repeats {v!r} (rows {seen[v]} and {i}); file names must be unique"
+                )
             seen[v] = i
     else:
         width = max(6, len(str(len(table) - 1)))

@@ -40,7 +40,8 @@ def build_parser():
     parser = parser_class(
         prog="galgen data",
         description="Data for galgen: 'download' FITS cutouts from a catalogue of positions, 'convert' a source into the cache "
-        "galgen fit reads, 'inspect' a source (counts, rejections, duplicates, pixel statistics, image grids). See docs/real-data.md.",
+        "galgen fit reads, 'inspect' a source (counts, rejections, duplicates, pixel statistics, image grids). "
+        "See docs/real-data.md.",
     )
     commands = parser.add_subcommands(dest="command", required=True)
     for name, (module, attr, positional) in COMMANDS.items():

@@ -294,9 +294,13 @@ class GalaxyPairDataModule(L.LightningDataModule):
             )
         if pool_size is not None:
             if pool_size < need:
-                raise GalgenError(f"data.pool_size = {pool_size} is below 2 * n + n_val = {need}; raise data.pool_size or lower data.n")
+                raise GalgenError(
+                    f"data.pool_size = {pool_size} is below 2 * n + n_val = {need}; raise data.pool_size or lower data.n"
+                )
             if pool_size > available:
-                raise GalgenError(f"data.pool_size = {pool_size} but the source has only {available} images; lower data.pool_size")
+                raise GalgenError(
+                    f"data.pool_size = {pool_size} but the source has only {available} images; lower data.pool_size"
+                )
         self.split: Split | None = None
         self.hashes: dict[str, list[str]] = {}
         self.subsets: dict[str, torch.Tensor] = {}
@@ -361,7 +365,9 @@ class GalaxyPairDataModule(L.LightningDataModule):
         digests: list[str | None] = [None] * torch.distributed.get_world_size()
         torch.distributed.all_gather_object(digests, self.split_digest())
         if len(set(digests)) != 1:
-            raise GalgenError(f"data: the ranks built different splits ({len(set(digests))} distinct); is the source deterministic?")
+            raise GalgenError(
+                f"data: the ranks built different splits ({len(set(digests))} distinct); is the source deterministic?"
+            )
 
     def subset_images(self, subset: str) -> torch.Tensor:
         """All images of subset ``"a"``, ``"b"`` or ``"val"`` as ``(N, 1, H, W)`` float32 (CPU)."""

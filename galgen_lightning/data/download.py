@@ -39,9 +39,7 @@ from galgen_lightning.data.catalogue import CutoutSpec, Galaxy, check_cutout, ch
 from galgen_lightning.data.fetch import Fetcher, Stopped
 from galgen_lightning.errors import GalgenError
 
-DEFAULT_URL_TEMPLATE = (
-    "https://www.legacysurvey.org/viewer/fits-cutout?ra={ra}&dec={dec}&layer={layer}&pixscale={pixscale}&bands={bands}&size={size}"
-)
+DEFAULT_URL_TEMPLATE = "https://www.legacysurvey.org/viewer/fits-cutout?ra={ra}&dec={dec}&layer={layer}&pixscale={pixscale}&bands={bands}&size={size}"
 """The Legacy Survey viewer's FITS cutout service, one request per galaxy (all bands in one cube)."""
 
 
@@ -136,7 +134,12 @@ class Manifest:
 
 
 # ======================================================================== the command
-_WHY = {13: "permission denied", 30: "read-only file system", 28: "no space left on the disk", 20: "a path component is a file, not a folder"}
+_WHY = {
+    13: "permission denied",
+    30: "read-only file system",
+    28: "no space left on the disk",
+    20: "a path component is a file, not a folder",
+}
 
 
 def _write_error(out: Path, error: OSError) -> GalgenError:
@@ -161,7 +164,9 @@ def _locked(out: Path) -> Iterator[None]:
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
-                raise GalgenError(f"--out {out}: another galgen data download is writing to it ({out / LOCK} is locked)") from None
+                raise GalgenError(
+                    f"--out {out}: another galgen data download is writing to it ({out / LOCK} is locked)"
+                ) from None
         yield
     finally:
         handle.close()
@@ -244,7 +249,14 @@ def download(
     check_template(url_template)
     if not re.fullmatch(r"[A-Za-z]+", bands) or len(set(bands)) != len(bands):
         raise GalgenError(f"--bands must be band letters, each once (e.g. grz), got {bands!r}")
-    for option, value in (("size", size), ("pixscale", pixscale), ("workers", workers), ("timeout", timeout), ("backoff", backoff), ("max_backoff", max_backoff)):
+    for option, value in (
+        ("size", size),
+        ("pixscale", pixscale),
+        ("workers", workers),
+        ("timeout", timeout),
+        ("backoff", backoff),
+        ("max_backoff", max_backoff),
+    ):
         if value is None or value <= 0:
             raise GalgenError(f"--{option} must be positive, got {value}")
     if rate is not None and rate <= 0:
@@ -264,7 +276,13 @@ def download(
         raise GalgenError(f"--out {outdir}: cannot write there: it is a file, not a folder")
     spec = CutoutSpec(bands, size, min_finite)
     params = {"layer": layer, "bands": bands, "pixscale": f"{pixscale:g}", "size": size}
-    header = {"kind": "download", "format": MANIFEST_FORMAT, "url_template": url_template, "catalogue": str(Path(catalogue).expanduser().resolve()), **params}
+    header = {
+        "kind": "download",
+        "format": MANIFEST_FORMAT,
+        "url_template": url_template,
+        "catalogue": str(Path(catalogue).expanduser().resolve()),
+        **params,
+    }
 
     with _locked(outdir):
         _probe(outdir)
@@ -283,8 +301,10 @@ def download(
         try:
             todo, before = _plan(galaxies, manifest, outdir, spec, retry_failed, verify)
             print(
-                f"galgen: data download: {len(galaxies):,} of the {total_rows:,} galaxies of {catalogue}: {before['done']:,} already done, "
-                f"{before['failed']:,} failed before, {len(todo):,} to download into {outdir} ({workers} worker{'s' * (workers != 1)}, "
+                f"galgen: data download: {len(galaxies):,} of the {total_rows:,} galaxies of {catalogue}: "
+                f"{before['done']:,} already done, "
+                f"{before['failed']:,} failed before, {len(todo):,} to download into {outdir} "
+                f"({workers} worker{'s' * (workers != 1)}, "
                 f"{'no rate limit' if rate is None else f'at most {rate:g} requests/s'})",
                 flush=True,
             )
@@ -294,7 +314,9 @@ def download(
             manifest.close()
 
 
-def _plan(galaxies: list[Galaxy], manifest: Manifest, outdir: Path, spec: CutoutSpec, retry_failed: bool, verify: bool) -> tuple[list[Galaxy], Counter]:
+def _plan(
+    galaxies: list[Galaxy], manifest: Manifest, outdir: Path, spec: CutoutSpec, retry_failed: bool, verify: bool
+) -> tuple[list[Galaxy], Counter]:
     """The galaxies to download, and the counts of those done or failed before."""
     before: Counter = Counter()
     todo: list[Galaxy] = []
@@ -311,7 +333,18 @@ def _plan(galaxies: list[Galaxy], manifest: Manifest, outdir: Path, spec: Cutout
         if record is None and path.is_file():  # renamed by a run killed before it wrote the manifest line
             if check_cutout(path, spec) is None:
                 st = path.stat()
-                manifest.append({"name": g.name, "row": g.row, "ra": g.ra, "dec": g.dec, "state": "done", "attempts": 0, "bytes": st.st_size, "detail": "found on disk"})
+                manifest.append(
+                    {
+                        "name": g.name,
+                        "row": g.row,
+                        "ra": g.ra,
+                        "dec": g.dec,
+                        "state": "done",
+                        "attempts": 0,
+                        "bytes": st.st_size,
+                        "detail": "found on disk",
+                    }
+                )
                 before["done"] += 1
                 continue
         if path.is_file():
@@ -332,7 +365,9 @@ def _run(galaxies: list[Galaxy], todo: list[Galaxy], manifest: Manifest, outdir:
     queue = iter(todo)
     running: dict[Future, Galaxy] = {}
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="galgen-download") as pool:
-        with tqdm(total=len(todo), unit="cutout", desc="galgen: download", disable=None, file=sys.stderr, dynamic_ncols=True) as bar:
+        with tqdm(
+            total=len(todo), unit="cutout", desc="galgen: download", disable=None, file=sys.stderr, dynamic_ncols=True
+        ) as bar:
             try:
                 while True:
                     while len(running) < 2 * workers and not stop.is_set():
@@ -388,8 +423,10 @@ def _run(galaxies: list[Galaxy], todo: list[Galaxy], manifest: Manifest, outdir:
     rate_text = f", {downloaded / elapsed:.1f} cutouts/s" if downloaded and elapsed > 0 else ""
     fails = f" ({_outcome_text(failed)})" if failed else ""
     print(
-        f"galgen: data download: {len(galaxies):,} galaxies: {counts['done']:,} done ({downloaded:,} now, {counts['done'] - downloaded:,} before), "
-        f"{counts['failed']:,} failed{fails}, {counts['pending']:,} pending, in {elapsed:.1f} s{rate_text}; manifest {manifest.path}",
+        f"galgen: data download: {len(galaxies):,} galaxies: {counts['done']:,} done "
+        f"({downloaded:,} now, {counts['done'] - downloaded:,} before), "
+        f"{counts['failed']:,} failed{fails}, {counts['pending']:,} pending, in {elapsed:.1f} s{rate_text}; "
+        f"manifest {manifest.path}",
         flush=True,
     )
     if fatal is not None:
@@ -397,4 +434,10 @@ def _run(galaxies: list[Galaxy], todo: list[Galaxy], manifest: Manifest, outdir:
     if interrupted:
         print("galgen: data download: interrupted; run the same command again to carry on", file=sys.stderr, flush=True)
         raise SystemExit(130)
-    return {"done": counts["done"], "failed": counts["failed"], "pending": counts["pending"], "downloaded": downloaded, "by_reason": dict(failed)}
+    return {
+        "done": counts["done"],
+        "failed": counts["failed"],
+        "pending": counts["pending"],
+        "downloaded": downloaded,
+        "by_reason": dict(failed),
+    }

@@ -136,15 +136,26 @@ class Fetcher:
                             reason, detail = f"http {status}", f"HTTP {status} {response.reason or ''}".strip()
                             retry_after = retry_after_seconds(response.headers.get("Retry-After"))
                         elif not 200 <= status < 300:
-                            return self._record(galaxy, "failed", f"http {status}", f"HTTP {status} {response.reason or ''}".strip(), attempt, started)
+                            return self._record(
+                                galaxy,
+                                "failed",
+                                f"http {status}",
+                                f"HTTP {status} {response.reason or ''}".strip(),
+                                attempt,
+                                started,
+                            )
                         else:
                             size = self._save(response, tmp)
                             if size is None:
-                                return self._record(galaxy, "failed", "too large", f"body larger than {self.max_bytes:,} bytes", attempt, started)
+                                return self._record(
+                                    galaxy, "failed", "too large", f"body larger than {self.max_bytes:,} bytes", attempt, started
+                                )
                             problem = check_cutout(tmp, self.spec)
                             if problem is not None:
                                 kind = response.headers.get("Content-Type", "?").split(";")[0]
-                                return self._record(galaxy, "failed", "invalid", f"{problem} (HTTP {status}, {kind})", attempt, started)
+                                return self._record(
+                                    galaxy, "failed", "invalid", f"{problem} (HTTP {status}, {kind})", attempt, started
+                                )
                             os.replace(tmp, final)
                             return self._record(galaxy, "done", "", "", attempt, started, size=size)
                 except requests.exceptions.ChunkedEncodingError as e:
@@ -163,7 +174,9 @@ class Fetcher:
                     return self._record(galaxy, "failed", "request", _short(e), attempt, started)
                 if attempt <= self.retries and self.stop.wait(self._delay(attempt - 1, retry_after)):
                     raise Stopped
-            return self._record(galaxy, "failed", reason, f"{detail}; gave up after {attempt} attempts", attempt, started, transient=True)
+            return self._record(
+                galaxy, "failed", reason, f"{detail}; gave up after {attempt} attempts", attempt, started, transient=True
+            )
         finally:
             if tmp.exists():
                 tmp.unlink(missing_ok=True)
@@ -190,8 +203,25 @@ class Fetcher:
             raise _Truncated(f"truncated body ({size:,} of {int(expected):,} bytes)")
         return size
 
-    def _record(self, galaxy: Galaxy, state: str, reason: str, detail: str, attempts: int, started: float, size: int = 0, transient: bool = False) -> dict:
-        record = {"name": galaxy.name, "row": galaxy.row, "ra": galaxy.ra, "dec": galaxy.dec, "state": state, "attempts": attempts}
+    def _record(
+        self,
+        galaxy: Galaxy,
+        state: str,
+        reason: str,
+        detail: str,
+        attempts: int,
+        started: float,
+        size: int = 0,
+        transient: bool = False,
+    ) -> dict:
+        record = {
+            "name": galaxy.name,
+            "row": galaxy.row,
+            "ra": galaxy.ra,
+            "dec": galaxy.dec,
+            "state": state,
+            "attempts": attempts,
+        }
         record["seconds"] = round(time.monotonic() - started, 3)
         record["time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         if state == "done":

@@ -111,7 +111,13 @@ def convert(source: GalaxySource, image_size: int = 64, count: int | None = None
         f"{f'; cache {folder}' if folder else ''}",
         flush=True,
     )
-    return {"inputs": inputs, "usable": len(images), "rejected": by_reason, "seconds": round(elapsed, 2), "cache": str(folder) if folder else None}
+    return {
+        "inputs": inputs,
+        "usable": len(images),
+        "rejected": by_reason,
+        "seconds": round(elapsed, 2),
+        "cache": str(folder) if folder else None,
+    }
 
 
 # ============================================================================ inspect
@@ -245,9 +251,20 @@ def _nearest(val: np.ndarray, train: np.ndarray) -> dict[str, float]:
 
     from galgen_lightning.metrics import nearest_similarity
 
-    sims, _ = nearest_similarity(torch.from_numpy(np.ascontiguousarray(val))[:, None], torch.from_numpy(np.ascontiguousarray(train))[:, None], mean_removed=True, transforms=True)
+    sims, _ = nearest_similarity(
+        torch.from_numpy(np.ascontiguousarray(val))[:, None],
+        torch.from_numpy(np.ascontiguousarray(train))[:, None],
+        mean_removed=True,
+        transforms=True,
+    )
     s = sims.double().numpy()
-    return {"median": float(np.median(s)), "p99": float(np.quantile(s, 0.99)), "mean": float(s.mean()), "heldout": len(val), "train": len(train)}
+    return {
+        "median": float(np.median(s)),
+        "p99": float(np.quantile(s, 0.99)),
+        "mean": float(s.mean()),
+        "heldout": len(val),
+        "train": len(train),
+    }
 
 
 def inspect(
@@ -302,21 +319,35 @@ def inspect(
     info = source.describe()
     inputs, by_reason = _rejections(info)
     label = _label(source, info)
-    summary: dict[str, Any] = {"source": info, "image_size": image_size, "available": available, "inputs": inputs, "usable": len(images)}
+    summary: dict[str, Any] = {
+        "source": info,
+        "image_size": image_size,
+        "available": available,
+        "inputs": inputs,
+        "usable": len(images),
+    }
     summary["rejected"] = by_reason
     head = f"{inputs:,} inputs, " if inputs is not None else ""
-    print(f"galgen: data inspect: {label}: {head}{len(images):,} usable images at {image_size}px, {_rejected_text(by_reason)}", flush=True)
+    print(
+        f"galgen: data inspect: {label}: {head}{len(images):,} usable images at {image_size}px, {_rejected_text(by_reason)}",
+        flush=True,
+    )
 
     drop = duplicate_mask(images, dedup_threshold)
     summary["duplicates"] = {"images": len(images), "removed": int(drop.sum()), "threshold": dedup_threshold}
-    line = f"galgen: duplicates: {int(drop.sum()):,} of {len(images):,} ({drop.mean():.1%}) repeat an earlier image (correlation > {dedup_threshold:g})"
+    line = (
+        f"galgen: duplicates: {int(drop.sum()):,} of {len(images):,} ({drop.mean():.1%}) repeat an earlier image "
+        f"(correlation > {dedup_threshold:g})"
+    )
     dm = None
     split_error: GalgenError | None = None
     if n is not None:
         from galgen_lightning.data.datamodule import GalaxyPairDataModule
 
         try:
-            dm = GalaxyPairDataModule(source=source, image_size=image_size, n=n, n_val=n_val, seed=seed, dedup_threshold=dedup_threshold)
+            dm = GalaxyPairDataModule(
+                source=source, image_size=image_size, n=n, n_val=n_val, seed=seed, dedup_threshold=dedup_threshold
+            )
             dm.setup()
         except GalgenError as e:  # too few distinct images for this n: said at the end, after the grids are written
             dm, split_error = None, e
@@ -325,7 +356,13 @@ def inspect(
         else:
             split = dm.split
             assert split is not None
-            summary["split"] = {"n": n, "n_val": n_val, "seed": seed, "pool": split.n_pool, "duplicates_removed": split.n_duplicates}
+            summary["split"] = {
+                "n": n,
+                "n_val": n_val,
+                "seed": seed,
+                "pool": split.n_pool,
+                "duplicates_removed": split.n_duplicates,
+            }
             line += f"; at n={n}, n_val={n_val}: {split.n_duplicates:,} removed from a pool of {split.n_pool:,}"
     print(line, flush=True)
 
@@ -334,7 +371,8 @@ def inspect(
     print(
         f"galgen: pixels: mean {stats['mean']:.4f}, std {stats['std']:.4f}, min {stats['min']:.4f}, 1% {stats['p01']:.4f}, "
         f"median {stats['median']:.4f}, 99% {stats['p99']:.4f}, max {stats['max']:.4f}; {stats['zero_fraction']:.2%} at 0, "
-        f"{stats['one_fraction']:.2%} at 1; per-image mean varies by {stats['image_mean_std']:.4f}; {stats['flat_images']} flat images",
+        f"{stats['one_fraction']:.2%} at 1; per-image mean varies by {stats['image_mean_std']:.4f}; "
+        f"{stats['flat_images']} flat images",
         flush=True,
     )
 
@@ -351,7 +389,13 @@ def inspect(
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(len(images), size=min(grid * grid, len(images)), replace=False))
     panels = [(images[i], f"#{i}" + (" (dup)" if drop[i] else "")) for i in pick]
-    _grid(panels, outdir / "images.png", f"{label}: {len(pick)} random of {len(images):,} usable images at {image_size}px (0 black, 1 white)", grid, unit_range=True)
+    _grid(
+        panels,
+        outdir / "images.png",
+        f"{label}: {len(pick)} random of {len(images):,} usable images at {image_size}px (0 black, 1 white)",
+        grid,
+        unit_range=True,
+    )
     written.append(outdir / "images.png")
 
     rejected = _rejected_inputs(source, image_size)
@@ -359,7 +403,10 @@ def inspect(
     stale = outdir / "rejected.png"
     if rejected:
         show = [rejected[i] for i in np.sort(rng.choice(len(rejected), size=min(grid * grid, len(rejected), 25), replace=False))]
-        rpanels = [(_preview(source, item), _wrap(f"{Path(name).name}: {detail or reason}", lines=4)) for name, item, reason, detail in show]
+        rpanels = [
+            (_preview(source, item), _wrap(f"{Path(name).name}: {detail or reason}", lines=4))
+            for name, item, reason, detail in show
+        ]
         _grid(rpanels, stale, f"{label}: {len(show)} of {len(rejected):,} rejected inputs", min(grid, 5))
         summary["rejected_shown"] = [{"name": name, "reason": reason, "detail": detail} for name, _, reason, detail in show]
         written.append(stale)
@@ -372,7 +419,11 @@ def inspect(
     except OSError as e:
         raise GalgenError(f"--out {outdir}: cannot write summary.json: {e.strerror}") from None
     written.append(outdir / "summary.json")
-    note = "" if rejected else (" (no rejected input to show)" if not by_reason else " (this source keeps no image of its rejected inputs)")
+    note = (
+        ""
+        if rejected
+        else (" (no rejected input to show)" if not by_reason else " (this source keeps no image of its rejected inputs)")
+    )
     print(f"galgen: wrote {', '.join(str(p) for p in written)}{note}", flush=True)
     if split_error is not None:
         raise GalgenError(f"galgen data inspect --n {n}: {split_error}")

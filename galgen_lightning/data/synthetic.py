@@ -68,6 +68,7 @@ def renderer_digest() -> str:
         digest.update(path.read_bytes())
     return digest.hexdigest()[:10]
 
+
 # ----------------------------------------------------------------------------- rendering
 def _shift_factors(positions: np.ndarray, kx: np.ndarray, ky: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The shift theorem, factored: the transform of a unit delta at ``positions[i]`` (arcsec)

@@ -16,4 +16,13 @@ from galgen_lightning.evaluation.inversion import InversionTest
 from galgen_lightning.evaluation.morphology import MorphologyTest
 from galgen_lightning.evaluation.two_models import TwoModelsTest
 
-__all__ = ["DenoisingTest", "DiscriminatorTest", "EvalCallback", "InversionTest", "MorphologyTest", "TwoModelsTest", "run_dir", "to_uint8"]
+__all__ = [
+    "DenoisingTest",
+    "DiscriminatorTest",
+    "EvalCallback",
+    "InversionTest",
+    "MorphologyTest",
+    "TwoModelsTest",
+    "run_dir",
+    "to_uint8",
+]

@@ -23,7 +23,7 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 
 from galgen_lightning.errors import GalgenError
-from galgen_lightning.evaluation.progress import bars_enabled, counting_batches, progress_bar
+from galgen_lightning.evaluation.progress import bars_enabled, progress_bar
 from galgen_lightning.rundir import RunDir
 
 _SAMPLES_KEY = "_galgen_eval_samples"
@@ -98,7 +98,8 @@ class EvalCallback(L.Callback):
             raise GalgenError(
                 f"trainer.callbacks: {cls.__name__} needs a family with {', '.join(missing)}"
                 + (f" ({cls.fits})" if cls.fits else "")
-                + f"; {(pl_module if isinstance(pl_module, type) else type(pl_module)).__name__} has none: remove the test from the config"
+                + f"; {(pl_module if isinstance(pl_module, type) else type(pl_module)).__name__} has none: "
+                "remove the test from the config"
             )
 
     _started: float | None = None
@@ -149,7 +150,11 @@ class EvalCallback(L.Callback):
 
     @staticmethod
     def samples(
-        pl_module: L.LightningModule, n: int, seed: int, batch_size: int | None = None, progress: Callable[[int], None] | None = None
+        pl_module: L.LightningModule,
+        n: int,
+        seed: int,
+        batch_size: int | None = None,
+        progress: Callable[[int], None] | None = None,
     ):
         """``pl_module.sample(n, seed)``, shared by the tests of one evaluation.
 
@@ -170,15 +175,17 @@ class EvalCallback(L.Callback):
             if len(have.a) == n:
                 return have
             return type(have)(a=have.a[:n], b=have.b[:n], ok_a=have.ok_a[:n], ok_b=have.ok_b[:n], info={})
-        with counting_batches(pl_module, progress) if progress is not None else contextlib.nullcontext():
-            samples = pl_module.sample(n, seed, batch_size=batch_size)
+        samples = pl_module.sample(n, seed, batch_size=batch_size, progress=progress)
         pl_module.__dict__[_SAMPLES_KEY] = (seed, samples)
         return samples
 
     def draw_samples(self, trainer: L.Trainer, pl_module: L.LightningModule, n: int, seed: int, batch_size: int | None = None):
         """:meth:`samples` with a progress bar per generated batch, timed as ``sampling_seconds``
         (about 0 when an earlier test of the same evaluation drew them)."""
-        with self.timed("sampling"), progress_bar(2 * n, f"{self.name}: sampling A and B", "sample", bars_enabled(trainer)) as bar:
+        with (
+            self.timed("sampling"),
+            progress_bar(2 * n, f"{self.name}: sampling A and B", "sample", bars_enabled(trainer)) as bar,
+        ):
             return self.samples(pl_module, n, seed, batch_size=batch_size, progress=bar.update)
 
     def bar(self, trainer: L.Trainer, total: int, what: str, unit: str):
@@ -222,7 +229,9 @@ class EvalCallback(L.Callback):
             if isinstance(logger, WandbLogger):
                 import wandb
 
-                data = {f"{self.name}/{k}": wandb.Histogram(np.asarray(v)[np.isfinite(v)]) for k, v in arrays.items() if np.size(v)}
+                data = {
+                    f"{self.name}/{k}": wandb.Histogram(np.asarray(v)[np.isfinite(v)]) for k, v in arrays.items() if np.size(v)
+                }
                 logger.experiment.log({**data, "epoch": trainer.current_epoch, "trainer/global_step": trainer.global_step})
 
     def save_figure(self, trainer: L.Trainer, fig, key: str, tag: str = "", log: bool = True) -> Path:
@@ -273,7 +282,9 @@ class EvalCallback(L.Callback):
             raise ValueError(f"log_images: {len(images)} images but {len(captions)} captions")
         data = [wandb.Image(image, caption=caption) for image, caption in zip(images, captions)]
         for logger in loggers:
-            logger.experiment.log({f"{self.name}/{key}": data, "epoch": trainer.current_epoch, "trainer/global_step": trainer.global_step})
+            logger.experiment.log(
+                {f"{self.name}/{key}": data, "epoch": trainer.current_epoch, "trainer/global_step": trainer.global_step}
+            )
 
 
 def mosaic(rows: list[torch.Tensor], pad: int = 2) -> np.ndarray:
@@ -306,4 +317,3 @@ def averaging_after_tests(callbacks: list) -> list:
     rest = [c for c in callbacks if not isinstance(c, WeightAveraging)]
     cut = max(i for i, c in enumerate(rest) if isinstance(c, EvalCallback)) + 1
     return rest[:cut] + averaging + rest[cut:]
-

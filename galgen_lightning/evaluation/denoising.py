@@ -112,7 +112,15 @@ class DenoisingTest(EvalCallback):
             for which, color in (("a", "tab:red"), ("b", "tab:blue")):
                 out = curves[f"psnr_out_{which}_{name}"]
                 for k, row in enumerate(out):  # each image, thin
-                    ax.plot(x, row, "-", color=color, alpha=0.2, lw=0.8, label=f"model {which.upper()}, each image" if k == 0 else None)
+                    ax.plot(
+                        x,
+                        row,
+                        "-",
+                        color=color,
+                        alpha=0.2,
+                        lw=0.8,
+                        label=f"model {which.upper()}, each image" if k == 0 else None,
+                    )
                 ax.plot(x, out.mean(axis=0), "o-", color=color, label=f"model {which.upper()}, mean over images")
             ax.set_title(f"{titles[name]} ({len(curves[f'psnr_in_{name}'])} images)")
             ax.set_xlabel("PSNR of the noisy input (dB)")

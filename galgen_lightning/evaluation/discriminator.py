@@ -232,7 +232,7 @@ class DiscriminatorTest(EvalCallback):
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         dm = trainer.datamodule
         reals = {s: dm.subset_images(s) for s in (*MODELS, "val")}
-        batch_size = self.batch_size or getattr(pl_module.hparams, "sample_batch_size", 256)
+        batch_size = self.batch_size or pl_module.sample_batch_size
         losses = discriminator_losses(pl_module, reals, self.n_samples, self.seed, self.head, self.ema, batch_size, self.val)
         scalars = discriminator_statistics(losses)
         self._monitored = {k: scalars[k] for k in MONITORED}
@@ -258,7 +258,9 @@ class DiscriminatorTest(EvalCallback):
             return
         chart = wandb.plot.line_series(xs=xs, ys=ys, keys=keys, title="mean per-sample hinge loss of each curve", xname="epoch")
         for logger in loggers:
-            logger.experiment.log({f"{self.name}/{CHART_KEY}": chart, "epoch": trainer.current_epoch, "trainer/global_step": trainer.global_step})
+            logger.experiment.log(
+                {f"{self.name}/{CHART_KEY}": chart, "epoch": trainer.current_epoch, "trainer/global_step": trainer.global_step}
+            )
 
     @staticmethod
     def _history(trainer: L.Trainer) -> list[dict]:
@@ -321,7 +323,9 @@ class DiscriminatorTest(EvalCallback):
         return fig
 
 
-def mean_series(history: list[dict], curves: tuple[str, ...] = (*CURVES, *VAL_CURVES)) -> tuple[list[list[int]], list[list[float]], list[str]]:
+def mean_series(
+    history: list[dict], curves: tuple[str, ...] = (*CURVES, *VAL_CURVES)
+) -> tuple[list[list[int]], list[list[float]], list[str]]:
     """Per curve, the epochs and its mean loss at each, from this test's ``metrics.jsonl`` records.
 
     Args:

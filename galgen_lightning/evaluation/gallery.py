@@ -74,8 +74,10 @@ def captions(selection: dict[str, np.ndarray], kind: str) -> list[str]:
         o = OTHER[m]
         out.append(
             f"sample {int(selection[f'gallery_{kind}_idx'][i])} of {m.upper()}: "
-            f"nearest in {m.upper()} (#{int(selection[f'gallery_{kind}_own_index'][i])}) {selection[f'gallery_{kind}_own'][i]:.3f}, "
-            f"nearest in {o.upper()} (#{int(selection[f'gallery_{kind}_other_index'][i])}) {selection[f'gallery_{kind}_other'][i]:.3f}, "
+            f"nearest in {m.upper()} (#{int(selection[f'gallery_{kind}_own_index'][i])}) "
+            f"{selection[f'gallery_{kind}_own'][i]:.3f}, "
+            f"nearest in {o.upper()} (#{int(selection[f'gallery_{kind}_other_index'][i])}) "
+            f"{selection[f'gallery_{kind}_other'][i]:.3f}, "
             f"own - other {selection[f'gallery_{kind}_gap'][i]:+.3f}"
         )
     return out

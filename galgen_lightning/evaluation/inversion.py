@@ -258,7 +258,7 @@ class InversionTest(EvalCallback):
         shapes = pl_module.latent_shapes
         idx = torch.arange(self.n_samples, device=pl_module.device)
         z = [self.temperature * counter_normal(self.seed, idx, tuple(s), stream=k) for k, s in enumerate(shapes)]
-        batch_size = self.batch_size or getattr(pl_module.hparams, "sample_batch_size", None)
+        batch_size = self.batch_size or pl_module.sample_batch_size
         stats = inversion_statistics(pl_module.model_a, pl_module.model_b, z, batch_size)
 
         self.log_scalars(trainer, flat_scalars(stats))

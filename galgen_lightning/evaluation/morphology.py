@@ -144,11 +144,13 @@ class MorphologyTest(EvalCallback):
         if workers > 1 and self._pool is None:
             self._pool = WorkerPool(workers, PRELOAD)
         progress = self.progress if progress is None else progress
-        return measure_groups(groups, self.options, workers=workers, progress=progress, desc=f"{self.name}: statmorph", pool=self._pool)
+        return measure_groups(
+            groups, self.options, workers=workers, progress=progress, desc=f"{self.name}: statmorph", pool=self._pool
+        )
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         dm = trainer.datamodule
-        batch_size = self.batch_size or getattr(pl_module.hparams, "sample_batch_size", None)
+        batch_size = self.batch_size or pl_module.sample_batch_size
         samples = self.draw_samples(trainer, pl_module, self.n_samples, self.seed, batch_size=batch_size)
         todo = {f"sample_{w}": (samples[w], samples.ok(w).numpy()) for w in ("a", "b")}
         real: dict[str, tuple[tuple[str, str], np.ndarray]] = {}

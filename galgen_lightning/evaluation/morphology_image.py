@@ -322,7 +322,9 @@ def measure_image(image: np.ndarray, options: MorphologyOptions | None = None) -
                 sigma = 1.0 / 255
             extra = {"sky": sky, "sky_sigma": sigma}
             data = image - sky
-            segmap = segment(data, sigma, options.threshold, options.smoothing, opts["n_pixels"], options.deblend, options.min_snr)
+            segmap = segment(
+                data, sigma, options.threshold, options.smoothing, opts["n_pixels"], options.deblend, options.min_snr
+            )
         except Exception as e:  # astropy or photutils on an image they cannot handle
             return failed_measurement("segmentation_error", f"{type(e).__name__}: {e}")
         label = main_label(segmap) if segmap is not None else 0

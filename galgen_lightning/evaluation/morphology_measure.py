@@ -81,7 +81,14 @@ def _measure_chunk(images: Sequence[np.ndarray], options: MorphologyOptions) -> 
     return [measure_image(image, options) for image in images]
 
 
-PRELOAD = ["galgen_lightning.evaluation.morphology_measure", "statmorph", "photutils.segmentation", "astropy.stats", "scipy.ndimage", "scipy.stats"]
+PRELOAD = [
+    "galgen_lightning.evaluation.morphology_measure",
+    "statmorph",
+    "photutils.segmentation",
+    "astropy.stats",
+    "scipy.ndimage",
+    "scipy.stats",
+]
 
 
 def _measure_parallel(x: Sequence[np.ndarray], options: MorphologyOptions, pool: WorkerPool, bar: Any) -> list[Measurement]:
@@ -103,7 +110,11 @@ def _measure_parallel(x: Sequence[np.ndarray], options: MorphologyOptions, pool:
     except BrokenProcessPool:
         pool.discard()
         missing = sum(b - a for k, (a, b) in enumerate(chunks) if k not in done)
-        warnings.warn(f"morphology: a worker process died; measuring the {missing} remaining images in this process", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"morphology: a worker process died; measuring the {missing} remaining images in this process",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     for k, (a, b) in enumerate(chunks):
         if k not in done:
             done[k] = _measure_chunk(x[a:b], options)

@@ -66,6 +66,7 @@ COMPARISONS: tuple[tuple[str, str], ...] = (
 )
 """Pairs of groups whose distributions are compared; ``real_a`` vs ``val`` is the baseline."""
 
+
 def counts(group: dict[str, np.ndarray], max_flag: int = 1) -> dict[str, float]:
     """How many images of one group were measured, failed (per reason), flagged, suspect, used."""
     reason = group["reason"]
@@ -214,9 +215,18 @@ def morphology_figure(
             edges = np.linspace(low, high, bins + 1)
             for key, values in data.items():
                 if values.size:
-                    ax.hist(np.clip(values, low, high), bins=edges, density=True, **{**_STYLE[key], "label": f"{_STYLE[key]['label']} ({values.size})"})
+                    ax.hist(
+                        np.clip(values, low, high),
+                        bins=edges,
+                        density=True,
+                        **{**_STYLE[key], "label": f"{_STYLE[key]['label']} ({values.size})"},
+                    )
         parts = []
-        for (x, y), short in ((("sample_a", "sample_b"), "A-B"), (("sample_a", "real_a"), "A-realA"), (("real_a", "val"), "realA-val")):
+        for (x, y), short in (
+            (("sample_a", "sample_b"), "A-B"),
+            (("sample_a", "real_a"), "A-realA"),
+            (("real_a", "val"), "realA-val"),
+        ):
             w1 = scalars.get(f"{x}_vs_{y}/{variable}_w1")
             if w1 is not None and np.isfinite(w1):
                 parts.append(f"{short} {w1:.3g}")
@@ -236,8 +246,20 @@ def morphology_figure(
         group = {"reason": reason, "flag": arrays[f"{name}/flag"]}
         c = counts(group, int(arrays.get("max_flag", 1)))
         reasons = ", ".join(f"{r} {int(c[f'failed_{r}'])}" for r in FAILURES if c[f"failed_{r}"])
-        rows.append(f"{name:9s} n {int(c['n']):4d}  used {int(c['used']):4d}  flagged {int(c['flagged']):3d}  failed {int(c['failed']):3d}" + (f"\n{'':9s} ({reasons})" if reasons else ""))
-    table_ax.text(0.0, 1.0, "\n".join(rows) or "no groups", va="top", ha="left", family="monospace", fontsize=7, transform=table_ax.transAxes)
+        rows.append(
+            f"{name:9s} n {int(c['n']):4d}  used {int(c['used']):4d}  "
+            f"flagged {int(c['flagged']):3d}  failed {int(c['failed']):3d}" + (f"\n{'':9s} ({reasons})" if reasons else "")
+        )
+    table_ax.text(
+        0.0,
+        1.0,
+        "\n".join(rows) or "no groups",
+        va="top",
+        ha="left",
+        family="monospace",
+        fontsize=7,
+        transform=table_ax.transAxes,
+    )
     table_ax.set_title("images per group", fontsize=9)
     fig.suptitle(title)
     fig.tight_layout()

@@ -234,7 +234,12 @@ def agreement(matrix: np.ndarray, permutations: int = 2000, rng: np.random.Gener
     """
     s = np.asarray(matrix, dtype=np.float64)
     m = len(s)
-    out = {"agreement_paired": math.nan, "agreement_unpaired": math.nan, "agreement_kappa": math.nan, "agreement_p_value": math.nan}
+    out = {
+        "agreement_paired": math.nan,
+        "agreement_unpaired": math.nan,
+        "agreement_kappa": math.nan,
+        "agreement_p_value": math.nan,
+    }
     out["agreement_pairs"] = float(m)
     if m < 3:
         return out

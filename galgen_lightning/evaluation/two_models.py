@@ -163,13 +163,17 @@ class TwoModelsTest(EvalCallback):
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         dm = trainer.datamodule
         subsets = {s: dm.subset_images(s) for s in ("a", "b", "val")}
-        batch_size = self.batch_size or getattr(pl_module.hparams, "sample_batch_size", None)
+        batch_size = self.batch_size or pl_module.sample_batch_size
         samples = self.draw_samples(trainer, pl_module, self.n_samples, self.seed, batch_size=batch_size)
         with self.timed("search"), self.bar(trainer, 2 * SEARCHES, "nearest-neighbour search", "search") as bar:
             scalars, arrays = two_models_statistics(samples, subsets, True, self.transforms, self.quantile, self.line, bar.update)
-            plain, plain_arrays = two_models_statistics(samples, subsets, False, self.transforms, self.quantile, self.line, bar.update)
+            plain, plain_arrays = two_models_statistics(
+                samples, subsets, False, self.transforms, self.quantile, self.line, bar.update
+            )
         selection = gallery.gallery_selection(arrays, self.gallery_k)
-        scalars.update({f"plain/{k}": v for k, v in plain.items() if k.startswith(("a_vs_b", "nearest", "heldout", "memorization", "gap"))})
+        scalars.update(
+            {f"plain/{k}": v for k, v in plain.items() if k.startswith(("a_vs_b", "nearest", "heldout", "memorization", "gap"))}
+        )
         arrays.update({f"plain_{k}": v for k, v in plain_arrays.items()})
         arrays["samples_a"], arrays["samples_b"] = samples.a.numpy(), samples.b.numpy()
         arrays["ok_a"], arrays["ok_b"] = samples.ok_a.numpy(), samples.ok_b.numpy()
@@ -181,9 +185,13 @@ class TwoModelsTest(EvalCallback):
         self.save_image(trainer, self.grid_image(samples, subsets, arrays), "samples", tag="_grid")
         for kind in gallery.KINDS:
             triples = gallery.gallery_triples(samples, subsets, selection, kind)
-            self.save_figure(trainer, gallery.gallery_figure(triples, selection, kind), f"gallery_{kind}", tag=f"_gallery_{kind}", log=False)
+            self.save_figure(
+                trainer, gallery.gallery_figure(triples, selection, kind), f"gallery_{kind}", tag=f"_gallery_{kind}", log=False
+            )
             if triples:
-                self.log_images(trainer, f"gallery_{kind}", [gallery.strip(t) for t in triples], gallery.captions(selection, kind))
+                self.log_images(
+                    trainer, f"gallery_{kind}", [gallery.strip(t) for t in triples], gallery.captions(selection, kind)
+                )
 
     def histogram_figure(self, arrays: dict[str, np.ndarray], scalars: dict[str, float]):
         """Left: A vs B similarity. Right: nearest-training similarity, own, other and held-out."""
@@ -196,7 +204,13 @@ class TwoModelsTest(EvalCallback):
         finite = [v for v in arrays.values() if v.dtype.kind == "f" and v.size and np.isfinite(v).any()]
         low = min(0.0, min(float(np.nanmin(v)) for v in finite)) if finite else 0.0
         bins = np.linspace(max(low, -1.0), 1.0, 51)
-        left.hist(arrays["a_vs_b"], bins=bins, color="tab:purple", alpha=0.8, label=f"A vs B, same noise (median {scalars['a_vs_b_median']:.3f})")
+        left.hist(
+            arrays["a_vs_b"],
+            bins=bins,
+            color="tab:purple",
+            alpha=0.8,
+            label=f"A vs B, same noise (median {scalars['a_vs_b_median']:.3f})",
+        )
         left.axvline(self.line, color="k", ls=":", lw=1, label=f"fixed line {self.line:g}")
         left.set_title("samples of A and B from the same noise")
         left.set_xlabel("cosine similarity of A's and B's sample (mean removed)")
@@ -211,8 +225,20 @@ class TwoModelsTest(EvalCallback):
         )
         for values, label, color in curves:
             right.hist(values, bins=bins, alpha=0.5, density=True, label=label, color=color)
-        right.axvline(scalars["memorization_threshold"], color="k", ls="--", lw=1, label=f"{self.quantile:.0%} quantile of samples vs other subset")
-        right.axvline(scalars["memorization_threshold_heldout"], color="tab:gray", ls=":", lw=1, label=f"{self.quantile:.0%} quantile of held-out")
+        right.axvline(
+            scalars["memorization_threshold"],
+            color="k",
+            ls="--",
+            lw=1,
+            label=f"{self.quantile:.0%} quantile of samples vs other subset",
+        )
+        right.axvline(
+            scalars["memorization_threshold_heldout"],
+            color="tab:gray",
+            ls=":",
+            lw=1,
+            label=f"{self.quantile:.0%} quantile of held-out",
+        )
         right.set_title("nearest training image of each sample")
         right.set_xlabel("cosine similarity to nearest training image (mean removed)")
         right.set_ylabel("probability density")

@@ -216,15 +216,20 @@ def judge(
     rate_text = (
         f"memorization rate {fmt_ci(rate, intervals.get('memorization_rate'))} under the two-models null "
         f"(chance {chance:.2g}, {numbers.get('memorization_null_mean', math.nan):.3f} for these samples by the swap test, "
-        f"p={numbers.get('memorization_p_value', math.nan):.2g}; held-out-real reading {fmt_ci(numbers.get('memorization_rate_heldout'), intervals.get('memorization_rate_heldout'))})"
+        f"p={numbers.get('memorization_p_value', math.nan):.2g}; held-out-real reading "
+        f"{fmt_ci(numbers.get('memorization_rate_heldout'), intervals.get('memorization_rate_heldout'))})"
     )
-    gap_text = f"own-minus-other gap {numbers.get('gap_median', math.nan):+.3f} per noise index (Wilcoxon p={numbers.get('gap_p_value', math.nan):.2g})"
+    gap_text = (
+        f"own-minus-other gap {numbers.get('gap_median', math.nan):+.3f} per noise index "
+        f"(Wilcoxon p={numbers.get('gap_p_value', math.nan):.2g})"
+    )
     real_key = "realism_outside_any"
     real = numbers.get(real_key)
     real_lo, real_hi = bounds(real_key) if real is not None else (math.nan, math.nan)
     real_text = (
         f"{fmt_ci(real, intervals.get(real_key))} of samples unlike any real galaxy "
-        f"(structure {numbers.get('realism_outside_structure', math.nan):.2f}, brightness {numbers.get('realism_outside_brightness', math.nan):.2f}; "
+        f"(structure {numbers.get('realism_outside_structure', math.nan):.2f}, "
+        f"brightness {numbers.get('realism_outside_brightness', math.nan):.2f}; "
         f"pixel-spread ratio to real {numbers.get('pixel_std_ratio', math.nan):.2f})"
         if real is not None
         else "realism not measured"

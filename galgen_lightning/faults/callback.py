@@ -38,7 +38,10 @@ class FaultTolerance(L.Callback):
         self.heartbeat: ddp.Heartbeat | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if not isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO) and type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+        if (
+            not isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+            and type(trainer.strategy.checkpoint_io) is TorchCheckpointIO
+        ):
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         if trainer.world_size > 1:  # DDP: a heartbeat per rank, so that a rank that dies or hangs is named
             self.heartbeat = ddp.Heartbeat(trainer.default_root_dir, trainer.global_rank)

@@ -302,7 +302,10 @@ def _watcher() -> type:
             if not ended or self.folder is None:
                 return
             for rank, proc in ended:
-                atomic_write_bytes(self.folder / FOLDER / f"rank{rank}.exit", json.dumps({"rank": rank, "pid": proc.pid, "returncode": proc.returncode}).encode())
+                atomic_write_bytes(
+                    self.folder / FOLDER / f"rank{rank}.exit",
+                    json.dumps({"rank": rank, "pid": proc.pid, "returncode": proc.returncode}).encode(),
+                )
             trainer = self.trainer
             lost = [(rank, f"its process (pid {proc.pid}) ended{_exit_text(self.folder, rank)}") for rank, proc in ended]
             named = "; ".join(f"rank {r}: {why}" for r, why in lost)

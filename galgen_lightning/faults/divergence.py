@@ -28,7 +28,9 @@ def agree_on_all_ranks(flags: torch.Tensor, values: torch.Tensor | None = None) 
     A model whose update is bad on any rank skips it on every rank, so DDP replicas never drift.
     """
     flags = flags.float()
-    values = torch.zeros_like(flags) if values is None else torch.nan_to_num(values.detach().float(), nan=0.0, posinf=0.0, neginf=0.0)
+    values = (
+        torch.zeros_like(flags) if values is None else torch.nan_to_num(values.detach().float(), nan=0.0, posinf=0.0, neginf=0.0)
+    )
     if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
         torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MIN)
         torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.MAX)
@@ -54,7 +56,9 @@ class UpdateGuard:
         min_history: losses needed before the spike test applies.
     """
 
-    def __init__(self, family: str, max_bad_steps: int = 20, max_loss_ratio: float | None = None, window: int = 100, min_history: int = 20) -> None:
+    def __init__(
+        self, family: str, max_bad_steps: int = 20, max_loss_ratio: float | None = None, window: int = 100, min_history: int = 20
+    ) -> None:
         if max_bad_steps < 1:
             raise GalgenError(f"model.max_bad_steps must be positive, got {max_bad_steps}")
         if max_loss_ratio is not None and not max_loss_ratio > 1:
@@ -84,12 +88,20 @@ class UpdateGuard:
         if self.max_loss_ratio is not None and len(hist) >= self.min_history:
             median = statistics.median(hist)
             if median > 0 and loss > self.max_loss_ratio * median:
-                self.spike[which] = f"loss {loss:.3g} is above {self.max_loss_ratio:g} x its running median {median:.3g} (model.max_loss_ratio)"
+                self.spike[which] = (
+                    f"loss {loss:.3g} is above {self.max_loss_ratio:g} x its running median {median:.3g} (model.max_loss_ratio)"
+                )
                 self.mark(which, "loss spike")
                 return
         hist.append(loss)
 
-    def guard_losses(self, module: torch.nn.Module, losses: dict[str, torch.Tensor], finite: dict[str, torch.Tensor] | None = None, what: str = "loss") -> torch.Tensor:
+    def guard_losses(
+        self,
+        module: torch.nn.Module,
+        losses: dict[str, torch.Tensor],
+        finite: dict[str, torch.Tensor] | None = None,
+        what: str = "loss",
+    ) -> torch.Tensor:
         """The total loss to back-propagate: each model's loss, or a zero over its parameters when
         its loss (or ``finite[which]``) is not finite or spikes (backward still reaches every
         parameter, so DDP's gradient reduction stays in step; the zero gradients are then dropped)."""
@@ -138,7 +150,9 @@ class UpdateGuard:
                 self.skipped[which] += 1
                 self.streak[which] += 1
                 if self.streak[which] == 1:
-                    log.warning("%s model %s: non-finite %s at global step %d; update skipped", self.family, which.upper(), reason, step)
+                    log.warning(
+                        "%s model %s: non-finite %s at global step %d; update skipped", self.family, which.upper(), reason, step
+                    )
             else:
                 self.streak[which] = 0
             module.log(f"train/skipped_{which}", float(self.skipped[which]), on_step=True, on_epoch=False)
@@ -171,7 +185,12 @@ class UpdateGuard:
             return  # a plain Trainer (a notebook, a unit test): no galgen run directory to write into
 
         RunDir(trainer.default_root_dir).append_metrics(
-            {"test": "training", "epoch": trainer.current_epoch, "step": trainer.global_step, **{f"skipped_{w}": self.skipped[w] for w in self.models}}
+            {
+                "test": "training",
+                "epoch": trainer.current_epoch,
+                "step": trainer.global_step,
+                **{f"skipped_{w}": self.skipped[w] for w in self.models},
+            }
         )
         self._recorded = dict(self.skipped)
 

@@ -16,6 +16,7 @@ from galgen_lightning.faults.writes import make_dir, write_error
 
 LOCK = ".lock"
 
+
 class RunLock:
     """``<run>/.lock``: held (``flock``) for the life of a ``galgen fit`` process; the holder's pid
     is written inside. A lock file left by a process that is gone holds no lock and is taken over."""

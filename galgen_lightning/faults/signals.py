@@ -45,7 +45,11 @@ def _handler(signum: int, frame: Any) -> None:
         raise Interrupted(signum)
     if _STATE.pending is None:
         _STATE.pending = signum
-        print(f"galgen: {signal.Signals(signum).name} received: stopping after this step (checkpoint follows)", file=sys.stderr, flush=True)
+        print(
+            f"galgen: {signal.Signals(signum).name} received: stopping after this step (checkpoint follows)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def install_signal_handlers() -> dict:
@@ -97,8 +101,6 @@ def agree_max(trainer: L.Trainer, value: int) -> int:
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
         return int(t.item())
     return value
-
-
 
 
 def clear_pending() -> None:

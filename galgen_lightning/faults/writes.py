@@ -79,7 +79,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         torch.save(checkpoint, buffer)
         atomic_write_bytes(path, buffer.getbuffer())
 
-    def load_checkpoint(self, path, map_location: Any = lambda storage, loc: storage, weights_only: bool | None = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self, path, map_location: Any = lambda storage, loc: storage, weights_only: bool | None = None
+    ) -> dict[str, Any]:
         # Lightning asks for weights_only=False when not told; galgen's checkpoints hold only
         # tensors and plain containers, so nothing pickled is executed (GALGEN_TRUST_CHECKPOINTS=1
         # restores full unpickling, for a checkpoint you made yourself that needs it)

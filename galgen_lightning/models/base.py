@@ -10,7 +10,7 @@ the CLI) then works for the new family unchanged. See ``docs/extending.md``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import lightning as L
@@ -231,7 +231,9 @@ class PairModule(L.LightningModule):
                         _device_dtype_check_for_fused(tensor)
         except RuntimeError as e:
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise GalgenError(f"model.fused_adam: no fused Adam on {self.device.type} ({first}); set model.fused_adam: false") from None
+            raise GalgenError(
+                f"model.fused_adam: no fused Adam on {self.device.type} ({first}); set model.fused_adam: false"
+            ) from None
         return opt
 
     def model(self, which: str) -> nn.Module:
@@ -259,7 +261,9 @@ class PairModule(L.LightningModule):
         raise NotImplementedError
 
     @torch.no_grad()
-    def sample(self, n: int, seed: int, batch_size: int | None = None) -> PairSamples:
+    def sample(
+        self, n: int, seed: int, batch_size: int | None = None, progress: Callable[[int], None] | None = None
+    ) -> PairSamples:
         """Draw ``n`` samples from A and from B with the same noise.
 
         Sample ``i`` gets the same noise in A and B, and the same whatever ``batch_size``.
@@ -269,6 +273,8 @@ class PairModule(L.LightningModule):
             n: number of samples per model.
             seed: sampling seed (fixes all noise).
             batch_size: samples per forward batch (default: :attr:`sample_batch_size`).
+            progress: called with each generated batch's size (A's batches, then B's), e.g. a
+                progress bar's ``update``.
 
         Returns:
             :class:`PairSamples` on the CPU.
@@ -284,6 +290,8 @@ class PairModule(L.LightningModule):
                 for start in range(0, n, batch_size):
                     idx = torch.arange(start, min(n, start + batch_size), device=self.device)
                     x, ok, counters = self.generate(which, idx, seed)
+                    if progress is not None:
+                        progress(len(idx))
                     out[which].append(x.float().cpu())
                     oks[which].append(ok.bool().cpu() & torch.isfinite(x).flatten(1).all(dim=1).cpu())
                     for key, value in counters.items():
@@ -297,7 +305,6 @@ class PairModule(L.LightningModule):
             ok_b=torch.cat(oks["b"]),
             info=info,
         )
-
 
 
 def golden_uniform(indices: Tensor) -> Tensor:

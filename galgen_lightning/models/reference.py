@@ -96,7 +96,9 @@ class _ReferencePair(PairModule):
                 x = torch.rot90(out[row], int(k[row]) % 4, dims=(-2, -1))
                 out[row] = x.flip(-1) if k[row] >= 4 else x
         if noise > 0:
-            out = out + noise * counter_normal(seed, indices, tuple(out.shape[1:]), stream=3 if which == "a" else 4).to(self.device)
+            out = out + noise * counter_normal(seed, indices, tuple(out.shape[1:]), stream=3 if which == "a" else 4).to(
+                self.device
+            )
         return out
 
 

@@ -274,7 +274,9 @@ def build_report(
                 for r in rs:
                     r["seeds_at_n"] = len(rs)
                     r["seed_mean_rate"] = rate
-                    r["seed_mean_rate_ci"] = tuple(np.nanquantile(rep, [(1 - confidence) / 2, (1 + confidence) / 2])) if rep is not None else None
+                    r["seed_mean_rate_ci"] = (
+                        tuple(np.nanquantile(rep, [(1 - confidence) / 2, (1 + confidence) / 2])) if rep is not None else None
+                    )
         n_star = estimate_n_star(points, MEMORIZED_RATE, confidence)
         incomplete = [r for r in rows if not r["complete"]]
         statement = n_star["statement"]
@@ -330,7 +332,9 @@ def build_report(
                     "1-Wasserstein distance between the two groups' distributions (in the variable's units) and the two-sample "
                     "Kolmogorov-Smirnov p-value; real_a vs val is the baseline of two real sets."
                 )
-                sections["morphology"].append(_block(table=html_table(["run", "comparison", *MORPHOLOGY_VARIABLES], mrows), text=text))
+                sections["morphology"].append(
+                    _block(table=html_table(["run", "comparison", *MORPHOLOGY_VARIABLES], mrows), text=text)
+                )
 
         summary["groups"][group] = {
             "n_star": n_star,
@@ -384,7 +388,9 @@ def build_report(
             "alpha": rules.ALPHA,
             "discriminator_tolerance": rules.DISCRIMINATOR_TOLERANCE,
         },
-        "summary_table": html_table(s_cols, summary_rows, summary_classes, spans={4: [_verdict_class(r[4]) for r in summary_rows]}),
+        "summary_table": html_table(
+            s_cols, summary_rows, summary_classes, spans={4: [_verdict_class(r[4]) for r in summary_rows]}
+        ),
         "n_star": n_star_lines,
         "checks": check_blocks,
         "sections": [
@@ -445,11 +451,16 @@ def report(
 
         n_star = {f"n_star/{slug(group)}": g["n_star"].get("n_star") for group, g in summary["groups"].items()}
         try:
-            run_id = log_sweep(Path(path), read_table(index.parent), index.parent, {k: v for k, v in n_star.items() if v is not None})
+            run_id = log_sweep(
+                Path(path), read_table(index.parent), index.parent, {k: v for k, v in n_star.items() if v is not None}
+            )
         except Exception as e:  # noqa: BLE001 (the report is written; W&B must not turn it into a failure)
             run_id = None
             why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            print(f"galgen: warning: the sweep table was not logged to W&B ({why}); the report has it (sweep_table.csv)", file=sys.stderr)
+            print(
+                f"galgen: warning: the sweep table was not logged to W&B ({why}); the report has it (sweep_table.csv)",
+                file=sys.stderr,
+            )
         if run_id:
             print(f"W&B: sweep table and charts in run {run_id} (group {Path(path).resolve().name}, job type sweep)")
 
@@ -459,7 +470,6 @@ def main(argv: list[str]) -> None:
     from jsonargparse import auto_cli
 
     from galgen_lightning.errors import one_line_argument_parser
-
 
     os.environ.setdefault("MPLBACKEND", "Agg")
     auto_cli(report, args=argv, prog="galgen report", as_positional=True, parser_class=one_line_argument_parser())

@@ -13,27 +13,32 @@ from typing import Any
 
 from galgen_lightning.report.figures import Figure
 
-TEMPLATE = r"""<!DOCTYPE html>
+TEMPLATE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>galgen report</title>
 <style>
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1400px;padding:0 1em;color:#222}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}h3{margin-top:1.5em}
 table{border-collapse:collapse;margin:.8em 0;font-size:.85em}th,td{border:1px solid #ccc;padding:.25em .5em;vertical-align:top}
 th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
-figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}figcaption{font-size:.85em;color:#444;max-width:1100px}
+figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}\
+figcaption{font-size:.85em;color:#444;max-width:1100px}
 .memorizes{color:#b00020;font-weight:600}.poor{color:#6a1b9a;font-weight:600}.partly{color:#c25e00;font-weight:600}.generalizes{color:#1b7f2a;font-weight:600}
-.incomplete{background:#fff3cd}.badge{display:inline-block;padding:0 .4em;border-radius:.3em;background:#f0ad4e;color:#000;font-size:.8em}
+.incomplete{background:#fff3cd}\
+.badge{display:inline-block;padding:0 .4em;border-radius:.3em;background:#f0ad4e;color:#000;font-size:.8em}
 .pass{color:#1b7f2a}.fail{color:#b00020}.note{background:#f7f7f7;border-left:4px solid #999;padding:.4em .8em}
 .gallery{display:flex;flex-wrap:wrap;gap:1em}.gallery figure{flex:1 1 480px}
 </style></head><body>
 {%- macro show_table(t) -%}
 <table><thead><tr>{% for c in t.columns %}<th>{{ c }}</th>{% endfor %}</tr></thead><tbody>
 {%- for row in t.rows %}<tr{% if row.cls %} class="{{ row.cls }}"{% endif %}>
-{%- for cell in row.cells %}<td{% if cell.num %} class="num"{% endif %}>{% if cell.span %}<span class="{{ cell.span }}">{{ cell.text }}</span>{% else %}{{ cell.text }}{% endif %}</td>{% endfor %}</tr>
+{%- for cell in row.cells %}<td{% if cell.num %} class="num"{% endif %}>\
+{% if cell.span %}<span class="{{ cell.span }}">{{ cell.text }}</span>\
+{% else %}{{ cell.text }}{% endif %}</td>{% endfor %}</tr>
 {%- endfor %}</tbody></table>
 {%- endmacro -%}
 {%- macro show_figure(f) -%}
-<figure><img alt="{{ f.alt }}" data-file="{{ f.file }}" src="data:image/png;base64,{{ f.data }}"><figcaption>{{ f.caption }} (<code>{{ f.file }}</code>
+<figure><img alt="{{ f.alt }}" data-file="{{ f.file }}" src="data:image/png;base64,{{ f.data }}">\
+<figcaption>{{ f.caption }} (<code>{{ f.file }}</code>
 {%- if f.pdf %}, <a class="pdf" href="{{ f.pdf }}">PDF</a>{% endif %})</figcaption></figure>
 {%- endmacro %}
 <h1>galgen report: {{ root }}</h1>
@@ -50,13 +55,15 @@ holds: shared-noise agreement kappa above {{ rules.agreement_kappa }} (lower bou
 noise-to-image families, the discriminator curves within +-{{ rules.discriminator_tolerance }} of each other for GANs;
 <b>in transition</b>: more copies than chance but not most; <b>inconclusive</b>: none of these shown. The memorization rate's
 threshold is the 99th percentile of the samples' own nearest similarity to the subset their model never saw.
-Every number is also in <code>summary.csv</code>, <code>summary.json</code> and, one row per run, <code>sweep_table.csv</code>.</p>
+Every number is also in <code>summary.csv</code>, <code>summary.json</code> and, one row per run, \
+<code>sweep_table.csv</code>.</p>
 {{ show_table(summary_table) }}
 <h3>Transition size N*</h3><ul>{% for line in n_star %}<li><b>{{ line.group }}</b>: {{ line.statement }}</li>{% endfor %}</ul>
 <h3>Does the sweep show the transition?</h3>
 {%- for block in checks %}
 <h3>{{ block.group }}</h3><ul>
-{%- for item in block["items"] %}<li{% if item.cls %} class="{{ item.cls }}"{% endif %}>{{ item.mark }}: {{ item.text }} ({{ item.detail }})</li>{% endfor %}</ul>
+{%- for item in block["items"] %}<li{% if item.cls %} class="{{ item.cls }}"{% endif %}>\
+{{ item.mark }}: {{ item.text }} ({{ item.detail }})</li>{% endfor %}</ul>
 {%- for note in block.notes %}<p class="note">{{ note }}</p>{% endfor %}
 {%- if block.figure %}{{ show_figure(block.figure) }}{% endif %}
 {%- endfor %}
@@ -83,7 +90,9 @@ generator). Below about one pixel per parameter a model can store its training s
 _NUMBER = re.compile(r"[-+0-9.,e\[\] ]+|n/a")
 
 
-def html_table(columns: list[str], rows: list[list[str]], row_classes: list[str] | None = None, spans: dict[int, list[str]] | None = None) -> dict:
+def html_table(
+    columns: list[str], rows: list[list[str]], row_classes: list[str] | None = None, spans: dict[int, list[str]] | None = None
+) -> dict:
     """A table for the template: cells as text (numbers right-aligned), rows with a CSS class,
     and ``spans[j][i]``: a CSS class for the text of column ``j`` in row ``i`` (the verdicts)."""
     spans = spans or {}

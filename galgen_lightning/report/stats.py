@@ -107,9 +107,15 @@ def estimate_n_star(
             result["ci"] = tuple(float(v) for v in np.percentile(found, [tail, 100 - tail]))
     if n_star is not None:
         ci = result["ci"]
-        statement = f"N* ~ {n_star:,.0f}: the memorization rate falls through {level} between N={ns[rates > level][-1]:,.0f} and N={ns[rates <= level][0]:,.0f}"
+        statement = (
+            f"N* ~ {n_star:,.0f}: the memorization rate falls through {level} "
+            f"between N={ns[rates > level][-1]:,.0f} and N={ns[rates <= level][0]:,.0f}"
+        )
         if ci:
-            statement += f" (bootstrap {confidence:.0%} interval {ci[0]:,.0f} to {ci[1]:,.0f}, bracketed in {result['share_bracketed']:.0%} of replicates)"
+            statement += (
+                f" (bootstrap {confidence:.0%} interval {ci[0]:,.0f} to {ci[1]:,.0f}, "
+                f"bracketed in {result['share_bracketed']:.0%} of replicates)"
+            )
         if np.any(np.diff(rates) > 0):
             statement += "; note: the rate is not monotonic in N"
     elif rates[0] <= level:
@@ -139,7 +145,11 @@ def transition_checks(rows: list[dict]) -> list[tuple[str, bool | None, str]]:
             f"{at(first)}: {first['label']}, rate {fmt_ci(first['memorization_rate'], first.get('memorization_rate_ci'))}",
         )
     ]
-    sep = first.get("memorization_rate_ci") and last.get("memorization_rate_ci") and last["memorization_rate_ci"][1] < first["memorization_rate_ci"][0]
+    sep = (
+        first.get("memorization_rate_ci")
+        and last.get("memorization_rate_ci")
+        and last["memorization_rate_ci"][1] < first["memorization_rate_ci"][0]
+    )
     checks.append(
         (
             "the memorization rate falls as N grows, intervals apart",
@@ -155,7 +165,9 @@ def transition_checks(rows: list[dict]) -> list[tuple[str, bool | None, str]]:
             f"{fmt(k0)} at {at(first)} -> {fmt_ci(k1, last.get('agreement_kappa_ci'))} at {at(last)}",
         )
     )
-    checks.append(("the largest N generalizes (the judge's label)", last["label"] == "generalizes", f"{at(last)}: {last['label']}"))
+    checks.append(
+        ("the largest N generalizes (the judge's label)", last["label"] == "generalizes", f"{at(last)}: {last['label']}")
+    )
     return checks
 
 
@@ -178,8 +190,14 @@ def diagnose(rows: list[dict]) -> list[str]:
         ra, rb = row.get("memorization_rate_a"), row.get("memorization_rate_b")
         if ra is not None and rb is not None and abs(ra - rb) > MEMORIZED_RATE:
             hi, lo = ("A", "B") if ra > rb else ("B", "A")
-            notes.append(f"{at} the two models disagree: model {hi} copies ({max(ra, rb):.0%}), model {lo} does not ({min(ra, rb):.0%}).")
-        bad = [f"model {w.upper()}: {int(row.get(f'diverged_{w}') or 0)} diverged, {int(row.get(f'step_limit_{w}') or 0)} at the step limit" for w in "ab"]
+            notes.append(
+                f"{at} the two models disagree: model {hi} copies ({max(ra, rb):.0%}), model {lo} does not ({min(ra, rb):.0%})."
+            )
+        bad = [
+            f"model {w.upper()}: {int(row.get(f'diverged_{w}') or 0)} diverged, "
+            f"{int(row.get(f'step_limit_{w}') or 0)} at the step limit"
+            for w in "ab"
+        ]
         if (row.get("invalid_share") or 0) > 0.25:
             notes.append(f"{at} {row['invalid_share']:.0%} of the samples are invalid and left out ({'; '.join(bad)}).")
     return notes

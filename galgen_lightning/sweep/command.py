@@ -33,7 +33,12 @@ def _cap(prof: Profile, fraction: float, max_n: int | None) -> tuple[int | None,
     if max_n is None:
         size, n_val, note = usable_images(prof.fit)
         cap = int(fraction * (size - n_val)) if size is not None else None
-        return cap, size, n_val, f"N <= {cap:,} ({fraction:g} x ({note} - n_val {n_val}))" if cap is not None else f"no cap ({note})"
+        return (
+            cap,
+            size,
+            n_val,
+            f"N <= {cap:,} ({fraction:g} x ({note} - n_val {n_val}))" if cap is not None else f"no cap ({note})",
+        )
     try:
         size, n_val, _ = usable_images(prof.fit)
     except GalgenError:  # the cap is --max_n's; the source's size only bounds the pool
@@ -41,7 +46,15 @@ def _cap(prof: Profile, fraction: float, max_n: int | None) -> tuple[int | None,
     return max_n, size, n_val, f"N <= {max_n:,} (--max_n)"
 
 
-def _plan_cost(family: str, prof: Profile, plans: list[RunPlan], kept: list[int], gpus: list[int] | int | None, per_gpu: bool, throughput: str | None) -> None:
+def _plan_cost(
+    family: str,
+    prof: Profile,
+    plans: list[RunPlan],
+    kept: list[int],
+    gpus: list[int] | int | None,
+    per_gpu: bool,
+    throughput: str | None,
+) -> None:
     from galgen_lightning.sweep.cost import builtin_throughput, plan_cost, read_throughput, run_profile
 
     if isinstance(gpus, list):
@@ -86,11 +99,16 @@ def _run_local(plans: list[RunPlan], out_dir: Path, meta: dict, devices: list[in
     if stopped:  # a signal stopped a run: no report of a half sweep; the exit status says so
         print(f"[sweep] stopped by a signal at {stopped[0].folder.name}; run the same command again to resume", flush=True)
         return stopped[0].returncode
-    print(f"[sweep] finished in {runs.duration(time.time() - started)}: {len(plans) - len(failed)}/{len(plans)} runs complete", flush=True)
+    print(
+        f"[sweep] finished in {runs.duration(time.time() - started)}: {len(plans) - len(failed)}/{len(plans)} runs complete",
+        flush=True,
+    )
     if report:
         _report(out_dir)
     if failed:
-        print("[sweep] failed: " + ", ".join(p.folder.name for p in failed) + " (rerun the same command to retry them)", flush=True)
+        print(
+            "[sweep] failed: " + ", ".join(p.folder.name for p in failed) + " (rerun the same command to retry them)", flush=True
+        )
         return 1
     return 0
 
@@ -224,17 +242,29 @@ def sweep(
     elif size is not None and pool_size > size:
         raise GalgenError(f"sweep: --pool_size {pool_size} is above the {size:,} images of the source")
     pinned = f" (split pinned: data.seed {data_seed})" if data_seed is not None else ""
-    print(f"[sweep] seeds {', '.join(map(str, seed_list))}{pinned}; every run reads the first {pool_size:,} source images (data.pool_size)", flush=True)
+    print(
+        f"[sweep] seeds {', '.join(map(str, seed_list))}{pinned}; "
+        f"every run reads the first {pool_size:,} source images (data.pool_size)",
+        flush=True,
+    )
     plans = plan_runs(family, prof, kept, seed_list, out_dir, extra, pool_size, data_seed)
     fp = fingerprint(prof.configs, extra)
     for p in plans:
         old = RunDir(p.folder).launch().get("fingerprint")
         if p.action != "train" and old and old != fp:
-            print(f"[sweep] warning: {p.folder.name} was started with other configs or arguments; delete it to retrain with the current ones", flush=True)
+            print(
+                f"[sweep] warning: {p.folder.name} was started with other configs or arguments; "
+                "delete it to retrain with the current ones",
+                flush=True,
+            )
         if p.warning:
             print(f"[sweep] warning: {p.folder.name} {p.warning}", flush=True)
     counts = {a: sum(p.action == a for p in plans) for a in ("skip", "resume", "train")}
-    print(f"[sweep] {len(plans)} runs: {counts['skip']} complete (skipped), {counts['resume']} to resume, {counts['train']} to train", flush=True)
+    print(
+        f"[sweep] {len(plans)} runs: {counts['skip']} complete (skipped), "
+        f"{counts['resume']} to resume, {counts['train']} to train",
+        flush=True,
+    )
     if plan:
         _plan_cost(family, prof, plans, kept, gpus, per_gpu, throughput)
         return 0

@@ -138,7 +138,11 @@ def run_profile(fit: dict, n: int) -> RunProfile:
     epochs = int(trainer.get("max_epochs") or 1000)  # Lightning's default when max_epochs and max_steps are unset
     max_steps = int(trainer.get("max_steps") or -1)
     if max_steps > 0:
-        epochs = min(epochs, math.ceil(max_steps / steps_per_epoch)) if trainer.get("max_epochs") else math.ceil(max_steps / steps_per_epoch)
+        epochs = (
+            min(epochs, math.ceil(max_steps / steps_per_epoch))
+            if trainer.get("max_epochs")
+            else math.ceil(max_steps / steps_per_epoch)
+        )
     tests = []
     for cb in trainer.get("callbacks") or []:
         if not isinstance(cb, dict):
@@ -199,7 +203,10 @@ def plan_cost(family: str, fit: dict, plans: list, rate: Throughput, gpus: int, 
     print(f"[sweep] throughput: {rate.train:,.0f} training img/s per model of the pair", end="")
     print(f", sampler {rate.sampler:,.0f} evaluations/s" if rate.sampler else "", end="")
     print(f"; {rate.source}", flush=True)
-    header = f"  {'run':34s} {'N':>8s} {'action':>6s} {'epochs':>6s} {'steps':>9s} {'batch':>5s} {'train':>9s} {'eval':>9s} {'total':>9s}"
+    header = (
+        f"  {'run':34s} {'N':>8s} {'action':>6s} {'epochs':>6s} {'steps':>9s} {'batch':>5s} "
+        f"{'train':>9s} {'eval':>9s} {'total':>9s}"
+    )
     print(header)
     for p in plans:
         prof = run_profile(fit, p.n)

@@ -50,8 +50,10 @@ class Progress:
     def line(self, plan: RunPlan, index: int, running_since: list[float]) -> str:
         what = "resuming" if plan.action == "resume" else "training"
         return (
-            f"[sweep {index}/{self.total}] {what} {plan.folder.name} (N={plan.n:,}, seed {plan.seed}) | {self.finished} done this time, "
-            f"{self.skipped} already complete | elapsed {runs.duration(time.time() - self.start)} | {self.left(running_since)}"
+            f"[sweep {index}/{self.total}] {what} {plan.folder.name} (N={plan.n:,}, seed {plan.seed}) | "
+            f"{self.finished} done this time, "
+            f"{self.skipped} already complete | elapsed {runs.duration(time.time() - self.start)} | "
+            f"{self.left(running_since)}"
         )
 
     def done(self, plan: RunPlan) -> None:
@@ -88,7 +90,9 @@ def execute(
         while pending or running:
             while pending and free:
                 index, plan = pending.pop(0)
-                runs.start(plan.folder, out, plan.action, plan.args, {"fingerprint": meta.get("fingerprint"), "launcher": "local"})
+                runs.start(
+                    plan.folder, out, plan.action, plan.args, {"fingerprint": meta.get("fingerprint"), "launcher": "local"}
+                )
                 gpu = free.pop(0)
                 env = dict(base_env)
                 args = list(plan.args)
@@ -119,7 +123,9 @@ def execute(
                     print(f"[sweep] {plan.folder.name} complete in {runs.duration(plan.duration)}", flush=True)
                 elif state == "interrupted" or code > 128:
                     # a signal (scheduler, Ctrl+C): the run saved last.ckpt; the same command resumes it
-                    print(f"[sweep] {plan.folder.name} interrupted (exit {code}); rerun the same command to resume it", flush=True)
+                    print(
+                        f"[sweep] {plan.folder.name} interrupted (exit {code}); rerun the same command to resume it", flush=True
+                    )
                     pending.clear()
                 else:
                     failed.append(plan)

@@ -391,6 +391,17 @@ def plan_runs(
             args += [f"--trainer.default_root_dir={folder}", *fit_args]
             action, run_args, state, warning = decide(folder, args, pool_size)
             plans.append(
-                RunPlan(n, folder, action, run_args, state, seed=seed, data_seed=split_seed, warning=warning, base_args=args, pool_size=pool_size)
+                RunPlan(
+                    n,
+                    folder,
+                    action,
+                    run_args,
+                    state,
+                    seed=seed,
+                    data_seed=split_seed,
+                    warning=warning,
+                    base_args=args,
+                    pool_size=pool_size,
+                )
             )
     return plans

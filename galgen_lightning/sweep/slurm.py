@@ -90,7 +90,8 @@ class SlurmOptions:
         self.extra()
 
     def extra(self) -> dict[str, Any]:
-        """``sbatch`` as submitit's ``additional_parameters``: ``--key=value`` -> ``{key: value}``, ``--flag`` -> ``{flag: True}``."""
+        """``sbatch`` as submitit's ``additional_parameters``: ``--key=value`` -> ``{key: value}``,
+        ``--flag`` -> ``{flag: True}``."""
         out: dict[str, Any] = {}
         for line in self.sbatch:
             text = str(line).strip()
@@ -113,7 +114,13 @@ class SlurmOptions:
         }
         if gpus and self.gpus:
             params.update(gpus_per_node=self.gpus, ntasks_per_node=self.gpus)
-        for name, key in (("partition", "partition"), ("account", "account"), ("qos", "qos"), ("cpus", "cpus_per_task"), ("mem", "mem")):
+        for name, key in (
+            ("partition", "partition"),
+            ("account", "account"),
+            ("qos", "qos"),
+            ("cpus", "cpus_per_task"),
+            ("mem", "mem"),
+        ):
             if getattr(self, name) is not None:
                 params[key] = getattr(self, name)
         if self.setup:
@@ -133,8 +140,17 @@ class FitTask(Checkpointable):
         stop_timeout: seconds :meth:`checkpoint` waits for ``galgen fit`` to save and stop.
     """
 
-    def __init__(self, folder: str, out: str, args: list[str], pool_size: int | None, record: dict, stop_timeout: float = 90.0) -> None:
-        self.params = {"folder": folder, "out": out, "args": list(args), "pool_size": pool_size, "record": dict(record), "stop_timeout": stop_timeout}
+    def __init__(
+        self, folder: str, out: str, args: list[str], pool_size: int | None, record: dict, stop_timeout: float = 90.0
+    ) -> None:
+        self.params = {
+            "folder": folder,
+            "out": out,
+            "args": list(args),
+            "pool_size": pool_size,
+            "record": dict(record),
+            "stop_timeout": stop_timeout,
+        }
         self.child: subprocess.Popen | None = None
 
     def __getstate__(self) -> dict:
@@ -162,7 +178,10 @@ class FitTask(Checkpointable):
                 time.sleep(1)
         for signum in (signal.SIGUSR1, signal.SIGINT):  # galgen fit gets them from SLURM too: it stops itself
             signal.signal(signum, _note)
-        print(f"[sweep] {'resuming' if action == 'resume' else 'training'} {folder.name} (job {env.job_id}, rank {rank})", flush=True)
+        print(
+            f"[sweep] {'resuming' if action == 'resume' else 'training'} {folder.name} (job {env.job_id}, rank {rank})",
+            flush=True,
+        )
         log = folder / (runs.LOG if rank == 0 else f"sweep.rank{rank}.log")
         self.child = runs.subprocess_runner(args, dict(os.environ), log, ignore_usr2=True)
         code = self._wait()
@@ -190,7 +209,9 @@ class FitTask(Checkpointable):
         stops (SIGUSR1), then the same task is resubmitted; it resumes from that checkpoint."""
         child = self.child
         if child is not None and child.poll() is None:
-            print(f"[sweep] checkpointing {Path(self.params['folder']).name}: SIGUSR1 to galgen fit (pid {child.pid})", flush=True)
+            print(
+                f"[sweep] checkpointing {Path(self.params['folder']).name}: SIGUSR1 to galgen fit (pid {child.pid})", flush=True
+            )
             child.send_signal(signal.SIGUSR1)
             deadline = time.time() + self.params["stop_timeout"]
             while child.poll() is None and time.time() < deadline:
@@ -211,7 +232,20 @@ def request_requeue() -> None:
     time.sleep(5)  # the handler runs at once; it exits the process
 
 
-ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT"}
+ACTIVE = {
+    "PENDING",
+    "RUNNING",
+    "CONFIGURING",
+    "COMPLETING",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "RESIZING",
+    "SUSPENDED",
+    "STOPPED",
+    "SIGNALING",
+    "STAGE_OUT",
+}
 """Job states in which a job is still queued or running (squeue also lists recently ended jobs by id)."""
 
 

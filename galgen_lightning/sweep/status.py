@@ -27,7 +27,9 @@ def _epochs(folder: Path, status: dict) -> str:
     return f"epoch {epoch} of {total}" if total else f"epoch {epoch}"
 
 
-def run_state(folder: Path, job: str | None, queue: dict[str, tuple[str, str]] | None, launcher: str, active: bool) -> tuple[str, str]:
+def run_state(
+    folder: Path, job: str | None, queue: dict[str, tuple[str, str]] | None, launcher: str, active: bool
+) -> tuple[str, str]:
     """``(kind, text)`` of one run: kind is queued, running, complete, failed, interrupted,
     diverged, stopped or not started.
 
@@ -50,7 +52,10 @@ def run_state(folder: Path, job: str | None, queue: dict[str, tuple[str, str]] |
         return "complete", "complete"
     if state == "running":
         if (launcher == "local" and not active) or gone:
-            return "stopped", f"stopped at {_epochs(folder, status)}: no process is running it (killed?); rerun the sweep to resume"
+            return (
+                "stopped",
+                f"stopped at {_epochs(folder, status)}: no process is running it (killed?); rerun the sweep to resume",
+            )
         return "running", f"running {_epochs(folder, status)}"
     if state == "interrupted":
         text = f"interrupted ({status.get('signal', 'a signal')}) at {_epochs(folder, status)}"
@@ -65,7 +70,9 @@ def run_state(folder: Path, job: str | None, queue: dict[str, tuple[str, str]] |
     if state == "diverged":
         return "diverged", f"diverged: {status.get('error', '')}"
     if queued:
-        what = "queued" if queued[0] == "PENDING" else "starting" if queued[0] in ("RUNNING", "CONFIGURING") else queued[0].lower()
+        what = (
+            "queued" if queued[0] == "PENDING" else "starting" if queued[0] in ("RUNNING", "CONFIGURING") else queued[0].lower()
+        )
         return ("queued" if what == "queued" else "running"), f"{what} ({queued[1]})" if queued[1] not in ("", "None") else what
     if gone:
         return "failed", f"not started, and its job {job} has ended{ended}: see {folder.parent / '.slurm' / str(job)}"

@@ -150,13 +150,17 @@ class ArrayFile(CachedReader):
     def _pick(self, names: list[str], what: str) -> str:
         if self.key is not None:
             if self.key not in names:
-                raise GalgenError(f"data.source.key: {self.path} has no {what} {self.key!r} (it has {', '.join(names) or 'none'})")
+                raise GalgenError(
+                    f"data.source.key: {self.path} has no {what} {self.key!r} (it has {', '.join(names) or 'none'})"
+                )
             return self.key
         if "images" in names:
             return "images"
         if len(names) == 1:
             return names[0]
-        raise GalgenError(f"data.source.key: {self.path} holds {len(names)} {what}s ({', '.join(names[:8])}); name one with data.source.key")
+        raise GalgenError(
+            f"data.source.key: {self.path} holds {len(names)} {what}s ({', '.join(names[:8])}); name one with data.source.key"
+        )
 
     def _checked(self, arr: Any) -> Any:
         shape, dtype = tuple(arr.shape), np.dtype(arr.dtype)
@@ -196,7 +200,9 @@ class ArrayFile(CachedReader):
     def _piece_size(self, workers: int) -> int:
         return self.chunk  # in-process and vectorised: one task per chunk
 
-    def _convert(self, run: list[int], bounds: list[tuple[int, int]], inputs: list[Any], image_size: int, folder: Path) -> Iterator[tuple[int, Chunk]]:
+    def _convert(
+        self, run: list[int], bounds: list[tuple[int, int]], inputs: list[Any], image_size: int, folder: Path
+    ) -> Iterator[tuple[int, Chunk]]:
         with self._open() as arr:
             self._array = arr
             try:

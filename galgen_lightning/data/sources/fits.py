@@ -142,7 +142,9 @@ def fits_to_gray(planes: Sequence[np.ndarray], file_bands: str | None, recipe: F
 
     bands = recipe.bands or file_bands or ("grz" if len(planes) == 3 else None)
     if bands is None:
-        raise Reject(BANDS, f"has {len(planes)} bands and its header does not name them; expected 3 (g, r, z) or set data.source.bands")
+        raise Reject(
+            BANDS, f"has {len(planes)} bands and its header does not name them; expected 3 (g, r, z) or set data.source.bands"
+        )
     if len(bands) != len(planes):
         raise Reject(BANDS, f"has {len(planes)} band{'s' * (len(planes) != 1)}; expected {len(bands)} ({bands!r})")
     missing = [b for b in recipe.rgb if b not in bands]
@@ -308,7 +310,9 @@ class FitsCutouts(CachedReader):
                 if stem.endswith(f"_{b}"):
                     groups.setdefault(stem[:-2], {})[b] = str(p)
         if not groups:
-            raise GalgenError(f"data.source.band_files: no file in {self.directory} is named <galaxy>_<band>.fits for a band of {bands!r}")
+            raise GalgenError(
+                f"data.source.band_files: no file in {self.directory} is named <galaxy>_<band>.fits for a band of {bands!r}"
+            )
         names = sorted(groups)
         return [f"{n}_[{bands}]" for n in names], [tuple(groups[n].get(b) for b in bands) for n in names], fingerprint
 

@@ -41,7 +41,9 @@ def hubble_deep_field_gray() -> np.ndarray:
     try:
         rgb = data.hubble_deep_field()
     except Exception as e:  # a scikit-image without its data files would try to download
-        raise GalgenError(f"data.source: scikit-image could not open its Hubble Deep Field image ({type(e).__name__}: {e})") from None
+        raise GalgenError(
+            f"data.source: scikit-image could not open its Hubble Deep Field image ({type(e).__name__}: {e})"
+        ) from None
     return rgb.astype(np.float64).mean(axis=-1) / 255.0
 
 
@@ -130,7 +132,9 @@ class HubbleDeepField(GalaxySource):
 
     def load(self, count: int, image_size: int) -> np.ndarray:
         if image_size > self.stamp:
-            raise GalgenError(f"data.image_size={image_size} is larger than the Hubble Deep Field stamps (data.source.stamp={self.stamp})")
+            raise GalgenError(
+                f"data.image_size={image_size} is larger than the Hubble Deep Field stamps (data.source.stamp={self.stamp})"
+            )
         stamps = self._stamps()[0]
         if len(stamps) == 0:
             raise GalgenError(f"data.source: no galaxy of at least {self.min_area} pixels found in the Hubble Deep Field")

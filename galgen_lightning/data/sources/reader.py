@@ -106,7 +106,9 @@ def list_files(directory: Path, pattern: str, suffixes: Sequence[str], option: s
     except OSError as e:
         raise GalgenError(f"{option}: cannot list {directory}: {e.strerror}") from None
     if not found:
-        raise GalgenError(f"{option}: no {'/'.join(s.lstrip('.') for s in suffixes[:3])} files matching {pattern!r} in {directory}")
+        raise GalgenError(
+            f"{option}: no {'/'.join(s.lstrip('.') for s in suffixes[:3])} files matching {pattern!r} in {directory}"
+        )
     return sorted(found, key=lambda p: p.relative_to(directory).as_posix())
 
 
@@ -177,7 +179,13 @@ class CachedReader(GalaxySource):
     def _meta(self) -> dict:
         """What the cache folder holds: it keys the folder and is written to its ``meta.json``."""
         names, _, fingerprint = self._listing()
-        meta = {"format": READER_VERSION, "reader": self.kind, "params": self._params(), "input": fingerprint, "count": len(names)}
+        meta = {
+            "format": READER_VERSION,
+            "reader": self.kind,
+            "params": self._params(),
+            "input": fingerprint,
+            "count": len(names),
+        }
         return json.loads(json.dumps(meta, default=str))
 
     def _root(self) -> Path:
@@ -215,7 +223,10 @@ class CachedReader(GalaxySource):
         details = [d for c in filled.chunks for d in c.details.tolist()]
         self._record(names, reasons, details, filled.usable, filled.complete, filled.prepared)
         if filled.usable == 0:
-            raise GalgenError(f"{self.option}: none of the {self._unit_text(len(names))} in {self._location()} is usable: {self._rejected_text()}")
+            raise GalgenError(
+                f"{self.option}: none of the {self._unit_text(len(names))} in {self._location()} is usable: "
+                f"{self._rejected_text()}"
+            )
         return filled.images[:count]
 
     def describe(self) -> dict:
@@ -236,7 +247,9 @@ class CachedReader(GalaxySource):
 
         return 1 if not self.parallel else (self.workers or default_workers())
 
-    def _convert(self, run: list[int], bounds: list[tuple[int, int]], inputs: list[Any], image_size: int, folder: Path) -> Iterator[tuple[int, Chunk]]:
+    def _convert(
+        self, run: list[int], bounds: list[tuple[int, int]], inputs: list[Any], image_size: int, folder: Path
+    ) -> Iterator[tuple[int, Chunk]]:
         """Convert chunks ``run`` (in parallel pieces) and yield each, in order, once complete
         (the cache writes it)."""
         from tqdm.auto import tqdm
@@ -256,7 +269,9 @@ class CachedReader(GalaxySource):
         )
         pending: dict[int, list[Result]] = {}
         with imap(convert, [[inputs[i] for i in idx] for _, idx in pieces], workers) as results:
-            with tqdm(total=total, unit=self.unit, desc=f"galgen: {self.kind}", disable=None, leave=False, file=sys.stderr) as bar:
+            with tqdm(
+                total=total, unit=self.unit, desc=f"galgen: {self.kind}", disable=None, leave=False, file=sys.stderr
+            ) as bar:
                 for (j, idx), res in zip(pieces, results):
                     pending.setdefault(j, []).extend(res)
                     bar.update(len(idx))
@@ -270,7 +285,10 @@ class CachedReader(GalaxySource):
             if reason == FATAL:
                 raise GalgenError(f"{self._display(names[start + i])}: {detail}")
             if self.strict and reason in BROKEN:
-                raise GalgenError(f"{self._display(names[start + i])}: {detail} (data.source.strict is true; set it to false to skip such inputs)")
+                raise GalgenError(
+                    f"{self._display(names[start + i])}: {detail} "
+                    "(data.source.strict is true; set it to false to skip such inputs)"
+                )
 
     # ------------------------------------------------------------------ reporting
     def _location(self) -> str:
@@ -284,7 +302,9 @@ class CachedReader(GalaxySource):
     def _unit_text(self, n: int) -> str:
         return f"{n:,} {self.unit}{'s' * (n != 1)}"
 
-    def _record(self, names: list[str], reasons: list[str], details: list[str], usable: int, complete: bool, converted: int) -> None:
+    def _record(
+        self, names: list[str], reasons: list[str], details: list[str], usable: int, complete: bool, converted: int
+    ) -> None:
         """Keep the rejection counts (for :meth:`describe`), the summary of a complete conversion,
         and print one line when something was converted or the counts are new to this process."""
         rejected = [(names[i], r, d) for i, (r, d) in enumerate(zip(reasons, details)) if r]
@@ -301,7 +321,11 @@ class CachedReader(GalaxySource):
             write_summary(self._root(), {"inputs": len(names), **self._report})
         key = (len(reasons), usable)
         if converted or (rejected and self._printed != key):
-            print(f"galgen: {self._where()}: {len(reasons):,} of {self._unit_text(len(names))} read, {usable:,} usable, {self._rejected_text()}", flush=True)
+            print(
+                f"galgen: {self._where()}: {len(reasons):,} of {self._unit_text(len(names))} read, {usable:,} usable, "
+                f"{self._rejected_text()}",
+                flush=True,
+            )
         self._printed = key
 
     def _rejected_text(self) -> str:

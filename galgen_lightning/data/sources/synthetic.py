@@ -78,7 +78,10 @@ class SyntheticGalaxies(GalaxySource):
     def folder(self, image_size: int) -> Path:
         """The cache folder of this set at ``image_size`` (keyed by every rendering parameter)."""
         d = self.describe()
-        key = f"v{d['version']}-{d['renderer']}-seed{self.seed}-{image_size}px-q{self.q:g}-stretch{self.stretch:g}-chunk{self.chunk}"
+        key = (
+            f"v{d['version']}-{d['renderer']}-seed{self.seed}-{image_size}px"
+            f"-q{self.q:g}-stretch{self.stretch:g}-chunk{self.chunk}"
+        )
         return self.cache_dir / "synthetic" / key
 
     def load(self, count: int, image_size: int) -> np.ndarray:
@@ -95,7 +98,19 @@ class SyntheticGalaxies(GalaxySource):
             for k in run:
                 start, stop = bounds[k]
                 print(f"galgen: rendering synthetic galaxies {start}-{stop - 1} at {image_size}px into {folder}", flush=True)
-                yield k, Chunk.of(render_many(range(start, stop), seed=self.seed, image_size=image_size, q=self.q, stretch=self.stretch, workers=self.workers))
+                yield (
+                    k,
+                    Chunk.of(
+                        render_many(
+                            range(start, stop),
+                            seed=self.seed,
+                            image_size=image_size,
+                            q=self.q,
+                            stretch=self.stretch,
+                            workers=self.workers,
+                        )
+                    ),
+                )
 
         return cache.fill(count, render).images[:count]
 

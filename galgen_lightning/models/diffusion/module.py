@@ -150,7 +150,9 @@ class DiffusionPair(PairModule):
 
     def _check_sampler_graph(self, device: torch.device) -> None:
         if device.type != "cuda":
-            raise GalgenError(f"model.sampler_graph needs a CUDA device (CUDA graphs), the model is on {device.type}: set it to false")
+            raise GalgenError(
+                f"model.sampler_graph needs a CUDA device (CUDA graphs), the model is on {device.type}: set it to false"
+            )
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         # checkpoints from before the per-model means hold one pooled ``data_mean``: both models start from it
@@ -178,7 +180,9 @@ class DiffusionPair(PairModule):
         total = self.guard.guard_losses(self, losses)
         for which in MODELS:
             if not self.guard.bad_now[which]:
-                self.log(f"train/loss_{which}", losses[which], prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch[which]))
+                self.log(
+                    f"train/loss_{which}", losses[which], prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch[which])
+                )
         return total
 
     def validation_noise(self, indices: Tensor, shape: tuple[int, ...]) -> Tensor:

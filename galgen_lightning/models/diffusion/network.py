@@ -251,5 +251,3 @@ def sample_denoiser(
         "finished": float(finished.sum()),
     }
     return out, ok, counters
-
-

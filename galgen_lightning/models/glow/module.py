@@ -161,7 +161,9 @@ class GlowPair(PairModule):
         total = self.guard.guard_losses(self, losses, finite, what="loss or log-determinant")
         for which in MODELS:
             if not self.guard.bad_now[which]:
-                self.log(f"train/bpd_{which}", losses[which], prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch[which]))
+                self.log(
+                    f"train/bpd_{which}", losses[which], prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch[which])
+                )
         return total
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:

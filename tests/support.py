@@ -1,0 +1,40 @@
+"""Plain helpers shared by the tests (fixtures live in conftest.py): paths, the in-process CLI
+runner, the tiny diffusion arguments, and a JSON-lines reader for files other than a run's
+``metrics.jsonl`` (read that one through ``RunDir(run).records()``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+
+QUICK_DIFFUSION = [f"--config={CONFIGS / 'diffusion.yaml'}", f"--config={CONFIGS / 'quick' / 'diffusion.yaml'}"]
+"""The diffusion family on its quick CPU overlay."""
+
+TINY_DIFFUSION = [
+    "--data.n=8",
+    "--data.n_val=32",
+    "--data.batch_size=8",
+    "--model.init_args.blocks=2",
+    "--model.init_args.width=8",
+    "--model.init_args.max_steps=20",
+]
+"""A diffusion pair small enough for a test: add ``--trainer.fast_dev_run=true`` or an epoch count."""
+
+
+def run_cli(args: list[str]) -> int:
+    """Run ``galgen`` in-process; return its exit status (0 when it returned normally)."""
+    from galgen_lightning.cli import main
+
+    try:
+        main(args)
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Every record of a JSON-lines file."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
