@@ -32,7 +32,7 @@ demo: install ## Train diffusion pairs at a small and a larger N on synthetic ga
 	$(PY) -m galgen_lightning.demo
 
 test: install browser slurm lint ## Lint, then the whole test suite (slow tests included), W&B disabled
-	WANDB_MODE=disabled $(PY) -m pytest -q
+	WANDB_MODE=disabled $(PY) -m pytest -q --durations=15
 
 test-fast: install ## The fast tier to run before every commit: no slow tests, no whole-command tests
 	WANDB_MODE=disabled $(PY) -m pytest -q -m "not slow and not cli"

@@ -21,7 +21,7 @@ from pathlib import Path
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from galgen_lightning.data import GalaxyPairDataModule
-from galgen_lightning.errors import GalgenError, OneLineParseErrors
+from galgen_lightning.errors import GalgenError, OneLineParseErrors, root_cause, weights_mismatch
 from galgen_lightning.evaluation.base import EvalCallback, averaging_after_tests
 from galgen_lightning.faults import (
     FaultTolerance,
@@ -48,15 +48,6 @@ def _entries(value) -> list:
     if value is None or isinstance(value, bool):
         return []
     return list(value) if isinstance(value, list) else [value]
-
-
-def _root_cause(error: BaseException) -> BaseException:
-    """The first exception of a chain (jsonargparse wraps a constructor's error in its own)."""
-    seen = set()
-    while (error.__cause__ or error.__context__) is not None and id(error) not in seen:
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return error
 
 
 _CKPT_KEYWORDS = {"best", "last", "hpc", "registry"}
@@ -202,7 +193,7 @@ class GalgenCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except ValueError as e:  # a constructor refused an option value: one line, not a traceback
-            raise GalgenError(f"invalid option value: {_root_cause(e)}") from e
+            raise GalgenError(f"invalid option value: {root_cause(e)}") from e
         self.trainer.callbacks = averaging_after_tests(self.trainer.callbacks)
         configure_ddp(self.trainer)  # DDP: the collective timeout (GALGEN_DDP_TIMEOUT), a lost rank named
         from galgen_lightning import wandb_utils
@@ -265,15 +256,9 @@ def _state_dict_summary(message: str) -> str:
         r"the shape in current model is (torch.Size\([^)]*\))",
         message,
     )
-    parts = []
-    if missing:
-        parts.append(f"{missing.group(1).count(',') + 1} parameters missing (e.g. {missing.group(1).split(',')[0].strip()})")
-    if unexpected:
-        parts.append(f"{unexpected.group(1).count(',') + 1} unexpected (e.g. {unexpected.group(1).split(',')[0].strip()})")
-    if sizes:
-        name, have, want = sizes[0]
-        parts.append(f"{len(sizes)} of another shape (e.g. {name}: {have} in the checkpoint, {want} here)")
-    return "; ".join(parts) or " ".join(message.split())[:300]
+    missing_keys = [k.strip() for k in missing.group(1).split(",")] if missing else []
+    unexpected_keys = [k.strip() for k in unexpected.group(1).split(",")] if unexpected else []
+    return weights_mismatch(missing_keys, unexpected_keys, sizes) or " ".join(message.split())[:300]
 
 
 EXTRA_COMMANDS = {

@@ -59,3 +59,27 @@ def one_line_argument_parser() -> type:
         pass
 
     return GalgenArgumentParser
+
+
+def root_cause(error: BaseException) -> BaseException:
+    """The first exception of a chain (jsonargparse wraps a constructor's error in its own)."""
+    seen = set()
+    while (error.__cause__ or error.__context__) is not None and id(error) not in seen:
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return error
+
+
+def weights_mismatch(missing: list[str], unexpected: list[str], shapes: list[tuple[str, object, object]]) -> str:
+    """Checkpoint weights that do not fit a model, as one phrase ("" when they fit): how many
+    parameters are missing, unexpected, and of another shape (``(name, in the checkpoint,
+    here)``), each with an example."""
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} parameters missing (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    if shapes:
+        name, have, want = shapes[0]
+        parts.append(f"{len(shapes)} of another shape (e.g. {name}: {have} in the checkpoint, {want} here)")
+    return "; ".join(parts)

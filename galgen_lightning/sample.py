@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from galgen_lightning.errors import GalgenError
+from galgen_lightning.errors import GalgenError, weights_mismatch
 
 FORMATS = (".npz", ".fits", ".png")
 
@@ -100,15 +100,7 @@ def state_dict_difference(found: dict, expected: dict) -> str:
         for k, v in expected.items()
         if k in found and hasattr(found[k], "shape") and tuple(found[k].shape) != tuple(v.shape)
     ]
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} parameters missing (e.g. {missing[0]})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-    if shapes:
-        key, have, want = shapes[0]
-        parts.append(f"{len(shapes)} of another shape (e.g. {key}: {have} in the checkpoint, {want} here)")
-    return "; ".join(parts)
+    return weights_mismatch(missing, unexpected, shapes)
 
 
 def write(samples, out: Path, seed: int, grid: int = 16) -> Path:

@@ -46,8 +46,7 @@ def _demo_pair_at_n4(command: str, run, tiny_source_args: list[str]) -> list[str
     return [
         command,
         f"--config={CONFIGS / 'diffusion.yaml'}",
-        f"--config={CONFIGS / 'quick' / 'diffusion.yaml'}",
-        f"--config={CONFIGS / 'demo' / 'diffusion.yaml'}",
+        f"--config={CONFIGS / 'cpu' / 'diffusion.yaml'}",
         *tiny_source_args,
         "--data.n=4",
         "--data.n_val=64",

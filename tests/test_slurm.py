@@ -5,9 +5,11 @@ split, and `galgen sweep --status` along the way."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -123,6 +125,23 @@ def _wait(what: str, condition, timeout: float, every: float = 1.0):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc), children first."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], list(children.get(pid, []))
+    while todo:
+        child = todo.pop(0)
+        out.append(child)
+        todo.extend(children.get(child, []))
+    return out
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """munged, slurmctld and slurmd on localhost (2 CPUs), their state in a temporary folder."""
@@ -181,6 +200,7 @@ def cluster(tmp_path_factory):
                     _wait("cancelled jobs to end", lambda: not Cluster(root, env, 0).jobs(), 30)
                 except AssertionError:
                     pass
+        leftovers = [pid for proc in procs for pid in _descendants(proc.pid)]  # job steps and their tasks
         for proc in reversed(procs):  # slurmd, slurmctld, munged: by process id
             proc.terminate()
             try:
@@ -188,6 +208,9 @@ def cluster(tmp_path_factory):
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        for pid in leftovers:  # a step slurmd started outlives it: stop it by its process id too
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def _profile(tmp_path: Path, ns: list[int], epochs: int, samples_per_epoch: int) -> Path:

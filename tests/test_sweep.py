@@ -330,3 +330,12 @@ def test_sweep_leaves_a_diverged_run_and_stops_at_an_interrupted_one(tmp_path, p
     assert "diverged (diffusion model a: 20 updates in a row skipped): not resumed" in text
     assert [_option(c, "data.n") for c in calls] == ["4"]  # N=2 left alone, N=8 not started after the signal
     assert "interrupted (exit 143); rerun the same command to resume it" in text and "FAILED" not in text
+
+
+def test_a_slurm_task_uses_as_many_threads_as_its_cpus():
+    """The submitting shell's thread count (here 2) would oversubscribe a 1-CPU task."""
+    from galgen_lightning.sweep.slurm import task_environment
+
+    env = task_environment({"OMP_NUM_THREADS": "2", "SLURM_CPUS_PER_TASK": "1", "OTHER": "kept"})
+    assert (env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"], env["OTHER"]) == ("1", "1", "kept")
+    assert task_environment({"OMP_NUM_THREADS": "2"})["OMP_NUM_THREADS"] == "2"  # not in a task: unchanged

@@ -66,19 +66,11 @@ def cli_names(message: str) -> str:
     return _OPTION.sub(name, message)
 
 
-def _root_cause(error: BaseException) -> BaseException:
-    seen = set()
-    while (error.__cause__ or error.__context__) is not None and id(error) not in seen:
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return error
-
-
 def main(argv: list[str]) -> None:
     """``galgen data ...`` (dispatched by :func:`galgen_lightning.cli.main`)."""
     import importlib
 
-    from galgen_lightning.errors import GalgenError
+    from galgen_lightning.errors import GalgenError, root_cause
 
     os.environ.setdefault("MPLBACKEND", "Agg")
     parser = build_parser()
@@ -90,7 +82,7 @@ def main(argv: list[str]) -> None:
         except GalgenError:
             raise
         except (ValueError, TypeError) as e:  # a source's constructor refused an option (jsonargparse wraps it)
-            cause = _root_cause(e)
+            cause = root_cause(e)
             if isinstance(cause, GalgenError):
                 raise cause from None
             raise GalgenError(f"galgen data {name}: invalid option value: {cause}") from None

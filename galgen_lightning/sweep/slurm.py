@@ -128,6 +128,18 @@ class SlurmOptions:
         return params
 
 
+def task_environment(environ: dict[str, str] | os._Environ) -> dict[str, str]:
+    """The environment of ``galgen fit`` in a task: the submitting shell's (SLURM passes it on),
+    with the thread counts set to the task's CPUs (``SLURM_CPUS_PER_TASK``, i.e. ``--slurm.cpus``).
+    A thread count inherited from the login node would oversubscribe the task's cores."""
+    env = dict(environ)
+    cpus = env.get("SLURM_CPUS_PER_TASK")
+    if cpus and cpus.isdigit():
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[name] = cpus
+    return env
+
+
 class FitTask(Checkpointable):
     """One array task: ``galgen fit`` of one run, resumed from its checkpoint after a requeue.
 
@@ -183,7 +195,7 @@ class FitTask(Checkpointable):
             flush=True,
         )
         log = folder / (runs.LOG if rank == 0 else f"sweep.rank{rank}.log")
-        self.child = runs.subprocess_runner(args, dict(os.environ), log, ignore_usr2=True)
+        self.child = runs.subprocess_runner(args, task_environment(os.environ), log, ignore_usr2=True)
         code = self._wait()
         state = str(RunDir(folder).status().get("state", "?"))
         if code == 0 and state == "complete":
