@@ -126,11 +126,15 @@ def own_other_gap(own: Tensor | np.ndarray, other: Tensor | np.ndarray) -> dict[
 
 
 def summarize(values: Tensor | np.ndarray, line: float = 0.95) -> dict[str, float]:
-    """Median, mean, and share above ``line`` of a similarity distribution (NaN when empty)."""
+    """Median, mean, and share above ``line`` of a similarity distribution (NaN when empty).
+
+    The share's key is ``above_0p95`` for ``line`` 0.95: metric keys carry no dots (W&B reads a
+    dot as nesting)."""
     v = np.asarray(values, dtype=np.float64)
+    above = f"above_{line:g}".replace(".", "p")
     if v.size == 0:
-        return {"median": math.nan, "mean": math.nan, f"above_{line:g}": math.nan}
-    return {"median": float(np.median(v)), "mean": float(np.mean(v)), f"above_{line:g}": float(np.mean(v > line))}
+        return {"median": math.nan, "mean": math.nan, above: math.nan}
+    return {"median": float(np.median(v)), "mean": float(np.mean(v)), above: float(np.mean(v > line))}
 
 
 def psnr(x: Tensor, target: Tensor, data_range: float = 1.0) -> Tensor:

@@ -84,7 +84,7 @@ def test_statistics():
     assert gap["gap_p_value"] == pytest.approx(wilcoxon(own, other, alternative="greater").pvalue)
     assert own_other_gap(own, own)["gap_p_value"] == 1.0
     s = summarize(np.array([0.9, 0.96, 0.97, 0.5]))
-    assert s["median"] == pytest.approx(0.93) and s["above_0.95"] == 0.5
+    assert s["median"] == pytest.approx(0.93) and s["above_0p95"] == 0.5
     assert np.isnan(summarize(np.array([]))["median"])
 
 

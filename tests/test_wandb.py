@@ -158,6 +158,9 @@ def test_offline_run_files_hold_epoch_charts_identity_and_resume(tmp_path, tiny_
     assert steps["two_models/memorization_rate"] == "epoch" and steps["two_models/seconds"] == "epoch"
     rows = [{_key(i): i.value_json for i in r.history.item} for r in kinds["history"]]
     rate_rows = [row for row in rows if "two_models/memorization_rate" in row]
+    eval_keys = {k for row in rows for k in row if k.startswith(wandb_utils.EVAL_PREFIXES)}
+    assert "two_models/a_vs_b_above_0p95" in eval_keys
+    assert not [k for k in eval_keys if "." in k or " " in k]  # W&B reads a dot as nesting
     assert rate_rows and all(row["epoch"] == "0" for row in rate_rows)
     seconds = [r["seconds"] for r in read_jsonl(run / "metrics.jsonl")]
     assert all(s is not None and s > 0 for s in seconds)
