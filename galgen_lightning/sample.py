@@ -83,10 +83,15 @@ def load_pair(ckpt_path: str | Path, device: str | torch.device = "cpu"):
             f"{' '.join(str(e).split())[:200]}"
         ) from None
     state = checkpoint["state_dict"]
-    differs = state_dict_difference(state, pair.state_dict()) if isinstance(state, dict) else "its state_dict is not a dictionary"
-    if differs:
-        raise GalgenError(f"--ckpt_path {ckpt_path}: its weights do not fit {name} as its hyperparameters build it: {differs}")
-    pair.load_state_dict(state)
+    if not isinstance(state, dict):
+        raise GalgenError(f"--ckpt_path {ckpt_path}: its state_dict is not a dictionary")
+    try:  # load_state_dict runs the family's own migrations (e.g. the GAN's pre-AveragedModel EMA keys)
+        pair.load_state_dict(state)
+    except RuntimeError as e:
+        differs = state_dict_difference(state, pair.state_dict()) or " ".join(str(e).split())[:300]
+        raise GalgenError(
+            f"--ckpt_path {ckpt_path}: its weights do not fit {name} as its hyperparameters build it: {differs}"
+        ) from None
     return pair.to(device).eval()
 
 

@@ -364,6 +364,17 @@ def test_checkpoints_from_before_averaged_model_still_load():
     assert torch.equal(fresh.sample(4, seed=2).a, old.sample(4, seed=2).a)
 
 
+def test_galgen_sample_reads_a_checkpoint_from_before_averaged_model(tmp_path, capsys):
+    """``galgen sample`` on an old GAN checkpoint (``G_ema.<name>`` keys) samples, as the pair does."""
+    old = tiny_pair()
+    state = {k.replace("G_ema.module.", "G_ema."): v for k, v in old.state_dict().items() if not k.endswith("G_ema.n_averaged")}
+    hparams = {**dict(old.hparams), "_class_path": "galgen_lightning.models.gan.GANPair"}
+    torch.save({"state_dict": state, "hyper_parameters": hparams}, tmp_path / "old.ckpt")
+    out = tmp_path / "samples.npz"
+    assert run_cli(["sample", f"--ckpt_path={tmp_path / 'old.ckpt'}", "--n=4", "--seed=2", f"--out={out}"]) == 0
+    assert np.array_equal(np.load(out)["a"], old.sample(4, seed=2).a.numpy())
+
+
 def test_validation_does_not_depend_on_the_batch_size():
     import lightning as L
     from torch.utils.data import DataLoader

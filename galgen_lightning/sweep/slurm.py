@@ -261,20 +261,22 @@ ACTIVE = {
 """Job states in which a job is still queued or running (squeue also lists recently ended jobs by id)."""
 
 
+def _ask(command: list[str]) -> subprocess.CompletedProcess | None:
+    """Run a SLURM query command (30 s at most); ``None`` when it cannot run or does not answer."""
+    try:
+        return subprocess.run(command, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
 def queue_states(job_ids: list[str]) -> dict[str, tuple[str, str]] | None:
     """``{job id: (state, reason)}`` of the given jobs (``<array>_<i>`` for array tasks) that
     ``squeue`` lists, ended ones included; ``None`` when ``squeue`` cannot be asked."""
     ids = sorted({str(j).split("_")[0] for j in job_ids if j})
     if not ids:
         return {}
-    try:
-        proc = subprocess.run(
-            ["squeue", "--noheader", "--array", "--states=all", f"--jobs={','.join(ids)}", "--format=%i|%T|%r"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-    except (OSError, subprocess.TimeoutExpired):
+    proc = _ask(["squeue", "--noheader", "--array", "--states=all", f"--jobs={','.join(ids)}", "--format=%i|%T|%r"])
+    if proc is None:
         return None
     if proc.returncode != 0:
         return {} if "Invalid job id" in proc.stderr else None
@@ -291,16 +293,8 @@ def finished_states(job_ids: list[str]) -> dict[str, str]:
     ids = sorted({str(j) for j in job_ids if j})
     if not ids:
         return {}
-    try:
-        proc = subprocess.run(
-            ["sacct", "--noheader", "--parsable2", "--allocations", f"--jobs={','.join(ids)}", "--format=JobID,State"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return {}
-    if proc.returncode != 0:
+    proc = _ask(["sacct", "--noheader", "--parsable2", "--allocations", f"--jobs={','.join(ids)}", "--format=JobID,State"])
+    if proc is None or proc.returncode != 0:
         return {}
     return {p[0]: p[1].split()[0] for p in (line.split("|") for line in proc.stdout.splitlines()) if len(p) == 2 and p[1]}
 
