@@ -18,6 +18,8 @@ synthetic source for the generalizer. docs/extending.md shows how to check a new
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -107,24 +109,15 @@ class OracleMixture(_ReferencePair):
     fresh galaxies shared by A and B.
 
     Args:
-        image_size: side of the images (linked from ``data.image_size``).
-        channels: image channels.
         copy_share: probability that a noise index copies (0: the generalizer, 1: the memorizer).
         noise: standard deviation of the Gaussian noise added to a copy (images are in [0, 1]).
         transforms: copies are flipped or rotated at random (one of the 8 dihedral transforms).
-        sample_batch_size: samples per generation batch.
+        **kwargs: ``image_size`` (linked from ``data.image_size``), ``channels`` and
+            ``sample_batch_size`` (see :class:`PairModule`).
     """
 
-    def __init__(
-        self,
-        image_size: int = 64,
-        channels: int = 1,
-        copy_share: float = 0.3,
-        noise: float = 0.01,
-        transforms: bool = True,
-        sample_batch_size: int = 64,
-    ) -> None:
-        super().__init__(image_size=image_size, channels=channels, sample_batch_size=sample_batch_size)
+    def __init__(self, copy_share: float = 0.3, noise: float = 0.01, transforms: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         if not 0 <= copy_share <= 1:
             raise ValueError(f"copy_share must be in [0, 1], got {copy_share}")
         if noise < 0:
@@ -148,37 +141,26 @@ class OracleGeneralizer(OracleMixture):
     """A and B return the same fresh galaxy for the same noise: the answer is *generalizes*.
 
     Args:
-        image_size: side of the images (linked from ``data.image_size``).
-        channels: image channels.
-        sample_batch_size: samples per generation batch.
+        **kwargs: ``image_size`` (linked from ``data.image_size``), ``channels`` and
+            ``sample_batch_size`` (see :class:`PairModule`).
     """
 
-    def __init__(self, image_size: int = 64, channels: int = 1, sample_batch_size: int = 64) -> None:
-        super().__init__(image_size=image_size, channels=channels, copy_share=0.0, sample_batch_size=sample_batch_size)
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(copy_share=0.0, noise=0.0, transforms=False, **kwargs)
 
 
 class OracleMemorizer(OracleMixture):
     """Each model returns a training image of its own subset: the answer is *memorizes*.
 
     Args:
-        image_size: side of the images (linked from ``data.image_size``).
-        channels: image channels.
         noise: standard deviation of the Gaussian noise added to a copy.
         transforms: copies are flipped or rotated at random.
-        sample_batch_size: samples per generation batch.
+        **kwargs: ``image_size`` (linked from ``data.image_size``), ``channels`` and
+            ``sample_batch_size`` (see :class:`PairModule`).
     """
 
-    def __init__(
-        self, image_size: int = 64, channels: int = 1, noise: float = 0.01, transforms: bool = True, sample_batch_size: int = 64
-    ) -> None:
-        super().__init__(
-            image_size=image_size,
-            channels=channels,
-            copy_share=1.0,
-            noise=noise,
-            transforms=transforms,
-            sample_batch_size=sample_batch_size,
-        )
+    def __init__(self, noise: float = 0.01, transforms: bool = True, **kwargs: Any) -> None:
+        super().__init__(copy_share=1.0, noise=noise, transforms=transforms, **kwargs)
 
 
 class NoisePair(_ReferencePair):

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -27,15 +28,11 @@ class DiffusionPair(PairModule):
     """Two blind bias-free U-Net denoisers, A and B, and their shared-noise sampler.
 
     Args:
-        image_size: image side (linked from ``data.image_size``).
-        channels: image channels.
         blocks: U-Net downsampling stages.
         width: U-Net base channels (64 in the paper).
         lr: Adam learning rate.
         lr_halving_epochs: the learning rate halves every this many epochs.
         sigma_max: training noise levels are ``sigma_max * U**2``.
-        channels_last: use the channels-last memory format for the U-Nets and the batches
-            (faster on GPUs; see docs/gpu.md).
         sigma0: sampler initial noise level (the sampler's settings: :class:`SamplerSettings`).
         sigma_final: sampler stopping noise level (an under-trained denoiser may never reach
             0.01: raise it rather than let samples hit the step limit; 0 never stops).
@@ -43,7 +40,7 @@ class DiffusionPair(PairModule):
         beta: sampler noise injection, in (0, 1].
         max_steps: sampler step limit.
         check_every: sampler steps between host checks for early exit.
-        sample_batch_size: samples per sampler batch.
+        sample_batch_size: samples per sampler batch (see :class:`PairModule`; 256 here).
         norm: form of the bias-free batch norm: ``"reference"`` (Kadkhodaie et al.: centred
             batch standard deviation, small random initial scale) or ``"rms"`` (root mean
             square around zero, initial scale 1); see :class:`BiasFreeBatchNorm`.
@@ -52,14 +49,14 @@ class DiffusionPair(PairModule):
         max_loss_ratio: stop when a model's loss exceeds this multiple of the median of its last
             100 losses (``null``: off).
         check_grads: also skip an update whose gradients are non-finite (one fused norm per step).
-        fused_adam: Adam's fused kernel: ``true`` on any device torch has one for (a device
-            without one is a one-line error), ``false`` (default, as before) never, ``null`` on
-            CUDA only.
-        compile: ``torch.compile`` the two U-Nets for training (validation and sampling stay
-            eager unless ``sampler_graph``).
+        fused_adam: Adam's fused kernel (see :class:`PairModule`; ``false`` here, as before).
         sampler_graph: run the denoiser evaluation of every sampler step as a CUDA graph
             (``torch.compile(mode="reduce-overhead")``, one graph per batch size): no kernel
             launch overhead per step. CUDA only: on another device it is a one-line error.
+        **kwargs: the options every family shares (:class:`PairModule`): ``image_size``
+            (linked from ``data.image_size``), ``channels``, ``channels_last`` and ``compile``
+            (the two U-Nets for training; validation and sampling stay eager unless
+            ``sampler_graph``).
 
     Each model's sampler starts from the mean pixel of its own training subset
     (``data_mean_a``, ``data_mean_b``, set at fit start from ``datamodule.subset_images``), so
@@ -70,14 +67,11 @@ class DiffusionPair(PairModule):
 
     def __init__(
         self,
-        image_size: int = 64,
-        channels: int = 1,
         blocks: int = 3,
         width: int = 64,
         lr: float = 1e-3,
         lr_halving_epochs: int = 100,
         sigma_max: float = 1.0,
-        channels_last: bool = False,
         sigma0: float = 1.0,
         sigma_final: float = 0.01,
         h0: float = 0.01,
@@ -90,17 +84,10 @@ class DiffusionPair(PairModule):
         max_loss_ratio: float | None = 1000.0,
         check_grads: bool = True,
         fused_adam: bool | None = False,
-        compile: bool = False,
         sampler_graph: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            image_size=image_size,
-            channels=channels,
-            sample_batch_size=sample_batch_size,
-            channels_last=channels_last,
-            fused_adam=fused_adam,
-            compile=compile,
-        )
+        super().__init__(sample_batch_size=sample_batch_size, fused_adam=fused_adam, **kwargs)
         for name, value in (("blocks", blocks), ("width", width)):
             if value < 1:
                 raise ValueError(f"DiffusionPair: {name} must be at least 1, got {value}")
@@ -112,13 +99,13 @@ class DiffusionPair(PairModule):
         self.save_hyperparameters()
         self.sampler_settings  # noqa: B018 (checks the sampler's settings now)
         self.guard  # noqa: B018 (checks max_bad_steps and max_loss_ratio now)
-        self.model_a = BiasFreeUNet(channels, blocks, width, norm)
-        self.model_b = BiasFreeUNet(channels, blocks, width, norm)
+        self.model_a = BiasFreeUNet(self.channels, blocks, width, norm)
+        self.model_b = BiasFreeUNet(self.channels, blocks, width, norm)
         for which in MODELS:
             self.register_buffer(f"data_mean_{which}", torch.tensor(0.5))
         self._train_nets: dict[str, Callable[[Tensor], Tensor]] = {}
         self._sampler_nets: dict[str, Callable[[Tensor], Tensor]] = {}
-        if channels_last:
+        if self.channels_last:
             self.to(memory_format=torch.channels_last)
 
     @property

@@ -11,6 +11,7 @@ advances by **4 per batch**: ``max_steps``, ``ModelCheckpoint(every_n_train_step
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -157,8 +158,6 @@ class GANPair(PairModule):
     """Two light-weight GANs, A and B, their EMA generators, and the shared-latent sampler.
 
     Args:
-        image_size: image side (linked from ``data.image_size``), a power of two >= 16.
-        channels: image channels.
         latent_dim: latent size (256 in the reference).
         fmap_max: most channels of any stage (512 in the reference).
         fmap_inverse_coef: width rule of the reference (12): generator channels at side ``s`` are
@@ -187,26 +186,23 @@ class GANPair(PairModule):
         ema_every: the EMA is updated every this many iterations (10 in the reference).
         ema_start: before this many iterations the EMA generator is a plain copy of the live one
             (the reference averages only after 20,000 iterations).
-        channels_last: channels-last memory format of the networks and the batches (faster
-            convolutions on GPUs; see docs/gpu.md).
-        compile: ``torch.compile`` the generators and discriminators for training (the gradient
-            penalty steps use the eager discriminator: compiled graphs have no double backward).
-        sample_batch_size: generation batch of ``sample`` and the evaluation callbacks.
+        sample_batch_size: generation batch of ``sample`` and the evaluation callbacks (see
+            :class:`PairModule`; 256 here).
         max_bad_steps: stop after this many consecutive batches in which a model's update was
             skipped (a non-finite loss or gradient of its G or D skips that update).
         max_loss_ratio: stop when a model's discriminator loss exceeds this multiple of the median
             of its last 100 (``null``: off, the default; GAN losses oscillate).
-        fused_adam: the four Adams' fused kernel: ``true`` on any device torch has one for (a
-            device without one is a one-line error), ``false`` never, ``null`` (default) on CUDA
-            only, as the GAN always did.
+        **kwargs: the options every family shares (:class:`PairModule`): ``image_size``
+            (linked from ``data.image_size``; a power of two >= 16 here), ``channels``,
+            ``channels_last``, ``fused_adam`` (the four Adams) and ``compile`` (the generators and
+            discriminators for training; the gradient-penalty steps use the eager discriminator:
+            compiled graphs have no double backward).
     """
 
     family_name = "gan"
 
     def __init__(
         self,
-        image_size: int = 64,
-        channels: int = 1,
         latent_dim: int = 256,
         fmap_max: int = 512,
         fmap_inverse_coef: int = 12,
@@ -226,21 +222,12 @@ class GANPair(PairModule):
         ema_beta: float = 0.995,
         ema_every: int = 10,
         ema_start: int = 20000,
-        channels_last: bool = False,
-        compile: bool = False,
         sample_batch_size: int = 256,
         max_bad_steps: int = 20,
         max_loss_ratio: float | None = None,
-        fused_adam: bool | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            image_size=image_size,
-            channels=channels,
-            sample_batch_size=sample_batch_size,
-            channels_last=channels_last,
-            fused_adam=fused_adam,
-            compile=compile,
-        )
+        super().__init__(sample_batch_size=sample_batch_size, **kwargs)
         if accumulate < 1 or gp_every < 1 or ema_every < 1:
             raise ValueError("accumulate, gp_every and ema_every must be positive")
         if not 0 <= ema_beta <= 1:
@@ -255,14 +242,14 @@ class GANPair(PairModule):
         self.model_b = self._build()
         self.aug_prob = aug_prob if aug_prob is not None else 0.0
         self._compiled: dict[str, tuple[Callable, Callable]] = {}
-        if channels_last:
+        if self.channels_last:
             self.to(memory_format=torch.channels_last)
 
     def _build(self) -> LightweightGAN:
         hp = self.hparams
         G = Generator(
-            hp.image_size,
-            hp.channels,
+            self.image_size,
+            self.channels,
             hp.latent_dim,
             hp.fmap_max,
             hp.fmap_inverse_coef,
@@ -271,8 +258,8 @@ class GANPair(PairModule):
             hp.attn_dim_head,
         )
         D = Discriminator(
-            hp.image_size,
-            hp.channels,
+            self.image_size,
+            self.channels,
             hp.fmap_max,
             hp.fmap_inverse_coef,
             hp.attn_sizes,

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -53,8 +54,6 @@ class GlowPair(PairModule):
     """Two multi-scale Glows, A and B, for the two-models and inversion tests.
 
     Args:
-        image_size: image side (linked from ``data.image_size``); divisible by ``2**n_block``.
-        channels: image channels.
         n_flow: steps of flow per level (paper 32).
         n_block: levels (paper 4).
         hidden: coupling network width (paper 512).
@@ -68,25 +67,21 @@ class GlowPair(PairModule):
         max_loss_ratio: stop when a model's loss exceeds this multiple of its running median
             (``null``: off; bits per dimension rarely spike before they turn non-finite).
         check_grads: also skip an update whose gradients are non-finite (one fused norm per step).
-        sample_batch_size: samples per generation batch.
         compile_mode: the ``torch.compile`` mode of ``compile`` (e.g. ``"reduce-overhead"``: CUDA
             graphs; ``null``: ``"default"``). Setting it alone also compiles (older configs).
-        channels_last: the channels-last memory format for the flows and the batches (see
-            docs/gpu.md).
-        fused_adam: Adam's fused kernel: ``true`` on any device torch has one for (a device
-            without one is a one-line error), ``false`` never, ``null`` (default) on CUDA only,
-            as Glow always did (one kernel for the ~1,500 parameter tensors of each Glow).
-        compile: ``torch.compile`` every step of flow after the first training batch (which
-            initialises ActNorm eagerly). Steps of one level share a graph, so compilation is
-            short; aimed at GPUs, where the small kernels of a Glow make training overhead bound.
+        **kwargs: the options every family shares (:class:`PairModule`): ``image_size``
+            (linked from ``data.image_size``; divisible by ``2**n_block`` here), ``channels``,
+            ``sample_batch_size``, ``channels_last``, ``fused_adam`` (one kernel for the ~1,500
+            parameter tensors of each Glow) and ``compile`` (every step of flow after the first
+            training batch, which initialises ActNorm eagerly; steps of one level share a graph,
+            so compilation is short; aimed at GPUs, where the small kernels of a Glow make
+            training overhead bound).
     """
 
     family_name = "glow"
 
     def __init__(
         self,
-        image_size: int = 64,
-        channels: int = 1,
         n_flow: int = 32,
         n_block: int = 4,
         hidden: int = 512,
@@ -97,36 +92,27 @@ class GlowPair(PairModule):
         max_bad_steps: int = 20,
         max_loss_ratio: float | None = None,
         check_grads: bool = True,
-        sample_batch_size: int = 64,
         compile_mode: str | None = None,
-        channels_last: bool = False,
-        fused_adam: bool | None = None,
-        compile: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            image_size=image_size,
-            channels=channels,
-            sample_batch_size=sample_batch_size,
-            channels_last=channels_last,
-            fused_adam=fused_adam,
-            compile=compile or compile_mode is not None,
-        )
+        super().__init__(**kwargs)
+        self.compile_networks = self.compile_networks or compile_mode is not None
         if n_block < 1 or n_flow < 1 or hidden < 1:
             raise GalgenError(f"model: n_block, n_flow and hidden must be positive, got {n_block}, {n_flow}, {hidden}")
-        if image_size % 2**n_block:
+        if self.image_size % 2**n_block:
             raise GalgenError(
-                f"model: image_size {image_size} is not divisible by 2**n_block = {2**n_block}; lower model.n_block"
+                f"model: image_size {self.image_size} is not divisible by 2**n_block = {2**n_block}; lower model.n_block"
             )
         if not 1 <= n_bits <= 8:
             raise GalgenError(f"model.n_bits must be in 1..8, got {n_bits}")
         if max_bad_steps < 1:
             raise GalgenError(f"model.max_bad_steps must be positive, got {max_bad_steps}")
         self.save_hyperparameters()
-        self.model_a = Glow(channels, n_flow, n_block, hidden, affine)
-        self.model_b = Glow(channels, n_flow, n_block, hidden, affine)
+        self.model_a = Glow(self.channels, n_flow, n_block, hidden, affine)
+        self.model_b = Glow(self.channels, n_flow, n_block, hidden, affine)
         self.guard  # noqa: B018 (checks max_bad_steps and max_loss_ratio now)
         self._compiled = False
-        if channels_last:
+        if self.channels_last:
             self.to(memory_format=torch.channels_last)
 
     @property
