@@ -254,7 +254,18 @@ def nearest_earlier(
 ) -> tuple[np.ndarray, np.ndarray]:
     """For each image, its best score against the earlier images searched, and which one.
 
-    See :func:`duplicate_mask` for the score and the arguments.
+    See :func:`duplicate_mask` for the score and the search.
+
+    Args:
+        images: ``(n, h, w)`` float images.
+        max_shift: largest shift searched, in pixels per axis; capped at an eighth of the
+            shorter side, so that the overlap keeps at least 7/8 of each axis.
+        candidates: earlier images scored per image.
+        spectrum_size: highest spatial frequency (cycles per image) in the descriptor.
+        noise_floor: noise level, as a fraction of each image's pixel range, below which the
+            descriptor does not tell Fourier magnitudes apart.
+        chunk: rows per block of the candidate search (memory: about ``chunk * n`` floats).
+        batch: images per block of the exact check.
 
     Returns:
         ``(score, index)``: float32 ``(n,)`` (``-inf`` for the first image) and int64 ``(n,)``
@@ -280,16 +291,7 @@ def nearest_earlier(
     return best.numpy(), index.numpy()
 
 
-def duplicate_mask(
-    images: np.ndarray,
-    threshold: float = 0.95,
-    max_shift: int = 3,
-    candidates: int = 4,
-    spectrum_size: int = 16,
-    noise_floor: float = 0.03,
-    chunk: int = 1024,
-    batch: int = 64,
-) -> np.ndarray:
+def duplicate_mask(images: np.ndarray, threshold: float = 0.95, **search: int | float) -> np.ndarray:
     """Mark images that repeat an earlier one: exactly, with a little noise, shifted or flipped.
 
     Image ``j`` is a duplicate when its pixels equal an earlier image's (SHA-1 of the float32
@@ -316,14 +318,8 @@ def duplicate_mask(
     Args:
         images: ``(n, h, w)`` float images.
         threshold: the score (a correlation) above which an image is a duplicate.
-        max_shift: largest shift searched, in pixels per axis; capped at an eighth of the
-            shorter side, so that the overlap keeps at least 7/8 of each axis.
-        candidates: earlier images scored per image.
-        spectrum_size: highest spatial frequency (cycles per image) in the descriptor.
-        noise_floor: noise level, as a fraction of each image's pixel range, below which the
-            descriptor does not tell Fourier magnitudes apart.
-        chunk: rows per block of the candidate search (memory: about ``chunk * n`` floats).
-        batch: images per block of the exact check.
+        **search: the search's settings, passed to :func:`nearest_earlier` (``max_shift``,
+            ``candidates``, ``spectrum_size``, ``noise_floor``, ``chunk``, ``batch``).
 
     Returns:
         bool array of shape ``(n,)``, True for images to drop.
@@ -336,6 +332,6 @@ def duplicate_mask(
         drop[i] = digest in seen
         seen.add(digest)
     if n > 1:
-        score, _ = nearest_earlier(images, max_shift, candidates, spectrum_size, noise_floor, chunk, batch)
+        score, _ = nearest_earlier(images, **search)
         drop |= score > threshold
     return drop

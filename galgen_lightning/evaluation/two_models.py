@@ -225,20 +225,10 @@ class TwoModelsTest(EvalCallback):
         )
         for values, label, color in curves:
             right.hist(values, bins=bins, alpha=0.5, density=True, label=label, color=color)
-        right.axvline(
-            scalars["memorization_threshold"],
-            color="k",
-            ls="--",
-            lw=1,
-            label=f"{self.quantile:.0%} quantile of samples vs other subset",
-        )
-        right.axvline(
-            scalars["memorization_threshold_heldout"],
-            color="tab:gray",
-            ls=":",
-            lw=1,
-            label=f"{self.quantile:.0%} quantile of held-out",
-        )
+        lines = (("", "k", "--", "samples vs other subset"), ("_heldout", "tab:gray", ":", "held-out"))
+        for suffix, color, style, of in lines:
+            quantile = scalars[f"memorization_threshold{suffix}"]
+            right.axvline(quantile, color=color, ls=style, lw=1, label=f"{self.quantile:.0%} quantile of {of}")
         right.set_title("nearest training image of each sample")
         right.set_xlabel("cosine similarity to nearest training image (mean removed)")
         right.set_ylabel("probability density")

@@ -63,8 +63,6 @@ from galgen_lightning.report.figures import (
     fig_morphology,
     fig_summary,
     fig_two_models,
-    inversion_table,
-    morphology_rows,
     one_per_n,
     slug,
 )
@@ -81,7 +79,7 @@ from galgen_lightning.report.stats import (
     fmt_p,
     transition_checks,
 )
-from galgen_lightning.report.table import table_row, write_table
+from galgen_lightning.report.table import inversion_table, morphology_rows, table_row, write_table
 from galgen_lightning.rundir import Run, find_runs, is_run_dir, load_run
 
 SECTIONS = {

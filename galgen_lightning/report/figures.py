@@ -9,11 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from galgen_lightning.report.stats import MEMORIZED_RATE, finite, fmt, fmt_g, fmt_p
+from galgen_lightning.evaluation.morphology_image import VARIABLES as MORPHOLOGY_VARIABLES
+from galgen_lightning.report.stats import MEMORIZED_RATE, finite, fmt
 from galgen_lightning.rundir import Run
-
-MORPHOLOGY_VARIABLES = ("concentration", "asymmetry", "smoothness", "gini", "m20")
-MORPHOLOGY_GROUPS = ("real_a", "real_b", "val", "sample_a", "sample_b")
 
 
 def _plt():
@@ -48,7 +46,9 @@ class FigureWriter:
             old.unlink()
 
     def save(self, fig, name: str, caption: str) -> Figure:
+        """Lay the figure out, write ``<name>.png`` and ``<name>.pdf``, close it, and return it with its caption."""
         plt = _plt()
+        fig.tight_layout()
         path = self.folder / f"{slug(name)}.png"
         fig.savefig(path, dpi=DPI)
         fig.savefig(path.with_suffix(".pdf"))
@@ -120,7 +120,6 @@ def fig_two_models(runs: list[Run], group: str, writer: FigureWriter, plain: boo
             ax.set_ylabel("density (per unit cosine)", fontsize=8)
             ax.legend(fontsize=6, loc="upper left")
     fig.suptitle(f"{group}: two-models test over N ({'plain cosine, as in the paper' if plain else 'mean-removed cosine'})")
-    fig.tight_layout()
     caption = (
         f"{group}: top, cosine similarity of A's and B's samples from the same noise; bottom, each sample's similarity to its "
         "nearest training image of its own subset (red) and of the other subset (blue), with held-out real galaxies' nearest "
@@ -181,11 +180,11 @@ def fig_summary(rows: list[dict], group: str, n_star: dict, writer: FigureWriter
         ax.set_xscale("log")
     axes[0].legend(fontsize=7)
     fig.suptitle(f"{group}: memorization to generalization over N (bars: bootstrap intervals)")
-    fig.tight_layout()
     return writer.save(
         fig,
         f"summary_{group}",
-        f"{group}: the calibrated memorization rate (dotted: 0.5), the own-minus-other gap and the A-vs-B agreement against N, with bootstrap confidence intervals; N* shaded when the sweep brackets it.",  # noqa: E501 (a figure caption; one line keeps this module within test_layout's 500 lines)
+        f"{group}: the calibrated memorization rate (dotted: 0.5), the own-minus-other gap and the A-vs-B "
+        "agreement against N, with bootstrap confidence intervals; N* shaded when the sweep brackets it.",
     )
 
 
@@ -219,47 +218,14 @@ def fig_denoising(runs: list[Run], group: str, writer: FigureWriter) -> Figure |
                 ax.set_xlabel("PSNR in (dB)", fontsize=8)
     axes[0, 0].legend(fontsize=7)
     fig.suptitle(f"{group}: denoising test (dotted: identity)")
-    fig.tight_layout()
     return writer.save(
         fig,
         f"denoising_{group}",
-        f"{group}: PSNR of the denoised image against the PSNR of the noisy input, for a training image of A, one of B and a held-out image (rows), models A (red) and B (blue), over N (columns): the paper's Figures 5 and 6. A memorizing denoiser restores its own training image far better than the others.",  # noqa: E501 (a figure caption; one line keeps this module within test_layout's 500 lines)
+        f"{group}: PSNR of the denoised image against the PSNR of the noisy input, for a training image of "
+        "A, one of B and a held-out image (rows), models A (red) and B (blue), over N (columns): the "
+        "paper's Figures 5 and 6. A memorizing denoiser restores its own training image far better than the "
+        "others.",
     )
-
-
-def inversion_table(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
-    """Table 1, per N, direction and level: the 1-Wasserstein distances of the inversion test."""
-    if not any(run.last("inversion") for run in runs):
-        return [], []
-    from galgen_lightning.evaluation.inversion import DISTANCES, LABELS
-
-    columns = [
-        "N",
-        "state",
-        "x from",
-        "level",
-        *[f"W1({LABELS[u]}, {LABELS[v]})" for u, v in DISTANCES.values()],
-        "max|z - z_own|",
-    ]
-    rows = []
-    for run in sorted(runs, key=lambda r: (r.n or 0, r.seed or 0)):
-        rec = run.last("inversion")
-        if not rec:
-            continue
-        for d in "ab":
-            levels = sorted({int(m.group(1)) for k in rec for m in [re.match(rf"from_{d}/level(\d+)/", k)] if m})
-            for k in levels:
-                rows.append(
-                    [
-                        f"{run.n:,}" if run.n is not None else run.name,
-                        run.state,
-                        f"{d.upper()}^-1(z)",
-                        str(k),
-                        *[fmt_g(rec.get(f"from_{d}/level{k}/w1_{name}")) for name in DISTANCES],
-                        fmt_g(rec.get(f"from_{d}/level{k}/max_err")),
-                    ]
-                )
-    return columns, rows
 
 
 def fig_inversion(runs: list[Run], group: str, writer: FigureWriter, max_points: int = 3000) -> Figure | None:
@@ -299,11 +265,12 @@ def fig_inversion(runs: list[Run], group: str, writer: FigureWriter, max_points:
                 bottom.set_ylabel("density of z_B", fontsize=8)
                 bottom.legend(fontsize=7, loc="upper left")
     fig.suptitle(f"{group}: inversion test, x = A^-1(z), z ~ N(0, I)")
-    fig.tight_layout()
     return writer.save(
         fig,
         f"inversion_{group}",
-        f"{group}: for x = A^-1(z), the latents z_A = A(x) (blue, should lie on the diagonal) and z_B = B(x) (orange) against z per level, and the density of z_B against N(0, 1), over N (pairs of rows): the paper's Figure 10 for every N.",  # noqa: E501 (a figure caption; one line keeps this module within test_layout's 500 lines)
+        f"{group}: for x = A^-1(z), the latents z_A = A(x) (blue, should lie on the diagonal) and z_B = B(x) "
+        "(orange) against z per level, and the density of z_B against N(0, 1), over N (pairs of rows): the "
+        "paper's Figure 10 for every N.",
     )
 
 
@@ -361,12 +328,13 @@ def fig_discriminator(runs: list[Run], group: str, writer: FigureWriter) -> list
             _disc_panel(ax, losses, f"{run_title(run)}, epoch {epochs[j]}")
         axes[i, 0].legend(fontsize=6, loc="upper left")
     fig.suptitle(f"{group}: discriminator test over training (solid: D_A, dashed: D_B; red: G_A, blue: G_B; dotted: 2)")
-    fig.tight_layout()
     figures.append(
         writer.save(
             fig,
             f"discriminator_epochs_{group}",
-            f"{group}: the four hinge-loss distributions of the discriminator test at several epochs (columns), per N (rows): the paper's Figure 14. A converged, consistent pair shows four coinciding distributions with mean 2.",  # noqa: E501 (a figure caption; one line keeps this module within test_layout's 500 lines)
+            f"{group}: the four hinge-loss distributions of the discriminator test at several epochs "
+            "(columns), per N (rows): the paper's Figure 14. A converged, consistent pair shows four "
+            "coinciding distributions with mean 2.",
         )
     )
 
@@ -385,7 +353,6 @@ def fig_discriminator(runs: list[Run], group: str, writer: FigureWriter) -> list
     ax.set(xlabel="epoch", ylabel="max(max W1, max |mean - 2|)", title="convergence score (0 = perfect)")
     ax.legend(fontsize=7)
     fig.suptitle(f"{group}: discriminator test at the last epoch, per N")
-    fig.tight_layout()
     figures.append(
         writer.save(
             fig,
@@ -421,17 +388,6 @@ def read_morphology(run: Run) -> dict[str, dict[str, np.ndarray]] | None:
         out.setdefault(group, {})[variable] = v[keep]
         out[group]["_n"] = np.zeros(v.size)
     return out or None
-
-
-def morphology_rows(run: Run) -> list[list[str]]:
-    """Per comparison of the morphology test's last record: W1 and KS p-value per variable."""
-    rec = run.last("morphology") or {}
-    comparisons = sorted({m.group(1) for k in rec for m in [re.match(r"(\w+_vs_\w+)/\w+_w1$", k)] if m})
-    rows = []
-    for comp in comparisons:
-        cells = [f"{fmt_g(rec.get(f'{comp}/{v}_w1'))} (p={fmt_p(rec.get(f'{comp}/{v}_ks_p'))})" for v in MORPHOLOGY_VARIABLES]
-        rows.append([run_title(run), comp.replace("_vs_", " vs "), *cells])
-    return rows
 
 
 def fig_morphology(runs: list[Run], group: str, writer: FigureWriter) -> Figure | None:
@@ -492,9 +448,11 @@ def fig_morphology(runs: list[Run], group: str, writer: FigureWriter) -> Figure 
                 ax.set_ylabel(f"{run_title(run)}\ndensity", fontsize=9)
                 ax.legend(fontsize=6)
     fig.suptitle(f"{group}: morphology (statmorph), real images and samples, per N")
-    fig.tight_layout()
     return writer.save(
         fig,
         f"morphology_{group}",
-        f"{group}: distributions of the statmorph morphology coefficients (concentration, asymmetry, smoothness, Gini, M20) of the training images, held-out images and A's and B's samples, per N (rows): the paper's Figures 7, 8 and 15. Failed and flagged fits are left out (used/total images in the legends). Matching distributions do not rule out memorization.",  # noqa: E501 (a figure caption; one line keeps this module within test_layout's 500 lines)
+        f"{group}: distributions of the statmorph morphology coefficients (concentration, asymmetry, "
+        "smoothness, Gini, M20) of the training images, held-out images and A's and B's samples, per N "
+        "(rows): the paper's Figures 7, 8 and 15. Failed and flagged fits are left out (used/total images "
+        "in the legends). Matching distributions do not rule out memorization.",
     )

@@ -1,4 +1,5 @@
-"""The sweep table: one row per run, the judge's label and numbers with their intervals.
+"""The report's tables: the sweep table (one row per run, the judge's label and numbers with their
+intervals), the inversion test's Table 1 and the morphology test's distances.
 
 ``galgen report`` writes it as ``<out>/sweep_table.csv`` and ``sweep_table.json`` (numbers, not
 formatted text: for plotting, or another program) and, for a sweep, logs it to W&B
@@ -12,9 +13,13 @@ import csv
 import io
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
+from galgen_lightning.evaluation.morphology_image import VARIABLES as MORPHOLOGY_VARIABLES
+from galgen_lightning.report.figures import run_title
+from galgen_lightning.report.stats import fmt_g, fmt_p
 from galgen_lightning.rundir import Run
 
 INTERVALS = ("memorization_rate", "gap_median", "agreement_kappa", "realism_outside_any")
@@ -145,3 +150,49 @@ def chart_series(rows: list[dict[str, Any]], key: str) -> list[tuple[str, list[f
             if all(v is not None for v in values):
                 out.append((f"{name} {bound}", xs, values))
     return out
+
+
+def inversion_table(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
+    """Table 1, per N, direction and level: the 1-Wasserstein distances of the inversion test."""
+    if not any(run.last("inversion") for run in runs):
+        return [], []
+    from galgen_lightning.evaluation.inversion import DISTANCES, LABELS
+
+    columns = [
+        "N",
+        "state",
+        "x from",
+        "level",
+        *[f"W1({LABELS[u]}, {LABELS[v]})" for u, v in DISTANCES.values()],
+        "max|z - z_own|",
+    ]
+    rows = []
+    for run in sorted(runs, key=lambda r: (r.n or 0, r.seed or 0)):
+        rec = run.last("inversion")
+        if not rec:
+            continue
+        for d in "ab":
+            levels = sorted({int(m.group(1)) for k in rec for m in [re.match(rf"from_{d}/level(\d+)/", k)] if m})
+            for k in levels:
+                rows.append(
+                    [
+                        f"{run.n:,}" if run.n is not None else run.name,
+                        run.state,
+                        f"{d.upper()}^-1(z)",
+                        str(k),
+                        *[fmt_g(rec.get(f"from_{d}/level{k}/w1_{name}")) for name in DISTANCES],
+                        fmt_g(rec.get(f"from_{d}/level{k}/max_err")),
+                    ]
+                )
+    return columns, rows
+
+
+def morphology_rows(run: Run) -> list[list[str]]:
+    """Per comparison of the morphology test's last record: W1 and KS p-value per variable."""
+    rec = run.last("morphology") or {}
+    comparisons = sorted({m.group(1) for k in rec for m in [re.match(r"(\w+_vs_\w+)/\w+_w1$", k)] if m})
+    rows = []
+    for comp in comparisons:
+        cells = [f"{fmt_g(rec.get(f'{comp}/{v}_w1'))} (p={fmt_p(rec.get(f'{comp}/{v}_ks_p'))})" for v in MORPHOLOGY_VARIABLES]
+        rows.append([run_title(run), comp.replace("_vs_", " vs "), *cells])
+    return rows

@@ -237,11 +237,8 @@ class FitsCutouts(CachedReader):
         stretch: Lupton linear stretch (the paper: 0.2).
         band_files: one file per band, ``<galaxy>_<band>.fits`` (the layout of the paper's
             download script) instead of one file per galaxy.
-        cache_dir: where converted images are kept (default: ``$GALGEN_CACHE_DIR`` or
-            ``~/.cache/galgen``).
-        workers: processes used for converting (default: all cores).
-        chunk: cutouts per cached file (the unit of resuming an interrupted conversion).
-        strict: stop at the first unreadable or malformed file instead of skipping it.
+        **kwargs: the cache's options (:class:`CachedReader`: ``cache_dir``, ``workers``,
+            ``chunk`` cutouts per cached file, ``strict``).
     """
 
     kind = "fits"
@@ -259,12 +256,9 @@ class FitsCutouts(CachedReader):
         q: float = 8.0,
         stretch: float = 0.2,
         band_files: bool = False,
-        cache_dir: str | None = None,
-        workers: int | None = None,
-        chunk: int = 256,
-        strict: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(cache_dir=cache_dir, workers=workers, chunk=chunk, strict=strict)
+        super().__init__(**kwargs)
         check_positive(q, "data.source.q")
         check_positive(stretch, "data.source.stretch")
         check_positive(crop, "data.source.crop")

@@ -82,11 +82,8 @@ class ImageFolder(CachedReader):
         directory: the folder of images (searched with ``pattern``).
         pattern: glob of the files, relative to ``directory`` (default: every ``.png``,
             ``.jpg``, ``.jpeg``, ``.tif`` or ``.tiff`` file, in subfolders too).
-        cache_dir: where converted images are kept (default: ``$GALGEN_CACHE_DIR`` or
-            ``~/.cache/galgen``).
-        workers: processes used for converting (default: all cores).
-        chunk: images per cached file (the unit of resuming an interrupted conversion).
-        strict: stop at the first unreadable file instead of skipping it.
+        **kwargs: the cache's options (:class:`CachedReader`: ``cache_dir``, ``workers``,
+            ``chunk`` images per cached file, ``strict``).
     """
 
     kind = "images"
@@ -94,16 +91,8 @@ class ImageFolder(CachedReader):
     option = "data.source.directory"
     noun = "images"
 
-    def __init__(
-        self,
-        directory: str,
-        pattern: str = "**/*",
-        cache_dir: str | None = None,
-        workers: int | None = None,
-        chunk: int = 256,
-        strict: bool = False,
-    ) -> None:
-        super().__init__(cache_dir=cache_dir, workers=workers, chunk=chunk, strict=strict)
+    def __init__(self, directory: str, pattern: str = "**/*", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.directory = self.location = Path(directory).expanduser()
         self.pattern = pattern
 
