@@ -287,6 +287,34 @@ class EvalCallback(L.Callback):
             )
 
 
+class SamplingTest(EvalCallback):
+    """Base of the tests that draw from the pair: how many, from which noise, in which batches.
+
+    Args:
+        every_n_epochs: run every this many epochs (and at the last one).
+        n_samples: samples per model.
+        seed: sampling seed (the same noise every epoch, so epochs compare).
+        batch_size: samples per generation batch (default: the pair's ``sample_batch_size``).
+    """
+
+    def __init__(self, every_n_epochs: int = 1, n_samples: int = 64, seed: int = 0, batch_size: int | None = None) -> None:
+        super().__init__(every_n_epochs)
+        for option, value in (("n_samples", n_samples), ("batch_size", batch_size)):
+            if value is not None and value < 1:
+                raise ValueError(f"{type(self).__name__}: {option} must be positive, got {value}")
+        self.n_samples = n_samples
+        self.seed = seed
+        self.batch_size = batch_size
+
+    def generation_batch(self, pl_module: L.LightningModule) -> int:
+        """Samples per generation batch: ``batch_size``, else the pair's ``sample_batch_size``."""
+        return self.batch_size or pl_module.sample_batch_size
+
+    def draw(self, trainer: L.Trainer, pl_module: L.LightningModule):
+        """This test's ``n_samples`` samples of A and B from its ``seed`` (:meth:`draw_samples`)."""
+        return self.draw_samples(trainer, pl_module, self.n_samples, self.seed, batch_size=self.generation_batch(pl_module))
+
+
 def mosaic(rows: list[torch.Tensor], pad: int = 2) -> np.ndarray:
     """Stack rows of images ``(k, 1, h, w)`` into one uint8 picture, each image stretched alike."""
     k = max(len(r) for r in rows)

@@ -23,13 +23,14 @@ surrounding text and the hinge loss (equation 8). Only the main head is used by 
 from __future__ import annotations
 
 from itertools import combinations
+from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 from scipy.stats import wasserstein_distance
 
-from galgen_lightning.evaluation.base import EvalCallback, run_dir
+from galgen_lightning.evaluation.base import SamplingTest, run_dir
 from galgen_lightning.models.base import MODELS
 from galgen_lightning.models.gan.network import hinge_per_sample
 from galgen_lightning.rundir import RunDir
@@ -173,7 +174,7 @@ def discriminator_statistics(losses: dict[str, np.ndarray], target: float = TARG
     return stats
 
 
-class DiscriminatorTest(EvalCallback):
+class DiscriminatorTest(SamplingTest):
     """Per-epoch four-way discriminator test of a GAN pair (see the module docstring).
 
     Each run writes ``<run>/eval/discriminator/epoch_XXXX.npz`` (per-sample losses and scores)
@@ -183,39 +184,26 @@ class DiscriminatorTest(EvalCallback):
     ``EarlyStopping`` look (``monitor: discriminator/score``, ``mode: min``) on every rank.
 
     Args:
-        every_n_epochs: run every this many epochs (and at the last one). A monitor needs the
-            key at every validation it checks: keep this at 1, or match the checkpoint's interval.
         n_samples: latents per model (and training images per discriminator).
-        seed: latent and image-draw seed (the same every epoch, so epochs compare).
         head: discriminator head scored, ``"main"`` (default), ``"small"`` or ``"both"``.
         ema: score the EMA generators instead of the live ones.
         val: add the held-out curves ``L(D_i; G_i, val)``.
-        batch_size: samples per forward batch (default: the pair's ``sample_batch_size``).
+        **kwargs: :class:`SamplingTest`'s ``every_n_epochs`` (a monitor needs the key at every
+            validation it checks: keep it at 1, or match the checkpoint's interval), ``seed``
+            (of the latents and of the draw of training images) and ``batch_size``.
     """
 
     name = "discriminator"
     requires = ("fake_images", "discriminator_scores")
     fits = "GAN pairs"
 
-    def __init__(
-        self,
-        every_n_epochs: int = 1,
-        n_samples: int = 256,
-        seed: int = 0,
-        head: str = "main",
-        ema: bool = False,
-        val: bool = True,
-        batch_size: int | None = None,
-    ) -> None:
-        super().__init__(every_n_epochs)
+    def __init__(self, n_samples: int = 256, head: str = "main", ema: bool = False, val: bool = True, **kwargs: Any) -> None:
+        super().__init__(n_samples=n_samples, **kwargs)
         if head not in ("main", "small", "both"):
             raise ValueError(f"head must be 'main', 'small' or 'both', got {head!r}")
-        self.n_samples = n_samples
-        self.seed = seed
         self.head = head
         self.ema = ema
         self.val = val
-        self.batch_size = batch_size
         self._monitored: dict[str, float] = {}
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -232,7 +220,7 @@ class DiscriminatorTest(EvalCallback):
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         dm = trainer.datamodule
         reals = {s: dm.subset_images(s) for s in (*MODELS, "val")}
-        batch_size = self.batch_size or pl_module.sample_batch_size
+        batch_size = self.generation_batch(pl_module)
         losses = discriminator_losses(pl_module, reals, self.n_samples, self.seed, self.head, self.ema, batch_size, self.val)
         scalars = discriminator_statistics(losses)
         self._monitored = {k: scalars[k] for k in MONITORED}

@@ -22,6 +22,7 @@ import contextlib
 import csv
 import io
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -30,7 +31,7 @@ from scipy import special
 from scipy.stats import wasserstein_distance
 from torch import Tensor, nn
 
-from galgen_lightning.evaluation.base import EvalCallback
+from galgen_lightning.evaluation.base import SamplingTest
 from galgen_lightning.models.base import MODELS
 from galgen_lightning.noise import counter_normal
 
@@ -209,7 +210,7 @@ def csv_table(columns: list[str], rows: list[list[str]]) -> str:
     return buf.getvalue()
 
 
-class InversionTest(EvalCallback):
+class InversionTest(SamplingTest):
     """Per-epoch inversion test of a flow pair (see the module docstring).
 
     Needs a family whose models have ``reverse`` and whose module has ``latent_shapes``
@@ -223,34 +224,21 @@ class InversionTest(EvalCallback):
     of the other model's latents against the N(0, 1) pdf, per level).
 
     Args:
-        every_n_epochs: run every this many epochs (and at the last one).
-        n_samples: decoded images per direction (each gives every level's latents).
-        seed: latent seed (level ``k`` is stream ``k`` of ``counter_normal``; the same every epoch).
         temperature: scale of ``z`` (1: the test of the paper, ``z ~ N(0, I)``).
-        batch_size: samples per pass (default: the family's ``sample_batch_size``).
         max_points: values per level and direction kept in the ``.npz`` file and the scatter plots.
         bins: histogram bins of the density plots.
+        **kwargs: :class:`SamplingTest`'s ``every_n_epochs``, ``n_samples`` (decoded images per
+            direction, each giving every level's latents), ``seed`` (level ``k`` is stream ``k``
+            of ``counter_normal``) and ``batch_size`` (samples per pass).
     """
 
     name = "inversion"
     requires = ("latent_shapes",)
     fits = "normalizing flows such as Glow"
 
-    def __init__(
-        self,
-        every_n_epochs: int = 1,
-        n_samples: int = 64,
-        seed: int = 0,
-        temperature: float = 1.0,
-        batch_size: int | None = None,
-        max_points: int = 20000,
-        bins: int = 60,
-    ) -> None:
-        super().__init__(every_n_epochs)
-        self.n_samples = n_samples
-        self.seed = seed
+    def __init__(self, temperature: float = 1.0, max_points: int = 20000, bins: int = 60, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.temperature = temperature
-        self.batch_size = batch_size
         self.max_points = max_points
         self.bins = bins
 
@@ -258,7 +246,7 @@ class InversionTest(EvalCallback):
         shapes = pl_module.latent_shapes
         idx = torch.arange(self.n_samples, device=pl_module.device)
         z = [self.temperature * counter_normal(self.seed, idx, tuple(s), stream=k) for k, s in enumerate(shapes)]
-        batch_size = self.batch_size or pl_module.sample_batch_size
+        batch_size = self.generation_batch(pl_module)
         stats = inversion_statistics(pl_module.model_a, pl_module.model_b, z, batch_size)
 
         self.log_scalars(trainer, flat_scalars(stats))

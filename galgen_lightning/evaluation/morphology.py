@@ -21,12 +21,13 @@ are logged. See ``docs/morphology.md``.
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import lightning as L
 import numpy as np
 
 from galgen_lightning.errors import GalgenError
-from galgen_lightning.evaluation.base import EvalCallback
+from galgen_lightning.evaluation.base import SamplingTest
 from galgen_lightning.evaluation.morphology_image import VARIABLES, MorphologyOptions, missing_dependencies
 from galgen_lightning.evaluation.morphology_measure import PRELOAD, measure_groups
 from galgen_lightning.evaluation.morphology_stats import COMPARISONS, morphology_figure, morphology_statistics
@@ -43,7 +44,7 @@ def choose_subset(n: int, k: int | None, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng([seed, n, k]).choice(n, size=k, replace=False))
 
 
-class MorphologyTest(EvalCallback):
+class MorphologyTest(SamplingTest):
     """Per-epoch morphology test with statmorph: real vs samples of A vs samples of B.
 
     Measuring takes about 0.5 s per 64x64 image and CPU core, so the real groups are measured
@@ -51,11 +52,8 @@ class MorphologyTest(EvalCallback):
     ``workers`` processes, started at the first evaluation and kept for the run.
 
     Args:
-        every_n_epochs: run every this many epochs (and at the last one).
         n_samples: samples per model.
         n_real: most images measured per real group (A, B, validation); None measures all.
-        seed: sampling seed (the same noise every epoch) and seed of the choice of real images.
-        batch_size: samples per generation batch (default: the family's own).
         workers: processes measuring in parallel (default: the CPUs this process may use).
         threshold: detection threshold in background sigmas.
         smoothing: Gaussian sigma in pixels before detection.
@@ -66,17 +64,16 @@ class MorphologyTest(EvalCallback):
         max_flag: largest statmorph flag whose measurement is used (0 good, 1 suspect, 2 bad).
         progress: show a progress bar of the measurement (default: when the trainer shows its own).
         bins: histogram bins per figure panel.
+        **kwargs: :class:`SamplingTest`'s ``every_n_epochs``, ``seed`` (of the noise and of the
+            choice of real images) and ``batch_size``.
     """
 
     name = "morphology"
 
     def __init__(
         self,
-        every_n_epochs: int = 1,
         n_samples: int = 256,
         n_real: int | None = 256,
-        seed: int = 0,
-        batch_size: int | None = None,
         workers: int | None = None,
         threshold: float = 2.0,
         smoothing: float = 1.0,
@@ -87,18 +84,14 @@ class MorphologyTest(EvalCallback):
         max_flag: int = 1,
         progress: bool | None = None,
         bins: int = 30,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(every_n_epochs)
-        if n_samples < 1:
-            raise ValueError(f"n_samples must be positive, got {n_samples}")
+        super().__init__(n_samples=n_samples, **kwargs)
         if n_real is not None and n_real < 1:
             raise ValueError(f"n_real must be positive or None, got {n_real}")
         if workers is not None and workers < 1:
             raise ValueError(f"workers must be positive, got {workers}")
-        self.n_samples = n_samples
         self.n_real = n_real
-        self.seed = seed
-        self.batch_size = batch_size
         self.workers = workers
         self.options = MorphologyOptions(
             threshold=threshold,
@@ -150,8 +143,7 @@ class MorphologyTest(EvalCallback):
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         dm = trainer.datamodule
-        batch_size = self.batch_size or pl_module.sample_batch_size
-        samples = self.draw_samples(trainer, pl_module, self.n_samples, self.seed, batch_size=batch_size)
+        samples = self.draw(trainer, pl_module)
         todo = {f"sample_{w}": (samples[w], samples.ok(w).numpy()) for w in ("a", "b")}
         real: dict[str, tuple[tuple[str, str], np.ndarray]] = {}
         for name, subset in REAL_GROUPS.items():

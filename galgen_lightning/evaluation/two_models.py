@@ -30,13 +30,14 @@ and ``search_seconds`` (the nearest-neighbour searches), beside ``seconds``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 
 from galgen_lightning.evaluation import gallery
-from galgen_lightning.evaluation.base import EvalCallback, mosaic
+from galgen_lightning.evaluation.base import SamplingTest, mosaic
 from galgen_lightning.evaluation.statistics import two_models_evidence
 from galgen_lightning.metrics import nearest_similarity, own_other_gap, paired_cosine, summarize
 from galgen_lightning.models.base import MODELS
@@ -117,19 +118,17 @@ def two_models_statistics(
     return scalars, arrays
 
 
-class TwoModelsTest(EvalCallback):
+class TwoModelsTest(SamplingTest):
     """Per-epoch two-models cosine-similarity test (see the module docstring).
 
     Args:
-        every_n_epochs: run every this many epochs (and at the last one).
-        n_samples: samples per model.
-        seed: sampling seed (the same noise every epoch, so epochs compare).
-        batch_size: samples per generation batch (default: the family's own).
         transforms: match training images under their 8 flips/rotations too.
         quantile: calibration quantile of the held-out distribution for the memorization rate.
         line: fixed similarity line also reported (the paper's 0.95).
         grid: samples shown in the sample grid.
         gallery_k: samples in each gallery (the most and the least memorized).
+        **kwargs: :class:`SamplingTest`'s ``every_n_epochs``, ``n_samples``, ``seed`` and
+            ``batch_size``.
     """
 
     name = "two_models"
@@ -138,22 +137,16 @@ class TwoModelsTest(EvalCallback):
 
     def __init__(
         self,
-        every_n_epochs: int = 1,
-        n_samples: int = 64,
-        seed: int = 0,
-        batch_size: int | None = None,
         transforms: bool = True,
         quantile: float = 0.99,
         line: float = 0.95,
         grid: int = 8,
         gallery_k: int = 8,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(every_n_epochs)
+        super().__init__(**kwargs)
         if gallery_k < 1:
             raise ValueError(f"TwoModelsTest: gallery_k must be positive, got {gallery_k}")
-        self.n_samples = n_samples
-        self.seed = seed
-        self.batch_size = batch_size
         self.transforms = transforms
         self.quantile = quantile
         self.line = line
@@ -163,8 +156,7 @@ class TwoModelsTest(EvalCallback):
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         dm = trainer.datamodule
         subsets = {s: dm.subset_images(s) for s in ("a", "b", "val")}
-        batch_size = self.batch_size or pl_module.sample_batch_size
-        samples = self.draw_samples(trainer, pl_module, self.n_samples, self.seed, batch_size=batch_size)
+        samples = self.draw(trainer, pl_module)
         with self.timed("search"), self.bar(trainer, 2 * SEARCHES, "nearest-neighbour search", "search") as bar:
             scalars, arrays = two_models_statistics(samples, subsets, True, self.transforms, self.quantile, self.line, bar.update)
             plain, plain_arrays = two_models_statistics(
