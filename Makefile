@@ -31,10 +31,13 @@ $(STAMP): pyproject.toml
 demo: install ## Train diffusion pairs at a small and a larger N on synthetic galaxies (CPU, < 10 min) and print the verdict
 	$(PY) -m galgen_lightning.demo
 
-test: install browser slurm lint ## Lint, then the whole test suite (slow tests included), W&B disabled
-	WANDB_MODE=disabled $(PY) -m pytest -q --durations=15
+test: install browser lint ## Lint, then the default test suite (all but the slow tier; ~6 min on 2 cores), W&B disabled
+	WANDB_MODE=disabled $(PY) -m pytest -q -m "not slow" --durations=10
 
-test-fast: install ## The fast tier to run before every commit: no slow tests, no whole-command tests
+test-slow: install slurm ## The slow tier, which CI runs after `make test`: real training, DDP, a SLURM cluster, the wheel (~10 min)
+	WANDB_MODE=disabled $(PY) -m pytest -q -m slow --durations=10
+
+test-fast: install ## The fast tier to run before every commit: no slow tests, no whole-command tests (< 2 min)
 	WANDB_MODE=disabled $(PY) -m pytest -q -m "not slow and not cli"
 
 bench: install ## CPU benchmarks at a small size (JSON); on a GPU machine: make bench DEVICE=cuda SIZE=full

@@ -18,10 +18,12 @@ import time
 import warnings
 from pathlib import Path
 
+import lightning as L
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from galgen_lightning.data import GalaxyPairDataModule
 from galgen_lightning.errors import GalgenError, OneLineParseErrors, root_cause, weights_mismatch
+from galgen_lightning.evaluation import TESTS
 from galgen_lightning.evaluation.base import EvalCallback, averaging_after_tests
 from galgen_lightning.faults import (
     FaultTolerance,
@@ -78,7 +80,7 @@ def _check_tests_fit_family(cfg) -> None:
     model = _import(cfg.model.class_path) if getattr(cfg.model, "class_path", None) else None
     if model is None:
         return
-    for callback in _entries(cfg.trainer.callbacks):
+    for callback in [*_entries(cfg.trainer.callbacks), *(cfg.get(test.name) for test in TESTS)]:
         cls = _import(getattr(callback, "class_path", "")) if getattr(callback, "class_path", None) else None
         if isinstance(cls, type) and issubclass(cls, EvalCallback):
             cls.check_family(model)
@@ -163,7 +165,16 @@ class GalgenCLI(LightningCLI):
             ) from None
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """The data/model link, and one key per test (``two_models:``, ..., ``morphology:``): a test
+        given there joins ``trainer.callbacks``; ``null`` (the default) leaves it out. Overlays merge
+        into a test's ``init_args`` instead of restating a callback list."""
         parser.link_arguments("data.image_size", "model.init_args.image_size")
+        for test in TESTS:
+            parser.add_lightning_class_args(test, test.name, subclass_mode=True, required=False)
+
+    def _instantiate_trainer(self, config: dict, callbacks: list) -> L.Trainer:
+        """The tests of the test keys join the trainer's callbacks; a test set to ``null`` is off."""
+        return super()._instantiate_trainer(config, [c for c in callbacks if c is not None])
 
     def before_instantiate_classes(self) -> None:
         if self.subcommand in EXTRA_COMMANDS:  # e.g. galgen --config x.yaml report: options before the command

@@ -15,7 +15,8 @@ import pytest  # noqa: E402
 
 CLI_MODULES = {"test_cli", "test_faults", "test_sample", "test_wandb", "test_data_command"}
 """Modules that drive whole `galgen` commands (Lightning start-up, training steps): marked `cli`, so
-`make test-fast` (``-m "not slow and not cli"``) leaves them to `make test`."""
+`make test-fast` (``-m "not slow and not cli"``) leaves them to `make test`. A single test of that
+kind in another module carries ``@pytest.mark.cli`` itself."""
 
 
 def pytest_collection_modifyitems(config, items):

@@ -23,6 +23,9 @@ TINY_DIFFUSION = [
 ]
 """A diffusion pair small enough for a test: add ``--trainer.fast_dev_run=true`` or an epoch count."""
 
+TESTS_OFF = "".join(f"{name}: null\n" for name in ("two_models", "denoising", "inversion", "discriminator", "morphology"))
+"""Config lines that turn every test of ``evaluation.TESTS`` off (a config of callbacks only)."""
+
 
 def run_cli(args: list[str]) -> int:
     """Run ``galgen`` in-process; return its exit status (0 when it returned normally)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from support import CONFIGS, QUICK_DIFFUSION, TINY_DIFFUSION, read_jsonl, run_cli
+from support import CONFIGS, QUICK_DIFFUSION, TESTS_OFF, TINY_DIFFUSION, read_jsonl, run_cli
 
 FAMILY = QUICK_DIFFUSION
 TINY = [*TINY_DIFFUSION, "--trainer.fast_dev_run=true"]
@@ -55,6 +55,11 @@ def test_existing_run_directory_is_not_overwritten(tmp_path, tiny_source_args, c
             ["--trainer.callbacks+=galgen_lightning.evaluation.TwoModelsTest", "--trainer.callbacks.every_n_epochs=0"],
             "TwoModelsTest: every_n_epochs must be positive, got 0",
         ),
+        (
+            ["--inversion=galgen_lightning.evaluation.InversionTest"],
+            "InversionTest needs a family with latent_shapes (normalizing flows such as Glow); DiffusionPair has none",
+        ),
+        (["--two_models.n_samples=0"], "TwoModelsTest: n_samples must be positive, got 0"),
     ],
 )
 def test_bad_options_give_one_line(tmp_path, tiny_source_args, capsys, bad, expected):
@@ -131,7 +136,7 @@ def test_weight_averaging_runs_after_the_tests_whatever_the_config_order(tmp_pat
     config.write_text(
         "trainer:\n  callbacks:\n"
         "    - class_path: lightning.pytorch.callbacks.EMAWeightAveraging\n      init_args:\n        decay: 0.9\n"
-        "    - class_path: galgen_lightning.evaluation.TwoModelsTest\n      init_args:\n        n_samples: 8\n"
+        "two_models:\n  init_args:\n    n_samples: 8\ndenoising: null\n"  # the tests join after trainer.callbacks
     )
     run = tmp_path / "run"
     args = ["fit", *FAMILY, f"--config={config}", *tiny_source_args, *TINY, f"--trainer.default_root_dir={run}"]
@@ -140,25 +145,36 @@ def test_weight_averaging_runs_after_the_tests_whatever_the_config_order(tmp_pat
 
 
 @pytest.mark.parametrize("family", ["diffusion", "glow", "gan"])
-def test_paper_configs_run_the_morphology_test_and_quick_overlays_do_not(family, capsys):
-    """The paper-size config of each family measures morphology (the report's Figures 7, 8, 15);
-    the quick CPU overlay lists the paper config's callbacks again without it (a config cannot
-    remove one item of a list). Any other difference between the two lists fails here, so the
-    copy cannot drift from the paper config."""
+def test_overlays_change_tests_by_name_without_restating_lists(family, capsys):
+    """The paper config of each family turns on the two-models test, the family's own test and the
+    morphology test (the report's Figures 7, 8, 15), each under its own key. The quick overlay
+    only turns morphology off (``morphology: null``), and the CPU profile changes a few options of
+    the tests it keeps: everything else, the callback list included, is the paper config's."""
     import yaml
 
-    def callbacks(*configs: str) -> list[dict]:
-        assert run_cli(["fit", *(f"--config={CONFIGS / c}" for c in configs), "--print_config"]) == 0
-        return yaml.safe_load(capsys.readouterr().out)["trainer"]["callbacks"]
+    def config(*configs: str, extra: tuple[str, ...] = ()) -> dict:
+        assert run_cli(["fit", *(f"--config={CONFIGS / c}" for c in configs), *extra, "--print_config"]) == 0
+        return yaml.safe_load(capsys.readouterr().out)
 
-    def name(callback: dict) -> str:
-        return callback["class_path"].rsplit(".", 1)[-1]
+    from galgen_lightning.evaluation import TESTS
 
-    own = {"diffusion": "DenoisingTest", "glow": "InversionTest", "gan": "DiscriminatorTest"}[family]
-    paper = callbacks(f"{family}.yaml")
-    quick = callbacks(f"{family}.yaml", f"quick/{family}.yaml")
-    assert {"TwoModelsTest", own, "MorphologyTest"} <= {name(c) for c in paper}
-    assert quick == [c for c in paper if name(c) != "MorphologyTest"]
+    assert TESTS_OFF == "".join(f"{test.name}: null\n" for test in TESTS)  # the tests' helper knows every key
+    own = {"diffusion": "denoising", "glow": "inversion", "gan": "discriminator"}[family]
+    paper = config(f"{family}.yaml")
+    on = {test.name for test in TESTS if paper[test.name] is not None}
+    assert on == {"two_models", own, "morphology"}
+    assert paper["morphology"]["class_path"] == "galgen_lightning.evaluation.MorphologyTest"
+    quick = config(f"{family}.yaml", f"quick/{family}.yaml")
+    assert quick["morphology"] is None
+    assert quick["trainer"]["callbacks"] == paper["trainer"]["callbacks"]
+    assert all(quick[name] == paper[name] for name in on - {"morphology"})
+    cpu = config(f"{family}.yaml", f"cpu/{family}.yaml")
+    assert cpu["morphology"] is None and cpu["two_models"]["init_args"]["n_samples"] == 64
+    assert cpu["two_models"]["init_args"]["quantile"] == paper["two_models"]["init_args"]["quantile"]  # merged, not replaced
+    # one option of one test from the command line; a test turned back on by its class name
+    again = config(f"{family}.yaml", f"quick/{family}.yaml", extra=("--two_models.n_samples=32", "--morphology=MorphologyTest"))
+    assert again["two_models"]["init_args"]["n_samples"] == 32
+    assert again["morphology"]["class_path"] == "galgen_lightning.evaluation.MorphologyTest"
 
 
 def test_status_reports_progress_after_each_training_epoch(tmp_path):

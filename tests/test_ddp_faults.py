@@ -19,7 +19,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from support import CONFIGS
+from support import CONFIGS, TESTS_OFF
 
 FAMILY = [f"--config={CONFIGS / 'diffusion.yaml'}", f"--config={CONFIGS / 'quick' / 'diffusion.yaml'}"]
 TINY = [
@@ -99,7 +99,7 @@ def test_a_lost_rank_stops_the_others_in_bounded_time_and_is_named(tmp_path, tin
     busy_at = KILL_AT if how == "busy" else -1
     config = tmp_path / "callbacks.yaml"
     config.write_text(
-        "trainer:\n  callbacks:\n"
+        TESTS_OFF + "trainer:\n  callbacks:\n"
         "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n      init_args:\n"
         "        save_last: true\n        every_n_epochs: 1\n"
         f"    - class_path: test_ddp_faults.Progress\n      init_args:\n"

@@ -20,7 +20,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from support import CONFIGS, read_jsonl, run_cli
+from support import CONFIGS, TESTS_OFF, read_jsonl, run_cli
 
 FAMILY = [f"--config={CONFIGS / 'diffusion.yaml'}", f"--config={CONFIGS / 'quick' / 'diffusion.yaml'}"]
 TINY = [
@@ -43,7 +43,7 @@ def _config(tmp_path: Path, *extra: str) -> str:
     """A config whose callbacks are a checkpoint per epoch plus ``extra`` (YAML items): no tests."""
     path = tmp_path / "callbacks.yaml"
     path.write_text(
-        "trainer:\n  callbacks:\n"
+        TESTS_OFF + "trainer:\n  callbacks:\n"
         "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n      init_args:\n"
         "        save_last: true\n        every_n_epochs: 1\n" + "".join(extra)
     )

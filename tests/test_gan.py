@@ -240,6 +240,7 @@ TINY = [
 ]
 
 
+@pytest.mark.cli  # a whole galgen command: make test, not make test-fast
 def test_cli_fast_dev_run_writes_the_discriminator_test(tmp_path, blob_file):
     run = tmp_path / "run"
     source = ["--data.source=galgen_lightning.data.ArrayFile", f"--data.source.path={blob_file}", "--data.image_size=16"]

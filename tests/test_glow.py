@@ -214,6 +214,7 @@ def _actnorm_rank(rank: int, world: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.cli  # a two-process DDP group: make test, not make test-fast
 def test_actnorm_initialises_from_the_global_batch_under_ddp(tmp_path):
     """Under DDP every rank gets the same ActNorm parameters: the statistics of all ranks' data."""
     import socket
@@ -443,6 +444,7 @@ TINY = [
 ]
 
 
+@pytest.mark.cli  # a whole galgen command: make test, not make test-fast
 def test_cli_fast_dev_run_writes_inversion_outputs(tmp_path, blob_source_args):
     run = tmp_path / "run"
     code = run_cli(["fit", *FAMILY, *blob_source_args, *TINY, "--trainer.fast_dev_run=true", f"--trainer.default_root_dir={run}"])

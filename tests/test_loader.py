@@ -184,6 +184,7 @@ class _RankRecord(L.Callback):
         torch.save(torch.cat(self.sums), f"{self.folder}/rank{trainer.global_rank}.pt")
 
 
+@pytest.mark.cli  # a two-process DDP group: make test, not make test-fast
 def test_ddp_ranks_train_on_disjoint_shares_of_the_epoch(tmp_path):
     """Two CPU processes (ddp_spawn): each takes half the epoch; together every image of A exactly
     samples_per_epoch / N times, as one process would."""

@@ -172,6 +172,7 @@ def test_callback_without_statmorph_stops_at_setup(monkeypatch):
         MorphologyTest(n_samples=0)
 
 
+@pytest.mark.cli  # a whole galgen command: make test, not make test-fast
 def test_cli_fit_with_morphology_callback_writes_npz_and_metrics(tmp_path, tiny_source_args):
     """16 px stamps are enough to segment and measure (docs/morphology.md); 4 images per group."""
     run = tmp_path / "run"
@@ -183,8 +184,7 @@ def test_cli_fit_with_morphology_callback_writes_npz_and_metrics(tmp_path, tiny_
     ]
     args += ["--data.n=8", "--data.n_val=32", "--data.batch_size=8", "--model.init_args.blocks=2", "--model.init_args.width=8"]
     args += ["--model.init_args.max_steps=20", "--trainer.fast_dev_run=true", f"--trainer.default_root_dir={run}"]
-    args += ["--trainer.callbacks+=galgen_lightning.evaluation.MorphologyTest", "--trainer.callbacks.n_samples=4"]
-    args += ["--trainer.callbacks.n_real=4", "--trainer.callbacks.workers=2"]
+    args += ["--morphology=MorphologyTest", "--morphology.n_samples=4", "--morphology.n_real=4", "--morphology.workers=2"]
     assert run_cli(args) == 0
     rows = [r for r in read_jsonl(run / "metrics.jsonl") if r["test"] == "morphology"]
     assert len(rows) == 1

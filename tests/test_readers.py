@@ -490,6 +490,7 @@ TINY = [
 ]
 
 
+@pytest.mark.cli  # a whole galgen command: make test, not make test-fast
 def test_cli_trains_on_a_fits_directory(tmp_path):
     import json
 

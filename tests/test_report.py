@@ -22,18 +22,26 @@ DISTANCES = ("z_za", "z_zb", "za_zb", "za_normal", "zb_normal", "z_normal")
 def _write_run(
     folder: Path, model: dict, n: int, image_size: int, state: str = "complete", callbacks: list | None = None
 ) -> None:
+    """A run directory as galgen writes it: the tests under their keys (``callbacks``: an older
+    run's list in ``trainer.callbacks`` instead)."""
     folder.mkdir(parents=True)
-    config = {
-        "model": model,
-        "data": {"n": n, "image_size": image_size, "seed": 0, "n_val": 100},
-        "trainer": {
-            "callbacks": callbacks
-            or [{"class_path": "galgen_lightning.evaluation.TwoModelsTest", "init_args": {"quantile": QUANTILE, "n_samples": S}}]
-        },
-    }
+    two_models = {"class_path": "galgen_lightning.evaluation.TwoModelsTest", "init_args": {"quantile": QUANTILE, "n_samples": S}}
+    config = {"model": model, "data": {"n": n, "image_size": image_size, "seed": 0, "n_val": 100}}
+    config |= {"trainer": {"callbacks": callbacks}} if callbacks else {"trainer": {"callbacks": []}, "two_models": two_models}
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
     (folder / "manifest.json").write_text(json.dumps({"n": n, "image_size": image_size, "seed": 0}))
     (folder / "status.json").write_text(json.dumps({"state": state, "epoch": 4}))
+
+
+def test_a_run_reads_a_tests_options_from_its_key_or_from_an_older_callback_list(tmp_path):
+    from galgen_lightning.rundir import load_run
+
+    _write_run(tmp_path / "new", DIFFUSION, 4, 16)
+    older = [{"class_path": "galgen_lightning.evaluation.TwoModelsTest", "init_args": {"quantile": 0.9}}]
+    _write_run(tmp_path / "old", DIFFUSION, 4, 16, callbacks=older)
+    assert load_run(tmp_path / "new").callback_args("TwoModelsTest") == {"quantile": QUANTILE, "n_samples": S}
+    assert load_run(tmp_path / "old").callback_args("TwoModelsTest") == {"quantile": 0.9}
+    assert load_run(tmp_path / "new").callback_args("InversionTest") == {}
 
 
 def _append(folder: Path, record: dict) -> None:
@@ -346,6 +354,7 @@ def test_report_escapes_what_it_shows(tmp_path):
     assert "x<i>&y" not in page and "x&lt;i&gt;&amp;y" in page
 
 
+@pytest.mark.cli  # a whole galgen command: make test, not make test-fast
 def test_report_of_a_sweep_logs_it_to_wandb(tmp_path, monkeypatch):
     """``galgen report`` of a sweep hands its table and N* to ``log_sweep``; of one run, or with
     ``--wandb false``, it does not."""

@@ -236,13 +236,12 @@ def _profile(tmp_path: Path, ns: list[int], epochs: int, samples_per_epoch: int)
             "enable_model_summary": False,
             "logger": False,
             "callbacks": [
-                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"dirpath": None, "save_last": True}},
-                {
-                    "class_path": "galgen_lightning.evaluation.TwoModelsTest",
-                    "init_args": {"n_samples": 8, "every_n_epochs": epochs},
-                },
+                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"dirpath": None, "save_last": True}}
             ],
         },
+        "two_models": {"init_args": {"n_samples": 8, "every_n_epochs": epochs}},  # the paper config's test, smaller
+        "denoising": None,
+        "morphology": None,
     }
     path.write_text(yaml.safe_dump(overlay))
     return path

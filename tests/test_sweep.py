@@ -235,10 +235,12 @@ def test_real_tiny_sweep_resumes_from_checkpoint(tmp_path, capsys, monkeypatch):
             "enable_model_summary": False,
             "logger": [{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": ".", "name": "csv"}}],
             "callbacks": [
-                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"dirpath": None, "save_last": True}},
-                {"class_path": "galgen_lightning.evaluation.TwoModelsTest", "init_args": {"n_samples": 8}},
+                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"dirpath": None, "save_last": True}}
             ],
         },
+        "two_models": {"init_args": {"n_samples": 8}},  # merged into the paper config's test
+        "denoising": None,
+        "morphology": None,
     }
     profile.write_text(yaml.safe_dump(overlay))
     out = tmp_path / "sweep"
@@ -263,11 +265,11 @@ def test_real_tiny_sweep_resumes_from_checkpoint(tmp_path, capsys, monkeypatch):
 def test_plan_projects_each_run_and_the_total_from_a_benchmark_file(tmp_path, fake_runner, capsys):
     """--plan: steps x batch / measured rate per run, evaluation on top, runs dealt onto --gpus K; nothing trains."""
     path = tmp_path / "plan.yaml"
-    callbacks = [{"class_path": "galgen_lightning.evaluation.TwoModelsTest", "init_args": {"every_n_epochs": 2, "n_samples": 8}}]
+    tests = {"two_models": {"init_args": {"every_n_epochs": 2, "n_samples": 8}}, "denoising": None, "morphology": None}
     data = {"source": {"class_path": "galgen_lightning.data.SyntheticGalaxies", "init_args": {"size": 100}}, "n_val": 16}
     data |= {"batch_size": 4, "samples_per_epoch": 40}
     model = {"class_path": "galgen_lightning.models.diffusion.DiffusionPair", "init_args": {"max_steps": 50}}
-    config = {"sweep": {"ns": [2, 4, 8]}, "model": model, "data": data, "trainer": {"max_epochs": 3, "callbacks": callbacks}}
+    config = {"sweep": {"ns": [2, 4, 8]}, "model": model, "data": data, "trainer": {"max_epochs": 3}, **tests}
     path.write_text(yaml.safe_dump(config))
     bench = tmp_path / "results.jsonl"
     lines = [

@@ -38,6 +38,7 @@ def _validate(tmp_path, tiny_source_args, model: str, *model_args: str) -> dict:
     return json.loads((folder / "verdict.json").read_text())
 
 
+@pytest.mark.cli  # a whole galgen command: make test, not make test-fast
 def test_oracle_generalizer_generalizes(tmp_path, tiny_source_args):
     v = _validate(tmp_path, tiny_source_args, "OracleGeneralizer")
     assert v["label"] == "generalizes", v["reasons"]
@@ -45,6 +46,7 @@ def test_oracle_generalizer_generalizes(tmp_path, tiny_source_args):
     assert v["intervals"]["memorization_rate"][1] < V.GENERALIZES_RATE_FACTOR * 0.01
 
 
+@pytest.mark.cli  # a whole galgen command: make test, not make test-fast
 def test_oracle_memorizer_memorizes(tmp_path, tiny_source_args):
     v = _validate(tmp_path, tiny_source_args, "OracleMemorizer")
     assert v["label"] == "memorizes", v["reasons"]
@@ -52,6 +54,7 @@ def test_oracle_memorizer_memorizes(tmp_path, tiny_source_args):
     assert v["numbers"]["agreement_kappa"] < 0.2  # disjoint copies: the shared noise carries nothing
 
 
+@pytest.mark.cli  # a whole galgen command: make test, not make test-fast
 def test_mixture_is_in_transition_with_its_share_inside_the_interval(tmp_path, tiny_source_args):
     v = _validate(tmp_path, tiny_source_args, "OracleMixture", "--model.init_args.copy_share=0.3")
     assert v["label"] == "in transition", v["reasons"]
@@ -60,6 +63,7 @@ def test_mixture_is_in_transition_with_its_share_inside_the_interval(tmp_path, t
     assert lo <= 0.3 + 0.7 * 0.01 <= hi
 
 
+@pytest.mark.cli  # a whole galgen command: make test, not make test-fast
 def test_noise_model_gives_poor_samples(tmp_path, tiny_source_args):
     v = _validate(tmp_path, tiny_source_args, "NoisePair")
     assert v["label"] == "poor samples", v["reasons"]

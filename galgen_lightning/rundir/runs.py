@@ -139,9 +139,11 @@ class Run:
         return out
 
     def callback_args(self, name: str) -> dict:
-        """``init_args`` of the callback whose class name is ``name`` in the run's config."""
+        """``init_args`` of the callback whose class name is ``name`` in the run's config: in
+        ``trainer.callbacks`` or under a top-level key (the tests' keys, ``two_models:`` ...)."""
         callbacks = (self.config.get("trainer") or {}).get("callbacks") or []
-        for cb in callbacks if isinstance(callbacks, list) else []:
+        callbacks = callbacks if isinstance(callbacks, list) else []
+        for cb in [*callbacks, *self.config.values()]:
             if isinstance(cb, dict) and str(cb.get("class_path", "")).endswith(name):
                 return cb.get("init_args") or {}
         return {}

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from galgen_lightning.errors import GalgenError
+from galgen_lightning.evaluation import TESTS
 
 # The design notes' reference figures on one H200 (64 px, their own training loops, one model).
 H200_REFERENCE = {
@@ -144,7 +145,8 @@ def run_profile(fit: dict, n: int) -> RunProfile:
             else math.ceil(max_steps / steps_per_epoch)
         )
     tests = []
-    for cb in trainer.get("callbacks") or []:
+    named = [fit.get(test.name) for test in TESTS]  # the tests under their own keys (two_models: ...)
+    for cb in [*(trainer.get("callbacks") or []), *named]:
         if not isinstance(cb, dict):
             continue
         name = str(cb.get("class_path", "")).rsplit(".", 1)[-1]
