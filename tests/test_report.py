@@ -473,3 +473,10 @@ def test_summary_figure_with_no_finite_value(tmp_path):
     rows = [{"n": n, "complete": True, "memorization_rate": nan, "gap_median": nan, "a_vs_b_median": nan} for n in (4, 32, 256)]
     fig = fig_summary(rows, "diffusion (16 px)", {}, FigureWriter(tmp_path))
     assert fig is not None and fig.path.is_file() and fig.path.with_suffix(".pdf").is_file()
+
+
+def test_tables_quote_csv_cells_and_draw_markdown():
+    from galgen_lightning.tables import csv_text, markdown_text
+
+    assert csv_text(["a", "b"], [["1,5", 'say "x"']]) == 'a,b\r\n"1,5","say ""x"""\r\n'
+    assert markdown_text(["a", "b"], [[1, 2]]) == "| a | b |\n|---|---|\n| 1 | 2 |\n"

@@ -19,8 +19,6 @@ distribution give ``W1(z, z_B)`` near the floor at every level.
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -34,6 +32,7 @@ from torch import Tensor, nn
 from galgen_lightning.evaluation.base import SamplingTest
 from galgen_lightning.models.base import MODELS
 from galgen_lightning.noise import counter_normal
+from galgen_lightning.tables import csv_text, markdown_text
 
 # name -> (first, second) of each distance; "n" is the standard normal
 DISTANCES = {
@@ -196,20 +195,6 @@ def table_rows(stats: dict, shapes: Sequence[tuple[int, ...]] | None = None) -> 
     return columns, rows
 
 
-def markdown_table(columns: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-def csv_table(columns: list[str], rows: list[list[str]]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(columns)
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
 class InversionTest(SamplingTest):
     """Per-epoch inversion test of a flow pair (see the module docstring).
 
@@ -265,9 +250,9 @@ class InversionTest(SamplingTest):
         columns, rows = table_rows(stats, shapes)
         self.out_path(trainer, "_table.md").write_text(
             f"Inversion test, epoch {trainer.current_epoch}, step {trainer.global_step}, "
-            f"{self.n_samples} samples, temperature {self.temperature}\n\n" + markdown_table(columns, rows)
+            f"{self.n_samples} samples, temperature {self.temperature}\n\n" + markdown_text(columns, rows)
         )
-        self.out_path(trainer, "_table.csv").write_text(csv_table(columns, rows))
+        self.out_path(trainer, "_table.csv").write_text(csv_text(columns, rows))
         for logger in trainer.loggers:
             if hasattr(logger, "log_table"):
                 logger.log_table(key=f"{self.name}/table", columns=columns, data=rows, step=trainer.global_step)

@@ -39,8 +39,6 @@ and this module puts them together.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
@@ -81,6 +79,7 @@ from galgen_lightning.report.stats import (
 )
 from galgen_lightning.report.table import inversion_table, morphology_rows, table_row, write_table
 from galgen_lightning.rundir import Run, find_runs, is_run_dir, load_run
+from galgen_lightning.tables import csv_text
 
 SECTIONS = {
     "two_models": ("Two-models test: cosine similarities over N (Figure 7)", ""),
@@ -100,14 +99,6 @@ SECTIONS = {
 
 def _block(figure: dict | None = None, table: dict | None = None, heading: str = "", text: str = "", file: str = "") -> dict:
     return {"figure": figure, "table": table, "heading": heading, "text": text, "file": file}
-
-
-def _write_csv(path: Path, columns: list[str], rows: list[list[str]]) -> None:
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(columns)
-    w.writerows(rows)
-    path.write_text(buf.getvalue())
 
 
 def _verdict_class(label: str) -> str:
@@ -312,7 +303,7 @@ def build_report(
         cols, trows = inversion_table(members)
         if trows:
             name = f"inversion_table_{slug(group)}.csv"
-            _write_csv(out_dir / name, cols, trows)
+            (out_dir / name).write_text(csv_text(cols, trows))
             text = "Table 1 per level and N; W1(z, N(0,1)) is the finite-sample floor the others compare to"
             rows_css = ["incomplete" if r[1] != "complete" else "" for r in trows]
             sections["inversion"].append(_block(table=html_table(cols, trows, rows_css), heading=group, text=text, file=name))
@@ -354,7 +345,7 @@ def build_report(
         "own-other gap (p)",
         "evidence",
     ]
-    _write_csv(out_dir / "summary.csv", s_cols, summary_rows)
+    (out_dir / "summary.csv").write_text(csv_text(s_cols, summary_rows))
     r_cols = [
         "run",
         "family",
@@ -367,7 +358,7 @@ def build_report(
         "parameters",
         "directory",
     ]
-    _write_csv(out_dir / "runs.csv", r_cols, run_rows)
+    (out_dir / "runs.csv").write_text(csv_text(r_cols, run_rows))
     incomplete = sum(1 for c in run_classes if c)
 
     context = {
