@@ -20,11 +20,13 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from galgen_lightning.data import GalaxyPairDataModule
 from galgen_lightning.errors import GalgenError, OneLineParseErrors, root_cause, weights_mismatch
 from galgen_lightning.evaluation import TESTS
 from galgen_lightning.evaluation.base import EvalCallback, averaging_after_tests
+from galgen_lightning.evaluation.progress import LineProgress, use_line_progress
 from galgen_lightning.faults import (
     FaultTolerance,
     Interrupted,
@@ -197,6 +199,9 @@ class GalgenCLI(LightningCLI):
             args = getattr(callback, "init_args", None)
             if "ModelCheckpoint" in str(getattr(callback, "class_path", "")) and args is not None and args.dirpath is None:
                 args.dirpath = str(folder / "checkpoints")
+        paths = [str(getattr(callback, "class_path", type(callback).__name__)) for callback in _entries(cfg.trainer.callbacks)]
+        if use_line_progress(cfg.trainer.enable_progress_bar, paths):  # a log, not a terminal: a line per epoch
+            self.trainer_defaults["callbacks"] = [*self.trainer_defaults.get("callbacks", []), LineProgress()]
         parser = self._parser(self.subcommand)
         self.run_directory.config_text = parser.dump(rerunnable(saved, self.subcommand), skip_none=False)
 
@@ -394,6 +399,9 @@ def main(args: list[str] | None = None) -> None:
         sys.exit(e.code)
     except GalgenError as e:
         print(f"galgen: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except MisconfigurationException as e:  # Lightning's word for trainer settings that cannot work together
+        print(f"galgen: error: trainer configuration: {' '.join(str(e).split())}", file=sys.stderr)
         sys.exit(2)
     except ImportError as e:
         message = missing_extra(e)

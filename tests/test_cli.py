@@ -292,3 +292,29 @@ def test_sync_lists_offline_runs_and_needs_a_login(tmp_path, capsys, monkeypatch
     assert len(err) == 1 and err[0].startswith("galgen: error: sync: not logged in to W&B") and "wandb login" in err[0]
     assert run_cli(["sync", str(tmp_path / "nowhere")]) == 2
     assert capsys.readouterr().err.strip() == f"galgen: error: sync: {tmp_path / 'nowhere'} does not exist"
+
+
+def test_a_log_gets_a_line_per_epoch_instead_of_a_bar(tmp_path, tiny_source_args, capsys):
+    """stderr is not a terminal here (pytest captures it): the fit prints one line per epoch, with
+    its batches, time and losses, and no carriage-return bar updates."""
+    run = tmp_path / "run"
+    args = ["fit", *QUICK_DIFFUSION, *tiny_source_args, *TINY_DIFFUSION, "--trainer.max_epochs=2"]
+    args += ["--data.samples_per_epoch=16", "--two_models=null", "--denoising=null", f"--trainer.default_root_dir={run}"]
+    assert run_cli(args) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = [line for line in err.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"], lines
+    assert all(" 2 batches in " in line and "train/loss_a_epoch" in line for line in lines), lines
+
+
+def test_trainer_settings_that_cannot_work_together_are_one_line(tmp_path, tiny_source_args, capsys):
+    """Lightning refuses a LearningRateMonitor without a logger once training starts: one line, exit
+    2, and the run directory says the run failed."""
+    run = tmp_path / "run"
+    args = ["fit", *QUICK_DIFFUSION, *tiny_source_args, *TINY_DIFFUSION, "--trainer.logger=false"]
+    assert run_cli([*args, f"--trainer.default_root_dir={run}"]) == 2
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if line.startswith("galgen:")]
+    why = "Cannot use `LearningRateMonitor` callback with `Trainer` that has no logger."
+    assert err == [f"galgen: error: trainer configuration: {why}"]
+    assert json.loads((run / "status.json").read_text())["state"] == "failed"

@@ -78,7 +78,7 @@ def test_best_view_undoes_a_flip():
     assert torch.equal(gallery.best_view(image, sample), sample)
 
 
-def _validate(tmp_path, progress: bool) -> tuple[L.Trainer, TwoModelsTest]:
+def _validate(tmp_path, progress: bool, *extra: L.Callback) -> tuple[L.Trainer, TwoModelsTest]:
     from galgen_lightning.data import GalaxyPairDataModule, SyntheticGalaxies
     from galgen_lightning.models.reference import OracleMemorizer
 
@@ -91,7 +91,7 @@ def _validate(tmp_path, progress: bool) -> tuple[L.Trainer, TwoModelsTest]:
         enable_checkpointing=False,
         enable_progress_bar=progress,
         enable_model_summary=False,
-        callbacks=[test],
+        callbacks=[test, *extra],
     )
     trainer.validate(OracleMemorizer(image_size=16), datamodule=dm)
     return trainer, test
@@ -120,6 +120,34 @@ def test_bars_follow_the_trainer(tmp_path, capsys):
     _validate(tmp_path, progress=True)
     err = capsys.readouterr().err
     assert "two_models: sampling A and B" in err and "two_models: nearest-neighbour search" in err
+
+
+def test_a_log_gets_one_line_and_no_bars(tmp_path, capsys):
+    """Where stderr is a log, LineProgress stands for the bars: one line per validation run, no
+    carriage returns, and the evaluation draws no bars of its own."""
+    from galgen_lightning.evaluation.progress import LineProgress, bars_enabled, use_line_progress
+
+    trainer, _ = _validate(tmp_path, True, LineProgress())
+    assert isinstance(trainer.progress_bar_callback, LineProgress) and not bars_enabled(trainer)
+    err = capsys.readouterr().err
+    assert "\r" not in err and "two_models: sampling" not in err
+    assert (
+        [line for line in err.splitlines() if line.startswith("validation:")]
+        == [line for line in err.splitlines() if line.startswith("validation: 2 batches in ")]
+        != []
+    )
+
+    class Stream:
+        def __init__(self, tty: bool) -> None:
+            self.tty = tty
+
+        def isatty(self) -> bool:
+            return self.tty
+
+    assert use_line_progress(None, [], Stream(False)) and use_line_progress(True, [], Stream(False))
+    assert not use_line_progress(None, [], Stream(True))  # a terminal keeps Lightning's bar
+    assert not use_line_progress(False, [], Stream(False))  # no progress at all
+    assert not use_line_progress(None, ["lightning.pytorch.callbacks.RichProgressBar"], Stream(False))  # the user's own
 
 
 def test_progress_counts_every_generated_batch():
