@@ -77,11 +77,22 @@ def _import(class_path: str):
         return None  # LightningCLI reports it
 
 
+def _is_lr_monitor(callback) -> bool:
+    return str(getattr(callback, "class_path", "")).rsplit(".", 1)[-1] == "LearningRateMonitor"
+
+
 def _check_tests_fit_family(cfg) -> None:
     """A test that does not fit the family is a one-line error before anything is built or written."""
     model = _import(cfg.model.class_path) if getattr(cfg.model, "class_path", None) else None
     if model is None:
         return
+    listed = [str(getattr(callback, "class_path", "")) for callback in _entries(cfg.trainer.callbacks)]
+    for test in TESTS:  # a test under its key and in trainer.callbacks would write the same files twice
+        if cfg.get(test.name) is not None and any(path.rsplit(".", 1)[-1] == test.__name__ for path in listed):
+            raise GalgenError(
+                f"{test.name}: {test.__name__} is also in trainer.callbacks; give it once "
+                f"(under {test.name}:, or in trainer.callbacks with {test.name}: null)"
+            )
     for callback in [*_entries(cfg.trainer.callbacks), *(cfg.get(test.name) for test in TESTS)]:
         cls = _import(getattr(callback, "class_path", "")) if getattr(callback, "class_path", None) else None
         if isinstance(cls, type) and issubclass(cls, EvalCallback):
@@ -199,6 +210,11 @@ class GalgenCLI(LightningCLI):
             args = getattr(callback, "init_args", None)
             if "ModelCheckpoint" in str(getattr(callback, "class_path", "")) and args is not None and args.dirpath is None:
                 args.dirpath = str(folder / "checkpoints")
+        callbacks = _entries(cfg.trainer.callbacks)
+        if cfg.trainer.logger is False and any(_is_lr_monitor(c) for c in callbacks):  # it has nothing to write to
+            cfg.trainer.callbacks = [c for c in callbacks if not _is_lr_monitor(c)]
+            note = "trainer.logger is false, so LearningRateMonitor is left out (it writes to a logger)"
+            print(f"galgen: note: {note}", file=sys.stderr)
         paths = [str(getattr(callback, "class_path", type(callback).__name__)) for callback in _entries(cfg.trainer.callbacks)]
         if use_line_progress(cfg.trainer.enable_progress_bar, paths):  # a log, not a terminal: a line per epoch
             self.trainer_defaults["callbacks"] = [*self.trainer_defaults.get("callbacks", []), LineProgress()]
@@ -400,8 +416,8 @@ def main(args: list[str] | None = None) -> None:
     except GalgenError as e:
         print(f"galgen: error: {e}", file=sys.stderr)
         sys.exit(2)
-    except MisconfigurationException as e:  # Lightning's word for trainer settings that cannot work together
-        print(f"galgen: error: trainer configuration: {' '.join(str(e).split())}", file=sys.stderr)
+    except MisconfigurationException as e:  # Lightning's word for settings that cannot work together
+        print(f"galgen: error: Lightning refused this configuration: {' '.join(str(e).split())}", file=sys.stderr)
         sys.exit(2)
     except ImportError as e:
         message = missing_extra(e)

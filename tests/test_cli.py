@@ -51,9 +51,10 @@ def test_existing_run_directory_is_not_overwritten(tmp_path, tiny_source_args, c
             ["--trainer.callbacks+=galgen_lightning.evaluation.InversionTest"],
             "InversionTest needs a family with latent_shapes (normalizing flows such as Glow); DiffusionPair has none",
         ),
+        (["--two_models.every_n_epochs=0"], "TwoModelsTest: every_n_epochs must be positive, got 0"),
         (
-            ["--trainer.callbacks+=galgen_lightning.evaluation.TwoModelsTest", "--trainer.callbacks.every_n_epochs=0"],
-            "TwoModelsTest: every_n_epochs must be positive, got 0",
+            ["--trainer.callbacks+=galgen_lightning.evaluation.TwoModelsTest"],
+            "two_models: TwoModelsTest is also in trainer.callbacks; give it once",
         ),
         (
             ["--inversion=galgen_lightning.evaluation.InversionTest"],
@@ -170,6 +171,8 @@ def test_overlays_change_tests_by_name_without_restating_lists(family, capsys):
     assert all(quick[name] == paper[name] for name in on - {"morphology"})
     cpu = config(f"{family}.yaml", f"cpu/{family}.yaml")
     assert cpu["morphology"] is None and cpu["two_models"]["init_args"]["n_samples"] == 64
+    paper_callbacks = paper["trainer"]["callbacks"]
+    assert cpu["trainer"]["callbacks"][: len(paper_callbacks)] == paper_callbacks  # kept; diffusion's EMA appended
     assert cpu["two_models"]["init_args"]["quantile"] == paper["two_models"]["init_args"]["quantile"]  # merged, not replaced
     # one option of one test from the command line; a test turned back on by its class name
     again = config(f"{family}.yaml", f"quick/{family}.yaml", extra=("--two_models.n_samples=32", "--morphology=MorphologyTest"))
@@ -309,12 +312,17 @@ def test_a_log_gets_a_line_per_epoch_instead_of_a_bar(tmp_path, tiny_source_args
 
 
 def test_trainer_settings_that_cannot_work_together_are_one_line(tmp_path, tiny_source_args, capsys):
-    """Lightning refuses a LearningRateMonitor without a logger once training starts: one line, exit
-    2, and the run directory says the run failed."""
+    """Settings Lightning refuses (a progress bar callback with the bar switched off) are one line,
+    exit 2. Without a logger the configs' LearningRateMonitor, which only writes to a logger, is
+    left out with a note, and the run completes."""
     run = tmp_path / "run"
-    args = ["fit", *QUICK_DIFFUSION, *tiny_source_args, *TINY_DIFFUSION, "--trainer.logger=false"]
-    assert run_cli([*args, f"--trainer.default_root_dir={run}"]) == 2
+    args = ["fit", *QUICK_DIFFUSION, *tiny_source_args, *TINY_DIFFUSION, "--trainer.fast_dev_run=true"]
+    bad = ["--trainer.callbacks+=lightning.pytorch.callbacks.TQDMProgressBar", "--trainer.enable_progress_bar=false"]
+    assert run_cli([*args, *bad, f"--trainer.default_root_dir={run}"]) == 2
     err = [line for line in capsys.readouterr().err.strip().splitlines() if line.startswith("galgen:")]
-    why = "Cannot use `LearningRateMonitor` callback with `Trainer` that has no logger."
-    assert err == [f"galgen: error: trainer configuration: {why}"]
-    assert json.loads((run / "status.json").read_text())["state"] == "failed"
+    assert len(err) == 1 and err[0].startswith("galgen: error: Lightning refused this configuration: "), err
+    assert "enable_progress_bar=False" in err[0] and "TQDMProgressBar" in err[0]
+    assert run_cli([*args, "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path / 'quiet'}"]) == 0
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if line.startswith("galgen:")]
+    assert err == ["galgen: note: trainer.logger is false, so LearningRateMonitor is left out (it writes to a logger)"]
+    assert json.loads((tmp_path / "quiet" / "status.json").read_text())["state"] == "complete"

@@ -240,7 +240,7 @@ def _profile(tmp_path: Path, ns: list[int], epochs: int, samples_per_epoch: int)
             ],
         },
         "two_models": {"init_args": {"n_samples": 8, "every_n_epochs": epochs}},  # the paper config's test, smaller
-        "denoising": None,
+        "inversion": None,
         "morphology": None,
     }
     path.write_text(yaml.safe_dump(overlay))

@@ -96,10 +96,10 @@ class EvalCallback(L.Callback):
         missing = [path for path in cls.requires if not _has_path(pl_module, path)]
         if missing:
             raise GalgenError(
-                f"trainer.callbacks: {cls.__name__} needs a family with {', '.join(missing)}"
+                f"{cls.__name__} needs a family with {', '.join(missing)}"
                 + (f" ({cls.fits})" if cls.fits else "")
                 + f"; {(pl_module if isinstance(pl_module, type) else type(pl_module)).__name__} has none: "
-                "remove the test from the config"
+                f"turn the test off ({cls.name}: null) or take it out of trainer.callbacks"
             )
 
     _started: float | None = None
