@@ -216,6 +216,11 @@ class GalgenCLI(LightningCLI):
             note = "trainer.logger is false, so LearningRateMonitor is left out (it writes to a logger)"
             print(f"galgen: note: {note}", file=sys.stderr)
         paths = [str(getattr(callback, "class_path", type(callback).__name__)) for callback in _entries(cfg.trainer.callbacks)]
+        if not any(cfg.get(test.name) is not None for test in TESTS) and not any(
+            isinstance(_import(path), type) and issubclass(_import(path), EvalCallback) for path in paths
+        ):
+            names = ", ".join(f"--{test.name}" for test in TESTS)
+            print(f"galgen: note: no test is on ({names} all null): no numbers and no verdict", file=sys.stderr)
         if use_line_progress(cfg.trainer.enable_progress_bar, paths):  # a log, not a terminal: a line per epoch
             self.trainer_defaults["callbacks"] = [*self.trainer_defaults.get("callbacks", []), LineProgress()]
         parser = self._parser(self.subcommand)

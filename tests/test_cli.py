@@ -326,3 +326,13 @@ def test_trainer_settings_that_cannot_work_together_are_one_line(tmp_path, tiny_
     err = [line for line in capsys.readouterr().err.strip().splitlines() if line.startswith("galgen:")]
     assert err == ["galgen: note: trainer.logger is false, so LearningRateMonitor is left out (it writes to a logger)"]
     assert json.loads((tmp_path / "quiet" / "status.json").read_text())["state"] == "complete"
+
+
+def test_a_run_with_every_test_off_says_so(tmp_path, tiny_source_args, capsys):
+    """No test on (every key null, none in trainer.callbacks): one note line, as no verdict will come."""
+    args = ["fit", *QUICK_DIFFUSION, *tiny_source_args, *TINY_DIFFUSION, "--trainer.fast_dev_run=true"]
+    args += ["--two_models=null", "--denoising=null", f"--trainer.default_root_dir={tmp_path / 'run'}"]
+    assert run_cli(args) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("galgen: note: no test is on")]
+    assert len(notes) == 1 and "--two_models" in notes[0], notes
+    assert not (tmp_path / "run" / "verdict.json").exists()
