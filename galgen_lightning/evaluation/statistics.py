@@ -36,9 +36,13 @@ Nothing here knows about Lightning: the callback, the judge and the report call 
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.stats
+from scipy.stats import DegenerateDataWarning
 
 MODELS = ("a", "b")
 REALISM_QUANTILE = 0.01
@@ -298,14 +302,59 @@ def outside_real(p: PairedArrays) -> dict[str, np.ndarray]:
 
 
 # --- everything at once, with bootstrap intervals over noise indices ----------------------------
-def _interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
-    v = np.asarray(values, dtype=np.float64)
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        return (math.nan, math.nan)
+def bootstrap(
+    statistic: Callable[[np.ndarray], dict[str, np.ndarray]],
+    n: int,
+    n_boot: int,
+    confidence: float,
+    rng: np.random.Generator,
+) -> tuple[dict[str, np.ndarray], dict[str, tuple[float, float]]]:
+    """Percentile bootstrap over the indices ``0 .. n-1``, by :func:`scipy.stats.bootstrap`.
+
+    The indices are what is resampled (noise indices, latent indices, seeds), so several
+    statistics computed from one resample share it: their replicates stay jointly drawn.
+
+    Args:
+        statistic: takes resampled indices ``(B, n)`` and returns named ``(B,)`` replicates.
+        n: how many indices (at least 2, else there is no interval).
+        n_boot: replicates (0: no interval).
+        confidence: of the percentile intervals.
+        rng: random generator of the resampling.
+
+    Returns:
+        ``(replicates, intervals)`` by name. A resample can leave a statistic undefined (a
+        rate over a resample in which no sample is valid): its interval is then over the
+        replicates that have a value, and NaN when none has.
+    """
+    if n_boot <= 0 or n < 2:
+        return {}, {}
+    names: list[str] = []
+
+    def stacked(indices: np.ndarray, axis: int = -1) -> np.ndarray:
+        values = statistic(np.asarray(indices))
+        names[:] = list(values)
+        return np.stack([np.asarray(v, dtype=np.float64) for v in values.values()])
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DegenerateDataWarning)  # an undefined replicate: handled below
+        res = scipy.stats.bootstrap(
+            (np.arange(n),),
+            stacked,
+            n_resamples=n_boot,
+            vectorized=True,
+            confidence_level=confidence,
+            method="percentile",
+            rng=rng,
+        )
+    replicates = dict(zip(names, res.bootstrap_distribution, strict=True))
     tail = (1 - confidence) / 2
-    lo, hi = np.quantile(v, [tail, 1 - tail])
-    return (float(lo), float(hi))
+    intervals: dict[str, tuple[float, float]] = {}
+    for name, low, high in zip(names, res.confidence_interval.low, res.confidence_interval.high, strict=True):
+        if not (math.isfinite(low) and math.isfinite(high)):
+            defined = replicates[name][np.isfinite(replicates[name])]
+            low, high = np.quantile(defined, [tail, 1 - tail]) if defined.size else (math.nan, math.nan)
+        intervals[name] = (float(low), float(high))
+    return replicates, intervals
 
 
 def two_models_evidence(
@@ -355,33 +404,36 @@ def two_models_evidence(
     matrix = similarity_matrix(p.units) if p.units else np.zeros((0, 0))
     numbers.update(agreement(matrix, permutations, rng) if p.units else {})
 
-    intervals: dict[str, tuple[float, float]] = {}
-    reps: dict[str, np.ndarray] = {}
-    if n_boot <= 0 or p.n == 0:
-        return numbers, intervals, reps
-    idx = rng.integers(0, p.n, size=(n_boot, p.n))
-    o, t = own[:, idx], other[:, idx]  # (2, B, n)
-    threshold = np.nanquantile(np.moveaxis(t, 1, 0).reshape(n_boot, -1), quantile, axis=1)
-    valid = np.isfinite(o)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        reps["memorization_rate"] = np.sum(valid & (o > threshold[None, :, None]), axis=(0, 2)) / valid.sum(axis=(0, 2))
-        for r, m in enumerate(MODELS):
-            reps[f"memorization_rate_{m}"] = np.sum(valid[r] & (o[r] > threshold[:, None]), axis=1) / valid[r].sum(axis=1)
-        h = p.heldout[np.isfinite(p.heldout)]
-        if h.size:
-            ht = np.quantile(h, quantile)  # the held-out reference is held fixed in the second reading
-            reps["memorization_rate_heldout"] = np.sum(valid & (o > ht), axis=(0, 2)) / valid.sum(axis=(0, 2))
-        gap = o - t
-        counts = np.isfinite(gap).sum(axis=0)
-        per = np.nansum(gap, axis=0) / np.where(counts > 0, counts, np.nan)
-        reps["gap_median"] = np.nanmedian(per, axis=1)
-        for key, mask in outside.items():
-            reps[f"realism_outside_{key}"] = mask[:, idx].sum(axis=(0, 2)) / valid.sum(axis=(0, 2))
-    if matrix.size and len(matrix) >= 3:
-        m = len(matrix)
-        c = np.stack([np.bincount(row, minlength=m) for row in rng.integers(0, m, size=(n_boot, m))]).astype(np.float64)
-        paired, unpaired = resampled_agreement(matrix, c)
-        reps["agreement_paired"], reps["agreement_unpaired"] = paired, unpaired
-        reps["agreement_kappa"] = (paired - unpaired) / np.maximum(1 - unpaired, 1e-12)
-    intervals = {k: _interval(v, confidence) for k, v in reps.items()}
+    ht = np.quantile(p.heldout[np.isfinite(p.heldout)], quantile) if np.isfinite(p.heldout).any() else None
+
+    def per_sample(idx: np.ndarray) -> dict[str, np.ndarray]:
+        reps: dict[str, np.ndarray] = {}
+        o, t = own[:, idx], other[:, idx]  # (2, B, n)
+        threshold = np.nanquantile(np.moveaxis(t, 1, 0).reshape(len(idx), -1), quantile, axis=1)
+        valid = np.isfinite(o)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            reps["memorization_rate"] = np.sum(valid & (o > threshold[None, :, None]), axis=(0, 2)) / valid.sum(axis=(0, 2))
+            for r, m in enumerate(MODELS):
+                reps[f"memorization_rate_{m}"] = np.sum(valid[r] & (o[r] > threshold[:, None]), axis=1) / valid[r].sum(axis=1)
+            if ht is not None:  # the held-out reference is held fixed in the second reading
+                reps["memorization_rate_heldout"] = np.sum(valid & (o > ht), axis=(0, 2)) / valid.sum(axis=(0, 2))
+            gap = o - t
+            counts = np.isfinite(gap).sum(axis=0)
+            per = np.nansum(gap, axis=0) / np.where(counts > 0, counts, np.nan)
+            reps["gap_median"] = np.nanmedian(per, axis=1)
+            for key, mask in outside.items():
+                reps[f"realism_outside_{key}"] = mask[:, idx].sum(axis=(0, 2)) / valid.sum(axis=(0, 2))
+        return reps
+
+    def paired_agreement(idx: np.ndarray) -> dict[str, np.ndarray]:
+        counts = np.stack([np.bincount(row, minlength=len(matrix)) for row in idx]).astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):  # a resample of one index has no unpaired mean
+            paired, unpaired = resampled_agreement(matrix, counts)
+        kappas = (paired - unpaired) / np.maximum(1 - unpaired, 1e-12)
+        return {"agreement_paired": paired, "agreement_unpaired": unpaired, "agreement_kappa": kappas}
+
+    reps, intervals = bootstrap(per_sample, p.n, n_boot, confidence, rng)
+    if len(matrix) >= 3:
+        more = bootstrap(paired_agreement, len(matrix), n_boot, confidence, rng)
+        reps, intervals = reps | more[0], intervals | more[1]
     return numbers, intervals, reps

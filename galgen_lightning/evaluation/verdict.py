@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from galgen_lightning.evaluation.statistics import two_models_evidence
+from galgen_lightning.evaluation.statistics import bootstrap, two_models_evidence
 from galgen_lightning.rundir import Run, load_run
 
 LABELS = ("memorizes", "in transition", "generalizes", "poor samples", "inconclusive")
@@ -157,21 +157,11 @@ def discriminator_evidence(
         return numbers, intervals
     n = min(len(losses[c]) for c in curves)
     x = {c: np.asarray(losses[c], dtype=np.float64)[:n] for c in curves}
-    idx = rng.integers(0, n, size=(max(n_boot, 1), n))
-    tail = (1 - confidence) / 2
-    bound = 0.0
-    for c1, c2 in combinations(curves, 2):
-        d = x[c1] - x[c2]
-        d = np.where(np.isfinite(d), d, np.nan)
-        key = f"diff_{c1}__{c2}"
-        numbers[key] = float(np.nanmean(d))
-        if n_boot > 0:
-            reps = np.nanmean(d[idx], axis=1)
-            lo, hi = np.nanquantile(reps, [tail, 1 - tail])
-        else:
-            lo = hi = numbers[key]
-        intervals[key] = (float(lo), float(hi))
-        bound = max(bound, abs(lo), abs(hi))
+    d = {f"diff_{c1}__{c2}": np.where(np.isfinite(x[c1] - x[c2]), x[c1] - x[c2], np.nan) for c1, c2 in combinations(curves, 2)}
+    numbers.update({key: float(np.nanmean(v)) for key, v in d.items()})
+    _, intervals = bootstrap(lambda idx: {key: np.nanmean(v[idx], axis=1) for key, v in d.items()}, n, n_boot, confidence, rng)
+    intervals = {key: intervals.get(key, (numbers[key], numbers[key])) for key in d}
+    bound = max([0.0] + [abs(v) for interval in intervals.values() for v in interval])
     for c in curves:
         numbers[f"{c}_mean"] = float(np.nanmean(x[c]))
     numbers["max_abs_diff_bound"] = float(bound)

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from galgen_lightning.evaluation.statistics import bootstrap
 from galgen_lightning.evaluation.verdict import MEMORIZES_RATE
 
 MEMORIZED_RATE = MEMORIZES_RATE
@@ -37,8 +38,11 @@ def combine_seeds(replicates: list[np.ndarray], rng: np.random.Generator) -> np.
     k, b = reps.shape
     if k == 1:
         return reps[0]
-    chosen = rng.integers(0, k, size=(b, k))
-    return np.nanmean(reps[chosen, np.arange(b)[:, None]], axis=1)
+
+    def mean_over_seeds(chosen: np.ndarray) -> dict[str, np.ndarray]:  # chosen: (B, k), row r pairs with replicate r
+        return {"mean": np.nanmean(reps[chosen, np.arange(len(chosen))[:, None]], axis=1)}
+
+    return bootstrap(mean_over_seeds, k, b, 0.95, rng)[0]["mean"]
 
 
 def fmt(x: Any, digits: int = 3) -> str:
