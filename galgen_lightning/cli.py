@@ -33,10 +33,10 @@ from galgen_lightning.faults import (
     RunLock,
     install_signal_handlers,
     is_rank_zero_launch,
-    make_dir,
     restore_signal_handlers,
 )
 from galgen_lightning.faults.ddp import configure_ddp, rank_lost
+from galgen_lightning.files import make_dir, write_error
 from galgen_lightning.models.base import PairModule
 from galgen_lightning.rundir import RunDir, RunDirectory
 
@@ -433,8 +433,6 @@ def main(args: list[str] | None = None) -> None:
     except OSError as e:  # a write that failed outside galgen's own writers (a full disk, a read-only folder)
         if e.errno is None or e.filename is None:
             raise
-        from galgen_lightning.faults import write_error
-
         print(f"galgen: error: {write_error(e.filename, e, 'write')}", file=sys.stderr)
         sys.exit(2)
     finally:

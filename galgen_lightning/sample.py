@@ -110,7 +110,7 @@ def state_dict_difference(found: dict, expected: dict) -> str:
 
 def write(samples, out: Path, seed: int, grid: int = 16) -> Path:
     """Write ``samples`` (:class:`PairSamples`) as ``.npz``, ``.fits`` or a ``.png`` grid."""
-    from galgen_lightning.faults import atomic_write_bytes
+    from galgen_lightning.files import atomic_write
 
     a, b = samples.a.numpy().astype(np.float32), samples.b.numpy().astype(np.float32)
     ok_a, ok_b = samples.ok_a.numpy(), samples.ok_b.numpy()
@@ -120,7 +120,7 @@ def write(samples, out: Path, seed: int, grid: int = 16) -> Path:
 
         buffer = io.BytesIO()
         np.savez_compressed(buffer, a=a, b=b, ok_a=ok_a, ok_b=ok_b, seed=np.int64(seed))
-        atomic_write_bytes(out, buffer.getbuffer())
+        atomic_write(out, buffer.getbuffer())
     elif out.suffix == ".fits":
         import io
 
@@ -137,7 +137,7 @@ def write(samples, out: Path, seed: int, grid: int = 16) -> Path:
             hdus.append(fits.ImageHDU(ok.astype(np.uint8), name=f"OK_{which}"))
         buffer = io.BytesIO()
         fits.HDUList(hdus).writeto(buffer)
-        atomic_write_bytes(out, buffer.getbuffer())
+        atomic_write(out, buffer.getbuffer())
     else:
         import matplotlib.image
 

@@ -377,7 +377,7 @@ def test_download_of_an_id_column_and_a_fits_catalogue(tmp_path, server):
         ("columns", "no RA column"),
         ("ra", "out of range"),
         ("dec", "out of range"),
-        ("unwritable", "cannot write there"),
+        ("unwritable", "cannot write to --out"),
         ("template", "must contain {ra} and {dec}"),
         ("options", "holds cutouts downloaded with size=32"),
         ("missing", "does not exist"),

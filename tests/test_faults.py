@@ -277,6 +277,30 @@ def test_full_disk_during_a_metrics_record_cuts_it_off_and_a_torn_line_is_ended(
     assert [r["epoch"] for r in rd.records()] == [0, 2]
 
 
+def test_atomic_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    """galgen_lightning.files, the one owner of all-or-nothing files: an interrupted writer and a
+    full disk both leave the previous file whole, and a failed write is one line with its hint."""
+    from galgen_lightning.errors import GalgenError
+    from galgen_lightning.files import atomic_write, make_dir
+
+    path = tmp_path / "record.json"
+    path.write_bytes(b"old")
+
+    def interrupted(f):
+        f.write(b"half of the new")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(path, interrupted)
+    with _FileSizeLimit(64), pytest.raises(GalgenError, match="^cannot write the record: file too large .*; free some space$"):
+        atomic_write(path, b"x" * 10_000, name="the record", hint="free some space")
+    assert path.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["record.json"]
+    atomic_write(tmp_path / "new" / "deeper.bin", memoryview(b"new"))  # the folder is made
+    assert (tmp_path / "new" / "deeper.bin").read_bytes() == b"new"
+    with pytest.raises(GalgenError, match=f"^cannot create the run directory {path}/run: a file is in the way"):
+        make_dir(path / "run")
+
+
 def test_full_disk_during_a_cache_chunk_is_one_line_and_keeps_the_old_chunk(tmp_path):
     from galgen_lightning.data.cache import write_atomic
     from galgen_lightning.errors import GalgenError

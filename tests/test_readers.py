@@ -352,7 +352,7 @@ def test_foreign_or_corrupt_cache_is_rebuilt_not_used(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "code, words",
-    [(errno.ENOSPC, "no space left"), (errno.EROFS, "it is on a read-only file system"), (errno.EACCES, "permission denied")],
+    [(errno.ENOSPC, "no space left"), (errno.EROFS, "read-only file system"), (errno.EACCES, "permission denied")],
 )
 def test_full_or_read_only_cache_is_a_clear_error_and_keeps_what_was_written(tmp_path, monkeypatch, code, words):
     folder = fits_dir(tmp_path / "in", 12)

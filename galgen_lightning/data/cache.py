@@ -27,7 +27,6 @@ directory; a complete cache is read without writing anything.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import math
@@ -42,6 +41,7 @@ from typing import IO, Any
 import numpy as np
 
 from galgen_lightning.errors import GalgenError
+from galgen_lightning.files import atomic_write, make_dir, write_error
 
 LOCK = ".lock"
 """The lock file of a cache folder (held while a process makes its missing chunks)."""
@@ -56,53 +56,30 @@ def default_cache_dir() -> Path:
 
 
 # ============================================================================ writing, all or nothing
-_WHY = {
-    errno.EROFS: "it is on a read-only file system",
-    errno.EACCES: "permission denied (read-only?)",
-    errno.EPERM: "permission denied (read-only?)",
-    errno.ENOSPC: "no space left on the disk",
-    getattr(errno, "EDQUOT", errno.ENOSPC): "no space left on the disk (quota)",
-}
+CACHE_HINT = "free space or point data.source.init_args.cache_dir (or GALGEN_CACHE_DIR) to a writable directory"
+"""What a user does about a data cache that cannot be written."""
 
 
 def cache_error(where: Path, error: OSError, action: str = "write") -> GalgenError:
     """A one-line :class:`GalgenError` for a data cache that cannot be written (read-only, full, ...)."""
-    why = _WHY.get(error.errno or 0) or error.strerror or type(error).__name__
-    return GalgenError(
-        f"cannot {action} the data cache {where}: {why}; "
-        "free space or point data.source.init_args.cache_dir (or GALGEN_CACHE_DIR) to a writable directory"
-    )
+    return write_error(f"the data cache {where}", error, action, CACHE_HINT)
 
 
 def make_cache_dir(folder: Path) -> None:
-    """``mkdir -p folder``, or a :class:`GalgenError` naming it."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise cache_error(folder, e, "create") from None
+    """``mkdir -p folder``, or a :class:`GalgenError` naming it as the data cache."""
+    make_dir(folder, "the data cache", CACHE_HINT)
 
 
 def write_atomic(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
-    """Write a cache file all or nothing: ``write`` fills a temporary file that then replaces ``path``.
+    """Write a cache file all or nothing (:func:`galgen_lightning.files.atomic_write`).
 
-    An interruption (Ctrl-C, a full disk) leaves the previous ``path``, if any, untouched and no
-    temporary file behind. The temporary name (``.<name>.tmp<pid>``) matches no cache glob.
+    ``write`` fills a temporary file that then replaces ``path``; a failure leaves the previous
+    ``path`` and no temporary file (whose name matches no cache glob).
 
     Raises:
         GalgenError: naming the cache directory when it cannot be written.
     """
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        raise cache_error(path.parent, e) from None
-    finally:
-        if tmp.exists():
-            tmp.unlink(missing_ok=True)
+    atomic_write(path, write, f"the data cache {path.parent}", CACHE_HINT)
 
 
 def write_json_atomic(path: Path, data: dict) -> None:

@@ -38,6 +38,7 @@ from typing import Any
 from galgen_lightning.data.catalogue import CutoutSpec, Galaxy, check_cutout, check_template, read_catalogue
 from galgen_lightning.data.fetch import Fetcher, Stopped
 from galgen_lightning.errors import GalgenError
+from galgen_lightning.files import write_error
 
 DEFAULT_URL_TEMPLATE = "https://www.legacysurvey.org/viewer/fits-cutout?ra={ra}&dec={dec}&layer={layer}&pixscale={pixscale}&bands={bands}&size={size}"
 """The Legacy Survey viewer's FITS cutout service, one request per galaxy (all bands in one cube)."""
@@ -105,7 +106,7 @@ class Manifest:
                 self.header = header
                 self.append(header)
         except OSError as e:
-            raise GalgenError(f"cannot write the manifest {self.path}: {e.strerror}") from None
+            raise write_error(f"the manifest {self.path}", e) from None
 
     def append(self, record: dict) -> None:
         try:
@@ -134,17 +135,8 @@ class Manifest:
 
 
 # ======================================================================== the command
-_WHY = {
-    13: "permission denied",
-    30: "read-only file system",
-    28: "no space left on the disk",
-    20: "a path component is a file, not a folder",
-}
-
-
 def _write_error(out: Path, error: OSError) -> GalgenError:
-    why = _WHY.get(error.errno or 0) or error.strerror or type(error).__name__
-    return GalgenError(f"--out {out}: cannot write there: {why}")
+    return write_error(f"--out {out}", error, "write to")
 
 
 @contextmanager

@@ -25,6 +25,7 @@ import numpy as np
 
 from galgen_lightning.data.sources.base import GalaxySource
 from galgen_lightning.errors import GalgenError
+from galgen_lightning.files import make_dir, write_error
 
 
 def _label(source: GalaxySource, info: dict) -> str:
@@ -229,7 +230,7 @@ def _grid(panels: list[tuple[np.ndarray | None, str]], path: Path, title: str, c
     try:
         fig.savefig(path, dpi=110)
     except OSError as e:
-        raise GalgenError(f"--out {path.parent}: cannot write {path.name}: {e.strerror}") from None
+        raise write_error(f"--out {path.parent}: {path.name}", e) from None
     finally:
         plt.close(fig)
 
@@ -309,10 +310,7 @@ def inspect(
     if nearest and n is None:
         raise GalgenError("--nearest needs --n: the statistic compares held-out images with the n training images of subset A")
     outdir = Path(out).expanduser()
-    try:
-        outdir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise GalgenError(f"--out {outdir}: cannot create it: {e.strerror}") from None
+    make_dir(outdir, "--out")
 
     started = time.perf_counter()
     images, available = _load(source, image_size, count)
@@ -417,7 +415,7 @@ def inspect(
     try:
         (outdir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     except OSError as e:
-        raise GalgenError(f"--out {outdir}: cannot write summary.json: {e.strerror}") from None
+        raise write_error(f"--out {outdir}: summary.json", e) from None
     written.append(outdir / "summary.json")
     note = (
         ""

@@ -7,7 +7,8 @@ One module per concern; every public name is importable from here:
 - :mod:`.callback`: :class:`FaultTolerance`, the Lightning callback of every run (signals,
   atomic checkpoints, DDP heartbeats);
 - :mod:`.divergence`: :class:`UpdateGuard`, the skipped-update guard every family shares;
-- :mod:`.writes`: atomic files and checkpoints (:class:`AtomicCheckpointIO`), one line per failed write;
+- :mod:`.writes`: atomic checkpoints (:class:`AtomicCheckpointIO`; files in general:
+  :mod:`galgen_lightning.files`);
 - :mod:`.lock`: :class:`RunLock`, one ``galgen fit`` per run directory;
 - :mod:`.ddp`: the collective timeout (``GALGEN_DDP_TIMEOUT``) and naming a rank that died or hung.
 """
@@ -20,7 +21,7 @@ from galgen_lightning.faults.divergence import UpdateGuard, agree_on_all_ranks, 
 from galgen_lightning.faults.lock import LOCK, RunLock, is_rank_zero_launch
 from galgen_lightning.faults.signals import SIGNALS, install_signal_handlers, pending_signal, restore_signal_handlers
 from galgen_lightning.faults.state import Diverged, Interrupted, run_state
-from galgen_lightning.faults.writes import AtomicCheckpointIO, atomic_write_bytes, make_dir, write_error
+from galgen_lightning.faults.writes import AtomicCheckpointIO
 
 __all__ = [
     "LOCK",
@@ -33,15 +34,12 @@ __all__ = [
     "RunLock",
     "UpdateGuard",
     "agree_on_all_ranks",
-    "atomic_write_bytes",
     "checkpoint_dir",
     "install_signal_handlers",
     "is_rank_zero_launch",
     "last_checkpoint",
-    "make_dir",
     "pending_signal",
     "rank_lost",
     "restore_signal_handlers",
     "run_state",
-    "write_error",
 ]

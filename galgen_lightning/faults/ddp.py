@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from galgen_lightning.errors import GalgenError
-from galgen_lightning.faults.writes import atomic_write_bytes
+from galgen_lightning.files import atomic_write
 
 ENV = "GALGEN_DDP_TIMEOUT"
 DEFAULT_TIMEOUT = 600.0
@@ -98,7 +98,7 @@ class Heartbeat:
 
     def start(self) -> None:
         record = {"rank": self.rank, "pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
-        atomic_write_bytes(self.path, (json.dumps(record) + "\n").encode())
+        atomic_write(self.path, (json.dumps(record) + "\n").encode())
         self.path.with_suffix(".exit").unlink(missing_ok=True)  # how an earlier attempt of this rank ended
         self.last = time.monotonic()
 
@@ -302,7 +302,7 @@ def _watcher() -> type:
             if not ended or self.folder is None:
                 return
             for rank, proc in ended:
-                atomic_write_bytes(
+                atomic_write(
                     self.folder / FOLDER / f"rank{rank}.exit",
                     json.dumps({"rank": rank, "pid": proc.pid, "returncode": proc.returncode}).encode(),
                 )

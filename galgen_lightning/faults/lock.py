@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from galgen_lightning.errors import GalgenError
-from galgen_lightning.faults.writes import make_dir, write_error
+from galgen_lightning.files import make_dir, write_error
 
 LOCK = ".lock"
 

@@ -1,68 +1,20 @@
-"""Writes that cannot half-happen: atomic files and checkpoints, and one line for a failed write.
+"""Checkpoints that cannot half-happen: :class:`AtomicCheckpointIO`.
 
-:func:`atomic_write_bytes` writes to a temporary file that replaces the old one only when
-complete; :class:`AtomicCheckpointIO` does the same for Lightning's checkpoints and loads them
-with ``weights_only=True``; :func:`write_error` turns a failed write into one line naming the path.
+It writes Lightning's checkpoints with :func:`galgen_lightning.files.atomic_write` (the one owner
+of all-or-nothing files and of the line a failed write gives) and loads them with
+``weights_only=True``.
 """
 
 from __future__ import annotations
 
-import errno
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from galgen_lightning.errors import GalgenError
-
-_WHY = {
-    errno.ENOSPC: "no space left on the disk",
-    getattr(errno, "EDQUOT", errno.ENOSPC): "disk quota exceeded",
-    errno.EFBIG: "file too large (a file-size limit, ulimit -f)",
-    errno.EROFS: "read-only file system",
-    errno.EACCES: "permission denied",
-    errno.EPERM: "permission denied",
-    errno.ENOTDIR: "a file is in the way (not a directory)",
-    errno.EEXIST: "a file is in the way",
-}
-
-
-def write_error(path: str | Path, error: OSError, what: str = "write") -> GalgenError:
-    """One line for a failed write: the path and why."""
-    why = _WHY.get(error.errno or 0) or error.strerror or type(error).__name__
-    return GalgenError(f"cannot {what} {path}: {why}")
-
-
-def make_dir(path: str | Path, what: str = "the run directory") -> Path:
-    """``mkdir -p``, or a one-line :class:`GalgenError` naming the path."""
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise write_error(path, e, f"create {what}") from None
-    return path
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` all or nothing (temporary file, fsync, rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        raise write_error(path, e) from None
-    finally:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
+from galgen_lightning.files import atomic_write
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -77,7 +29,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
-        atomic_write_bytes(path, buffer.getbuffer())
+        atomic_write(path, buffer.getbuffer())
 
     def load_checkpoint(
         self, path, map_location: Any = lambda storage, loc: storage, weights_only: bool | None = None

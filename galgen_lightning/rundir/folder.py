@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from galgen_lightning.files import atomic_write, write_error
+
 if TYPE_CHECKING:
     from galgen_lightning.rundir.runs import Run
 
@@ -52,13 +54,6 @@ def _read_yaml(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """All or nothing (temporary file, fsync, rename); a failed write is one line naming ``path``."""
-    from galgen_lightning.faults import atomic_write_bytes
-
-    atomic_write_bytes(path, text.encode())
-
-
 class RunDir:
     """One run directory (see the module docstring for its layout).
 
@@ -72,22 +67,20 @@ class RunDir:
     # --- writing --------------------------------------------------------------------------
     def write_config(self, text: str) -> None:
         """``config.yaml`` (the resolved configuration as YAML)."""
-        _write_atomic(self.path / CONFIG, text)
+        atomic_write(self.path / CONFIG, text.encode())
 
     def write_manifest(self, manifest: dict) -> None:
         """``manifest.json`` (the data split)."""
-        _write_atomic(self.path / MANIFEST, json.dumps(manifest) + "\n")
+        atomic_write(self.path / MANIFEST, (json.dumps(manifest) + "\n").encode())
 
     def write_status(self, status: dict) -> None:
         """``status.json``, replaced atomically so a reader never sees half of it."""
-        _write_atomic(self.path / STATUS, json.dumps(status, indent=2) + "\n")
+        atomic_write(self.path / STATUS, (json.dumps(status, indent=2) + "\n").encode())
 
     def append_metrics(self, record: dict) -> None:
         """One line of ``metrics.jsonl`` (NaN and infinities become null), appended whole or not
         at all: a failed write (a full disk) is cut back off and is one line naming the file; a
         torn last line left by a killed process is ended first, so it never swallows this record."""
-
-        from galgen_lightning.faults import write_error
 
         path = self.path / METRICS
         line = (json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n").encode()
@@ -123,25 +116,23 @@ class RunDir:
         """``eval/<test>/epoch_XXXX<tag>.npz`` (compressed)."""
         import io
 
-        from galgen_lightning.faults import atomic_write_bytes
-
         path = self.eval_path(test, epoch, ".npz", tag)
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
-        atomic_write_bytes(path, buffer.getbuffer())  # all or nothing
+        atomic_write(path, buffer.getbuffer())  # all or nothing
         return path
 
     def write_launch(self, record: dict) -> None:
         """``sweep.json``: how a launcher (``galgen sweep``) started this run (its arguments, the
         sweep's fingerprint), so a resumed sweep can tell whether the run is still its own."""
-        _write_atomic(self.path / LAUNCH, json.dumps(record, indent=1) + "\n")
+        atomic_write(self.path / LAUNCH, (json.dumps(record, indent=1) + "\n").encode())
 
     def launch(self) -> dict:
         return _read_json(self.path / LAUNCH)
 
     def write_wandb_identity(self, identity: dict) -> None:
         """``wandb.json``: the W&B run id (and project, group) this run logs to."""
-        _write_atomic(self.path / WANDB, json.dumps(identity, indent=1) + "\n")
+        atomic_write(self.path / WANDB, (json.dumps(identity, indent=1) + "\n").encode())
 
     def wandb_identity(self) -> dict:
         """``wandb.json``, or ``{}`` when the run has none."""
@@ -149,7 +140,7 @@ class RunDir:
 
     def write_verdict(self, verdict: dict) -> Path:
         """``verdict.json`` (the judge's JSON)."""
-        _write_atomic(self.path / VERDICT, json.dumps(verdict, indent=1) + "\n")
+        atomic_write(self.path / VERDICT, (json.dumps(verdict, indent=1) + "\n").encode())
         return self.path / VERDICT
 
     # --- reading --------------------------------------------------------------------------
