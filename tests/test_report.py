@@ -282,6 +282,23 @@ def test_report_summary_verdicts_and_n_star(built):
     assert not diff["notes"]
 
 
+def test_the_checks_use_the_run_the_figures_show(tmp_path):
+    """One run per N for the transition checks and the figures alike: a complete seed before an
+    unfinished lower seed (the checks once took the lowest seed and dropped that N)."""
+    root = small_sweep(tmp_path / "sweep", ns=(1000,))
+    rng = np.random.default_rng(1)
+    for seed, state in ((0, "running"), (1, "complete")):
+        run = root / f"diffusion-small-n10-seed{seed}"
+        _write_run(run, DIFFUSION, 10, 16, state=state)
+        (run / "manifest.json").write_text(json.dumps({"n": 10, "image_size": 16, "seed": seed}))
+        _two_models(run, *SMALL[10], rng)
+    assert run_cli(["report", str(root), "--bootstrap", "0", "--wandb", "false"]) == 0
+    group = json.loads((root / "report" / "summary.json").read_text())["groups"]["diffusion (16 px)"]
+    checks = {c["check"]: c for c in group["checks"]}
+    assert "at least two complete runs over N" not in checks
+    assert "N=10:" in checks["the smallest N memorizes (the judge's label)"]["detail"]
+
+
 def test_report_files_and_html(built):
     out, _ = built
     figures = sorted(p.name for p in (out / "figures").glob("*.png"))

@@ -276,8 +276,8 @@ def build_report(
                 + ")"
             )
         n_star_lines.append({"group": group, "statement": statement})
-        ordered = sorted([r for r in rows if r["n"]], key=lambda r: (r["n"], r["seed"] or 0))
-        ordered = list({r["n"]: r for r in reversed(ordered)}.values())[::-1]  # one run per N (the lowest seed) for the checks
+        shown = {str(run.path) for run in one_per_n(members)}  # the runs the figures show: one per N
+        ordered = sorted([r for r in rows if r["n"] and r["path"] in shown], key=lambda r: r["n"])
         checks = transition_checks(ordered)
         notes = diagnose(ordered)
         items = [

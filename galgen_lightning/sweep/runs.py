@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from galgen_lightning.errors import GalgenError
+from galgen_lightning.files import atomic_write
 from galgen_lightning.rundir import RunDir
 from galgen_lightning.sweep.plan import RunPlan
 
@@ -122,10 +123,8 @@ def write_state(out: Path, plans: list[RunPlan], meta: dict) -> None:
         if p.job_id:
             rec["job_id"] = p.job_id
         runs.append(rec)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f"{STATE}.tmp"
-    tmp.write_text(json.dumps({**meta, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), "runs": runs}, indent=1) + "\n")
-    tmp.replace(out / STATE)
+    state = {**meta, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), "runs": runs}
+    atomic_write(out / STATE, (json.dumps(state, indent=1) + "\n").encode())
 
 
 def previous_durations(out: Path) -> dict[str, float]:

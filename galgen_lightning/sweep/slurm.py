@@ -34,7 +34,7 @@ from typing import Any
 from submitit.helpers import Checkpointable, DelayedSubmission
 
 from galgen_lightning.errors import GalgenError
-from galgen_lightning.rundir import RunDir
+from galgen_lightning.rundir import LAUNCH, RunDir
 from galgen_lightning.sweep import runs
 from galgen_lightning.sweep.plan import RunPlan, decide
 
@@ -186,7 +186,7 @@ class FitTask(Checkpointable):
             runs.start(folder, out, action, args, {**self.params["record"], "launcher": "slurm", "job_id": env.job_id})
         else:  # rank 0 prepares the folder
             deadline = time.time() + 60
-            while not (folder / runs.STATE).is_file() and time.time() < deadline:
+            while not (folder / LAUNCH).is_file() and time.time() < deadline:  # written by runs.start
                 time.sleep(1)
         for signum in (signal.SIGUSR1, signal.SIGINT):  # galgen fit gets them from SLURM too: it stops itself
             signal.signal(signum, _note)
