@@ -87,44 +87,6 @@ def nearest_similarity(
     return best, arg
 
 
-def memorization_rate(own: Tensor | np.ndarray, reference: Tensor | np.ndarray, quantile: float = 0.99) -> tuple[float, float]:
-    """Share of samples closer to their own training set than held-out real images ever are.
-
-    Args:
-        own: each sample's nearest-training similarity within its model's own subset.
-        reference: held-out validation images' nearest-training similarity (the calibration).
-        quantile: the reference quantile used as threshold.
-
-    Returns:
-        ``(rate, threshold)``; rate is NaN when there are no samples.
-    """
-    own = np.asarray(own, dtype=np.float64)
-    threshold = float(np.quantile(np.asarray(reference, dtype=np.float64), quantile))
-    rate = float(np.mean(own > threshold)) if own.size else math.nan
-    return rate, threshold
-
-
-def own_other_gap(own: Tensor | np.ndarray, other: Tensor | np.ndarray) -> dict[str, float]:
-    """Threshold-free memorization statistic of the two-models design.
-
-    A and B are drawn from one distribution, so a generalizing model's sample is as close to
-    the other subset as to its own. Returns the median per-sample gap ``own - other`` and the
-    one-sided Wilcoxon signed-rank p-value for "own is closer".
-    """
-    from scipy.stats import wilcoxon
-
-    own = np.asarray(own, dtype=np.float64)
-    other = np.asarray(other, dtype=np.float64)
-    gap = own - other
-    if gap.size == 0:
-        return {"gap_median": math.nan, "gap_mean": math.nan, "gap_p_value": math.nan}
-    if np.all(gap == 0):
-        p = 1.0
-    else:
-        p = float(wilcoxon(own, other, alternative="greater").pvalue)
-    return {"gap_median": float(np.median(gap)), "gap_mean": float(np.mean(gap)), "gap_p_value": p}
-
-
 def summarize(values: Tensor | np.ndarray, line: float = 0.95) -> dict[str, float]:
     """Median, mean, and share above ``line`` of a similarity distribution (NaN when empty).
 

@@ -176,3 +176,16 @@ def test_bootstrap_leaves_undefined_replicates_out_and_gives_none_below_two():
     assert np.isnan(reps["rate"]).any() and intervals["rate"] == (1.0, 1.0)
     assert T.bootstrap(rate, 1, 200, 0.95, np.random.default_rng(0)) == ({}, {})
     assert T.bootstrap(rate, 20, 0, 0.95, np.random.default_rng(0)) == ({}, {})
+
+
+def test_each_models_gap_is_over_its_valid_samples():
+    rng = np.random.default_rng(4)
+    arrays = {"heldout": rng.uniform(0.5, 0.8, 50), "heldout_pixel_std": rng.normal(0.2, 0.02, 50)}
+    for m in "ab":
+        arrays |= {f"own_{m}": rng.uniform(0.6, 1.0, 30), f"other_{m}": rng.uniform(0.5, 0.9, 30)}
+        arrays[f"sample_index_{m}"] = np.arange(30)
+    for key in ("own_b", "other_b", "sample_index_b"):  # B's first five samples failed: the callback stores the rest
+        arrays[key] = arrays[key][5:]
+    numbers, _, _ = T.two_models_evidence(arrays, n_boot=0)
+    assert numbers["gap_median_a"] == pytest.approx(np.median(arrays["own_a"] - arrays["other_a"]))
+    assert numbers["gap_median_b"] == pytest.approx(np.median(arrays["own_b"] - arrays["other_b"]))

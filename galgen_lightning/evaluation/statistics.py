@@ -392,6 +392,8 @@ def two_models_evidence(
     numbers.update(swap_test(own, other, quantile, permutations, rng))
     numbers["memorization_rate_heldout"], numbers["memorization_threshold_heldout"] = heldout_rate(own, p.heldout, quantile)
     numbers.update(gap_test(own, other))
+    for r, m in enumerate(MODELS):  # each model's own median gap (its valid samples)
+        numbers[f"gap_median_{m}"] = gap_test(own[r : r + 1], other[r : r + 1])["gap_median"]
     numbers["nearest_own_median"] = float(np.nanmedian(own)) if np.isfinite(own).any() else math.nan
     numbers["nearest_other_median"] = float(np.nanmedian(other)) if np.isfinite(other).any() else math.nan
     numbers["heldout_median"] = float(np.median(p.heldout)) if p.heldout.size else math.nan

@@ -39,7 +39,7 @@ import torch
 from galgen_lightning.evaluation import gallery
 from galgen_lightning.evaluation.base import SamplingTest, mosaic
 from galgen_lightning.evaluation.statistics import two_models_evidence
-from galgen_lightning.metrics import nearest_similarity, own_other_gap, paired_cosine, summarize
+from galgen_lightning.metrics import nearest_similarity, paired_cosine, summarize
 from galgen_lightning.models.base import MODELS
 
 OTHER = {"a": "b", "b": "a"}
@@ -107,7 +107,6 @@ def two_models_statistics(
         x = samples[which][samples.ok(which)]
         scalars[f"pixel_std_median_{which}"] = float(x.flatten(1).float().std(dim=1).median()) if len(x) else float("nan")
     for which in MODELS:
-        scalars[f"gap_median_{which}"] = own_other_gap(arrays[f"own_{which}"], arrays[f"other_{which}"])["gap_median"]
         scalars[f"valid_{which}"] = float(samples.ok(which).sum())
         info = dict(samples.info.get(which, {}))
         if "steps_sum" in info:
