@@ -36,6 +36,7 @@ from galgen_lightning.faults import (
     restore_signal_handlers,
 )
 from galgen_lightning.faults.ddp import configure_ddp, rank_lost
+from galgen_lightning.faults.writes import checkpoint_file, unreadable_checkpoint
 from galgen_lightning.files import make_dir, write_error
 from galgen_lightning.models.base import PairModule
 from galgen_lightning.rundir import RunDir, RunDirectory
@@ -62,9 +63,7 @@ def _check_ckpt_path(ckpt: str | None) -> None:
     later); Lightning's keywords and remote URLs are left to Lightning."""
     if not ckpt or ckpt in _CKPT_KEYWORDS or ckpt.startswith("registry:") or "://" in ckpt:
         return
-    path = Path(ckpt).expanduser()
-    if not path.is_file():
-        raise GalgenError(f"--ckpt_path {ckpt}: {'is a directory, not a checkpoint file' if path.is_dir() else 'no such file'}")
+    checkpoint_file(ckpt)
 
 
 def _import(class_path: str):
@@ -154,14 +153,7 @@ class GalgenCLI(LightningCLI):
         try:
             super()._parse_ckpt_path()
         except Exception as e:  # noqa: BLE001 (unpickling raises anything)
-            ckpt = self.config[self.config.subcommand].get("ckpt_path")
-            text = str(e)
-            why = (
-                "it holds objects other than tensors and plain containers, which galgen does not unpickle (weights_only)"
-                if "Weights only load failed" in text
-                else ((text.strip().splitlines() or [type(e).__name__])[0])[:300]
-            )
-            raise GalgenError(f"--ckpt_path {ckpt}: not a readable galgen checkpoint: {why}") from None
+            raise unreadable_checkpoint(self.config[self.config.subcommand].get("ckpt_path"), e) from None
 
     def _run_subcommand(self, subcommand: str) -> None:
         try:

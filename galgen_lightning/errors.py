@@ -16,6 +16,21 @@ class GalgenError(Exception):
     """A user-facing error: the message is shown as one line, without a traceback."""
 
 
+def first_line(error: BaseException, limit: int = 200, with_type: bool = False) -> str:
+    """An exception in a few words for a one-line message: the first line of its text.
+
+    Args:
+        error: the exception.
+        limit: most characters kept of that line.
+        with_type: prefix the exception's type (``OSError: ...``); a message without text is
+            always its type.
+    """
+    lines = str(error).strip().splitlines()
+    if not lines:
+        return type(error).__name__
+    return f"{type(error).__name__}: {lines[0][:limit]}" if with_type else lines[0][:limit]
+
+
 _UNION = re.compile(
     r"""^(Parser key "[^"]+"): Does not validate against any of the Union subtypes .*?"""
     r"""Problem with given class_path '([^']+)': (.*?)(?: - Expected a <class 'NoneType'>.*)?$"""

@@ -47,21 +47,12 @@ def parser() -> argparse.ArgumentParser:
 
 def load_pair(ckpt_path: str | Path, device: str | torch.device = "cpu"):
     """The pair of a galgen checkpoint (its family from the checkpoint, else the run's config.yaml)."""
+    from galgen_lightning.faults.writes import load_checkpoint_file
     from galgen_lightning.models.base import PairModule
     from galgen_lightning.rundir import RunDir
 
     path = Path(ckpt_path).expanduser()
-    if not path.is_file():
-        raise GalgenError(
-            f"--ckpt_path {ckpt_path}: {'is a directory, not a checkpoint file' if path.is_dir() else 'no such file'}"
-        )
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 (unpickling raises anything)
-        raise GalgenError(
-            f"--ckpt_path {ckpt_path}: not a readable galgen checkpoint: "
-            f"{(str(e).strip().splitlines() or [type(e).__name__])[0][:200]}"
-        ) from None
+    checkpoint = load_checkpoint_file(ckpt_path)
     hparams = dict(checkpoint.get("hyper_parameters") or {}) if isinstance(checkpoint, dict) else {}
     class_path = hparams.get("_class_path") or (
         (RunDir(path.resolve().parent.parent).config().get("model") or {}).get("class_path")

@@ -29,6 +29,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from galgen_lightning.errors import first_line
+
 EVAL_PREFIXES = ("two_models", "denoising", "inversion", "discriminator", "morphology")
 """The tests whose metrics are charted per epoch (``<prefix>/*`` against ``epoch``)."""
 
@@ -183,7 +185,7 @@ def start(trainer, config: dict) -> None:
         try:
             experiment = logger.experiment
         except Exception as e:  # noqa: BLE001 (wandb raises CommError, UsageError, timeouts)
-            why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            why = first_line(e)
             print(
                 f"galgen: warning: W&B did not start ({why}); logging offline: "
                 f"upload later with 'galgen sync {logger.save_dir or '.'}'",
@@ -253,7 +255,7 @@ def _start_run(**init: Any):
     try:
         return wandb.init(**init, settings=_settings())
     except Exception as e:  # noqa: BLE001 (wandb raises CommError, UsageError, timeouts)
-        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        why = first_line(e)
         print(
             f"galgen: warning: W&B did not start ({why}); logging offline: upload later with 'galgen sync {init['dir']}'",
             file=sys.stderr,

@@ -416,7 +416,11 @@ def test_hostile_foreign_and_broken_checkpoints_are_one_line(tmp_path, tiny_sour
         assert run_cli([*base, f"--ckpt_path={ckpt}"]) == 2
         err = _err_lines(capsys)
         assert len(err) == 1 and err[0].startswith(f"galgen: error: --ckpt_path {ckpt}") and text in err[0], err
-    assert not pwned.exists()
+    for ckpt in (hostile, junk):  # galgen sample reads checkpoints through the same owner, with the same line
+        assert run_cli(["sample", f"--ckpt_path={ckpt}", f"--out={tmp_path / 's.npz'}"]) == 2
+        err = _err_lines(capsys)
+        assert len(err) == 1 and err[0].startswith(f"galgen: error: --ckpt_path {ckpt}: ") and expected[ckpt] in err[0], err
+    assert not pwned.exists() and not (tmp_path / "s.npz").exists()
 
 
 def test_report_escapes_a_run_named_like_markup(tmp_path):

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from galgen_lightning.data.catalogue import CutoutSpec, Galaxy, check_cutout
+from galgen_lightning.errors import first_line
 
 USER_AGENT = "galgen-data-download (+https://github.com; polite: rate-limited, retries with backoff)"
 MAX_RETRY_AFTER = 600.0  # seconds: a longer Retry-After is cut to this
@@ -159,19 +160,23 @@ class Fetcher:
                             os.replace(tmp, final)
                             return self._record(galaxy, "done", "", "", attempt, started, size=size)
                 except requests.exceptions.ChunkedEncodingError as e:
-                    reason, detail = "truncated", f"truncated body ({_short(e)})"
+                    reason, detail = "truncated", f"truncated body ({first_line(e, 160, with_type=True)})"
                 except requests.exceptions.Timeout:
                     reason, detail = "timeout", f"no answer within --timeout {self.timeout:g} s"
                 except requests.exceptions.ConnectionError as e:
                     timed_out = "timed out" in str(e).lower()
                     reason = "timeout" if timed_out else "connection"
-                    detail = f"no answer within --timeout {self.timeout:g} s" if timed_out else f"connection error ({_short(e)})"
+                    detail = (
+                        f"no answer within --timeout {self.timeout:g} s"
+                        if timed_out
+                        else f"connection error ({first_line(e, 160, with_type=True)})"
+                    )
                 except _Truncated as e:
                     reason, detail = "truncated", str(e)
                 except _SlowBody:
                     reason, detail = "timeout", f"body not received within {self._body_limit():g} s"
                 except requests.exceptions.RequestException as e:  # an invalid URL, too many redirects, ...
-                    return self._record(galaxy, "failed", "request", _short(e), attempt, started)
+                    return self._record(galaxy, "failed", "request", first_line(e, 160, with_type=True), attempt, started)
                 if attempt <= self.retries and self.stop.wait(self._delay(attempt - 1, retry_after)):
                     raise Stopped
             return self._record(
@@ -237,8 +242,3 @@ class _Truncated(Exception):
 
 class _SlowBody(Exception):
     pass
-
-
-def _short(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0][:160]}" if text else type(error).__name__

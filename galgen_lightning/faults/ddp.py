@@ -29,7 +29,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from galgen_lightning.errors import GalgenError
+from galgen_lightning.errors import GalgenError, first_line
 from galgen_lightning.files import atomic_write
 
 ENV = "GALGEN_DDP_TIMEOUT"
@@ -201,7 +201,7 @@ def is_collective_failure(exception: BaseException) -> bool:
 
 
 def _why(exception: BaseException) -> str:
-    text = (str(exception).strip().splitlines() or [type(exception).__name__])[0]
+    text = first_line(exception, limit=1000)
     text = re.sub(r"^\[[^\]]*\]\s*", "", text)  # gloo's "[.../pair.cc:537] " prefix
     return text.split(". This is typically", 1)[0][:200]
 

@@ -1,20 +1,59 @@
-"""Checkpoints that cannot half-happen: :class:`AtomicCheckpointIO`.
+"""Checkpoints: written all or nothing, read without running pickled code, one line when unusable.
 
-It writes Lightning's checkpoints with :func:`galgen_lightning.files.atomic_write` (the one owner
-of all-or-nothing files and of the line a failed write gives) and loads them with
-``weights_only=True``.
+:class:`AtomicCheckpointIO` writes Lightning's checkpoints with
+:func:`galgen_lightning.files.atomic_write` (the one owner of all-or-nothing files) and loads them
+with ``weights_only=True``; :func:`load_checkpoint_file` does the same for ``galgen sample``.
+:func:`checkpoint_file` and :func:`unreadable_checkpoint` are the one-line errors of a
+``--ckpt_path`` that names no file, or a file that is no readable galgen checkpoint.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from galgen_lightning.errors import GalgenError
+from galgen_lightning.errors import GalgenError, first_line
 from galgen_lightning.files import atomic_write
+
+TRUST = "GALGEN_TRUST_CHECKPOINTS"
+"""Set to 1 to unpickle checkpoints fully (only for a checkpoint you made yourself that needs it)."""
+
+
+def checkpoints_trusted() -> bool:
+    """Whether checkpoints are unpickled fully (``TRUST``), not read ``weights_only``."""
+    return os.environ.get(TRUST) == "1"
+
+
+def checkpoint_file(ckpt: str | Path) -> Path:
+    """The local file ``--ckpt_path`` names, or a one-line error: no such file, or a directory."""
+    path = Path(ckpt).expanduser()
+    if not path.is_file():
+        raise GalgenError(f"--ckpt_path {ckpt}: {'is a directory, not a checkpoint file' if path.is_dir() else 'no such file'}")
+    return path
+
+
+def unreadable_checkpoint(ckpt: str | Path, error: BaseException) -> GalgenError:
+    """The one line for a ``--ckpt_path`` file that torch cannot load (broken, foreign, or holding code)."""
+    text = str(error)
+    why = (
+        "it holds objects other than tensors and plain containers, which galgen does not unpickle (weights_only)"
+        if "weights_only" in text or "Weights only load failed" in text
+        else first_line(error, 300)
+    )
+    return GalgenError(f"--ckpt_path {ckpt}: not a readable galgen checkpoint: {why}")
+
+
+def load_checkpoint_file(ckpt: str | Path) -> Any:
+    """``torch.load`` of a local checkpoint on the CPU (``weights_only`` unless trusted), errors in one line."""
+    path = checkpoint_file(ckpt)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not checkpoints_trusted())
+    except Exception as e:  # noqa: BLE001 (unpickling raises anything)
+        raise unreadable_checkpoint(ckpt, e) from None
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -35,15 +74,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self, path, map_location: Any = lambda storage, loc: storage, weights_only: bool | None = None
     ) -> dict[str, Any]:
         # Lightning asks for weights_only=False when not told; galgen's checkpoints hold only
-        # tensors and plain containers, so nothing pickled is executed (GALGEN_TRUST_CHECKPOINTS=1
-        # restores full unpickling, for a checkpoint you made yourself that needs it)
-        trusted = os.environ.get("GALGEN_TRUST_CHECKPOINTS") == "1"
+        # tensors and plain containers, so nothing pickled is executed (unless TRUST is set)
         try:
-            return super().load_checkpoint(path, map_location=map_location, weights_only=bool(weights_only) if trusted else True)
+            return super().load_checkpoint(
+                path, map_location=map_location, weights_only=bool(weights_only) if checkpoints_trusted() else True
+            )
         except FileNotFoundError:
             raise
         except Exception as e:  # noqa: BLE001 (unpickling raises anything)
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            if "weights_only" in str(e) or "Weights only load failed" in str(e):
-                first = "it holds objects other than tensors and plain containers, which galgen does not unpickle (weights_only)"
-            raise GalgenError(f"--ckpt_path {path}: not a readable galgen checkpoint: {first[:300]}") from None
+            raise unreadable_checkpoint(path, e) from None

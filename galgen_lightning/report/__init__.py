@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from galgen_lightning.errors import GalgenError
+from galgen_lightning.errors import GalgenError, first_line
 from galgen_lightning.evaluation import verdict as rules
 from galgen_lightning.evaluation.verdict import judge_run
 from galgen_lightning.report.figures import (
@@ -445,7 +445,7 @@ def report(
             )
         except Exception as e:  # noqa: BLE001 (the report is written; W&B must not turn it into a failure)
             run_id = None
-            why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            why = first_line(e)
             print(
                 f"galgen: warning: the sweep table was not logged to W&B ({why}); the report has it (sweep_table.csv)",
                 file=sys.stderr,

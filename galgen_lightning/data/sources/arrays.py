@@ -14,8 +14,8 @@ import numpy as np
 
 from galgen_lightning.data.cache import Chunk
 from galgen_lightning.data.sources.base import resize
-from galgen_lightning.data.sources.reader import NAN, CachedReader, Result, first_line
-from galgen_lightning.errors import GalgenError
+from galgen_lightning.data.sources.reader import NAN, CachedReader, Result
+from galgen_lightning.errors import GalgenError, first_line
 
 ARRAY_SUFFIXES = (".npy", ".npz", ".h5", ".hdf5", ".hdf")
 _LAYOUTS = "(N, H, W), (N, 1, H, W), (N, H, W, 1), (N, H, W, 3) or (N, 3, H, W)"
@@ -119,7 +119,7 @@ class ArrayFile(CachedReader):
             try:
                 arr = np.load(p, mmap_mode="r", allow_pickle=False)
             except (OSError, ValueError, EOFError) as e:
-                raise GalgenError(f"{opt}: {p} is not a readable .npy array ({first_line(e)})") from None
+                raise GalgenError(f"{opt}: {p} is not a readable .npy array ({first_line(e, 160, with_type=True)})") from None
             yield self._checked(arr)
         elif suffix == ".npz":
             header = _npz_header(p, self._pick) if header_only else None
@@ -131,7 +131,7 @@ class ArrayFile(CachedReader):
                     name = self._pick(list(z.files), "array")
                     arr = z[name]
             except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-                raise GalgenError(f"{opt}: {p} is not a readable .npz file ({first_line(e)})") from None
+                raise GalgenError(f"{opt}: {p} is not a readable .npz file ({first_line(e, 160, with_type=True)})") from None
             yield self._checked(arr)
         else:
             try:
@@ -141,7 +141,7 @@ class ArrayFile(CachedReader):
             try:
                 f = h5py.File(p, "r")
             except OSError as e:
-                raise GalgenError(f"{opt}: {p} is not a readable HDF5 file ({first_line(e)})") from None
+                raise GalgenError(f"{opt}: {p} is not a readable HDF5 file ({first_line(e, 160, with_type=True)})") from None
             with f:
                 names: list[str] = []
                 f.visititems(lambda n, obj: names.append(n) if isinstance(obj, h5py.Dataset) else None)

@@ -31,10 +31,9 @@ from galgen_lightning.data.sources.reader import (
     Result,
     check_positive,
     files_fingerprint,
-    first_line,
     list_files,
 )
-from galgen_lightning.errors import GalgenError
+from galgen_lightning.errors import GalgenError, first_line
 
 FITS_PATTERN = "**/*.fit*"  # .fits, .fit, .fits.gz, .fits.fz, in subfolders too
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fits.fz", ".fz")
@@ -103,7 +102,7 @@ def read_fits_planes(path: str) -> tuple[list[np.ndarray], str | None]:
                             data = data[0]
                         found.append((data, hdu.header))
         except Exception as e:  # astropy raises many types (OSError, ValueError, TypeError, ...) on broken files
-            failure: str | None = first_line(e)
+            failure: str | None = first_line(e, 160, with_type=True)
         else:
             failure = None
     truncated = [str(w.message).splitlines()[0][:160] for w in caught if "truncated" in str(w.message).lower()]

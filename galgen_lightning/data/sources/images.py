@@ -18,9 +18,9 @@ from galgen_lightning.data.sources.reader import (
     Reject,
     Result,
     files_fingerprint,
-    first_line,
     list_files,
 )
+from galgen_lightning.errors import first_line
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
@@ -47,7 +47,7 @@ def read_image(path: str) -> np.ndarray:
                 arr = np.asarray(im.convert("RGB"), dtype=np.float64).mean(axis=-1)
                 scale = 255.0
     except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError, ...
-        raise Reject(UNREADABLE, f"unreadable image ({first_line(e)})") from None
+        raise Reject(UNREADABLE, f"unreadable image ({first_line(e, 160, with_type=True)})") from None
     if not np.isfinite(arr).all():
         raise Reject(NAN, f"{int((~np.isfinite(arr)).sum())} NaN or infinite pixels")
     arr = arr / scale

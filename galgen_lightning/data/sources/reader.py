@@ -80,12 +80,6 @@ class Reject(Exception):
         self.reason, self.detail = reason, detail
 
 
-def first_line(error: BaseException) -> str:
-    """``Type: first line of the message`` (160 characters at most)."""
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0][:160]}" if text else type(error).__name__
-
-
 def files_fingerprint(paths: Sequence[Path], root: Path) -> str:
     """SHA-1 over each file's path relative to ``root``, size and modification time."""
     h = hashlib.sha1()
