@@ -31,8 +31,13 @@ from typing import Any
 
 from galgen_lightning.errors import first_line
 
-EVAL_PREFIXES = ("two_models", "denoising", "inversion", "discriminator", "morphology")
-"""The tests whose metrics are charted per epoch (``<prefix>/*`` against ``epoch``)."""
+
+def eval_prefixes(trainer) -> list[str]:
+    """The metric prefixes charted per epoch (``<prefix>/*`` against ``epoch``): the name of
+    each test the run has on, the built-in ones and a user's own alike."""
+    from galgen_lightning.evaluation.base import EvalCallback
+
+    return sorted({cb.name for cb in trainer.callbacks if isinstance(cb, EvalCallback)})
 
 
 def init_timeout() -> float:
@@ -203,7 +208,7 @@ def start(trainer, config: dict) -> None:
             continue
         experiment.config.update(config, allow_val_change=True)
         experiment.define_metric("epoch")
-        for prefix in EVAL_PREFIXES:
+        for prefix in eval_prefixes(trainer):
             experiment.define_metric(f"{prefix}/*", step_metric="epoch")
 
 

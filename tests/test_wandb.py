@@ -13,9 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from support import QUICK_DIFFUSION, TINY_DIFFUSION, read_jsonl
 
 from galgen_lightning import wandb_utils
+from galgen_lightning.evaluation import TESTS
 
 
 @pytest.fixture(autouse=True)
@@ -97,7 +99,7 @@ from lightning.pytorch.loggers import WandbLogger
 from galgen_lightning import wandb_utils
 logger = WandbLogger(project="galgen", save_dir=sys.argv[1], id="unreach1")
 logger._wandb_init["settings"] = wandb_utils._settings()
-trainer = SimpleNamespace(is_global_zero=True, loggers=[logger])
+trainer = SimpleNamespace(is_global_zero=True, loggers=[logger], callbacks=[])
 started = time.monotonic()
 wandb_utils.start(trainer, {"family": "diffusion"})
 print("mode", logger.experiment.settings.mode, "id", logger.experiment.id, "seconds", round(time.monotonic() - started, 1))
@@ -153,12 +155,14 @@ def test_offline_run_files_hold_epoch_charts_identity_and_resume(tmp_path, tiny_
     assert config["image_size"] == 16 and len(config["split_sha1"]) == 40 and config["source"]
     assert config["versions"]["torch"] and "git_commit" in config["versions"]
     steps = {(r.metric.name or r.metric.glob_name): r.metric.step_metric for r in kinds["metric"]}
-    for prefix in wandb_utils.EVAL_PREFIXES:
-        assert steps[f"{prefix}/*"] == "epoch"
+    run_config = yaml.safe_load((run / "config.yaml").read_text())
+    tests = {t.name for t in TESTS if run_config.get(t.name)}  # the tests this run had on
+    assert "two_models" in tests and {k[:-2] for k in steps if k.endswith("/*")} == tests
+    assert all(steps[f"{t}/*"] == "epoch" for t in tests)
     assert steps["two_models/memorization_rate"] == "epoch" and steps["two_models/seconds"] == "epoch"
     rows = [{_key(i): i.value_json for i in r.history.item} for r in kinds["history"]]
     rate_rows = [row for row in rows if "two_models/memorization_rate" in row]
-    eval_keys = {k for row in rows for k in row if k.startswith(wandb_utils.EVAL_PREFIXES)}
+    eval_keys = {k for row in rows for k in row if k.startswith(tuple(tests))}
     assert "two_models/a_vs_b_above_0p95" in eval_keys
     assert not [k for k in eval_keys if "." in k or " " in k]  # W&B reads a dot as nesting
     assert rate_rows and all(row["epoch"] == "0" for row in rate_rows)
