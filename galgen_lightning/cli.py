@@ -39,7 +39,7 @@ from galgen_lightning.faults.ddp import configure_ddp, rank_lost
 from galgen_lightning.faults.writes import checkpoint_file, unreadable_checkpoint
 from galgen_lightning.files import make_dir, write_error
 from galgen_lightning.models.base import PairModule
-from galgen_lightning.rundir import RunDir, RunDirectory
+from galgen_lightning.rundir import RunDir, RunDirectory, family_of
 
 
 def wandb_logged_in() -> bool:
@@ -240,7 +240,7 @@ class GalgenCLI(LightningCLI):
             self.fresh_dir = None if folder.exists() else folder  # removed again if the command fails before writing to it
             return make_dir(folder)
         if not given:
-            family = str(cfg.model.class_path).rsplit(".", 1)[-1].replace("Pair", "").lower()
+            family = family_of(cfg.model.class_path)
             name = f"{family}-n{cfg.data.n}-seed{cfg.data.seed}-{stamp}"
             folder, k = Path("runs") / name, 2
             while folder.exists() and is_rank_zero_launch():  # another run started in the same second

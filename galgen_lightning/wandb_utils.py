@@ -122,10 +122,6 @@ def wandb_loggers(loggers) -> list:
     return [logger for logger in loggers if isinstance(logger, WandbLogger)]
 
 
-def _family(class_path: str) -> str:
-    return str(class_path).rsplit(".", 1)[-1].replace("Pair", "").lower()
-
-
 def configure(loggers, folder: Path, cfg, subcommand: str) -> None:
     """Give each ``WandbLogger`` the run's identity before its W&B run starts (rank zero or not).
 
@@ -144,7 +140,9 @@ def configure(loggers, folder: Path, cfg, subcommand: str) -> None:
     run_folder = folder if subcommand == "fit" else folder.parent
     sweep = bool(RunDir(run_folder).launch())
     group = run_folder.parent.name if sweep else run_folder.name
-    family = _family(getattr(cfg.model, "class_path", "") or "")
+    from galgen_lightning.rundir import family_of
+
+    family = family_of(getattr(cfg.model, "class_path", "") or "")
     n = getattr(cfg.data, "n", None)
     tags = [t for t in (family, f"n={n}" if n is not None else None) if t]
     identity = RunDir(folder).wandb_identity()

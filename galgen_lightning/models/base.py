@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from galgen_lightning.errors import GalgenError
 from galgen_lightning.faults import UpdateGuard
+from galgen_lightning.rundir.runs import family_of
 
 MODELS = ("a", "b")
 
@@ -155,8 +156,10 @@ class PairModule(L.LightningModule):
         return (self.channels, self.image_size, self.image_size)
 
     # --- divergence guard: one implementation for every family ---------------------------------
-    family_name = "pair"
-    """How messages name the family (``"diffusion model A: ..."``)."""
+    @property
+    def family_name(self) -> str:
+        """How messages name the family (``"diffusion model A: ..."``), as runs and reports do."""
+        return family_of(type(self).__name__)
 
     @property
     def guard(self) -> UpdateGuard:

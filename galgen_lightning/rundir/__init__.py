@@ -37,7 +37,7 @@ from galgen_lightning.rundir.folder import (
     RunDir,
     read_metrics,
 )
-from galgen_lightning.rundir.runs import SKIP_DIRS, Run, find_runs, is_run_dir, load_run
+from galgen_lightning.rundir.runs import SKIP_DIRS, Run, family_of, find_runs, is_run_dir, load_run
 
 __all__ = [
     "CONFIG",
@@ -52,6 +52,7 @@ __all__ = [
     "Run",
     "RunDir",
     "RunDirectory",
+    "family_of",
     "find_runs",
     "is_run_dir",
     "load_run",

@@ -10,6 +10,7 @@ from pathlib import Path
 import lightning as L
 
 from galgen_lightning.rundir.folder import STATUS, RunDir
+from galgen_lightning.rundir.runs import family_of
 
 
 def _versions() -> dict:
@@ -62,7 +63,7 @@ class RunDirectory(L.Callback):
         from galgen_lightning import wandb_utils
 
         if wandb_utils.wandb_loggers(trainer.loggers):
-            family = type(pl_module).__name__.replace("Pair", "").lower()
+            family = family_of(type(pl_module).__name__)
             seed = os.environ.get("PL_GLOBAL_SEED")
             wandb_utils.start(trainer, wandb_utils.run_config(family, manifest, int(seed) if seed else None, _versions()))
 

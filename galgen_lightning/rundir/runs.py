@@ -156,11 +156,15 @@ class Run:
         return self.n * self.channels * self.image_size**2
 
 
+def family_of(class_path: str) -> str:
+    """A pair class's family as run folders, reports, W&B and messages name it: the class name
+    without ``Pair``, in lower case (``galgen_lightning.models.diffusion.DiffusionPair``: ``diffusion``)."""
+    return str(class_path).rsplit(".", 1)[-1].replace("Pair", "").lower()
+
+
 def _family(config: dict, folder: Path) -> str:
     class_path = str((config.get("model") or {}).get("class_path", ""))
-    if class_path:
-        return class_path.rsplit(".", 1)[-1].replace("Pair", "").lower()
-    return folder.name.split("-", 1)[0] or "unknown"
+    return family_of(class_path) if class_path else folder.name.split("-", 1)[0] or "unknown"
 
 
 def _int(value: Any) -> int | None:

@@ -63,8 +63,6 @@ class DiffusionPair(PairModule):
     model A never depends on subset B.
     """
 
-    family_name = "diffusion"
-
     def __init__(
         self,
         blocks: int = 3,

@@ -199,8 +199,6 @@ class GANPair(PairModule):
             compiled graphs have no double backward).
     """
 
-    family_name = "gan"
-
     def __init__(
         self,
         latent_dim: int = 256,

@@ -78,8 +78,6 @@ class GlowPair(PairModule):
             training overhead bound).
     """
 
-    family_name = "glow"
-
     def __init__(
         self,
         n_flow: int = 32,
