@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import sys
 import threading
 import time
@@ -377,10 +378,11 @@ def test_download_of_an_id_column_and_a_fits_catalogue(tmp_path, server):
         ("columns", "no RA column"),
         ("ra", "out of range"),
         ("dec", "out of range"),
-        ("unwritable", "cannot write to --out"),
+        ("unwritable", "cannot create --out"),
         ("template", "must contain {ra} and {dec}"),
         ("options", "holds cutouts downloaded with size=32"),
         ("missing", "does not exist"),
+        ("busy", f"another galgen data download (pid {os.getpid()}) is writing to it"),
     ],
 )
 def test_bad_input_is_one_line_and_loses_nothing(tmp_path, server, capsys, case, message):
@@ -405,7 +407,14 @@ def test_bad_input_is_one_line_and_loses_nothing(tmp_path, server, capsys, case,
         args.append("--size=64")
     elif case == "missing":
         args[2] = str(tmp_path / "nope.csv")
+    elif case == "busy":  # another downloader holds the folder
+        from galgen_lightning.data.download import LOCK
+        from galgen_lightning.faults.lock import FolderLock
+
+        holder = FolderLock(out, LOCK).acquire()
     code = run_cli(args)
+    if case == "busy":
+        holder.release()
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("galgen: error:") and message in err[0], err
     assert folder_digest(out) == before

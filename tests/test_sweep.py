@@ -4,6 +4,7 @@ and one real tiny sweep through `galgen fit` that is interrupted and resumed fro
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -171,9 +172,13 @@ def test_sweep_one_run_per_gpu(tmp_path, profile, fake_runner, capsys):
 
 def test_sweep_refuses_a_second_sweep_on_the_same_folder(tmp_path, profile, fake_runner):
     out = tmp_path / "sweep"
-    with sweep_lock(out), pytest.raises(GalgenError, match="another galgen sweep"):
+    from galgen_lightning.sweep.runs import is_locked
+
+    assert not is_locked(out)
+    with sweep_lock(out), pytest.raises(GalgenError, match=f"another galgen sweep \\(pid {os.getpid()}\\) is using {out}"):
+        assert is_locked(out)
         sweep(family="diffusion", profile=str(profile), out=str(out), report=False)
-    assert fake_runner == []
+    assert fake_runner == [] and not is_locked(out)
 
 
 def test_sweep_cli_errors_and_dry_run(tmp_path, profile, capsys):

@@ -316,26 +316,11 @@ class ChunkCache:
         Raises:
             GalgenError: naming the folder when the lock file cannot be created.
         """
-        from filelock import FileLock, Timeout
+        from galgen_lightning.faults.lock import FolderLock
 
-        make_cache_dir(self.folder)
-        lock = FileLock(str(self.folder / LOCK))
-        try:
-            try:
-                lock.acquire(timeout=0)
-            except Timeout:
-                print(
-                    f"galgen: waiting for another process that fills the data cache {self.folder} (lock {self.folder / LOCK})",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                lock.acquire()
-        except OSError as e:
-            raise cache_error(self.folder, e, "lock") from None
-        try:
+        lock = FolderLock(self.folder, LOCK, f"the data cache {self.folder}", CACHE_HINT)
+        with lock.held(waiting=f"galgen: waiting for another process that fills the data cache {self.folder} (lock {lock.path})"):
             yield
-        finally:
-            lock.release()
 
     def _written(
         self, produced: Iterable[tuple[int, Chunk]], check: Callable[[int, Chunk], None] | None

@@ -142,26 +142,13 @@ def _write_error(out: Path, error: OSError) -> GalgenError:
 @contextmanager
 def _locked(out: Path) -> Iterator[None]:
     """Create ``out`` and hold its lock file: one downloader per folder at a time."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        handle = open(out / LOCK, "a")
-    except OSError as e:
-        raise _write_error(out, e) from None
-    try:
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: no lock
-            fcntl = None  # type: ignore[assignment]
-        if fcntl is not None:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                raise GalgenError(
-                    f"--out {out}: another galgen data download is writing to it ({out / LOCK} is locked)"
-                ) from None
+    from galgen_lightning.faults.lock import FolderLock
+
+    def busy(pid: str) -> GalgenError:
+        return GalgenError(f"--out {out}: another galgen data download (pid {pid}) is writing to it ({out / LOCK} is locked)")
+
+    with FolderLock(out, LOCK, f"--out {out}").held(busy):
         yield
-    finally:
-        handle.close()
 
 
 def _probe(out: Path) -> None:

@@ -9,7 +9,8 @@ One module per concern; every public name is importable from here:
 - :mod:`.divergence`: :class:`UpdateGuard`, the skipped-update guard every family shares;
 - :mod:`.writes`: atomic checkpoints (:class:`AtomicCheckpointIO`; files in general:
   :mod:`galgen_lightning.files`);
-- :mod:`.lock`: :class:`RunLock`, one ``galgen fit`` per run directory;
+- :mod:`.lock`: :class:`FolderLock`, one process at a time in a folder (runs, sweeps, downloads,
+  caches), and :class:`RunLock`, one ``galgen fit`` per run directory;
 - :mod:`.ddp`: the collective timeout (``GALGEN_DDP_TIMEOUT``) and naming a rank that died or hung.
 """
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 from galgen_lightning.faults.callback import FaultTolerance, checkpoint_dir
 from galgen_lightning.faults.ddp import RankLost, rank_lost
 from galgen_lightning.faults.divergence import UpdateGuard, agree_on_all_ranks, last_checkpoint
-from galgen_lightning.faults.lock import LOCK, RunLock, is_rank_zero_launch
+from galgen_lightning.faults.lock import LOCK, FolderLock, RunLock, is_rank_zero_launch
 from galgen_lightning.faults.signals import SIGNALS, install_signal_handlers, pending_signal, restore_signal_handlers
 from galgen_lightning.faults.state import Diverged, Interrupted, run_state
 from galgen_lightning.faults.writes import AtomicCheckpointIO
@@ -29,6 +30,7 @@ __all__ = [
     "AtomicCheckpointIO",
     "Diverged",
     "FaultTolerance",
+    "FolderLock",
     "Interrupted",
     "RankLost",
     "RunLock",

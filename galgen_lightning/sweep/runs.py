@@ -6,7 +6,7 @@
 - :func:`write_state` keeps ``<out>/sweep.json``: the sweep's settings (and launcher) and each
   run's state, duration, exit status and SLURM job.
 - :func:`sweep_lock`: one ``galgen sweep`` at a time per folder (``<out>/.sweep.lock``, a
-  :mod:`filelock` lock: released when its process ends, however it ends).
+  :class:`~galgen_lightning.faults.lock.FolderLock`: released when its process ends, however it ends).
 """
 
 from __future__ import annotations
@@ -136,33 +136,18 @@ def previous_durations(out: Path) -> dict[str, float]:
 @contextlib.contextmanager
 def sweep_lock(out: Path) -> Iterator[None]:
     """One sweep at a time per output folder (``<out>/.sweep.lock``; a lock of a killed process is free)."""
-    from filelock import FileLock, Timeout
+    from galgen_lightning.faults.lock import FolderLock
 
-    out.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(out / LOCK), timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise GalgenError(f"sweep: another galgen sweep is using {out} (lock {out / LOCK})") from None
-    try:
+    busy = lambda pid: GalgenError(f"sweep: another galgen sweep (pid {pid}) is using {out} (lock {out / LOCK})")  # noqa: E731
+    with FolderLock(out, LOCK, f"the sweep folder {out}").held(busy):
         yield
-    finally:
-        lock.release()
 
 
 def is_locked(out: Path) -> bool:
     """Whether a ``galgen sweep`` holds ``<out>``'s lock now (it is training there)."""
-    from filelock import FileLock, Timeout
+    from galgen_lightning.faults.lock import FolderLock
 
-    if not (out / LOCK).exists():
-        return False
-    lock = FileLock(str(out / LOCK), timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
-        return True
-    lock.release()
-    return False
+    return FolderLock(out, LOCK).held_elsewhere()
 
 
 def wait_code(handle: Any) -> int:
