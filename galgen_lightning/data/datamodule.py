@@ -208,6 +208,12 @@ def pool_with_margin(need: int, attempt: int = 0) -> int:
     return math.ceil(need * (1.25 + attempt)) + 64
 
 
+def epoch_length(n: int, batch_size: int, samples_per_epoch: int | None = None) -> int:
+    """Training items per epoch: ``samples_per_epoch``, by default ``max(n, batch_size)`` (each
+    image of a subset once, and at least one full batch)."""
+    return samples_per_epoch or max(n, batch_size)
+
+
 class GalaxyPairDataModule(L.LightningDataModule):
     """Paired non-overlapping galaxy subsets for the two-models test.
 
@@ -277,7 +283,7 @@ class GalaxyPairDataModule(L.LightningDataModule):
         self.n_val = n_val
         self.seed = seed
         self.batch_size = batch_size
-        self.samples_per_epoch = samples_per_epoch or max(n, batch_size)
+        self.samples_per_epoch = epoch_length(n, batch_size, samples_per_epoch)
         self.flips = flips
         self.num_workers = num_workers
         self.dedup_threshold = dedup_threshold
@@ -331,13 +337,13 @@ class GalaxyPairDataModule(L.LightningDataModule):
         need = 2 * self.n + self.n_val
         if (~drop).sum() < need and self.pool_size is not None:
             raise GalgenError(
-                f"data.source ({self._source_label()}): 2 * n + n_val = {need} images needed but only {int((~drop).sum())} "
+                f"data.source ({self.source.label()}): 2 * n + n_val = {need} images needed but only {int((~drop).sum())} "
                 f"distinct remain of the data.pool_size = {len(images)} images read ({int(drop.sum())} duplicates removed); "
                 "raise data.pool_size or lower data.n or data.n_val"
             )
         if (~drop).sum() < need:
             raise GalgenError(
-                f"data.source ({self._source_label()}): 2 * n + n_val = {need} images needed but only {int((~drop).sum())} "
+                f"data.source ({self.source.label()}): 2 * n + n_val = {need} images needed but only {int((~drop).sum())} "
                 f"usable remain ({len(images)} read, {int(drop.sum())} duplicates removed); lower data.n or data.n_val"
             )
         self.split = make_split(images, self.n, self.n_val, self.seed, drop)
@@ -345,13 +351,6 @@ class GalaxyPairDataModule(L.LightningDataModule):
         self.subsets = {s: torch.from_numpy(np.ascontiguousarray(images[self.split.indices(s)]))[:, None] for s in SUBSETS}
         self.pixel_mean = float(torch.cat([self.subsets["a"], self.subsets["b"]]).mean())
         self._check_same_on_all_ranks()
-
-    def _source_label(self) -> str:
-        """The source's kind and where it reads from, for error messages."""
-        info = self.source.describe()
-        kind = info.get("source", type(self.source).__name__)
-        where = info.get("directory") or info.get("path")
-        return f"{kind} {where}" if where else str(kind)
 
     def split_digest(self) -> str:
         """SHA-1 over the content hashes of A, B and validation: one string per split."""

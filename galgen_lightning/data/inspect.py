@@ -28,12 +28,6 @@ from galgen_lightning.errors import GalgenError
 from galgen_lightning.files import make_dir, write_error
 
 
-def _label(source: GalaxySource, info: dict) -> str:
-    kind = info.get("source", type(source).__name__)
-    where = info.get("directory") or info.get("path")
-    return f"{kind} {where}" if where else str(kind)
-
-
 def _cache_folder(source: GalaxySource, image_size: int) -> Path | None:
     """Where the source keeps its converted images at ``image_size`` (None: no cache)."""
     from galgen_lightning.data.sources.reader import CachedReader
@@ -54,8 +48,9 @@ def _rejections(info: dict) -> tuple[int | None, dict[str, int]]:
     if "by_reason" in report:  # the readers
         return info.get("inputs"), {REASONS.get(k, k): int(v) for k, v in report["by_reason"].items()}
     if "detected" in report:  # the Hubble Deep Field: sources detected, and dropped per reason
-        names = {"edge": "too close to the edge", "crowded": "too close to a larger source", "zeros": "more than 30% zero pixels"}
-        return int(report["detected"]), {names.get(k, k): int(v) for k, v in report.items() if k != "detected" and v}
+        from galgen_lightning.data.sources.hxdf import DROPPED
+
+        return int(report["detected"]), {DROPPED.get(k, k): int(v) for k, v in report.items() if k != "detected" and v}
     return info.get("inputs"), {}
 
 
@@ -107,7 +102,7 @@ def convert(source: GalaxySource, image_size: int = 64, count: int | None = None
     read = report.get("converted", inputs)
     head = f"{read:,} of {inputs:,} inputs read, " if inputs is not None and read is not None else ""
     print(
-        f"galgen: data convert: {_label(source, info)}: {head}{len(images):,} usable images at {image_size}px, "
+        f"galgen: data convert: {source.label(info)}: {head}{len(images):,} usable images at {image_size}px, "
         f"{_rejected_text(by_reason)}, in {elapsed:.1f} s{'' if complete else ' (not every input converted: --count)'}"
         f"{f'; cache {folder}' if folder else ''}",
         flush=True,
@@ -316,7 +311,7 @@ def inspect(
     images, available = _load(source, image_size, count)
     info = source.describe()
     inputs, by_reason = _rejections(info)
-    label = _label(source, info)
+    label = source.label(info)
     summary: dict[str, Any] = {
         "source": info,
         "image_size": image_size,

@@ -42,7 +42,6 @@ from galgen_lightning.evaluation.statistics import two_models_evidence
 from galgen_lightning.metrics import nearest_similarity, paired_cosine, summarize
 from galgen_lightning.models.base import MODELS
 
-OTHER = {"a": "b", "b": "a"}
 SEARCHES = 6
 """Nearest-neighbour searches of one :func:`two_models_statistics` call (own, other, held-out; per model)."""
 
@@ -81,7 +80,7 @@ def two_models_statistics(
         x = samples[which][ok]
         own, own_idx = nearest_similarity(x, subsets[which], **kw)
         tick(1)
-        other, other_idx = nearest_similarity(x, subsets[OTHER[which]], **kw)
+        other, other_idx = nearest_similarity(x, subsets[gallery.OTHER[which]], **kw)
         tick(1)
         arrays[f"own_{which}"], arrays[f"other_{which}"] = own.numpy(), other.numpy()
         arrays[f"own_index_{which}"], arrays[f"other_index_{which}"] = own_idx.numpy(), other_idx.numpy()

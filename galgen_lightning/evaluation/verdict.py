@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from galgen_lightning.evaluation.discriminator import CURVES, VAL_CURVES
 from galgen_lightning.evaluation.statistics import bootstrap, two_models_evidence
 from galgen_lightning.rundir import Run, load_run
 
@@ -66,7 +67,7 @@ DISCRIMINATOR_TOLERANCE = 0.1
 +-0.1, 5% of the loss 2 of a discriminator that cannot tell."""
 EVIDENCE = {"gan": "discriminator"}
 """Family -> the positive evidence of generalization it needs (default: ``"agreement"``)."""
-DISCRIMINATOR_CURVES = ("da_ga", "da_gb", "db_gb", "db_ga", "da_val", "db_val")
+DISCRIMINATOR_CURVES = CURVES + VAL_CURVES
 
 
 @dataclass

@@ -10,13 +10,16 @@ at a time (DDP inside one run is not modelled).
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from galgen_lightning.data.datamodule import epoch_length
 from galgen_lightning.errors import GalgenError
 from galgen_lightning.evaluation import TESTS
+from galgen_lightning.evaluation.base import SamplingTest
 
 # The design notes' reference figures on one H200 (64 px, their own training loops, one model).
 H200_REFERENCE = {
@@ -128,13 +131,17 @@ class RunProfile:
         return self.epochs // every + (1 if self.epochs % every else 0)
 
 
+N_SAMPLES = inspect.signature(SamplingTest).parameters["n_samples"].default
+"""A sampling test's ``n_samples`` when a configuration does not say (the test's own default)."""
+
+
 def run_profile(fit: dict, n: int) -> RunProfile:
     """The profile of the run with N = ``n`` from the parsed ``galgen fit`` configuration (the
     profile's configs and ``--fit_args``, every default filled in by the parser)."""
     data, trainer = fit.get("data") or {}, fit.get("trainer") or {}
     model = (fit.get("model") or {}).get("init_args") or {}
     batch = int(data["batch_size"])
-    per_epoch = data.get("samples_per_epoch") or max(n, batch)
+    per_epoch = epoch_length(n, batch, data.get("samples_per_epoch"))
     steps_per_epoch = per_epoch // batch if per_epoch >= batch else 1
     epochs = int(trainer.get("max_epochs") or 1000)  # Lightning's default when max_epochs and max_steps are unset
     max_steps = int(trainer.get("max_steps") or -1)
@@ -153,7 +160,7 @@ def run_profile(fit: dict, n: int) -> RunProfile:
         init = cb.get("init_args") or {}
         if name.endswith("Test"):
             every = init.get("every_n_epochs") or 1
-            tests.append((name, int(every), int(init.get("n_samples") or 256), int(init.get("n_real") or 0)))
+            tests.append((name, int(every), int(init.get("n_samples") or N_SAMPLES), int(init.get("n_real") or 0)))
     sampler_steps = min(int(model.get("max_steps") or 1000), DIFFUSION_SAMPLER_STEPS)
     return RunProfile(batch, epochs, steps_per_epoch, int(data["n_val"]), sampler_steps, tests)
 

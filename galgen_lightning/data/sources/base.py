@@ -56,6 +56,11 @@ def _area_pool(x: np.ndarray, size: int, axis: int) -> np.ndarray:
     return (np.take(sums, stop, axis=axis) - np.take(sums, start, axis=axis)) / (stop - start).reshape(shape)
 
 
+MAX_ZERO_FRACTION = 0.3
+"""A cutout with more zero pixels (in a band) than this share is dropped, as the paper's source
+pipeline does (the readers and the Hubble XDF stamps alike)."""
+
+
 class GalaxySource:
     """Base class of image sources (see the module docstring)."""
 
@@ -70,6 +75,13 @@ class GalaxySource:
     def describe(self) -> dict:
         """Name and parameters, for the manifest and the cache key."""
         raise NotImplementedError
+
+    def label(self, info: dict | None = None) -> str:
+        """The source's kind and where it reads from, for messages (``info``: its ``describe()``)."""
+        info = self.describe() if info is None else info
+        kind = info.get("source", type(self).__name__)
+        where = info.get("directory") or info.get("path")
+        return f"{kind} {where}" if where else str(kind)
 
 
 def content_hash(image: np.ndarray) -> str:

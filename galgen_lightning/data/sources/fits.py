@@ -16,11 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from galgen_lightning.data.sources.base import resize
+from galgen_lightning.data.sources.base import MAX_ZERO_FRACTION, resize
 from galgen_lightning.data.sources.reader import (
     BANDS,
     FATAL,
-    MAX_ZERO_FRACTION,
     NAN,
     SHAPES,
     SMALL,

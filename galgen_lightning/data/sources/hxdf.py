@@ -23,13 +23,18 @@ import functools
 
 import numpy as np
 
-from galgen_lightning.data.sources.base import GalaxySource, resize
+from galgen_lightning.data.sources.base import MAX_ZERO_FRACTION, GalaxySource, resize
 from galgen_lightning.errors import GalgenError
 
 HXDF_VERSION: int = 1
 """Bump whenever the stamp recipe changes (it is written to the manifest)."""
 
-MAX_ZERO_FRACTION = 0.3
+DROPPED = {
+    "edge": "too close to the edge",
+    "crowded": "too close to a larger source",
+    "zeros": f"more than {MAX_ZERO_FRACTION:.0%} zero pixels",
+}
+"""Why a detected source gives no stamp, by the key of ``describe()["report"]``."""
 
 
 def hubble_deep_field_gray() -> np.ndarray:

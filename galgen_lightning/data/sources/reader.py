@@ -47,13 +47,12 @@ from galgen_lightning.data.cache import (
     read_summary,
     write_summary,
 )
-from galgen_lightning.data.sources.base import GalaxySource
+from galgen_lightning.data.sources.base import MAX_ZERO_FRACTION, GalaxySource
 from galgen_lightning.errors import GalgenError
 
 READER_VERSION: int = 1
 """Bump whenever a conversion changes: it keys the on-disk cache of converted images."""
 
-MAX_ZERO_FRACTION = 0.3  # the paper's source pipeline drops cutouts with more zero pixels in a band
 SHOW = 5  # rejected names shown in the one-line summary
 
 # Why an input was rejected; the first two are data quality (always skipped), the rest broken
