@@ -44,8 +44,9 @@ def _cell(verdict, key: str) -> str:
         return f"{value:.0f}"
     if "p_value" in key:
         return f"{value:.2g}"
-    ci = verdict.intervals.get(key)
-    return f"{value:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+    from galgen_lightning.evaluation.verdict import fmt_ci
+
+    return fmt_ci(value, verdict.intervals.get(key), 3, ci_digits=2)
 
 
 def conclusion(small, large, n_small: int, n_large: int) -> list[str]:

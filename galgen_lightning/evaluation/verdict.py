@@ -130,13 +130,21 @@ class Verdict:
         return clean(out)
 
 
-def fmt_ci(value: float | None, ci: tuple[float, float] | None, digits: int = 3) -> str:
-    """``value [low, high]`` (the interval only when it is finite)."""
+def fmt_ci(value: float | None, ci: tuple[float, float] | None, digits: int = 3, ci_digits: int | None = None) -> str:
+    """``value [low, high]``: the interval only when it is finite, ``n/a`` for no value.
+
+    Args:
+        value: the number.
+        ci: its interval, or None.
+        digits: decimals of the value (and of the interval, unless ``ci_digits``).
+        ci_digits: decimals of the interval.
+    """
     if value is None or not math.isfinite(float(value)):
         return "n/a"
     s = f"{float(value):.{digits}f}"
     if ci and all(math.isfinite(c) for c in ci):
-        s += f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+        d = digits if ci_digits is None else ci_digits
+        s += f" [{ci[0]:.{d}f}, {ci[1]:.{d}f}]"
     return s
 
 

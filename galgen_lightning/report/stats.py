@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from galgen_lightning.evaluation.statistics import bootstrap
-from galgen_lightning.evaluation.verdict import MEMORIZES_RATE
+from galgen_lightning.evaluation.verdict import MEMORIZES_RATE, fmt_ci
 
 MEMORIZED_RATE = MEMORIZES_RATE
 """The level N* is read at: the memorization rate falls through one half."""
@@ -52,13 +52,6 @@ def fmt(x: Any, digits: int = 3) -> str:
     if isinstance(x, (int, np.integer)):
         return f"{int(x):,}"
     return f"{float(x):.{digits}f}"
-
-
-def fmt_ci(value: Any, ci: tuple[float, float] | None) -> str:
-    """``value [low, high]``, or the value alone without an interval."""
-    if ci is None or not all(math.isfinite(c) for c in ci):
-        return fmt(value)
-    return f"{fmt(value)} [{fmt(ci[0])}, {fmt(ci[1])}]"
 
 
 def fmt_p(x: Any) -> str:
