@@ -11,7 +11,6 @@ run. Every evaluation's wall time is logged as ``<test>/seconds``, and its slow 
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -58,16 +57,6 @@ def to_uint8(images: torch.Tensor | np.ndarray, low: float = 0.0, high: float | 
         high = float(np.percentile(x, 99.5)) if x.size else 1.0
     high = max(high, low + 1e-6)
     return (np.clip((x - low) / (high - low), 0, 1) * 255 + 0.5).astype(np.uint8)
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, (np.floating, np.integer)):
-        v = v.item()
-    if isinstance(v, torch.Tensor):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
 
 
 class EvalCallback(L.Callback):
@@ -216,7 +205,7 @@ class EvalCallback(L.Callback):
         metrics = {f"{self.name}/{k}": float(v) for k, v in values.items()}
         wandb_utils.epoch_metrics(trainer.loggers, metrics, trainer.current_epoch, trainer.global_step)
         record = {"epoch": trainer.current_epoch, "step": trainer.global_step, "test": self.name}
-        record.update({k: _jsonable(v) for k, v in values.items()})
+        record.update(values)  # RunDir.append_metrics makes it JSON (NaN: null)
         RunDir(run_dir(trainer)).append_metrics(record)
 
     def save_arrays(self, trainer: L.Trainer, arrays: dict[str, Any], tag: str = "") -> Path:

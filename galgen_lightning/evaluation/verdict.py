@@ -42,7 +42,7 @@ import numpy as np
 
 from galgen_lightning.evaluation.discriminator import CURVES, VAL_CURVES
 from galgen_lightning.evaluation.statistics import bootstrap, two_models_evidence
-from galgen_lightning.rundir import Run, load_run
+from galgen_lightning.rundir import Run, jsonable, load_run
 
 LABELS = ("memorizes", "in transition", "generalizes", "poor samples", "inconclusive")
 
@@ -114,20 +114,9 @@ class Verdict:
     def to_json(self) -> dict[str, Any]:
         """JSON-ready (NaN as None)."""
 
-        def clean(v: Any) -> Any:
-            if isinstance(v, (float, np.floating)):
-                return float(v) if math.isfinite(v) else None
-            if isinstance(v, (list, tuple)):
-                return [clean(x) for x in v]
-            if isinstance(v, dict):
-                return {k: clean(x) for k, x in v.items()}
-            if isinstance(v, np.integer):
-                return int(v)
-            return v
-
         out = asdict(self)
         out.pop("replicates")
-        return clean(out)
+        return jsonable(out)
 
 
 def fmt_ci(value: float | None, ci: tuple[float, float] | None, digits: int = 3, ci_digits: int | None = None) -> str:

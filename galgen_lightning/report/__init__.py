@@ -40,7 +40,6 @@ and this module puts them together.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
@@ -78,7 +77,7 @@ from galgen_lightning.report.stats import (
     transition_checks,
 )
 from galgen_lightning.report.table import inversion_table, morphology_rows, table_row, write_table
-from galgen_lightning.rundir import Run, find_runs, is_run_dir, load_run
+from galgen_lightning.rundir import Run, find_runs, is_run_dir, jsonable, load_run
 from galgen_lightning.tables import csv_text
 
 SECTIONS = {
@@ -106,20 +105,6 @@ def _verdict_class(label: str) -> str:
         if label.startswith(start):
             return css
     return ""
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items() if k != "replicates"}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        return float(x) if math.isfinite(float(x)) else None
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, Path):
-        return str(x)
-    return x
 
 
 def build_report(
@@ -398,7 +383,7 @@ def build_report(
     write_table(out_dir, sweep_table)
     index = out_dir / "index.html"
     index.write_text(doc)
-    (out_dir / "summary.json").write_text(json.dumps(_jsonable(summary), indent=1) + "\n")
+    (out_dir / "summary.json").write_text(json.dumps(jsonable(summary), indent=1) + "\n")
     return index
 
 

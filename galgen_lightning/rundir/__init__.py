@@ -35,6 +35,7 @@ from galgen_lightning.rundir.folder import (
     VERDICT,
     WANDB,
     RunDir,
+    jsonable,
     read_metrics,
 )
 from galgen_lightning.rundir.runs import SKIP_DIRS, Run, family_of, find_runs, is_run_dir, load_run
@@ -53,6 +54,7 @@ __all__ = [
     "RunDir",
     "RunDirectory",
     "family_of",
+    "jsonable",
     "find_runs",
     "is_run_dir",
     "load_run",

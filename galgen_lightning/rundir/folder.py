@@ -26,12 +26,20 @@ CONFIG, MANIFEST, STATUS, METRICS, VERDICT, EVAL = (
 LAUNCH, WANDB = "sweep.json", "wandb.json"
 
 
-def _jsonable(v: Any) -> Any:
-    if hasattr(v, "item") and callable(v.item) and getattr(v, "ndim", 1) == 0:
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
+def jsonable(x: Any) -> Any:
+    """``x`` as JSON holds it: numpy and torch numbers as numbers and their arrays as lists, NaN
+    and infinities as None (null), paths as text; dictionaries and sequences throughout."""
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, Path):
+        return str(x)
+    if hasattr(x, "tolist") and callable(x.tolist):  # numpy and torch scalars and arrays
+        return jsonable(x.tolist())
+    if isinstance(x, float) and not math.isfinite(x):
         return None
-    return v
+    return x
 
 
 def _read_json(path: Path) -> dict:
@@ -83,7 +91,7 @@ class RunDir:
         torn last line left by a killed process is ended first, so it never swallows this record."""
 
         path = self.path / METRICS
-        line = (json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n").encode()
+        line = (json.dumps(jsonable(record)) + "\n").encode()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
