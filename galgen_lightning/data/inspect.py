@@ -34,7 +34,7 @@ def _cache_folder(source: GalaxySource, image_size: int) -> Path | None:
     from galgen_lightning.data.sources.synthetic import SyntheticGalaxies
 
     if isinstance(source, CachedReader):
-        return source._root() / f"{image_size}px-chunk{source.chunk}"
+        return source.chunks(image_size, open_root=False).folder
     if isinstance(source, SyntheticGalaxies):
         return source.folder(image_size)
     return None
@@ -138,19 +138,17 @@ def _pixel_stats(images: np.ndarray) -> dict[str, float]:
 
 def _rejected_inputs(source: GalaxySource, image_size: int) -> list[tuple[str, Any, str, str]]:
     """``(name, input, reason, detail)`` of every rejected input converted so far (readers only)."""
-    from galgen_lightning.data.sources.reader import REASONS, CachedReader, Chunk
+    from galgen_lightning.data.sources.reader import REASONS, CachedReader
 
     if not isinstance(source, CachedReader):
         return []
     names, inputs, _ = source._listing()
-    folder = source._root() / f"{image_size}px-chunk{source.chunk}"
+    cache = source.chunks(image_size, open_root=False)
     out = []
-    for k, start in enumerate(range(0, len(inputs), source.chunk)):
-        path = folder / f"chunk_{k:05d}.npz"
-        if not path.exists():
+    for k, (start, _stop) in enumerate(cache.bounds):
+        if not cache.path(k).exists():
             break
-        stop = min(start + source.chunk, len(inputs))
-        chunk = Chunk.read(path, stop - start, image_size)
+        chunk = cache.read(k)
         if chunk is None:  # damaged: removed, with a warning; the next load converts it again
             break
         for i, (reason, detail) in enumerate(zip(chunk.reasons.tolist(), chunk.details.tolist())):

@@ -185,10 +185,17 @@ class CachedReader(GalaxySource):
         """The cache folder of this input and these parameters (all image sizes)."""
         return keyed_root(self.cache_dir or default_cache_dir(), self.kind, READER_VERSION, self._meta())
 
-    def _cache(self, image_size: int) -> ChunkCache:
-        """The chunks of this input at ``image_size`` (the folder is opened: created or checked)."""
+    def chunks(self, image_size: int, open_root: bool = True) -> ChunkCache:
+        """The cache of this input's chunks at ``image_size`` (the one owner of its layout).
+
+        Args:
+            image_size: side of the converted images.
+            open_root: create or check the keyed folder (``False``: only find it, for a reader
+                such as ``galgen data inspect`` that writes nothing).
+        """
         names, inputs, _ = self._listing()
-        folder = open_keyed_root(self._root(), self._meta()) / f"{image_size}px-chunk{self.chunk}"
+        root = open_keyed_root(self._root(), self._meta()) if open_root else self._root()
+        folder = root / f"{image_size}px-chunk{self.chunk}"
         bounds = [(a, min(a + self.chunk, len(inputs))) for a in range(0, len(inputs), self.chunk)]
         return ChunkCache(folder, bounds, image_size)
 
@@ -206,7 +213,7 @@ class CachedReader(GalaxySource):
         """The first ``count`` usable images (fewer if the inputs run out), converting what is missing."""
         names, inputs, _ = self._listing()
         self._check_image_size(image_size)
-        cache = self._cache(image_size)
+        cache = self.chunks(image_size)
         filled = cache.fill(
             count,
             lambda run: self._convert(run, cache.bounds, inputs, image_size, cache.folder),
