@@ -285,7 +285,7 @@ def log_sweep(sweep: Path, rows: list[dict] | None = None, folder: Path | None =
     Args:
         sweep: the sweep folder.
         rows: the sweep table (default: every run below ``sweep``, read through the run
-            directories and judged by the one judge with 200 bootstrap replicates).
+            directories and judged as ``galgen report`` does: :func:`~galgen_lightning.report.table.sweep_rows`).
         folder: where the W&B files and ``wandb.json`` go (default ``<sweep>/report``).
         summary: extra numbers for the run summary (e.g. N* per family group).
 

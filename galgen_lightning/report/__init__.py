@@ -76,7 +76,7 @@ from galgen_lightning.report.stats import (
     fmt_p,
     transition_checks,
 )
-from galgen_lightning.report.table import inversion_table, morphology_rows, table_row, write_table
+from galgen_lightning.report.table import inversion_table, morphology_rows, table_order, table_row, write_table
 from galgen_lightning.rundir import Run, find_runs, is_run_dir, jsonable, load_run
 from galgen_lightning.tables import csv_text
 
@@ -162,14 +162,14 @@ def build_report(
     n_star_lines: list[dict] = []
     check_blocks: list[dict] = []
     run_rows, run_classes = [], []
-    sweep_table: list[dict] = []
+    sweep_table: list[tuple[Run, dict]] = []
 
     for group, members in groups.items():
         rows = []
         for run in members:
             verdict = judge_run(run, n_boot, confidence, rng)
             if run.records:
-                sweep_table.append(table_row(run, verdict))
+                sweep_table.append((run, table_row(run, verdict)))
             rec = run.last("two_models") or {}
             v: dict[str, Any] = {k: rec.get(k) for k in ("a_vs_b_median", "valid_a", "valid_b", "epoch")}
             for key in ("diverged", "step_limit"):
@@ -380,7 +380,7 @@ def build_report(
         "runs_table": html_table(r_cols, run_rows, run_classes),
     }
     doc = render(context)
-    write_table(out_dir, sweep_table)
+    write_table(out_dir, [row for _, row in sorted(sweep_table, key=lambda item: table_order(item[0]))])
     index = out_dir / "index.html"
     index.write_text(doc)
     (out_dir / "summary.json").write_text(json.dumps(jsonable(summary), indent=1) + "\n")

@@ -96,16 +96,22 @@ def table_row(run: Run, verdict: Any) -> dict[str, Any]:
     return {key: row.get(key) for key in COLUMNS}
 
 
-def sweep_rows(root: Path, n_boot: int = 200, confidence: float = 0.95, seed: int = 0) -> list[dict[str, Any]]:
+def table_order(run: Any) -> tuple:
+    """The order of the sweep table's rows: family group, N, seed, run name."""
+    return (run.group, run.n or 0, run.seed or 0, run.name)
+
+
+def sweep_rows(root: Path, n_boot: int = 1000, confidence: float = 0.95, seed: int = 0) -> list[dict[str, Any]]:
     """The table of every run below ``root`` (read through :mod:`galgen_lightning.rundir`, judged
-    by :func:`~galgen_lightning.evaluation.verdict.judge_run`), ordered by family, N and seed."""
+    by :func:`~galgen_lightning.evaluation.verdict.judge_run`), in :func:`table_order`: the table
+    ``galgen report`` writes, with its defaults, for a caller that has no report at hand."""
     import numpy as np
 
     from galgen_lightning.evaluation.verdict import judge_run
     from galgen_lightning.rundir import find_runs, load_run
 
     rng = np.random.default_rng(seed)
-    runs = sorted((load_run(p) for p in find_runs(Path(root))), key=lambda r: (r.group, r.n or 0, r.seed or 0, r.name))
+    runs = sorted((load_run(p) for p in find_runs(Path(root))), key=table_order)
     return [table_row(run, judge_run(run, n_boot, confidence, rng)) for run in runs if run.records]
 
 
