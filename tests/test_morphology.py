@@ -201,3 +201,15 @@ def test_cli_fit_with_morphology_callback_writes_npz_and_metrics(tmp_path, tiny_
     assert row["seconds"] >= row["morphology_seconds"] > 0 and row["sampling_seconds"] >= 0  # the parts are timed
     assert (run / "eval" / "morphology" / "epoch_0000.png").stat().st_size > 10_000
     assert json.loads((run / "status.json").read_text())["state"] == "complete"
+
+
+def test_one_rule_says_which_values_count():
+    """The callback's statistics, its figure and the report's figure read values through one rule."""
+    from galgen_lightning.evaluation.morphology_stats import is_used, usable
+
+    flag = np.array([0, 1, 2, 0, -1])
+    used = is_used(np.array([True, True, True, False, True]), flag, max_flag=1)
+    assert used.tolist() == [True, True, False, False, False]
+    values = np.array([0.5, np.nan, 0.7, 0.8, -99.0])
+    assert usable(values, used).tolist() == [0.5]  # used, finite
+    assert usable(values).tolist() == [0.5, 0.7, 0.8]  # a file without "used": finite, not -99

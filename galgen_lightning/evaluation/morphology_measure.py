@@ -41,6 +41,7 @@ from galgen_lightning.evaluation.morphology_stats import (
     LABELS,
     compare,
     counts,
+    is_used,
     morphology_figure,
     morphology_statistics,
     used_values,
@@ -230,7 +231,7 @@ def table(measurements: Sequence[Measurement], max_flag: int = 1) -> dict[str, n
     out["flag"] = np.array([m.flag for m in measurements], dtype=np.int64)
     out["reason"] = np.array([m.reason for m in measurements], dtype=str)
     out["message"] = np.array([m.message for m in measurements], dtype=str)
-    out["used"] = np.array([m.measured and 0 <= m.flag <= max_flag for m in measurements], dtype=bool)
+    out["used"] = is_used(np.array([m.measured for m in measurements], dtype=bool), out["flag"], max_flag)
     out["sky"] = np.array([m.sky for m in measurements], dtype=np.float64)
     out["sky_sigma"] = np.array([m.sky_sigma for m in measurements], dtype=np.float64)
     return out

@@ -67,6 +67,24 @@ COMPARISONS: tuple[tuple[str, str], ...] = (
 """Pairs of groups whose distributions are compared; ``real_a`` vs ``val`` is the baseline."""
 
 
+def is_used(measured: np.ndarray, flag: np.ndarray, max_flag: int = 1) -> np.ndarray:
+    """Which images count in the distributions: measured by statmorph with a flag of at most
+    ``max_flag`` (0 a good fit, 1 suspect)."""
+    flag = np.asarray(flag)
+    return np.asarray(measured, dtype=bool) & (flag >= 0) & (flag <= max_flag)
+
+
+def usable(values: np.ndarray, used: np.ndarray | None = None) -> np.ndarray:
+    """The values that count: of the used images (``used``, see :func:`is_used`; all when a file
+    predates it), finite, and never statmorph's failure value -99 (measurements store it as NaN;
+    older files may hold it)."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    keep = np.isfinite(v) & (v > -99)
+    if used is not None and np.shape(used) == v.shape:
+        keep &= np.asarray(used, dtype=bool)
+    return v[keep]
+
+
 def counts(group: dict[str, np.ndarray], max_flag: int = 1) -> dict[str, float]:
     """How many images of one group were measured, failed (per reason), flagged, suspect, used."""
     reason = group["reason"]
@@ -74,7 +92,7 @@ def counts(group: dict[str, np.ndarray], max_flag: int = 1) -> dict[str, float]:
     out = {"n": float(len(reason)), "measured": float(measured.sum()), "failed": float((~measured).sum())}
     out["flagged"] = float((measured & (group["flag"] > max_flag)).sum())
     out["suspect"] = float((measured & (group["flag"] == 1)).sum())
-    out["used"] = float((measured & (group["flag"] >= 0) & (group["flag"] <= max_flag)).sum())
+    out["used"] = float(is_used(measured, group["flag"], max_flag).sum())
     for name in FAILURES:
         out[f"failed_{name}"] = float((reason == name).sum())
     return out
@@ -82,8 +100,7 @@ def counts(group: dict[str, np.ndarray], max_flag: int = 1) -> dict[str, float]:
 
 def used_values(group: dict[str, np.ndarray], variable: str) -> np.ndarray:
     """The finite values of ``variable`` over the group's used images."""
-    values = group[variable][group["used"]]
-    return values[np.isfinite(values)]
+    return usable(group[variable], group["used"])
 
 
 def compare(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -170,8 +187,7 @@ def _arrays_group(arrays: dict[str, np.ndarray], name: str, variable: str) -> np
     values, used = arrays.get(f"{name}/{variable}"), arrays.get(f"{name}/used")
     if values is None or used is None:
         return np.empty(0)
-    values = values[used]
-    return values[np.isfinite(values)]
+    return usable(values, used)
 
 
 def morphology_figure(

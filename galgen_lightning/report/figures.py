@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from galgen_lightning.evaluation.morphology_image import VARIABLES as MORPHOLOGY_VARIABLES
+from galgen_lightning.evaluation.morphology_stats import usable
 from galgen_lightning.report.stats import MEMORIZED_RATE, finite, fmt
 from galgen_lightning.rundir import Run
 
@@ -380,13 +381,8 @@ def read_morphology(run: Run) -> dict[str, dict[str, np.ndarray]] | None:
         group, _, variable = key.partition("/")
         if variable not in variables:
             continue
-        v = np.asarray(value, dtype=np.float64).ravel()
-        keep = np.isfinite(v) & (v > -99)
-        used = arrays.get(f"{group}/used")
-        if used is not None and np.shape(used) == v.shape:
-            keep &= np.asarray(used, bool)
-        out.setdefault(group, {})[variable] = v[keep]
-        out[group]["_n"] = np.zeros(v.size)
+        out.setdefault(group, {})[variable] = usable(value, arrays.get(f"{group}/used"))
+        out[group]["_n"] = np.zeros(np.size(value))
     return out or None
 
 
