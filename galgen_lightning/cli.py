@@ -39,7 +39,7 @@ from galgen_lightning.faults.ddp import configure_ddp, rank_lost
 from galgen_lightning.faults.writes import checkpoint_file, unreadable_checkpoint
 from galgen_lightning.files import make_dir, write_error
 from galgen_lightning.models.base import PairModule
-from galgen_lightning.rundir import RunDir, RunDirectory, family_of
+from galgen_lightning.rundir import CHECKPOINTS, RunDir, RunDirectory, family_of
 
 
 def wandb_logged_in() -> bool:
@@ -201,7 +201,7 @@ class GalgenCLI(LightningCLI):
         for callback in _entries(cfg.trainer.callbacks):
             args = getattr(callback, "init_args", None)
             if "ModelCheckpoint" in str(getattr(callback, "class_path", "")) and args is not None and args.dirpath is None:
-                args.dirpath = str(folder / "checkpoints")
+                args.dirpath = str(folder / CHECKPOINTS)
         callbacks = _entries(cfg.trainer.callbacks)
         if cfg.trainer.logger is False and any(_is_lr_monitor(c) for c in callbacks):  # it has nothing to write to
             cfg.trainer.callbacks = [c for c in callbacks if not _is_lr_monitor(c)]

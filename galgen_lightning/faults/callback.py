@@ -17,13 +17,14 @@ from galgen_lightning.faults import ddp
 from galgen_lightning.faults.signals import agree_max, arm, clear_pending, pending_signal
 from galgen_lightning.faults.state import Interrupted
 from galgen_lightning.faults.writes import AtomicCheckpointIO
+from galgen_lightning.rundir.folder import CHECKPOINTS, LAST_CHECKPOINT
 
 
 def checkpoint_dir(trainer: L.Trainer) -> Path:
     """The checkpoint callback's folder, else ``<run>/checkpoints``."""
     callback = getattr(trainer, "checkpoint_callback", None)
     folder = getattr(callback, "dirpath", None)
-    return Path(folder) if folder else Path(trainer.default_root_dir) / "checkpoints"
+    return Path(folder) if folder else Path(trainer.default_root_dir) / CHECKPOINTS
 
 
 class FaultTolerance(L.Callback):
@@ -74,7 +75,7 @@ class FaultTolerance(L.Callback):
         signum = agree_max(trainer, pending_signal() or 0)
         if not signum:
             return
-        path = checkpoint_dir(trainer) / "last.ckpt"
+        path = checkpoint_dir(trainer) / LAST_CHECKPOINT
         from lightning.pytorch.callbacks import ModelCheckpoint
 
         for callback in trainer.checkpoint_callbacks:  # so that, resumed, it replaces this last.ckpt (not last-v1.ckpt)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from galgen_lightning.report.figures import Figure, FigureWriter, one_per_n, run_title, slug
-from galgen_lightning.rundir import EVAL, Run
+from galgen_lightning.rundir import EVAL, Run, RunDir
 
 TEST = "two_models"
 KINDS = {"most": "most memorized", "least": "least memorized"}
@@ -31,10 +31,10 @@ def _epoch(run: Run) -> int | None:
     return int(record["epoch"]) if record and record.get("epoch") is not None else None
 
 
-def _shown(run: Run, folder: Path, stem: str, kind: str, epoch: int) -> int | None:
+def _shown(run: Run, png: Path, kind: str, epoch: int) -> int | None:
     """How many samples the gallery shows (the length of ``gallery_<kind>_idx``), when recorded."""
     key = f"gallery_{kind}_idx"
-    for path in (folder / f"{stem}.npz", None):
+    for path in (png.with_suffix(".npz"), None):
         arrays = run.arrays(TEST, epoch) if path is None else _load(path)
         if arrays and key in arrays:
             return int(np.size(arrays[key]))
@@ -58,10 +58,9 @@ def gallery_figures(runs: list[Run], group: str, writer: FigureWriter) -> list[F
         epoch = _epoch(run)
         if epoch is None:
             continue
-        folder = run.source(TEST)[0] / EVAL / TEST
+        folder = RunDir(run.source(TEST)[0])
         for kind, what in KINDS.items():
-            stem = f"epoch_{epoch:04d}_gallery_{kind}"
-            png = folder / f"{stem}.png"
+            png = folder.eval_path(TEST, epoch, ".png", f"_gallery_{kind}", create=False)
             if not png.is_file():
                 continue
             name = f"gallery_{kind}_{slug(group)}_{slug(run.name)}"
@@ -71,12 +70,12 @@ def gallery_figures(runs: list[Run], group: str, writer: FigureWriter) -> list[F
             if png.with_suffix(".pdf").is_file():
                 pdf = target.with_suffix(".pdf")
                 shutil.copyfile(png.with_suffix(".pdf"), pdf)
-            k = _shown(run, folder, stem, kind, epoch)
+            k = _shown(run, png, kind, epoch)
             count = f"the {k} samples" if k is not None else "the samples"
             caption = (
                 f"{group}, {run_title(run)}, epoch {epoch}: {count} {what} by the own-minus-other nearest similarity, "
                 "each beside its nearest training image of its own subset and of the other subset, with the similarities "
-                f"(from {run.name}/{EVAL}/{TEST}/{stem}.png)."
+                f"(from {run.name}/{EVAL}/{TEST}/{png.name})."
             )
             out.append(Figure(target, caption, pdf))
     return out

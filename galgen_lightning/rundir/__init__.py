@@ -26,8 +26,10 @@ diverged, ``failed`` with the error if it raised; see :mod:`galgen_lightning.fau
 
 from galgen_lightning.rundir.callback import RunDirectory
 from galgen_lightning.rundir.folder import (
+    CHECKPOINTS,
     CONFIG,
     EVAL,
+    LAST_CHECKPOINT,
     LAUNCH,
     MANIFEST,
     METRICS,
@@ -41,6 +43,8 @@ from galgen_lightning.rundir.folder import (
 from galgen_lightning.rundir.runs import SKIP_DIRS, Run, family_of, find_runs, is_run_dir, load_run
 
 __all__ = [
+    "CHECKPOINTS",
+    "LAST_CHECKPOINT",
     "CONFIG",
     "EVAL",
     "LAUNCH",

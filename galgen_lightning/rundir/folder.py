@@ -24,6 +24,8 @@ CONFIG, MANIFEST, STATUS, METRICS, VERDICT, EVAL = (
     "eval",
 )
 LAUNCH, WANDB = "sweep.json", "wandb.json"
+CHECKPOINTS, LAST_CHECKPOINT = "checkpoints", "last.ckpt"
+"""The checkpoint folder of a run and the checkpoint a run resumes from (``checkpoints/last.ckpt``)."""
 
 
 def jsonable(x: Any) -> Any:
@@ -114,10 +116,11 @@ class RunDir:
         finally:
             os.close(fd)
 
-    def eval_path(self, test: str, epoch: int, suffix: str, tag: str = "") -> Path:
-        """``eval/<test>/epoch_XXXX<tag><suffix>``, its folder created."""
+    def eval_path(self, test: str, epoch: int, suffix: str, tag: str = "", create: bool = True) -> Path:
+        """``eval/<test>/epoch_XXXX<tag><suffix>``, its folder created unless ``create`` is false (a reader)."""
         folder = self.path / EVAL / test
-        folder.mkdir(parents=True, exist_ok=True)
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
         return folder / f"epoch_{epoch:04d}{tag}{suffix}"
 
     def save_arrays(self, test: str, epoch: int, arrays: dict[str, Any], tag: str = "") -> Path:

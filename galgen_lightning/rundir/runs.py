@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from galgen_lightning.rundir.folder import RunDir
+from galgen_lightning.rundir.folder import CHECKPOINTS, EVAL, RunDir
 
 
 def is_run_dir(path: Path) -> bool:
@@ -17,7 +17,7 @@ def is_run_dir(path: Path) -> bool:
     return RunDir.is_run_dir(path)
 
 
-SKIP_DIRS = {"wandb", "checkpoints", "eval", "csv", "report", "logs", "lightning_logs", "__pycache__"}
+SKIP_DIRS = {"wandb", CHECKPOINTS, EVAL, "csv", "report", "logs", "lightning_logs", "__pycache__"}
 
 
 def find_runs(path: Path, max_depth: int = 4) -> list[Path]:

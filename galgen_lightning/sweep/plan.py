@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from galgen_lightning.errors import GalgenError
-from galgen_lightning.rundir import RunDir
+from galgen_lightning.rundir import CHECKPOINTS, LAST_CHECKPOINT, RunDir
 
 DEFAULT_NS = (10, 100, 1000, 10000, 100000)
 SWEEP_KEYS = ("base", "ns", "max_fraction")
@@ -329,7 +329,7 @@ def decide(folder: Path, args: list[str], pool_size: int | None) -> tuple[str, l
     """
     status = RunDir(folder).status()
     state = str(status.get("state") or "")
-    last = folder / "checkpoints" / "last.ckpt"
+    last = folder / CHECKPOINTS / LAST_CHECKPOINT
     args = list(args)
     warning = ""
     if state == "complete":
