@@ -188,17 +188,7 @@ def start(trainer, config: dict) -> None:
         try:
             experiment = logger.experiment
         except Exception as e:  # noqa: BLE001 (wandb raises CommError, UsageError, timeouts)
-            why = first_line(e)
-            print(
-                f"galgen: warning: W&B did not start ({why}); logging offline: "
-                f"upload later with 'galgen sync {logger.save_dir or '.'}'",
-                file=sys.stderr,
-            )
-            import wandb
-
-            if wandb.run is not None:
-                wandb.finish()
-            wandb.teardown()  # the service still holds the failed run's id
+            _go_offline(e, logger.save_dir or ".")
             logger._experiment = None
             logger._wandb_init["mode"] = "offline"
             experiment = logger.experiment
@@ -258,15 +248,22 @@ def _start_run(**init: Any):
     try:
         return wandb.init(**init, settings=_settings())
     except Exception as e:  # noqa: BLE001 (wandb raises CommError, UsageError, timeouts)
-        why = first_line(e)
-        print(
-            f"galgen: warning: W&B did not start ({why}); logging offline: upload later with 'galgen sync {init['dir']}'",
-            file=sys.stderr,
-        )
-        if wandb.run is not None:
-            wandb.finish()
-        wandb.teardown()
+        _go_offline(e, init["dir"])
         return wandb.init(**{**init, "mode": "offline"}, settings=_settings())
+
+
+def _go_offline(error: BaseException, folder: Any) -> None:
+    """After a W&B run failed to start: one warning line (how to upload later), and W&B's state
+    cleared so that the same run can start again offline."""
+    import wandb
+
+    print(
+        f"galgen: warning: W&B did not start ({first_line(error)}); logging offline: upload later with 'galgen sync {folder}'",
+        file=sys.stderr,
+    )
+    if wandb.run is not None:
+        wandb.finish()
+    wandb.teardown()  # the service still holds the failed run's id
 
 
 def log_sweep(sweep: Path, rows: list[dict] | None = None, folder: Path | None = None, summary: dict | None = None) -> str | None:
