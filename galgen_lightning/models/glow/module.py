@@ -103,8 +103,6 @@ class GlowPair(PairModule):
             )
         if not 1 <= n_bits <= 8:
             raise GalgenError(f"model.n_bits must be in 1..8, got {n_bits}")
-        if max_bad_steps < 1:
-            raise GalgenError(f"model.max_bad_steps must be positive, got {max_bad_steps}")
         self.save_hyperparameters()
         self.model_a = Glow(self.channels, n_flow, n_block, hidden, affine)
         self.model_b = Glow(self.channels, n_flow, n_block, hidden, affine)
