@@ -10,12 +10,12 @@ import torch
 from support import CONFIGS, read_jsonl, run_cli
 
 from galgen_lightning.evaluation.discriminator import CURVES, DiscriminatorTest, discriminator_losses, discriminator_statistics
+from galgen_lightning.models.base import count_parameters
 from galgen_lightning.models.gan import (
     Discriminator,
     GANPair,
     Generator,
     auto_aug_prob,
-    count_parameters,
     diff_augment,
     discriminator_objective,
     generator_loss,

@@ -31,6 +31,11 @@ _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "16": torch.float16}
 _FULL_PRECISIONS = {"32", "64", "32-true", "64-true", "transformer-engine", "transformer-engine-float16"}
 
 
+def count_parameters(module: torch.nn.Module) -> int:
+    """Trainable parameters of ``module`` (frozen copies such as an EMA generator are not counted)."""
+    return int(sum(p.numel() for p in module.parameters() if p.requires_grad))
+
+
 def precision_dtype(precision: str | int | None) -> torch.dtype | None:
     """The autocast dtype of a Lightning precision setting, ``None`` for full precision.
 
@@ -154,6 +159,11 @@ class PairModule(L.LightningModule):
     def image_shape(self) -> tuple[int, int, int]:
         """Shape of one image, ``(c, h, w)``."""
         return (self.channels, self.image_size, self.image_size)
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Trainable parameters of one model of the pair (``model``); a family with parts adds
+        them (the GAN: ``generator``, ``discriminator``). The report's pixels-per-parameter uses these."""
+        return {"model": count_parameters(getattr(self, "model_a", self))}
 
     # --- divergence guard: one implementation for every family ---------------------------------
     @property

@@ -37,6 +37,8 @@ def _build_and_count(class_path: str, init: dict) -> tuple[dict[str, int], str]:
     try:
         import torch
 
+        from galgen_lightning.models.base import PairModule, count_parameters
+
         module, name = class_path.rsplit(".", 1)
         cls = getattr(importlib.import_module(module), name)
     except Exception as e:  # noqa: BLE001 (any import problem becomes a note in the report)
@@ -52,15 +54,7 @@ def _build_and_count(class_path: str, init: dict) -> tuple[dict[str, int], str]:
     if pair is None:
         return {}, f"cannot build {class_path} from config.yaml ({error})"
 
-    def trainable(module) -> int:
-        return int(sum(p.numel() for p in module.parameters() if p.requires_grad))
-
-    one = getattr(pair, "model_a", pair)
-    counts = {"model": trainable(one)}
-    if hasattr(one, "G"):
-        counts["generator"] = trainable(one.G)
-    if hasattr(one, "D"):
-        counts["discriminator"] = trainable(one.D)
+    counts = pair.parameter_counts() if isinstance(pair, PairModule) else {"model": count_parameters(pair)}
     return counts, "built from config.yaml"
 
 

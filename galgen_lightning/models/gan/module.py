@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from galgen_lightning.models.base import MODELS, PairModule
+from galgen_lightning.models.base import MODELS, PairModule, count_parameters
 from galgen_lightning.models.gan.network import (
     Discriminator,
     Generator,
@@ -444,9 +444,6 @@ class GANPair(PairModule):
         return x.clamp(0.0, 1.0), ok, {}
 
     def parameter_counts(self) -> dict[str, int]:
-        """Parameters of one generator and one discriminator (the EMA copy not counted)."""
+        """Trainable parameters of one model, and of its generator and discriminator (the EMA copy not counted)."""
         net = self.model_a
-        return {
-            "generator": sum(p.numel() for p in net.G.parameters()),
-            "discriminator": sum(p.numel() for p in net.D.parameters()),
-        }
+        return {**super().parameter_counts(), "generator": count_parameters(net.G), "discriminator": count_parameters(net.D)}

@@ -472,7 +472,3 @@ class Discriminator(nn.Module):
             out = self.decoder(feats)
             recon = F.mse_loss(out.float(), resize(x, out.shape[-1]).float())
         return main, small, recon
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
