@@ -19,6 +19,7 @@ distribution give ``W1(z, z_B)`` near the floor at every level.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -176,23 +177,26 @@ def flat_scalars(stats: dict) -> dict[str, float]:
     return scalars
 
 
-def table_rows(stats: dict, shapes: Sequence[tuple[int, ...]] | None = None) -> tuple[list[str], list[list[str]]]:
-    """Table 1 of the paper, extended: one row per direction and level, one column per distance."""
-    columns = ["x from", "level", "shape", *[f"W1({LABELS[u]}, {LABELS[v]})" for u, v in DISTANCES.values()], "max|z - z_own|"]
+def table_rows(numbers: dict[str, Any], shapes: Sequence[tuple[int, ...]] | None = None) -> tuple[list[str], list[list[str]]]:
+    """Table 1 of the paper, extended: one row per direction and level, one column per distance.
+
+    The one owner of the table, for the callback's files and the report alike.
+
+    Args:
+        numbers: the test's numbers as logged (:func:`flat_scalars`, or a ``metrics.jsonl`` record).
+        shapes: the latent shape of each level (a ``shape`` column when given).
+    """
+    g = lambda x: "n/a" if x is None else f"{float(x):.4g}"  # noqa: E731
+    distances = [f"W1({LABELS[u]}, {LABELS[v]})" for u, v in DISTANCES.values()]
+    columns = ["x from", "level", *(["shape"] if shapes else []), *distances]
     rows = []
-    for direction, out in stats.items():
-        for k, level in enumerate(out["w1"]):
-            shape = "x".join(map(str, shapes[k])) if shapes else ""
-            rows.append(
-                [
-                    f"{direction.upper()}^-1(z)",
-                    str(k),
-                    shape,
-                    *[f"{level[name]:.4g}" for name in DISTANCES],
-                    f"{out['max_err'][k]:.3g}",
-                ]
-            )
-    return columns, rows
+    for d in MODELS:
+        levels = sorted({int(m.group(1)) for key in numbers for m in [re.match(rf"from_{d}/level(\d+)/", key)] if m})
+        for k in levels:
+            shape = ["x".join(map(str, shapes[k]))] if shapes else []
+            w1 = [g(numbers.get(f"from_{d}/level{k}/w1_{name}")) for name in DISTANCES]
+            rows.append([f"{d.upper()}^-1(z)", str(k), *shape, *w1, g(numbers.get(f"from_{d}/level{k}/max_err"))])
+    return [*columns, "max|z - z_own|"], rows
 
 
 class InversionTest(SamplingTest):
@@ -247,7 +251,7 @@ class InversionTest(SamplingTest):
             {f"from_{d}/level{k}/{other[d]}": arrays[f"from_{d}/{other[d]}_{k}"] for d in MODELS for k in range(len(shapes))},
         )
 
-        columns, rows = table_rows(stats, shapes)
+        columns, rows = table_rows(flat_scalars(stats), shapes)
         self.out_path(trainer, "_table.md").write_text(
             f"Inversion test, epoch {trainer.current_epoch}, step {trainer.global_step}, "
             f"{self.n_samples} samples, temperature {self.temperature}\n\n" + markdown_text(columns, rows)

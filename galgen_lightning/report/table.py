@@ -159,38 +159,20 @@ def chart_series(rows: list[dict[str, Any]], key: str) -> list[tuple[str, list[f
 
 
 def inversion_table(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
-    """Table 1, per N, direction and level: the 1-Wasserstein distances of the inversion test."""
+    """Table 1, per N, direction and level: the 1-Wasserstein distances of the inversion test
+    (:func:`galgen_lightning.evaluation.inversion.table_rows` of each run's last record)."""
     if not any(run.last("inversion") for run in runs):
         return [], []
-    from galgen_lightning.evaluation.inversion import DISTANCES, LABELS
+    from galgen_lightning.evaluation.inversion import table_rows
 
-    columns = [
-        "N",
-        "state",
-        "x from",
-        "level",
-        *[f"W1({LABELS[u]}, {LABELS[v]})" for u, v in DISTANCES.values()],
-        "max|z - z_own|",
-    ]
-    rows = []
+    columns, rows = [], []
     for run in sorted(runs, key=lambda r: (r.n or 0, r.seed or 0)):
         rec = run.last("inversion")
         if not rec:
             continue
-        for d in "ab":
-            levels = sorted({int(m.group(1)) for k in rec for m in [re.match(rf"from_{d}/level(\d+)/", k)] if m})
-            for k in levels:
-                rows.append(
-                    [
-                        f"{run.n:,}" if run.n is not None else run.name,
-                        run.state,
-                        f"{d.upper()}^-1(z)",
-                        str(k),
-                        *[fmt_g(rec.get(f"from_{d}/level{k}/w1_{name}")) for name in DISTANCES],
-                        fmt_g(rec.get(f"from_{d}/level{k}/max_err")),
-                    ]
-                )
-    return columns, rows
+        columns, table = table_rows(rec)
+        rows += [[f"{run.n:,}" if run.n is not None else run.name, run.state, *row] for row in table]
+    return ["N", "state", *columns], rows
 
 
 def morphology_rows(run: Run) -> list[list[str]]:
