@@ -200,15 +200,14 @@ def _preview(source: GalaxySource, item: Any) -> np.ndarray | None:
 
 def _grid(panels: list[tuple[np.ndarray | None, str]], path: Path, title: str, columns: int, unit_range: bool = False) -> None:
     """Panels with their titles in a grid; ``unit_range`` draws every image on the same [0, 1] scale."""
-    import matplotlib
+    from galgen_lightning.plotting import pyplot, save_figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     columns = max(1, min(columns, len(panels)))
     rows = math.ceil(len(panels) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(1.9 * columns, 2.1 * rows + 0.4), squeeze=False)
-    cmap = matplotlib.colormaps["gray"].with_extremes(bad="red")
+    cmap = plt.colormaps["gray"].with_extremes(bad="red")
     for ax in axes.ravel():
         ax.axis("off")
     for ax, (image, text) in zip(axes.ravel(), panels):
@@ -221,11 +220,9 @@ def _grid(panels: list[tuple[np.ndarray | None, str]], path: Path, title: str, c
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     try:
-        fig.savefig(path, dpi=110)
+        save_figure(fig, path, pdf=False, dpi=110)
     except OSError as e:
         raise write_error(f"--out {path.parent}: {path.name}", e) from None
-    finally:
-        plt.close(fig)
 
 
 def _wrap(text: str, width: int = 28, lines: int = 3) -> str:

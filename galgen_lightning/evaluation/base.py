@@ -2,7 +2,7 @@
 
 Every number a callback logs goes to the Lightning loggers (W&B scalars, histograms, images)
 *and* to the run directory (``metrics.jsonl``, ``eval/<test>/epoch_XXXX.npz``, and each figure
-as ``.png`` at :data:`FIGURE_DPI` dpi with a ``.pdf`` of the same stem beside it), so results
+as ``.png`` at :data:`galgen_lightning.plotting.DPI` dpi with a ``.pdf`` of the same stem beside it), so results
 survive without W&B. The run directory is ``trainer.default_root_dir``, which the CLI sets per
 run. Every evaluation's wall time is logged as ``<test>/seconds``, and its slow parts
 (:meth:`EvalCallback.timed`) as ``<test>/<part>_seconds``.
@@ -23,11 +23,10 @@ from lightning.pytorch.loggers import WandbLogger
 
 from galgen_lightning.errors import GalgenError
 from galgen_lightning.evaluation.progress import bars_enabled, progress_bar
+from galgen_lightning.plotting import save_figure
 from galgen_lightning.rundir import RunDir
 
 _SAMPLES_KEY = "_galgen_eval_samples"
-FIGURE_DPI = 150
-"""Resolution of the PNG figures (the PDF beside each is vector)."""
 
 
 def _has_path(obj: Any, path: str) -> bool:
@@ -225,7 +224,7 @@ class EvalCallback(L.Callback):
 
     def save_figure(self, trainer: L.Trainer, fig, key: str, tag: str = "", log: bool = True) -> Path:
         """Save a matplotlib figure as ``<run>/eval/<name>/epoch_XXXX<tag>.png`` (at
-        :data:`FIGURE_DPI` dpi) and ``.pdf`` beside it, and log the PNG to W&B as ``<name>/<key>``.
+        :data:`galgen_lightning.plotting.DPI` dpi) and ``.pdf`` beside it, and log the PNG to W&B as ``<name>/<key>``.
 
         Args:
             trainer: the trainer (run directory, epoch, loggers).
@@ -237,14 +236,7 @@ class EvalCallback(L.Callback):
         Returns:
             The PNG's path.
         """
-        import matplotlib.pyplot as plt
-
-        path = self.out_path(trainer, ".png", tag)
-        try:
-            fig.savefig(path, dpi=FIGURE_DPI, bbox_inches="tight")
-            fig.savefig(path.with_suffix(".pdf"), bbox_inches="tight")
-        finally:
-            plt.close(fig)
+        path = save_figure(fig, self.out_path(trainer, ".png", tag))
         if log:
             self.log_images(trainer, key, [str(path)])
         return path

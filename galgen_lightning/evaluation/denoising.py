@@ -99,10 +99,9 @@ class DenoisingTest(EvalCallback):
 
     def figure(self, curves: dict[str, np.ndarray]):
         """PSNR out against PSNR in, one panel per image set: each image thin, the mean thick."""
-        import matplotlib
+        from galgen_lightning.plotting import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         titles = {"train_a": "training images of A", "train_b": "training images of B", "val": "held-out images"}
         fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), sharey=True)

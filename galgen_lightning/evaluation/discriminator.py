@@ -258,10 +258,9 @@ class DiscriminatorTest(SamplingTest):
     def figure(self, losses: dict[str, np.ndarray], scalars: dict[str, float], history: list[dict]):
         """Like the paper's Figure 14: the loss distributions seen by D_A and by D_B, plus the
         means of the four curves over the epochs so far (they should meet at 2)."""
-        import matplotlib
+        from galgen_lightning.plotting import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         colours = {"da_ga": "tab:red", "da_gb": "tab:blue", "db_gb": "tab:blue", "db_ga": "tab:red", "da_val": "k", "db_val": "k"}
         finite = np.concatenate([_finite(v) for k, v in losses.items() if not k.startswith("score_")] or [np.zeros(1)])

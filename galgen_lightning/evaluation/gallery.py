@@ -130,10 +130,9 @@ def gallery_figure(triples: list[torch.Tensor], selection: dict[str, np.ndarray]
     Returns:
         A matplotlib figure (the caller saves and closes it).
     """
-    import matplotlib
+    from galgen_lightning.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = max(1, len(triples))
     fig, axes = plt.subplots(rows, 3, figsize=(6.6, 2.1 * rows), squeeze=False)

@@ -286,10 +286,9 @@ class InversionTest(SamplingTest):
             shapes: the latent shape of each level.
             epoch: accepted for older callers and not drawn: a figure carries no run state.
         """
-        import matplotlib
+        from galgen_lightning.plotting import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         own, other = ("za", "zb") if direction == "a" else ("zb", "za")
         levels = len(shapes)

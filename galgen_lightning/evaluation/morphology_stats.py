@@ -207,10 +207,9 @@ def morphology_figure(
     Returns:
         A matplotlib figure (the caller saves and closes it).
     """
-    import matplotlib
+    from galgen_lightning.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     scalars = scalars or {}
     fig, axes = plt.subplots(2, 3, figsize=(13, 7))

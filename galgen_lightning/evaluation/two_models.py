@@ -185,10 +185,9 @@ class TwoModelsTest(SamplingTest):
 
     def histogram_figure(self, arrays: dict[str, np.ndarray], scalars: dict[str, float]):
         """Left: A vs B similarity. Right: nearest-training similarity, own, other and held-out."""
-        import matplotlib
+        from galgen_lightning.plotting import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
         finite = [v for v in arrays.values() if v.dtype.kind == "f" and v.size and np.isfinite(v).any()]

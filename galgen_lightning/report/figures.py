@@ -11,21 +11,9 @@ import numpy as np
 
 from galgen_lightning.evaluation.morphology_image import VARIABLES as MORPHOLOGY_VARIABLES
 from galgen_lightning.evaluation.morphology_stats import usable
+from galgen_lightning.plotting import pyplot, save_figure
 from galgen_lightning.report.stats import MEMORIZED_RATE, finite, fmt
 from galgen_lightning.rundir import Run
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-DPI = 150
-"""Resolution of the report's PNG figures; a vector PDF of each is written beside it."""
 
 
 @dataclass
@@ -38,7 +26,8 @@ class Figure:
 
 
 class FigureWriter:
-    """Saves matplotlib figures under ``<out>/figures`` as PNG (:data:`DPI`) and PDF, with their captions."""
+    """Saves matplotlib figures under ``<out>/figures`` as PNG and PDF, with their captions
+    (:func:`~galgen_lightning.plotting.save_figure`)."""
 
     def __init__(self, out: Path) -> None:
         self.folder = out / "figures"
@@ -48,12 +37,8 @@ class FigureWriter:
 
     def save(self, fig, name: str, caption: str) -> Figure:
         """Lay the figure out, write ``<name>.png`` and ``<name>.pdf``, close it, and return it with its caption."""
-        plt = _plt()
         fig.tight_layout()
-        path = self.folder / f"{slug(name)}.png"
-        fig.savefig(path, dpi=DPI)
-        fig.savefig(path.with_suffix(".pdf"))
-        plt.close(fig)
+        path = save_figure(fig, self.folder / f"{slug(name)}.png")
         return Figure(path, caption, path.with_suffix(".pdf"))
 
 
@@ -84,7 +69,7 @@ def fig_two_models(runs: list[Run], group: str, writer: FigureWriter, plain: boo
         cols = [(r, a) for r, a in cols if "plain_a_vs_b" in a]
     if not cols:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(2, len(cols), figsize=(3.3 * len(cols), 6.0), squeeze=False)
     keys = ("a_vs_b", "own_a", "own_b", "other_a", "other_b", "heldout")
     lowest = min((float(v.min()) for _, a in cols for k in keys for v in [finite(a.get(prefix + k, []))] if v.size), default=0.0)
@@ -135,7 +120,7 @@ def fig_summary(rows: list[dict], group: str, n_star: dict, writer: FigureWriter
     rows = [r for r in rows if r.get("memorization_rate") is not None and r["n"]]
     if len({r["n"] for r in rows}) < 2:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
     for ax, key, title, ylabel in zip(
         axes,
@@ -195,7 +180,7 @@ def fig_denoising(runs: list[Run], group: str, writer: FigureWriter) -> Figure |
     cols = [(r, a) for r, a in cols if a is not None and "psnr_in_val" in a]
     if not cols:
         return None
-    plt = _plt()
+    plt = pyplot()
     images = [("train_a", "training image of A"), ("train_b", "training image of B"), ("val", "held-out image")]
     fig, axes = plt.subplots(
         len(images), len(cols), figsize=(3.0 * len(cols), 2.7 * len(images)), squeeze=False, sharex=True, sharey=True
@@ -236,7 +221,7 @@ def fig_inversion(runs: list[Run], group: str, writer: FigureWriter, max_points:
     if not cols:
         return None
     levels = max(len([k for k in a if re.fullmatch(r"from_a/z_\d+", k)]) for _, a in cols)
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(2 * len(cols), levels, figsize=(2.6 * levels, 5.0 * len(cols)), squeeze=False)
     grid = np.linspace(-4.5, 4.5, 200)
     pdf = np.exp(-0.5 * grid**2) / np.sqrt(2 * np.pi)
@@ -315,7 +300,7 @@ def fig_discriminator(runs: list[Run], group: str, writer: FigureWriter) -> list
     per_run = [(r, f) for r, f in per_run if f]
     if not per_run:
         return figures
-    plt = _plt()
+    plt = pyplot()
     k = max(len(_pick_epochs(list(f))) for _, f in per_run)
     fig, axes = plt.subplots(len(per_run), k, figsize=(3.6 * k, 3.0 * len(per_run)), squeeze=False)
     for i, (run, files) in enumerate(per_run):
@@ -394,7 +379,7 @@ def fig_morphology(runs: list[Run], group: str, writer: FigureWriter) -> Figure 
         return None
     variables = [v for v in MORPHOLOGY_VARIABLES if any(v in g for _, m in rows for g in m.values())]
     variables += sorted({v for _, m in rows for g in m.values() for v in g if v != "_n"} - set(variables))
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(len(rows), len(variables), figsize=(2.8 * len(variables), 2.4 * len(rows)), squeeze=False)
     styles = {
         "real": dict(color="0.6", histtype="stepfilled", alpha=0.5),
