@@ -129,6 +129,42 @@ def _finite(x: np.ndarray) -> np.ndarray:
     return x[np.isfinite(x)]
 
 
+STYLES = {
+    "da_ga": ("tab:red", "-"),
+    "da_gb": ("tab:blue", "-"),
+    "db_gb": ("tab:blue", "--"),
+    "db_ga": ("tab:red", "--"),
+    "da_val": ("k", "--"),
+    "db_val": ("k", "--"),
+}
+"""Colour and line of each curve in every figure: red G_A, blue G_B; solid D_A, dashed D_B."""
+
+
+def loss_bins(losses: dict[str, np.ndarray], curves: tuple[str, ...] = CURVES + VAL_CURVES) -> np.ndarray:
+    """The 40 histogram bins of the loss figures: from 0 (or below) to past ``TARGET``'s double,
+    4, or the 99.5th percentile of the losses when larger."""
+    values = np.concatenate([_finite(losses[c]) for c in curves if c in losses] or [np.zeros(0)])
+    if not values.size:
+        return np.linspace(0.0, 2 * TARGET, 41)
+    return np.linspace(min(0.0, float(values.min())), max(2 * TARGET, float(np.percentile(values, 99.5))), 41)
+
+
+def curves_panel(ax, losses: dict[str, np.ndarray], title: str) -> None:
+    """The four curves' loss distributions on one axes, with the line at ``TARGET`` (the
+    report's panels of Figures 14 and 16)."""
+    bins = loss_bins(losses, CURVES)
+    for c in CURVES:
+        if c in losses:
+            color, ls = STYLES[c]
+            v = _finite(losses[c])
+            label = f"{LABELS[c]}: {v.mean():.2f}" if v.size else LABELS[c]
+            ax.hist(v, bins=bins, histtype="step", color=color, ls=ls, lw=1.3, label=label)
+    ax.axvline(TARGET, color="k", ls=":", lw=1)
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("per-sample hinge loss (dimensionless)", fontsize=8)
+    ax.set_ylabel("samples (count)", fontsize=8)
+
+
 def discriminator_statistics(losses: dict[str, np.ndarray], target: float = TARGET) -> dict[str, float]:
     """Means, spreads and convergence numbers of the four-way test (a pure function).
 
@@ -262,10 +298,7 @@ class DiscriminatorTest(SamplingTest):
 
         plt = pyplot()
 
-        colours = {"da_ga": "tab:red", "da_gb": "tab:blue", "db_gb": "tab:blue", "db_ga": "tab:red", "da_val": "k", "db_val": "k"}
-        finite = np.concatenate([_finite(v) for k, v in losses.items() if not k.startswith("score_")] or [np.zeros(1)])
-        low, high = min(0.0, float(finite.min())), max(4.0, float(np.percentile(finite, 99.5)) if finite.size else 4.0)
-        bins = np.linspace(low, high, 41)
+        bins = loss_bins(losses)
         fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
         for ax, d in zip(axes[:2], MODELS):
             own, other = f"d{d}_g{d}", f"d{d}_g{'b' if d == 'a' else 'a'}"
@@ -276,7 +309,7 @@ class DiscriminatorTest(SamplingTest):
                     histtype=style,
                     alpha=0.45 if style == "stepfilled" else 1.0,
                     lw=1.5,
-                    color=colours[key],
+                    color=STYLES[key][0],
                     label=f"{LABELS[key]}: {scalars[key + '_mean']:.3f} ± {scalars[key + '_std']:.3f}",
                 )
             if f"d{d}_val" in losses:
@@ -298,8 +331,8 @@ class DiscriminatorTest(SamplingTest):
         xs, ys, keys = mean_series(history, CURVES)
         for key, x, y in zip(keys, xs, ys):
             curve = next(c for c in CURVES if LABELS[c] == key)
-            ls = "-" if curve.startswith("da") else "--"  # solid: D_A, dashed: D_B; red: G_A, blue: G_B
-            ax.plot(x, y, ls, marker="o", ms=3, color=colours[curve], label=key)
+            color, ls = STYLES[curve]
+            ax.plot(x, y, ls, marker="o", ms=3, color=color, label=key)
         ax.axhline(TARGET, color="k", ls=":", lw=1, label=f"{TARGET:g}: the discriminator cannot tell")
         ax.plot([], [], " ", label=f"now: max W1 {scalars['max_w1']:.3f}, max |mean - 2| {scalars['max_mean_dev']:.3f}")
         ax.set_xlabel("epoch")

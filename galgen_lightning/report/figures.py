@@ -260,32 +260,6 @@ def fig_inversion(runs: list[Run], group: str, writer: FigureWriter, max_points:
     )
 
 
-def _disc_panel(ax, losses: dict[str, np.ndarray], title: str) -> None:
-    from galgen_lightning.evaluation.discriminator import CURVES, LABELS, TARGET
-
-    styles = {"da_ga": ("tab:red", "-"), "da_gb": ("tab:blue", "-"), "db_gb": ("tab:blue", "--"), "db_ga": ("tab:red", "--")}
-    values = np.concatenate([finite(losses[c]) for c in CURVES if c in losses] or [np.zeros(1)])
-    high = max(4.0, float(np.percentile(values, 99.5))) if values.size else 4.0
-    bins = np.linspace(min(0.0, float(values.min()) if values.size else 0.0), high, 41)
-    for c in CURVES:
-        if c in losses:
-            color, ls = styles[c]
-            v = finite(losses[c])
-            ax.hist(
-                v,
-                bins=bins,
-                histtype="step",
-                color=color,
-                ls=ls,
-                lw=1.3,
-                label=f"{LABELS[c]}: {v.mean():.2f}" if v.size else LABELS[c],
-            )
-    ax.axvline(TARGET, color="k", ls=":", lw=1)
-    ax.set_title(title, fontsize=9)
-    ax.set_xlabel("per-sample hinge loss (dimensionless)", fontsize=8)
-    ax.set_ylabel("samples (count)", fontsize=8)
-
-
 def _pick_epochs(epochs: list[int], k: int = 4) -> list[int]:
     if len(epochs) <= k:
         return epochs
@@ -300,6 +274,8 @@ def fig_discriminator(runs: list[Run], group: str, writer: FigureWriter) -> list
     per_run = [(r, f) for r, f in per_run if f]
     if not per_run:
         return figures
+    from galgen_lightning.evaluation.discriminator import curves_panel
+
     plt = pyplot()
     k = max(len(_pick_epochs(list(f))) for _, f in per_run)
     fig, axes = plt.subplots(len(per_run), k, figsize=(3.6 * k, 3.0 * len(per_run)), squeeze=False)
@@ -311,7 +287,7 @@ def fig_discriminator(runs: list[Run], group: str, writer: FigureWriter) -> list
                 ax.set_axis_off()
                 continue
             losses = run.arrays("discriminator", epochs[j]) or {}
-            _disc_panel(ax, losses, f"{run_title(run)}, epoch {epochs[j]}")
+            curves_panel(ax, losses, f"{run_title(run)}, epoch {epochs[j]}")
         axes[i, 0].legend(fontsize=6, loc="upper left")
     fig.suptitle(f"{group}: discriminator test over training (solid: D_A, dashed: D_B; red: G_A, blue: G_B; dotted: 2)")
     figures.append(
@@ -327,7 +303,7 @@ def fig_discriminator(runs: list[Run], group: str, writer: FigureWriter) -> list
     fig, axes = plt.subplots(1, len(per_run) + 1, figsize=(3.6 * (len(per_run) + 1), 3.2), squeeze=False)
     for j, (run, files) in enumerate(per_run):
         last = max(files)
-        _disc_panel(axes[0, j], run.arrays("discriminator", last) or {}, f"{run_title(run)}, epoch {last}")
+        curves_panel(axes[0, j], run.arrays("discriminator", last) or {}, f"{run_title(run)}, epoch {last}")
         axes[0, j].legend(fontsize=6, loc="upper left")
     ax = axes[0, -1]
     for run, _ in per_run:
