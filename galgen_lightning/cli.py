@@ -23,7 +23,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from galgen_lightning.data import GalaxyPairDataModule
-from galgen_lightning.errors import GalgenError, OneLineParseErrors, root_cause, weights_mismatch
+from galgen_lightning.errors import OPTIONAL_EXTRAS, GalgenError, OneLineParseErrors, install_hint, root_cause, weights_mismatch
 from galgen_lightning.evaluation import TESTS
 from galgen_lightning.evaluation.base import EvalCallback, averaging_after_tests
 from galgen_lightning.evaluation.progress import LineProgress, use_line_progress
@@ -353,24 +353,13 @@ def _resolve_configs(argv: list[str]) -> list[str]:
     return out
 
 
-OPTIONAL_EXTRAS = {
-    "galsim": "simulation",
-    "statmorph": "morphology",
-    "photutils": "morphology",
-    "h5py": "hdf5",
-    "skimage": "hxdf",
-}
-"""Optional packages and the extra of galgen that installs them (``pip install 'galgen[<extra>]'``)."""
-
-
 def missing_extra(error: BaseException) -> str | None:
     """The one-line message for a missing optional package, or None when ``error`` is not one."""
     while error is not None:
         if isinstance(error, ModuleNotFoundError) and error.name:
             top = error.name.split(".")[0]
             if top in OPTIONAL_EXTRAS:
-                extra = OPTIONAL_EXTRAS[top]
-                return f"this needs the optional package {top}, which is not installed: pip install 'galgen[{extra}]'"
+                return f"this needs the optional package {top}, which is not installed: {install_hint(top)}"
         error = error.__cause__ or error.__context__
     return None
 

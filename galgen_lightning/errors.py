@@ -16,6 +16,22 @@ class GalgenError(Exception):
     """A user-facing error: the message is shown as one line, without a traceback."""
 
 
+OPTIONAL_EXTRAS = {
+    "galsim": "simulation",
+    "statmorph": "morphology",
+    "photutils": "morphology",
+    "h5py": "hdf5",
+    "skimage": "hxdf",
+}
+"""Optional packages (their import names) and the extra of galgen that installs them (pyproject.toml)."""
+
+
+def install_hint(*packages: str) -> str:
+    """How to install optional ``packages``: ``pip install 'galgen[<extra>]'``."""
+    extras = sorted({OPTIONAL_EXTRAS.get(p, p) for p in packages})
+    return "pip install " + " ".join(f"'galgen[{extra}]'" for extra in extras)
+
+
 def first_line(error: BaseException, limit: int = 200, with_type: bool = False) -> str:
     """An exception in a few words for a one-line message: the first line of its text.
 

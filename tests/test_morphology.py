@@ -166,7 +166,7 @@ def test_callback_without_statmorph_stops_at_setup(monkeypatch):
     callback = MorphologyTest(n_samples=4)
     callback.setup(None, None, "fit")  # installed here: nothing happens
     monkeypatch.setattr(callback_module, "missing_dependencies", lambda: ["statmorph"])
-    with pytest.raises(GalgenError, match="pip install statmorph photutils"):
+    with pytest.raises(GalgenError, match=r"pip install 'galgen\[morphology\]'"):
         callback.setup(None, None, "fit")
     with pytest.raises(ValueError, match="n_samples"):
         MorphologyTest(n_samples=0)

@@ -26,7 +26,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 
-from galgen_lightning.errors import GalgenError
+from galgen_lightning.errors import GalgenError, install_hint
 from galgen_lightning.evaluation.base import SamplingTest
 from galgen_lightning.evaluation.morphology_image import VARIABLES, MorphologyOptions, missing_dependencies
 from galgen_lightning.evaluation.morphology_measure import PRELOAD, measure_groups
@@ -114,7 +114,7 @@ class MorphologyTest(SamplingTest):
         if missing:
             raise GalgenError(
                 f"MorphologyTest needs {' and '.join(missing)}, which this environment lacks: "
-                "pip install statmorph photutils, or turn the test off (morphology: null)"
+                f"{install_hint('statmorph')}, or turn the test off (morphology: null)"
             )
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:

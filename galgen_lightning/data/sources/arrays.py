@@ -15,7 +15,7 @@ import numpy as np
 from galgen_lightning.data.cache import Chunk
 from galgen_lightning.data.sources.base import resize
 from galgen_lightning.data.sources.reader import NAN, CachedReader, Result
-from galgen_lightning.errors import GalgenError, first_line
+from galgen_lightning.errors import GalgenError, first_line, install_hint
 
 ARRAY_SUFFIXES = (".npy", ".npz", ".h5", ".hdf5", ".hdf")
 _LAYOUTS = "(N, H, W), (N, 1, H, W), (N, H, W, 1), (N, H, W, 3) or (N, 3, H, W)"
@@ -137,7 +137,7 @@ class ArrayFile(CachedReader):
             try:
                 import h5py
             except ImportError:
-                raise GalgenError(f"{opt}: reading {p} needs h5py (pip install h5py)") from None
+                raise GalgenError(f"{opt}: reading {p} needs h5py ({install_hint('h5py')})") from None
             try:
                 f = h5py.File(p, "r")
             except OSError as e:

@@ -24,7 +24,7 @@ import functools
 import numpy as np
 
 from galgen_lightning.data.sources.base import MAX_ZERO_FRACTION, GalaxySource, resize
-from galgen_lightning.errors import GalgenError
+from galgen_lightning.errors import GalgenError, install_hint
 
 HXDF_VERSION: int = 1
 """Bump whenever the stamp recipe changes (it is written to the manifest)."""
@@ -42,7 +42,7 @@ def hubble_deep_field_gray() -> np.ndarray:
     try:
         from skimage import data
     except ImportError:
-        raise GalgenError("data.source: HubbleDeepField needs scikit-image (pip install scikit-image)") from None
+        raise GalgenError(f"data.source: HubbleDeepField needs scikit-image ({install_hint('skimage')})") from None
     try:
         rgb = data.hubble_deep_field()
     except Exception as e:  # a scikit-image without its data files would try to download
