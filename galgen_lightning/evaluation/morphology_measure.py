@@ -167,7 +167,7 @@ def measure_groups(
     Raises:
         ValueError: for badly shaped images or ``valid`` masks, or ``workers`` below 1.
     """
-    from tqdm.auto import tqdm
+    from galgen_lightning.evaluation.progress import progress_bar
 
     options = options or MorphologyOptions()
     workers = default_workers() if workers is None else int(workers)
@@ -176,7 +176,7 @@ def measure_groups(
     prepared = {name: _prepare(images, valid) for name, (images, valid) in groups.items()}
     todo = [image for x, mask in prepared.values() for image in x[mask]]
     show = len(todo) > 100 if progress is None else progress
-    with tqdm(total=len(todo), desc=desc, disable=not show, leave=False, dynamic_ncols=True) as bar:
+    with progress_bar(len(todo), desc, "image", show) as bar:
         if (pool is None and workers == 1) or len(todo) < 2:
             results = []
             for image in todo:
