@@ -30,7 +30,8 @@ import time
 import lightning as L
 import torch
 
-from galgen_lightning.models.gan import GANPair, auto_aug_prob
+from galgen_lightning.models.gan import GANPair
+from galgen_lightning.models.gan.network import auto_aug_prob
 
 PROFILES = {
     "small": dict(

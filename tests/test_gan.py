@@ -11,17 +11,8 @@ from support import CONFIGS, read_jsonl, run_cli
 
 from galgen_lightning.evaluation.discriminator import CURVES, DiscriminatorTest, discriminator_losses, discriminator_statistics
 from galgen_lightning.models.base import count_parameters
-from galgen_lightning.models.gan import (
-    Discriminator,
-    GANPair,
-    Generator,
-    auto_aug_prob,
-    diff_augment,
-    discriminator_objective,
-    generator_loss,
-    hinge_loss,
-    hinge_per_sample,
-)
+from galgen_lightning.models.gan import Discriminator, GANPair, Generator, discriminator_objective
+from galgen_lightning.models.gan.network import auto_aug_prob, diff_augment, generator_loss, hinge_loss, hinge_per_sample
 
 TINY_MODEL = dict(
     image_size=16,

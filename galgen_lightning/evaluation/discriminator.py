@@ -129,15 +129,11 @@ def _finite(x: np.ndarray) -> np.ndarray:
     return x[np.isfinite(x)]
 
 
-STYLES = {
-    "da_ga": ("tab:red", "-"),
-    "da_gb": ("tab:blue", "-"),
-    "db_gb": ("tab:blue", "--"),
-    "db_ga": ("tab:red", "--"),
-    "da_val": ("k", "--"),
-    "db_val": ("k", "--"),
-}
-"""Colour and line of each curve in every figure: red G_A, blue G_B; solid D_A, dashed D_B."""
+def style(curve: str) -> tuple[str, str]:
+    """Colour and line of a curve (``d<x>_<y>``) in every figure: red for G_A's samples, blue
+    for G_B's, black for held-out images; solid for D_A, dashed for D_B."""
+    seen = curve.split("_", 1)[1]
+    return {"ga": "tab:red", "gb": "tab:blue"}.get(seen, "k"), "-" if curve.startswith("da") else "--"
 
 
 def loss_bins(losses: dict[str, np.ndarray], curves: tuple[str, ...] = CURVES + VAL_CURVES) -> np.ndarray:
@@ -155,7 +151,7 @@ def curves_panel(ax, losses: dict[str, np.ndarray], title: str) -> None:
     bins = loss_bins(losses, CURVES)
     for c in CURVES:
         if c in losses:
-            color, ls = STYLES[c]
+            color, ls = style(c)
             v = _finite(losses[c])
             label = f"{LABELS[c]}: {v.mean():.2f}" if v.size else LABELS[c]
             ax.hist(v, bins=bins, histtype="step", color=color, ls=ls, lw=1.3, label=label)
@@ -309,7 +305,7 @@ class DiscriminatorTest(SamplingTest):
                     histtype=style,
                     alpha=0.45 if style == "stepfilled" else 1.0,
                     lw=1.5,
-                    color=STYLES[key][0],
+                    color=style(key)[0],
                     label=f"{LABELS[key]}: {scalars[key + '_mean']:.3f} ± {scalars[key + '_std']:.3f}",
                 )
             if f"d{d}_val" in losses:
@@ -331,7 +327,7 @@ class DiscriminatorTest(SamplingTest):
         xs, ys, keys = mean_series(history, CURVES)
         for key, x, y in zip(keys, xs, ys):
             curve = next(c for c in CURVES if LABELS[c] == key)
-            color, ls = STYLES[curve]
+            color, ls = style(curve)
             ax.plot(x, y, ls, marker="o", ms=3, color=color, label=key)
         ax.axhline(TARGET, color="k", ls=":", lw=1, label=f"{TARGET:g}: the discriminator cannot tell")
         ax.plot([], [], " ", label=f"now: max W1 {scalars['max_w1']:.3f}, max |mean - 2| {scalars['max_mean_dev']:.3f}")
