@@ -129,7 +129,7 @@ def _finite(x: np.ndarray) -> np.ndarray:
     return x[np.isfinite(x)]
 
 
-def style(curve: str) -> tuple[str, str]:
+def curve_style(curve: str) -> tuple[str, str]:
     """Colour and line of a curve (``d<x>_<y>``) in every figure: red for G_A's samples, blue
     for G_B's, black for held-out images; solid for D_A, dashed for D_B."""
     seen = curve.split("_", 1)[1]
@@ -151,7 +151,7 @@ def curves_panel(ax, losses: dict[str, np.ndarray], title: str) -> None:
     bins = loss_bins(losses, CURVES)
     for c in CURVES:
         if c in losses:
-            color, ls = style(c)
+            color, ls = curve_style(c)
             v = _finite(losses[c])
             label = f"{LABELS[c]}: {v.mean():.2f}" if v.size else LABELS[c]
             ax.hist(v, bins=bins, histtype="step", color=color, ls=ls, lw=1.3, label=label)
@@ -305,7 +305,7 @@ class DiscriminatorTest(SamplingTest):
                     histtype=style,
                     alpha=0.45 if style == "stepfilled" else 1.0,
                     lw=1.5,
-                    color=style(key)[0],
+                    color=curve_style(key)[0],
                     label=f"{LABELS[key]}: {scalars[key + '_mean']:.3f} ± {scalars[key + '_std']:.3f}",
                 )
             if f"d{d}_val" in losses:
@@ -327,7 +327,7 @@ class DiscriminatorTest(SamplingTest):
         xs, ys, keys = mean_series(history, CURVES)
         for key, x, y in zip(keys, xs, ys):
             curve = next(c for c in CURVES if LABELS[c] == key)
-            color, ls = style(curve)
+            color, ls = curve_style(curve)
             ax.plot(x, y, ls, marker="o", ms=3, color=color, label=key)
         ax.axhline(TARGET, color="k", ls=":", lw=1, label=f"{TARGET:g}: the discriminator cannot tell")
         ax.plot([], [], " ", label=f"now: max W1 {scalars['max_w1']:.3f}, max |mean - 2| {scalars['max_mean_dev']:.3f}")
