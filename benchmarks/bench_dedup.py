@@ -43,8 +43,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from galgen_lightning.data.dedup import DIHEDRAL_NAMES, dihedral_views, duplicate_mask
+from galgen_lightning.data.dedup import dihedral_views, duplicate_mask
 from galgen_lightning.data.sources.synthetic import SyntheticGalaxies
+from galgen_lightning.metrics import DIHEDRAL_NAMES
 
 
 def _noisy(x: np.ndarray, rng: np.random.Generator, level: float = 0.01) -> np.ndarray:

@@ -36,11 +36,24 @@ def paired_cosine(a: Tensor, b: Tensor, mean_removed: bool = True) -> Tensor:
     return (unit_vectors(a, mean_removed) * unit_vectors(b, mean_removed)).sum(dim=1)
 
 
+DIHEDRAL_NAMES = ("identity", "rot90", "rot180", "rot270", "flip_lr", "antitranspose", "flip_ud", "transpose")
+"""The 8 flips and right-angle rotations, in the order of :func:`dihedral`: view ``k`` turns the
+image by ``k % 4`` quarter turns counter-clockwise (``np.rot90``), then flips it left-right when
+``k >= 4``. A non-square image has the four that keep its shape: views 0, 2, 4 and 6."""
+
+
 def dihedral(x: Tensor) -> Tensor:
-    """The 8 flips and right-angle rotations of square images ``(n, c, h, w)``: ``(8, n, c, h, w)``."""
-    if x.shape[-1] != x.shape[-2]:
-        raise ValueError(f"dihedral needs square images, got {tuple(x.shape[-2:])}")
-    rots = [torch.rot90(x, k, dims=(-2, -1)) for k in range(4)]
+    """The flips and right-angle rotations of images ``(..., h, w)``, stacked first.
+
+    The one definition of these transforms in galgen (the nearest-neighbour search, the
+    galleries, the near-duplicate search and the reference families use it).
+
+    Returns:
+        ``(8, ..., h, w)`` in :data:`DIHEDRAL_NAMES` order for square images; for others the
+        four views that keep the shape, ``(4, ..., h, w)`` (identity, rot180, flip_lr, flip_ud).
+    """
+    turns = range(4) if x.shape[-1] == x.shape[-2] else (0, 2)
+    rots = [torch.rot90(x, k, dims=(-2, -1)) for k in turns]
     return torch.stack(rots + [r.flip(-1) for r in rots])
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from galgen_lightning.data import dedup
 from galgen_lightning.data.dedup import dihedral_views, duplicate_mask, nearest_earlier, pair_scores, spectrum_descriptors
+from galgen_lightning.metrics import DIHEDRAL_NAMES
 
 
 def _galaxies(n: int, side: int = 32, noise: float = 0.05, seed: int = 0) -> np.ndarray:
@@ -53,7 +53,7 @@ def _copies(base: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]
         made[f"crop {s}"] = _crop_shift(base[4 + s], -s, s, base[30])
         made[f"crop {s} one axis"] = _crop_shift(base[7 + s], 0, -s, base[31])
     for t in range(1, 8):
-        made[dedup.DIHEDRAL_NAMES[t]] = views[t - 1, t].numpy()
+        made[DIHEDRAL_NAMES[t]] = views[t - 1, t].numpy()
     made["all at once"] = _noisy(_crop_shift(np.rot90(base[11]).copy(), 2, -3, base[32]), rng)
     return made
 
@@ -159,8 +159,8 @@ def test_pair_scores_match_a_direct_computation():
 def test_views_and_descriptors():
     x = torch.from_numpy(_galaxies(2, side=16))
     views = dihedral_views(x)
-    expected = [np.rot90(x[0].numpy(), k) for k in range(4)] + [np.fliplr(x[0].numpy()), np.flipud(x[0].numpy())]
-    expected += [x[0].numpy().T, np.rot90(x[0].numpy(), 2).T]
+    image = x[0].numpy()  # DIHEDRAL_NAMES: identity, rot90, rot180, rot270, flip_lr, antitranspose, flip_ud, transpose
+    expected = [np.rot90(image, k) for k in range(4)] + [np.fliplr(image), np.rot90(image, 2).T, np.flipud(image), image.T]
     assert all(np.array_equal(v.numpy(), e) for v, e in zip(views[0], expected))
     d = spectrum_descriptors(views[0])
     assert torch.allclose(d @ d.T, torch.ones(8, 8), atol=1e-5)  # unchanged by flips and rotations

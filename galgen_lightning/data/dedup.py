@@ -26,16 +26,16 @@ import numpy as np
 import torch
 
 from galgen_lightning.data.sources.base import content_hash
-
-DIHEDRAL_NAMES = ("identity", "rot90", "rot180", "rot270", "flip_lr", "flip_ud", "transpose", "antitranspose")
-"""The 8 flips/right-angle rotations, in the order :func:`dihedral_views` returns them."""
+from galgen_lightning.metrics import dihedral
 
 
 def dihedral_views(x: torch.Tensor) -> torch.Tensor:
-    """The 8 flips/right-angle rotations of ``(n, h, w)`` images, as ``(n, 8, h, w)``.
+    """The flips/right-angle rotations of ``(n, h, w)`` images, as ``(n, 8, h, w)``.
 
-    Order: :data:`DIHEDRAL_NAMES` (``rot90`` is ``np.rot90``, counter-clockwise). Non-square
-    images have only identity, rot180, flip_lr and flip_ud: ``(n, 4, h, w)``.
+    The views of :func:`galgen_lightning.metrics.dihedral`, in its order
+    (:data:`~galgen_lightning.metrics.DIHEDRAL_NAMES`); non-square images have four,
+    ``(n, 4, h, w)``. Made by one gather of precomputed pixel indices (much faster than torch's
+    flips of transposed tensors).
     """
     h, w = x.shape[-2:]
     index = _dihedral_index(h, w)
@@ -44,13 +44,9 @@ def dihedral_views(x: torch.Tensor) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=8)
 def _dihedral_index(h: int, w: int) -> torch.Tensor:
-    """``(v, h * w)`` pixel indices: view ``t`` of a flattened image is ``image[index[t]]``
-    (one gather: much faster than torch's flips of transposed tensors)."""
-    p = torch.arange(h * w).reshape(h, w)
-    if h != w:
-        return torch.stack([p, p.flip(0, 1), p.flip(1), p.flip(0)]).reshape(4, -1)
-    t = p.T
-    return torch.stack([p, t.flip(0), p.flip(0, 1), t.flip(1), p.flip(1), p.flip(0), t, t.flip(0, 1)]).reshape(8, -1)
+    """``(v, h * w)`` pixel indices: view ``t`` of a flattened image is ``image[index[t]]`` (the
+    views of :func:`~galgen_lightning.metrics.dihedral` applied to the pixel numbers)."""
+    return dihedral(torch.arange(h * w).reshape(h, w)).reshape(-1, h * w)
 
 
 def _padded(x: torch.Tensor, rows: int) -> torch.Tensor:

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from galgen_lightning.errors import GalgenError
+from galgen_lightning.metrics import dihedral
 from galgen_lightning.models.base import PairModule
 from galgen_lightning.noise import counter_normal, counter_uniform
 
@@ -95,8 +96,7 @@ class _ReferencePair(PairModule):
         if transforms:
             k = (u[:, 1] * 8).long().clamp_max(7)
             for row in range(len(out)):
-                x = torch.rot90(out[row], int(k[row]) % 4, dims=(-2, -1))
-                out[row] = x.flip(-1) if k[row] >= 4 else x
+                out[row] = dihedral(out[row])[int(k[row])]
         if noise > 0:
             out = out + noise * counter_normal(seed, indices, tuple(out.shape[1:]), stream=3 if which == "a" else 4).to(
                 self.device
