@@ -13,8 +13,9 @@ import torch
 from torch import Tensor
 
 
-def unit_vectors(x: Tensor, mean_removed: bool = True, eps: float = 1e-12) -> Tensor:
-    """Flatten images ``(n, ...)`` to rows of unit length, in float32.
+def unit_vectors(x: Tensor, mean_removed: bool = True, eps: float = 1e-12, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Flatten images ``(n, ...)`` to rows of unit length, in ``dtype`` (float32: the GPU search;
+    the statistics use float64).
 
     Args:
         x: images, any shape with the batch first.
@@ -23,7 +24,7 @@ def unit_vectors(x: Tensor, mean_removed: bool = True, eps: float = 1e-12) -> Te
             cosine is high for any two of them; the mean-removed one is the default.
         eps: floor on the norm, so a constant image gives a zero vector instead of NaN.
     """
-    v = x.flatten(1).float()
+    v = x.flatten(1).to(dtype)
     if mean_removed:
         v = v - v.mean(dim=1, keepdim=True)
     return v / v.norm(dim=1, keepdim=True).clamp_min(eps)

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.stats
+import torch
 from scipy.stats import DegenerateDataWarning
 
 MODELS = ("a", "b")
@@ -51,12 +52,11 @@ any real galaxy (each side for brightness, the low side for structure)."""
 
 
 def unit_rows(x: np.ndarray, mean_removed: bool = True) -> np.ndarray:
-    """Images ``(n, ...)`` as rows of unit length (float64); a constant image gives zeros."""
-    v = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
-    if mean_removed:
-        v = v - v.mean(axis=1, keepdims=True)
-    norm = np.linalg.norm(v, axis=1, keepdims=True)
-    return v / np.maximum(norm, 1e-12)
+    """Images ``(n, ...)`` as rows of unit length in float64 (:func:`galgen_lightning.metrics.unit_vectors`);
+    a constant image gives zeros."""
+    from galgen_lightning.metrics import unit_vectors
+
+    return unit_vectors(torch.from_numpy(np.asarray(x, dtype=np.float64)), mean_removed, dtype=torch.float64).numpy()
 
 
 def full_length(values: np.ndarray, index: np.ndarray, n: int) -> np.ndarray:
