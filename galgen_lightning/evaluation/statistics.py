@@ -30,7 +30,7 @@ The statistics (each a positive, calibrated reading with an interval):
   galaxies' (brightness: blank and faded samples). About 2-3% of real galaxies are outside by
   construction; pure noise, blank or faded samples are nearly all outside.
 
-Nothing here knows about Lightning: the callback, the judge and the report call these.
+Pure functions of arrays (no trainer, no model): the callback, the judge and the report call these.
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ import scipy.stats
 import torch
 from scipy.stats import DegenerateDataWarning
 
-MODELS = ("a", "b")
+from galgen_lightning.models.base import MODELS
+
 REALISM_QUANTILE = 0.01
 """Tail of the held-out real galaxies' distributions outside which a sample counts as unlike
 any real galaxy (each side for brightness, the low side for structure)."""
