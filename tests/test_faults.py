@@ -416,6 +416,11 @@ def test_hostile_foreign_and_broken_checkpoints_are_one_line(tmp_path, tiny_sour
         assert run_cli([*base, f"--ckpt_path={ckpt}"]) == 2
         err = _err_lines(capsys)
         assert len(err) == 1 and err[0].startswith(f"galgen: error: --ckpt_path {ckpt}") and text in err[0], err
+    text = tmp_path / "notes.ckpt"
+    text.write_text("not a checkpoint\n")  # a file that is no pickle at all is not called one holding code
+    assert run_cli(["sample", f"--ckpt_path={text}", f"--out={tmp_path / 's.npz'}"]) == 2
+    err = _err_lines(capsys)
+    assert len(err) == 1 and "not a torch file (Unsupported operand" in err[0] and "objects other than" not in err[0], err
     for ckpt in (hostile, junk):  # galgen sample reads checkpoints through the same owner, with the same line
         assert run_cli(["sample", f"--ckpt_path={ckpt}", f"--out={tmp_path / 's.npz'}"]) == 2
         err = _err_lines(capsys)

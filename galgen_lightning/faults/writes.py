@@ -10,6 +10,7 @@ with ``weights_only=True``; :func:`load_checkpoint_file` does the same for ``gal
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +40,13 @@ def checkpoint_file(ckpt: str | Path) -> Path:
 def unreadable_checkpoint(ckpt: str | Path, error: BaseException) -> GalgenError:
     """The one line for a ``--ckpt_path`` file that torch cannot load (broken, foreign, or holding code)."""
     text = str(error)
-    why = (
-        "it holds objects other than tensors and plain containers, which galgen does not unpickle (weights_only)"
-        if "weights_only" in text or "Weights only load failed" in text
-        else first_line(error, 300)
-    )
+    if "GLOBAL" in text or "Unsupported global" in text:  # a pickled object: code would run to rebuild it
+        why = "it holds objects other than tensors and plain containers, which galgen does not unpickle (weights_only)"
+    elif "Weights only load failed" in text:  # torch's unpickler stopped on bytes that are no checkpoint
+        found = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+        why = f"not a torch file ({found.group(1).strip()[:100] if found else 'the unpickler stopped'})"
+    else:
+        why = first_line(error, 300)
     return GalgenError(f"--ckpt_path {ckpt}: not a readable galgen checkpoint: {why}")
 
 
