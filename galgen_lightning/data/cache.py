@@ -40,8 +40,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from galgen_lightning.errors import GalgenError
-from galgen_lightning.files import atomic_write, make_dir, write_error
+from galgen_lightning.files import atomic_write, make_dir
 
 LOCK = ".lock"
 """The lock file of a cache folder (held while a process makes its missing chunks)."""
@@ -58,11 +57,6 @@ def default_cache_dir() -> Path:
 # ============================================================================ writing, all or nothing
 CACHE_HINT = "free space or point data.source.init_args.cache_dir (or GALGEN_CACHE_DIR) to a writable directory"
 """What a user does about a data cache that cannot be written."""
-
-
-def cache_error(where: Path, error: OSError, action: str = "write") -> GalgenError:
-    """A one-line :class:`GalgenError` for a data cache that cannot be written (read-only, full, ...)."""
-    return write_error(f"the data cache {where}", error, action, CACHE_HINT)
 
 
 def make_cache_dir(folder: Path) -> None:
@@ -84,8 +78,7 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
 
 def write_json_atomic(path: Path, data: dict) -> None:
     """Write ``data`` as JSON with :func:`write_atomic`."""
-    text = json.dumps(data, indent=1, sort_keys=True).encode()
-    write_atomic(path, lambda f: f.write(text))
+    atomic_write(path, json.dumps(data, indent=1, sort_keys=True).encode(), f"the data cache {path.parent}", CACHE_HINT)
 
 
 def _warn(path: Path, problem: str, redo: str) -> None:

@@ -146,10 +146,8 @@ def _rejected_inputs(source: GalaxySource, image_size: int) -> list[tuple[str, A
     cache = source.chunks(image_size, open_root=False)
     out = []
     for k, (start, _stop) in enumerate(cache.bounds):
-        if not cache.path(k).exists():
-            break
         chunk = cache.read(k)
-        if chunk is None:  # damaged: removed, with a warning; the next load converts it again
+        if chunk is None:  # not converted yet, or damaged (removed, with a warning): the next load converts it
             break
         for i, (reason, detail) in enumerate(zip(chunk.reasons.tolist(), chunk.details.tolist())):
             if reason:

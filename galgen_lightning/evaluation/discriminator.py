@@ -310,12 +310,13 @@ class DiscriminatorTest(SamplingTest):
                 )
             if f"d{d}_val" in losses:
                 key = f"d{d}_val"
+                color, ls = curve_style(key)
                 ax.hist(
                     _finite(losses[key]),
                     bins=bins,
                     histtype="step",
-                    ls="--",
-                    color="k",
+                    ls=ls,
+                    color=color,
                     label=f"{LABELS[key]}: {scalars[key + '_mean']:.3f}",
                 )
             ax.axvline(TARGET, color="k", ls=":", lw=1, label=f"{TARGET:g}: the discriminator cannot tell")

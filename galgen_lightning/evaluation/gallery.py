@@ -84,9 +84,7 @@ def captions(selection: dict[str, np.ndarray], kind: str) -> list[str]:
 
 
 def best_view(image: torch.Tensor, sample: torch.Tensor, mean_removed: bool = True) -> torch.Tensor:
-    """``image`` ``(c, h, w)`` in the flip/rotation most similar to ``sample`` (as is when not square)."""
-    if image.shape[-1] != image.shape[-2]:
-        return image
+    """``image`` ``(c, h, w)`` in the flip/rotation most similar to ``sample`` (the views the search matches under)."""
     views = dihedral(image[None])[:, 0]
     sims = unit_vectors(views, mean_removed) @ unit_vectors(sample[None], mean_removed)[0]
     return views[int(sims.argmax())]

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from galgen_lightning.evaluation.base import SamplingTest
 from galgen_lightning.models.base import MODELS
 from galgen_lightning.noise import counter_normal
-from galgen_lightning.tables import csv_text, markdown_text
+from galgen_lightning.tables import csv_text, fmt_g, markdown_text
 
 # name -> (first, second) of each distance; "n" is the standard normal
 DISTANCES = {
@@ -186,7 +186,6 @@ def table_rows(numbers: dict[str, Any], shapes: Sequence[tuple[int, ...]] | None
         numbers: the test's numbers as logged (:func:`flat_scalars`, or a ``metrics.jsonl`` record).
         shapes: the latent shape of each level (a ``shape`` column when given).
     """
-    g = lambda x: "n/a" if x is None else f"{float(x):.4g}"  # noqa: E731
     distances = [f"W1({LABELS[u]}, {LABELS[v]})" for u, v in DISTANCES.values()]
     columns = ["x from", "level", *(["shape"] if shapes else []), *distances]
     rows = []
@@ -194,8 +193,8 @@ def table_rows(numbers: dict[str, Any], shapes: Sequence[tuple[int, ...]] | None
         levels = sorted({int(m.group(1)) for key in numbers for m in [re.match(rf"from_{d}/level(\d+)/", key)] if m})
         for k in levels:
             shape = ["x".join(map(str, shapes[k]))] if shapes else []
-            w1 = [g(numbers.get(f"from_{d}/level{k}/w1_{name}")) for name in DISTANCES]
-            rows.append([f"{d.upper()}^-1(z)", str(k), *shape, *w1, g(numbers.get(f"from_{d}/level{k}/max_err"))])
+            w1 = [fmt_g(numbers.get(f"from_{d}/level{k}/w1_{name}")) for name in DISTANCES]
+            rows.append([f"{d.upper()}^-1(z)", str(k), *shape, *w1, fmt_g(numbers.get(f"from_{d}/level{k}/max_err"))])
     return [*columns, "max|z - z_own|"], rows
 
 

@@ -37,7 +37,8 @@ def _build_and_count(class_path: str, init: dict) -> tuple[dict[str, int], str]:
     try:
         import torch
 
-        from galgen_lightning.models.base import PairModule, count_parameters
+        from galgen_lightning.models.base import PairModule
+        from galgen_lightning.models.base import count_parameters as trainable_parameters
 
         module, name = class_path.rsplit(".", 1)
         cls = getattr(importlib.import_module(module), name)
@@ -54,7 +55,7 @@ def _build_and_count(class_path: str, init: dict) -> tuple[dict[str, int], str]:
     if pair is None:
         return {}, f"cannot build {class_path} from config.yaml ({error})"
 
-    counts = pair.parameter_counts() if isinstance(pair, PairModule) else {"model": count_parameters(pair)}
+    counts = pair.parameter_counts() if isinstance(pair, PairModule) else {"model": trainable_parameters(pair)}
     return counts, "built from config.yaml"
 
 

@@ -19,8 +19,9 @@ from typing import Any
 
 from galgen_lightning.evaluation.morphology_image import VARIABLES as MORPHOLOGY_VARIABLES
 from galgen_lightning.report.figures import run_title
-from galgen_lightning.report.stats import fmt_g, fmt_p
+from galgen_lightning.report.stats import fmt_p
 from galgen_lightning.rundir import Run
+from galgen_lightning.tables import fmt_g
 
 INTERVALS = ("memorization_rate", "gap_median", "agreement_kappa", "realism_outside_any")
 """The statistics whose bootstrap interval the table carries (``<key>_low``, ``<key>_high``)."""

@@ -131,8 +131,13 @@ class RunProfile:
         return self.epochs // every + (1 if self.epochs % every else 0)
 
 
-N_SAMPLES = inspect.signature(SamplingTest).parameters["n_samples"].default
-"""A sampling test's ``n_samples`` when a configuration does not say (the test's own default)."""
+def default_n_samples(test: str) -> int:
+    """A test's ``n_samples`` when a configuration does not say: that test class's own default."""
+    cls = {t.__name__: t for t in TESTS}.get(test, SamplingTest)
+    parameter = inspect.signature(cls).parameters.get("n_samples")
+    if parameter is None or parameter.default is inspect.Parameter.empty:  # it takes n_samples through **kwargs
+        parameter = inspect.signature(SamplingTest).parameters["n_samples"]
+    return int(parameter.default)
 
 
 def run_profile(fit: dict, n: int) -> RunProfile:
@@ -160,7 +165,7 @@ def run_profile(fit: dict, n: int) -> RunProfile:
         init = cb.get("init_args") or {}
         if name.endswith("Test"):
             every = init.get("every_n_epochs") or 1
-            tests.append((name, int(every), int(init.get("n_samples") or N_SAMPLES), int(init.get("n_real") or 0)))
+            tests.append((name, int(every), int(init.get("n_samples") or default_n_samples(name)), int(init.get("n_real") or 0)))
     sampler_steps = min(int(model.get("max_steps") or 1000), DIFFUSION_SAMPLER_STEPS)
     return RunProfile(batch, epochs, steps_per_epoch, int(data["n_val"]), sampler_steps, tests)
 
