@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -167,6 +169,52 @@ def test_bad_arrays_are_clear_errors(tmp_path, array, message):
     np.save(path, array)
     with pytest.raises(GalgenError, match=message):
         GalaxyPairDataModule(ArrayFile(str(path)), image_size=4, n=2, n_val=1).setup("fit")
+
+
+def test_big_endian_uint16_arrays_scale_like_little_endian_ones(tmp_path):
+    """FITS-derived and some HDF5 arrays are big-endian: uint16 is uint16 whatever the byte order."""
+    x = (np.random.default_rng(0).random((12, 16, 16)) * 65535).astype(">u2")
+    np.save(tmp_path / "be.npy", x)
+    np.save(tmp_path / "le.npy", x.astype("<u2"))
+    be, le = (ArrayFile(str(tmp_path / f), cache_dir=str(tmp_path / "cache")).load(12, 16) for f in ("be.npy", "le.npy"))
+    np.testing.assert_array_equal(be, le)
+    np.testing.assert_allclose(be, x.astype(np.float64) / 65535, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (
+            lambda: GalaxyPairDataModule(SyntheticGalaxies(size=10), image_size=8, n=2, n_val=1, seed=-1),
+            "data.seed must not be negative",
+        ),
+        (lambda: SyntheticGalaxies(chunk=0), "data.source.chunk must be positive, got 0"),
+        (lambda: SyntheticGalaxies(workers=0), "data.source.workers must be positive, got 0"),
+        (lambda: SyntheticGalaxies(stretch=0.0), "data.source.stretch must be positive"),
+        (lambda: SyntheticGalaxies(seed=-1), "data.source.seed must not be negative"),
+        (lambda: SyntheticGalaxies(q=-1.0), "data.source.q must not be negative"),
+    ],
+)
+def test_bad_options_are_one_line_errors(make, message):
+    with pytest.raises(GalgenError, match=re.escape(message)):
+        make()
+
+
+def test_an_absolute_pattern_is_a_one_line_error(tmp_path):
+    from galgen_lightning.data import ImageFolder
+
+    with pytest.raises(GalgenError, match=re.escape("data.source.pattern '/data/*.png' must be a pattern relative to")):
+        ImageFolder(str(tmp_path), pattern="/data/*.png", cache_dir=str(tmp_path / "c")).load(1, 8)
+
+
+def test_an_empty_cache_variable_is_unset(monkeypatch):
+    """``GALGEN_CACHE_DIR=`` (exported empty) must not put the cache in the current folder."""
+    from pathlib import Path
+
+    from galgen_lightning.data.cache import default_cache_dir
+
+    monkeypatch.setenv("GALGEN_CACHE_DIR", "")
+    assert default_cache_dir() == Path.home() / ".cache" / "galgen"
 
 
 def test_images_smaller_than_image_size(tmp_path):

@@ -380,6 +380,7 @@ def test_download_of_an_id_column_and_a_fits_catalogue(tmp_path, server):
         ("dec", "out of range"),
         ("unwritable", "cannot create --out"),
         ("template", "must contain {ra} and {dec}"),
+        ("format", "without a format or conversion ({ra:.4f}, {dec!r})"),
         ("options", "holds cutouts downloaded with size=32"),
         ("missing", "does not exist"),
         ("busy", f"another galgen data download (pid {os.getpid()}) is writing to it"),
@@ -403,6 +404,8 @@ def test_bad_input_is_one_line_and_loses_nothing(tmp_path, server, capsys, case,
         args = ["data", "download", str(cat), *fast(server, tmp_path / "file" / "sub")]
     elif case == "template":
         args.append("--url_template=http://127.0.0.1:1/cutout?dec={dec}&size={size}")
+    elif case == "format":  # the values come formatted already: a format spec would fail in the workers
+        args.append("--url_template=http://127.0.0.1:1/cutout?ra={ra:.4f}&dec={dec!r}")
     elif case == "options":
         args.append("--size=64")
     elif case == "missing":

@@ -50,8 +50,8 @@ Result = tuple["np.ndarray | None", str, str]
 
 
 def default_cache_dir() -> Path:
-    """``$GALGEN_CACHE_DIR`` or ``~/.cache/galgen``."""
-    return Path(os.environ.get("GALGEN_CACHE_DIR", Path.home() / ".cache" / "galgen")).expanduser()
+    """``$GALGEN_CACHE_DIR`` or, when it is unset or empty, ``~/.cache/galgen`` (never the current folder)."""
+    return Path(os.environ.get("GALGEN_CACHE_DIR") or Path.home() / ".cache" / "galgen").expanduser()
 
 
 # ============================================================================ writing, all or nothing

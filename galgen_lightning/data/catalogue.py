@@ -44,11 +44,17 @@ def check_template(template: str) -> None:
     """The URL template must contain ``{ra}`` and ``{dec}`` and no other placeholder than
     :data:`PLACEHOLDERS`."""
     try:
-        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+        parts = [(f, spec, conversion) for _, f, spec, conversion in string.Formatter().parse(template) if f is not None]
     except ValueError as e:
         raise GalgenError(
             f"--url_template {template!r} is not a valid template ({e}); write the position as {{ra}} and {{dec}}"
         ) from None
+    fields = [f for f, _, _ in parts]
+    formatted = [f"{{{f}{'!' + c if c else ''}{':' + spec if spec else ''}}}" for f, spec, c in parts if spec or c]
+    if formatted:  # the values are filled in already formatted (ra and dec with 6 decimals)
+        raise GalgenError(
+            f"--url_template {template!r}: write placeholders plainly, without a format or conversion ({', '.join(formatted)})"
+        )
     unknown = sorted({f for f in fields if f not in PLACEHOLDERS})
     if unknown:
         raise GalgenError(

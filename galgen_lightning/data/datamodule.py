@@ -278,6 +278,9 @@ class GalaxyPairDataModule(L.LightningDataModule):
                 raise GalgenError(f"data.{name} must be at least {low}, got {value}")
         if samples_per_epoch is not None and samples_per_epoch < 1:
             raise GalgenError(f"data.samples_per_epoch must be positive, got {samples_per_epoch}")
+        for name, value in (("seed", seed), ("shuffle_seed", shuffle_seed), ("num_workers", num_workers)):
+            if value is not None and value < 0:
+                raise GalgenError(f"data.{name} must not be negative, got {value}")
         self.image_size = image_size
         self.n = n
         self.n_val = n_val

@@ -35,7 +35,7 @@ def array_layout(shape: tuple[int, ...]) -> str | None:
 def rows_to_gray(block: np.ndarray, layout: str) -> np.ndarray:
     """Rows of an array in ``layout`` to ``(n, H, W)`` float64 in [0, 1] scale: uint8 / 255,
     uint16 / 65535, other types as they are; channels averaged (as the Lupton grayscale)."""
-    scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(block.dtype, 1.0)
+    scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(block.dtype.newbyteorder("="), 1.0)
     x = np.asarray(block, dtype=np.float64)
     if layout == "nchw":
         x = x.mean(axis=1)

@@ -98,6 +98,8 @@ def list_files(directory: Path, pattern: str, suffixes: Sequence[str], option: s
         found = [p for p in directory.glob(pattern) if p.is_file() and p.name.lower().endswith(tuple(suffixes))]
     except OSError as e:
         raise GalgenError(f"{option}: cannot list {directory}: {e.strerror}") from None
+    except (NotImplementedError, ValueError) as e:  # an absolute or empty pattern
+        raise GalgenError(f"data.source.pattern {pattern!r} must be a pattern relative to {directory} ({e})") from None
     if not found:
         raise GalgenError(
             f"{option}: no {'/'.join(s.lstrip('.') for s in suffixes[:3])} files matching {pattern!r} in {directory}"

@@ -47,8 +47,12 @@ class SyntheticGalaxies(GalaxySource):
         workers: int | None = None,
         chunk: int = 256,
     ) -> None:
-        if size < 1:
-            raise GalgenError(f"data.source.size must be positive, got {size}")
+        for name, value in (("size", size), ("stretch", stretch), ("workers", workers), ("chunk", chunk)):
+            if value is not None and not value > 0:
+                raise GalgenError(f"data.source.{name} must be positive, got {value}")
+        for name, value in (("seed", seed), ("q", q)):
+            if not value >= 0:
+                raise GalgenError(f"data.source.{name} must not be negative, got {value}")
         self.size = size
         self.seed = seed
         self.q = q
