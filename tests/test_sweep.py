@@ -339,6 +339,75 @@ def test_sweep_leaves_a_diverged_run_and_stops_at_an_interrupted_one(tmp_path, p
     assert "interrupted (exit 143); rerun the same command to resume it" in text and "FAILED" not in text
 
 
+def test_a_diverged_run_is_not_counted_complete_and_the_exit_status_says_so(tmp_path, profile, fake_runner, capsys):
+    out = tmp_path / "sweep"
+    _run(out / "diffusion-tiny-n2-seed0", "diverged")
+    assert sweep(family="diffusion", profile=str(profile), ns=[2, 4], out=str(out), report=False) == 1
+    text = capsys.readouterr().out
+    assert "1/2 runs complete" in text and "not complete: diffusion-tiny-n2-seed0 (diverged)" in text
+
+
+def test_a_run_killed_by_a_signal_stops_the_sweep_whatever_the_exit_status_form(tmp_path, profile, monkeypatch, capsys):
+    """``Popen`` gives a run killed before it could record anything ``-signum`` (a shell, 128 + signum)."""
+    out = tmp_path / "sweep"
+    calls: list[list[str]] = []
+
+    def killed(args, env, log):
+        calls.append(args)
+        return -9
+
+    monkeypatch.setattr(sweep_module, "subprocess_runner", killed)
+    assert sweep(family="diffusion", profile=str(profile), ns=[2, 4], out=str(out), report=False) == 137
+    text = capsys.readouterr().out
+    assert len(calls) == 1 and "interrupted (exit -9)" in text and "runs complete" not in text
+
+
+def test_a_run_still_running_elsewhere_is_left_alone(tmp_path, profile, fake_runner, capsys):
+    """An earlier sweep's ``galgen fit`` that outlived its sweep holds the run's lock: the next sweep
+    neither moves its folder nor trains it again."""
+    from galgen_lightning.faults.lock import LOCK, FolderLock
+
+    out = tmp_path / "sweep"
+    folder = out / "diffusion-tiny-n2-seed0"
+    _run(folder, "running")
+    (folder / "metrics.jsonl").write_text("")
+    holder = FolderLock(folder, LOCK).acquire()
+    try:
+        assert sweep(family="diffusion", profile=str(profile), ns=[2, 4], out=str(out), report=False) == 1
+        with pytest.raises(GalgenError, match="in use by another galgen process"):
+            sweep_module.set_aside(folder, out)
+    finally:
+        holder.release()
+    text = capsys.readouterr().out
+    assert f"is in use by another galgen process (pid {os.getpid()}): left alone" in text
+    assert [_option(c, "data.n") for c in fake_runner] == ["4"] and (folder / "metrics.jsonl").exists()
+    assert not (out / ".attempts").exists()
+
+
+def test_sigterm_to_the_sweep_stops_its_run_the_orderly_way(tmp_path, profile, monkeypatch, capsys):
+    """``kill <sweep>`` forwards SIGTERM to the run in flight (which saves its checkpoint) and
+    stops the sweep with 128 + 15, instead of leaving its ``galgen fit`` training, orphaned."""
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    out = tmp_path / "sweep"
+    started: list[subprocess.Popen] = []
+    before = signal.getsignal(signal.SIGTERM)
+
+    def slow(args, env, log):
+        code = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(143)); time.sleep(60)"
+        started.append(subprocess.Popen([sys.executable, "-c", code]))
+        threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGTERM)).start()  # the user's kill, while the run trains
+        return started[-1]
+
+    monkeypatch.setattr(sweep_module, "subprocess_runner", slow)
+    assert sweep(family="diffusion", profile=str(profile), ns=[2, 4], out=str(out), report=False) == 143
+    assert len(started) == 1 and started[0].poll() == 143  # the run got SIGTERM and has ended
+    assert signal.getsignal(signal.SIGTERM) is before and "stopped" in capsys.readouterr().out  # handler given back
+
+
 def test_a_slurm_task_uses_as_many_threads_as_its_cpus():
     """The submitting shell's thread count (here 2) would oversubscribe a 1-CPU task."""
     from galgen_lightning.sweep.slurm import task_environment

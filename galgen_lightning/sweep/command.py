@@ -85,30 +85,34 @@ def _report(out_dir: Path) -> None:
 
 
 def _run_local(plans: list[RunPlan], out_dir: Path, meta: dict, devices: list[int] | None, report: bool) -> int:
-    from galgen_lightning.sweep.local import execute
+    from galgen_lightning.sweep.local import Stopped, execute
 
     started = time.time()
     with runs.sweep_lock(out_dir):
         runs.write_state(out_dir, plans, meta)
         try:
             failed = execute(plans, out_dir, meta, gpus=devices)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             print("[sweep] stopped. Run the same command again to resume (finished runs are skipped).", flush=True)
-            return 130
-    stopped = [p for p in plans if p.returncode is not None and p.returncode > 128]
+            return 128 + e.signum if isinstance(e, Stopped) else 130
+    stopped = [p for p in plans if runs.signalled(p.returncode)]
     if stopped:  # a signal stopped a run: no report of a half sweep; the exit status says so
         print(f"[sweep] stopped by a signal at {stopped[0].folder.name}; run the same command again to resume", flush=True)
-        return stopped[0].returncode
-    print(
-        f"[sweep] finished in {runs.duration(time.time() - started)}: {len(plans) - len(failed)}/{len(plans)} runs complete",
-        flush=True,
-    )
+        return runs.shell_code(stopped[0].returncode)
+    states = {p.folder.name: RunDir(p.folder).status().get("state", p.state or "not started") for p in plans}
+    complete = sum(state == "complete" for state in states.values())
+    print(f"[sweep] finished in {runs.duration(time.time() - started)}: {complete}/{len(plans)} runs complete", flush=True)
     if report:
         _report(out_dir)
     if failed:
         print(
             "[sweep] failed: " + ", ".join(p.folder.name for p in failed) + " (rerun the same command to retry them)", flush=True
         )
+    failed_names = {p.folder.name for p in failed}
+    others = {name: state for name, state in states.items() if state != "complete" and name not in failed_names}
+    if others:
+        print("[sweep] not complete: " + ", ".join(f"{name} ({state})" for name, state in others.items()), flush=True)
+    if failed or others:
         return 1
     return 0
 

@@ -327,11 +327,16 @@ def decide(folder: Path, args: list[str], pool_size: int | None) -> tuple[str, l
     ``pool_size`` keeps its own when it resumes (the data of a resumed run must not change); it
     and a complete one on another pool get a warning.
     """
+    from galgen_lightning.faults.lock import LOCK, FolderLock
+
     status = RunDir(folder).status()
     state = str(status.get("state") or "")
     last = folder / CHECKPOINTS / LAST_CHECKPOINT
     args = list(args)
     warning = ""
+    lock = FolderLock(folder, LOCK)
+    if lock.held_elsewhere():  # a galgen fit still runs there (an earlier sweep's child that outlived it)
+        return "skip", args, "running", f"is in use by another galgen process (pid {lock.holder()}): left alone"
     if state == "complete":
         action = "skip"
     elif state == "diverged":  # resuming would diverge again: left for the user to change and rerun

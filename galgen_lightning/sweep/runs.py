@@ -33,9 +33,19 @@ STATE, LOCK, ATTEMPTS, LOG = "sweep.json", ".sweep.lock", ".attempts", "sweep.lo
 
 
 def set_aside(folder: Path, out: Path) -> Path | None:
-    """Move a run directory that cannot be resumed (no checkpoint) to ``<out>/.attempts/``."""
+    """Move a run directory that cannot be resumed (no checkpoint) to ``<out>/.attempts/``.
+
+    Raises:
+        GalgenError: another process holds the run's lock (a ``galgen fit`` still writes there).
+    """
+    from galgen_lightning.faults.lock import LOCK as RUN_LOCK
+    from galgen_lightning.faults.lock import FolderLock
+
     if not folder.exists() or not any(folder.iterdir()):
         return None
+    lock = FolderLock(folder, RUN_LOCK)
+    if lock.held_elsewhere():
+        raise GalgenError(f"sweep: {folder} is in use by another galgen process (pid {lock.holder()}); it is not moved")
     dest = out / ATTEMPTS / f"{folder.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(folder), str(dest))
@@ -148,6 +158,16 @@ def is_locked(out: Path) -> bool:
     from galgen_lightning.faults.lock import FolderLock
 
     return FolderLock(out, LOCK).held_elsewhere()
+
+
+def signalled(code: int | None) -> bool:
+    """Whether an exit status says a signal stopped the run (``Popen`` gives ``-signum``, a shell ``128 + signum``)."""
+    return code is not None and (code < 0 or code > 128)
+
+
+def shell_code(code: int) -> int:
+    """An exit status as a shell gives it: ``128 + signum`` for a run a signal stopped."""
+    return 128 - code if code < 0 else code
 
 
 def wait_code(handle: Any) -> int:
