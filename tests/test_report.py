@@ -497,3 +497,82 @@ def test_tables_quote_csv_cells_and_draw_markdown():
 
     assert csv_text(["a", "b"], [["1,5", 'say "x"']]) == 'a,b\r\n"1,5","say ""x"""\r\n'
     assert markdown_text(["a", "b"], [[1, 2]]) == "| a | b |\n|---|---|\n| 1 | 2 |\n"
+
+
+def _summary(folder: Path, out: Path, *args: str) -> dict:
+    assert run_cli(["report", str(folder), "--out", str(out), "--wandb", "false", *args]) == 0
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_a_runs_intervals_do_not_depend_on_the_other_runs_of_the_folder(tmp_path):
+    """Each run's bootstrap has its own generator: the same run gives the same intervals in a
+    report of itself, in a report of its sweep, and in its verdict.json (seed 0)."""
+    from galgen_lightning.evaluation.verdict import judge_run
+
+    root = small_sweep(tmp_path / "sweep")
+    run = root / "diffusion-small-n100-seed0"
+    (alone,) = _summary(run, tmp_path / "one", "--bootstrap", "200")["groups"]["diffusion (16 px)"]["runs"]
+    swept = {r["run"]: r for r in _summary(root, tmp_path / "all", "--bootstrap", "200")["groups"]["diffusion (16 px)"]["runs"]}
+    key = "memorization_rate_ci"
+    assert alone[key] == swept[run.name][key] and alone["agreement_kappa_ci"] == swept[run.name]["agreement_kappa_ci"]
+    assert list(judge_run(run, 200).intervals["memorization_rate"]) == alone[key]
+
+
+def test_the_run_seed_is_seed_everything_when_a_sweep_pins_the_split(tmp_path):
+    from galgen_lightning.rundir import load_run
+
+    run = tmp_path / "diffusion-small-n10-seed3-data7"
+    _write_run(run, DIFFUSION, 10, 16)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["seed_everything"], config["data"]["seed"] = 3, 7
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    assert load_run(run).seed == 3
+
+
+def test_damaged_files_are_left_out_with_a_warning_not_a_traceback(tmp_path, capsys):
+    """A copy cut short (npz), a stray JSON value and a bad epoch in metrics.jsonl."""
+    root = small_sweep(tmp_path / "sweep", ns=(10, 100))
+    npz = root / "diffusion-small-n10-seed0" / "eval" / "two_models" / "epoch_0004.npz"
+    npz.write_bytes(npz.read_bytes()[:3000])
+    with (root / "diffusion-small-n100-seed0" / "metrics.jsonl").open("a") as f:
+        f.write('null\n{"test": "two_models", "epoch": "x"}\n')
+    rows = {r["run"]: r for r in _summary(root, tmp_path / "r", "--bootstrap", "0")["groups"]["diffusion (16 px)"]["runs"]}
+    err = capsys.readouterr().err
+    assert f"{npz} is unreadable" in err and "Traceback" not in err
+    assert rows["diffusion-small-n10-seed0"]["verdict"].startswith("inconclusive")
+    assert rows["diffusion-small-n100-seed0"]["verdict"] != "inconclusive"
+
+
+def test_a_record_whose_arrays_are_missing_judges_the_epoch_it_reads(tmp_path):
+    from galgen_lightning.evaluation.verdict import judge_run
+
+    run = small_sweep(tmp_path / "sweep", ns=(1000,)) / "diffusion-small-n1000-seed0"
+    _append(run, {"epoch": 9, "step": 200, "test": "two_models", "memorization_rate": 0.99})  # killed before its npz
+    v = judge_run(run, 0)
+    assert v.epoch == 4 and "the arrays of epoch 9 are missing: epoch 4 judged" in v.reasons
+
+
+def test_n_star_names_the_pair_it_interpolates_and_the_runs_it_leaves_out(tmp_path):
+    from galgen_lightning.report.stats import estimate_n_star
+
+    wavy = estimate_n_star([(10, 0.9, None), (100, 0.3, None), (1000, 0.8, None), (10000, 0.1, None)])
+    assert "between N=10 and N=100" in wavy["statement"] and wavy["n_star"] < 100
+    root = small_sweep(tmp_path / "sweep")
+    second = root / "diffusion-small-n10-seed1"  # a second seed at N=10 with no valid sample
+    shutil.copytree(root / "diffusion-small-n10-seed0", second)
+    npz = second / "eval" / "two_models" / "epoch_0004.npz"
+    with np.load(npz) as z:
+        arrays = {k: z[k] for k in z.files}
+    for w in "ab":  # the callback keeps the similarities of valid samples only
+        arrays[f"ok_{w}"][:] = False
+        for key in (f"own_{w}", f"other_{w}", f"sample_index_{w}", f"own_index_{w}", f"plain_own_{w}", f"plain_other_{w}"):
+            arrays[key] = arrays[key][:0]
+    arrays["a_vs_b"] = arrays["plain_a_vs_b"] = arrays["a_vs_b"][:0]
+    np.savez(npz, **arrays)
+    config = yaml.safe_load((second / "config.yaml").read_text())
+    config["seed_everything"] = 1
+    (second / "config.yaml").write_text(yaml.safe_dump(config))
+    group = _summary(root, tmp_path / "r", "--bootstrap", "100")["groups"]["diffusion (16 px)"]
+    statement = group["n_star"]["statement"]
+    assert "1 run(s) without a memorization rate left out: N=10 seed 1" in statement
+    assert group["n_star"]["n_star"] is not None  # N=10 still counts, from seed 0

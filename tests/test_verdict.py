@@ -122,6 +122,23 @@ def test_gan_needs_the_discriminator_curves_to_agree():
     assert V.judge(arrays, "gan", discriminator=None, n_boot=300, rng=rng).label == "inconclusive"
 
 
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+def test_a_discriminator_with_non_finite_losses_is_no_evidence(bad):
+    """D_A overflowed (every loss, or a few of them): the agreeing D_B curves alone must not pass."""
+    rng = np.random.default_rng(4)
+    arrays = _arrays(rng, agree=0.95)
+    near = {c: rng.normal(2.0, 0.05, 400) for c in V.DISCRIMINATOR_CURVES}
+    for broken in (
+        {c: np.full(400, bad) for c in ("da_ga", "da_gb", "da_val")},
+        {"da_ga": np.where(np.arange(400) < 3, bad, near["da_ga"])},
+    ):
+        losses = dict(near, **broken)
+        numbers, _ = V.discriminator_evidence(losses, n_boot=100, rng=rng)
+        assert numbers["max_abs_diff_bound"] == np.inf
+        v = V.judge(arrays, "gan", discriminator=losses, n_boot=300, rng=rng)
+        assert v.label == "inconclusive" and "non-finite losses (da_ga" in " ".join(v.reasons), v.reasons
+
+
 def test_a_test_that_does_not_fit_the_family_is_one_line_and_leaves_no_folder(tmp_path, tiny_source_args, capsys):
     run = tmp_path / "run"
     args = ["validate", "--model=galgen_lightning.models.reference.OracleGeneralizer", *tiny_source_args,

@@ -42,7 +42,8 @@ def psnr_curves(pl_module, images: dict[str, torch.Tensor], sigmas: Sequence[flo
     levels = torch.tensor(sigmas, dtype=torch.float32)
     for k, (name, x) in enumerate(images.items()):
         count = len(x)
-        # noise index: (set, image, level) -> a distinct counter-based stream
+        # noise index: (set, image, level) -> a distinct counter-based stream (distinct while
+        # count <= MAX_IMAGES and s <= MAX_LEVELS, which DenoisingTest checks)
         idx = 100_000 * k + 1000 * torch.arange(count).repeat_interleave(s) + torch.arange(s).repeat(count)
         z = counter_normal(seed, idx, tuple(x.shape[1:]))
         clean = x.repeat_interleave(s, dim=0)
@@ -51,6 +52,10 @@ def psnr_curves(pl_module, images: dict[str, torch.Tensor], sigmas: Sequence[flo
         for which in MODELS:
             out[f"psnr_out_{which}_{name}"] = psnr(pl_module.denoise(which, noisy), clean).numpy().reshape(count, s)
     return out
+
+
+MAX_IMAGES, MAX_LEVELS = 100, 1000
+"""The most images per set and noise levels whose noise indices stay distinct in :func:`psnr_curves`."""
 
 
 class DenoisingTest(EvalCallback):
@@ -67,7 +72,7 @@ class DenoisingTest(EvalCallback):
         every_n_epochs: run every this many epochs (and at the last one).
         sigmas: noise standard deviations (images in [0, 1]).
         seed: noise seed.
-        images: how many images of each set to use (the first ones; fewer if a set is smaller).
+        images: how many images of each set to use (the first ones; fewer if a set is smaller; at most 100).
     """
 
     name = "denoising"
@@ -82,8 +87,10 @@ class DenoisingTest(EvalCallback):
         images: int = 8,
     ) -> None:
         super().__init__(every_n_epochs)
-        if images < 1:
-            raise ValueError(f"DenoisingTest: images must be at least 1, got {images}")
+        if not 1 <= images <= MAX_IMAGES:
+            raise ValueError(f"DenoisingTest: images must be in [1, {MAX_IMAGES}], got {images}")
+        if not 1 <= len(sigmas) <= MAX_LEVELS:
+            raise ValueError(f"DenoisingTest: sigmas must hold 1 to {MAX_LEVELS} noise levels, got {len(sigmas)}")
         self.sigmas = list(sigmas)
         self.seed = seed
         self.images = images
@@ -93,8 +100,8 @@ class DenoisingTest(EvalCallback):
         images = {name: dm.subset_images(s)[: self.images] for name, s in zip(IMAGES, ("a", "b", "val"))}
         curves = psnr_curves(pl_module, images, self.sigmas, self.seed)
         curves["sigmas"] = np.asarray(self.sigmas)
+        self.save_arrays(trainer, curves)  # arrays first: a logged record always has its arrays
         self.log_scalars(trainer, gain_scalars(curves))
-        self.save_arrays(trainer, curves)
         self.save_figure(trainer, self.figure(curves), "psnr")
 
     def figure(self, curves: dict[str, np.ndarray]):

@@ -256,8 +256,8 @@ class DiscriminatorTest(SamplingTest):
         losses = discriminator_losses(pl_module, reals, self.n_samples, self.seed, self.head, self.ema, batch_size, self.val)
         scalars = discriminator_statistics(losses)
         self._monitored = {k: scalars[k] for k in MONITORED}
+        self.save_arrays(trainer, losses)  # arrays first: a logged record always has its arrays
         self.log_scalars(trainer, scalars)
-        self.save_arrays(trainer, losses)
         self.log_histograms(trainer, {k: v for k, v in losses.items() if k in CURVES or k in VAL_CURVES})
         history = self._history(trainer)
         self.log_chart(trainer, history)

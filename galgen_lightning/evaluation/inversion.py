@@ -237,13 +237,13 @@ class InversionTest(SamplingTest):
         batch_size = self.generation_batch(pl_module)
         stats = inversion_statistics(pl_module.model_a, pl_module.model_b, z, batch_size)
 
-        self.log_scalars(trainer, flat_scalars(stats))
         arrays = self.subsample(stats)
         arrays["distance_names"] = np.array(list(DISTANCES))
         for d in MODELS:
             arrays[f"w1_from_{d}"] = np.array([[lv[name] for name in DISTANCES] for lv in stats[d]["w1"]])
             arrays[f"valid_from_{d}"] = stats[d]["valid"]
-        self.save_arrays(trainer, arrays)
+        self.save_arrays(trainer, arrays)  # arrays first: a logged record always has its arrays
+        self.log_scalars(trainer, flat_scalars(stats))
         other = {"a": "zb", "b": "za"}
         self.log_histograms(
             trainer,

@@ -165,8 +165,8 @@ class MorphologyTest(SamplingTest):
         for which in ("a", "b"):
             groups[f"sample_{which}"] = {**measured[f"sample_{which}"], "index": np.arange(len(samples[which]))}
         scalars, arrays = morphology_statistics(groups, COMPARISONS, self.options.max_flag)
+        self.save_arrays(trainer, arrays)  # arrays first: a logged record always has its arrays
         self.log_scalars(trainer, scalars)
-        self.save_arrays(trainer, arrays)
         self.log_histograms(
             trainer,
             {f"{g}/{v}": arrays[f"{g}/{v}"][arrays[f"{g}/used"]] for g in groups for v in VARIABLES},

@@ -168,8 +168,8 @@ class TwoModelsTest(SamplingTest):
         arrays["samples_a"], arrays["samples_b"] = samples.a.numpy(), samples.b.numpy()
         arrays["ok_a"], arrays["ok_b"] = samples.ok_a.numpy(), samples.ok_b.numpy()
         arrays.update(selection)
+        self.save_arrays(trainer, arrays)  # arrays first: a logged record always has its arrays
         self.log_scalars(trainer, scalars)
-        self.save_arrays(trainer, arrays)
         self.log_histograms(trainer, {k: arrays[k] for k in ("a_vs_b", "own_a", "own_b", "other_a", "other_b", "heldout")})
         self.save_figure(trainer, self.histogram_figure(arrays, scalars), "histograms")
         self.save_image(trainer, self.grid_image(samples, subsets, arrays), "samples", tag="_grid")

@@ -33,6 +33,7 @@ The thresholds below are the only ones; docs/verdict.md gives the reasoning behi
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -137,6 +138,12 @@ def fmt_ci(value: float | None, ci: tuple[float, float] | None, digits: int = 3,
     return s
 
 
+def _reach(interval: tuple[float, float]) -> float:
+    """``max(|lo|, |hi|)``, infinite when either end is not a number."""
+    ends = [abs(v) for v in interval]
+    return max(ends) if all(math.isfinite(v) for v in ends) else math.inf
+
+
 def discriminator_evidence(
     losses: dict[str, np.ndarray], n_boot: int = 1000, confidence: float = 0.95, rng: np.random.Generator | None = None
 ) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
@@ -144,8 +151,11 @@ def discriminator_evidence(
 
     For every pair of curves present (the four of :mod:`~galgen_lightning.evaluation.discriminator`
     and the held-out ones), the mean of the per-latent difference with a bootstrap interval
-    (latent indices resampled). Returns ``diff_<c1>__<c2>`` numbers and intervals, and
-    ``max_abs_diff_bound``: the largest ``max(|lo|, |hi|)`` over the pairs.
+    (latent indices resampled). Returns ``diff_<c1>__<c2>`` numbers and intervals,
+    ``<curve>_mean`` and ``<curve>_nonfinite`` (its losses that are not finite), and
+    ``max_abs_diff_bound``: the largest ``max(|lo|, |hi|)`` over the pairs. The bound is
+    infinite when a curve holds a non-finite loss or a pair has no finite interval: a
+    discriminator that overflowed is no evidence of agreement.
     """
     rng = rng or np.random.default_rng(0)
     curves = [c for c in DISCRIMINATOR_CURVES if c in losses]
@@ -156,12 +166,18 @@ def discriminator_evidence(
     n = min(len(losses[c]) for c in curves)
     x = {c: np.asarray(losses[c], dtype=np.float64)[:n] for c in curves}
     d = {f"diff_{c1}__{c2}": np.where(np.isfinite(x[c1] - x[c2]), x[c1] - x[c2], np.nan) for c1, c2 in combinations(curves, 2)}
-    numbers.update({key: float(np.nanmean(v)) for key, v in d.items()})
-    _, intervals = bootstrap(lambda idx: {key: np.nanmean(v[idx], axis=1) for key, v in d.items()}, n, n_boot, confidence, rng)
+    with warnings.catch_warnings():  # a pair with no finite difference (in a resample) is NaN: no warning
+        warnings.simplefilter("ignore", RuntimeWarning)
+        numbers.update({key: float(np.nanmean(v)) for key, v in d.items()})
+        _, intervals = bootstrap(
+            lambda idx: {key: np.nanmean(v[idx], axis=1) for key, v in d.items()}, n, n_boot, confidence, rng
+        )
     intervals = {key: intervals.get(key, (numbers[key], numbers[key])) for key in d}
-    bound = max([0.0] + [abs(v) for interval in intervals.values() for v in interval])
     for c in curves:
-        numbers[f"{c}_mean"] = float(np.nanmean(x[c]))
+        numbers[f"{c}_mean"] = float(np.nanmean(x[c])) if np.isfinite(x[c]).any() else float("nan")
+        numbers[f"{c}_nonfinite"] = float((~np.isfinite(x[c])).sum())
+    broken = any(numbers[f"{c}_nonfinite"] for c in curves)
+    bound = math.inf if broken else max([0.0, *(_reach(interval) for interval in intervals.values())])
     numbers["max_abs_diff_bound"] = float(bound)
     return numbers, intervals
 
@@ -290,7 +306,11 @@ def _positive_evidence(
         verdict.intervals.update({f"discriminator_{k}": v for k, v in d_intervals.items()})
         if not d_numbers:
             return False, "the discriminator test has too few curves"
-        worst = max(d_intervals, key=lambda k: max(abs(d_intervals[k][0]), abs(d_intervals[k][1])))
+        nonfinite = {k[: -len("_nonfinite")]: int(v) for k, v in d_numbers.items() if k.endswith("_nonfinite") and v}
+        if nonfinite:
+            bad = ", ".join(f"{c} {k} of {len(discriminator[c])}" for c, k in nonfinite.items())
+            return False, f"discriminator curves are no evidence: non-finite losses ({bad})"
+        worst = max(d_intervals, key=lambda k: _reach(d_intervals[k]))
         ok = d_numbers["max_abs_diff_bound"] < DISCRIMINATOR_TOLERANCE
         means = ", ".join(f"{k[:-5]} {v:.3f}" for k, v in d_numbers.items() if k.endswith("_mean"))
         return ok, (
@@ -308,6 +328,13 @@ def _positive_evidence(
     )
 
 
+def _epoch(record: dict | None) -> int | None:
+    try:
+        return int(record["epoch"]) if record else None
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def judge_run(run: Any, n_boot: int = 1000, confidence: float = 0.95, rng: np.random.Generator | None = None) -> Verdict:
     """The verdict of a run directory (a path or a loaded :class:`~galgen_lightning.rundir.Run`).
 
@@ -318,13 +345,18 @@ def judge_run(run: Any, n_boot: int = 1000, confidence: float = 0.95, rng: np.ra
         run = load_run(Path(run))
     rec = run.last("two_models")
     quantile = float(run.callback_args("TwoModelsTest").get("quantile", 0.99))
-    arrays = run.arrays("two_models") if rec is not None else None
-    epoch = int(rec["epoch"]) if rec and rec.get("epoch") is not None else None
+    logged = _epoch(rec)
+    files = run.eval_files("two_models") if rec is not None else {}
+    # the epoch judged is the one whose arrays are read: the last record's, else the newest saved
+    epoch = logged if logged in files else max(files) if files else logged
+    arrays = run.arrays("two_models", epoch) if files else None
     disc = None
     if EVIDENCE.get(run.family) == "discriminator":
         files = run.eval_files("discriminator")
         if files:
             disc = run.arrays("discriminator", epoch if epoch in files else max(files))
     verdict = judge(arrays, run.family, quantile, disc, n_boot, confidence, rng)
+    if files and epoch != logged and logged is not None:
+        verdict.reasons.append(f"the arrays of epoch {logged} are missing: epoch {epoch} judged")
     verdict.complete, verdict.state, verdict.epoch = run.complete, run.state, epoch
     return verdict

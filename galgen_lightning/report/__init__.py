@@ -40,6 +40,7 @@ and this module puts them together.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -142,7 +143,7 @@ def build_report(
     out_dir = Path(out) if out else root / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
     writer = FigureWriter(out_dir)
-    rng = np.random.default_rng(seed)
+    seeds_rng = np.random.default_rng([seed, 1])  # N*'s draws over seeds; each run's bootstrap has its own
     n_boot = max(bootstrap, 0)
 
     groups: dict[str, list[Run]] = {}
@@ -167,7 +168,9 @@ def build_report(
     for group, members in groups.items():
         rows = []
         for run in members:
-            verdict = judge_run(run, n_boot, confidence, rng)
+            # a fresh generator per run: its intervals do not depend on the other runs in the folder
+            # (and, with --seed 0, are those of its verdict.json)
+            verdict = judge_run(run, n_boot, confidence, np.random.default_rng(seed))
             if run.records:
                 sweep_table.append((run, table_row(run, verdict)))
             rec = run.last("two_models") or {}
@@ -235,14 +238,19 @@ def build_report(
         # N* from the complete runs, averaged over seeds at each N; the replicates combine the
         # bootstrap within each seed and the spread between seeds
         per_n: dict[int, list[dict]] = {}
+        no_rate = []  # complete runs without a rate (no valid sample): named, not averaged in as NaN
         for r in rows:
-            if r["complete"] and r.get("memorization_rate") is not None and r["n"]:
-                per_n.setdefault(r["n"], []).append(r)
+            if r["complete"] and r["n"]:
+                rate = r.get("memorization_rate")
+                if rate is not None and math.isfinite(rate):
+                    per_n.setdefault(r["n"], []).append(r)
+                else:
+                    no_rate.append(r)
         points = []
         for n, rs in sorted(per_n.items()):
             rate = float(np.mean([r["memorization_rate"] for r in rs]))
             reps = [r["_replicates"] for r in rs]
-            rep = combine_seeds(reps, rng) if n_boot and all(x is not None and np.size(x) for x in reps) else None
+            rep = combine_seeds(reps, seeds_rng) if n_boot and all(x is not None and np.size(x) for x in reps) else None
             points.append((n, rate, rep))
             if len(rs) > 1:
                 for r in rs:
@@ -253,14 +261,19 @@ def build_report(
                     )
         n_star = estimate_n_star(points, MEMORIZED_RATE, confidence)
         incomplete = [r for r in rows if not r["complete"]]
-        statement = n_star["statement"]
         if incomplete:
-            statement += (
+            n_star["statement"] += (
                 f" ({len(incomplete)} incomplete run(s) left out: "
                 + ", ".join(f"N={r['n']} {r['state']}" for r in incomplete)
                 + ")"
             )
-        n_star_lines.append({"group": group, "statement": statement})
+        if no_rate:
+            n_star["statement"] += (
+                f" ({len(no_rate)} run(s) without a memorization rate left out: "
+                + ", ".join(f"N={r['n']} seed {r['seed']}" for r in no_rate)
+                + ")"
+            )
+        n_star_lines.append({"group": group, "statement": n_star["statement"]})
         shown = {str(run.path) for run in one_per_n(members)}  # the runs the figures show: one per N
         ordered = sorted([r for r in rows if r["n"] and r["path"] in shown], key=lambda r: r["n"])
         checks = transition_checks(ordered)

@@ -20,6 +20,7 @@ import numpy as np
 
 from galgen_lightning.report.figures import Figure, FigureWriter, one_per_n, run_title, slug
 from galgen_lightning.rundir import EVAL, Run, RunDir
+from galgen_lightning.rundir.folder import read_arrays
 
 TEST = "two_models"
 KINDS = {"most": "most memorized", "least": "least memorized"}
@@ -28,27 +29,20 @@ KINDS = {"most": "most memorized", "least": "least memorized"}
 
 def _epoch(run: Run) -> int | None:
     record = run.last(TEST)
-    return int(record["epoch"]) if record and record.get("epoch") is not None else None
+    try:
+        return int(record["epoch"]) if record else None
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _shown(run: Run, png: Path, kind: str, epoch: int) -> int | None:
     """How many samples the gallery shows (the length of ``gallery_<kind>_idx``), when recorded."""
     key = f"gallery_{kind}_idx"
     for path in (png.with_suffix(".npz"), None):
-        arrays = run.arrays(TEST, epoch) if path is None else _load(path)
+        arrays = run.arrays(TEST, epoch) if path is None else read_arrays(path) if path.is_file() else None
         if arrays and key in arrays:
             return int(np.size(arrays[key]))
     return None
-
-
-def _load(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError):
-        return None
 
 
 def gallery_figures(runs: list[Run], group: str, writer: FigureWriter) -> list[Figure]:

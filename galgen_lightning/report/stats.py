@@ -82,12 +82,16 @@ def estimate_n_star(
     ns = np.array([p[0] for p in pts], float)
     rates = np.array([p[1] for p in pts], float)
 
+    def first_fall(r: np.ndarray) -> int | None:
+        """The first ``i`` with ``r[i] > level >= r[i + 1]``."""
+        return next((i for i in range(len(r) - 1) if r[i] > level >= r[i + 1]), None)
+
     def crossing(r: np.ndarray) -> float | None:
-        for i in range(len(r) - 1):
-            if r[i] > level >= r[i + 1]:
-                t = (r[i] - level) / (r[i] - r[i + 1])
-                return float(np.exp(np.log(ns[i]) + t * (np.log(ns[i + 1]) - np.log(ns[i]))))
-        return None
+        i = first_fall(r)
+        if i is None:
+            return None
+        t = (r[i] - level) / (r[i] - r[i + 1])
+        return float(np.exp(np.log(ns[i]) + t * (np.log(ns[i + 1]) - np.log(ns[i]))))
 
     n_star = crossing(rates)
     result: dict[str, Any] = {"n_star": n_star, "ci": None, "bracketed": n_star is not None, "share_bracketed": 0.0}
@@ -102,7 +106,7 @@ def estimate_n_star(
         ci = result["ci"]
         statement = (
             f"N* ~ {n_star:,.0f}: the memorization rate falls through {level} "
-            f"between N={ns[rates > level][-1]:,.0f} and N={ns[rates <= level][0]:,.0f}"
+            f"between N={ns[first_fall(rates)]:,.0f} and N={ns[first_fall(rates) + 1]:,.0f}"
         )
         if ci:
             statement += (

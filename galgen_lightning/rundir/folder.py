@@ -191,13 +191,38 @@ class RunDir:
         return load_run(self.path)
 
 
+def read_arrays(path: Path) -> dict[str, np.ndarray] | None:
+    """The arrays of an ``.npz`` file of a run directory; None, with a one-line warning, when it is
+    damaged (a copy cut short, a full disk). Object arrays are left out (they would need pickle)."""
+    import sys
+    import zipfile
+    import zlib
+
+    out = {}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            for key in z.files:
+                try:
+                    out[key] = z[key]
+                except ValueError:  # an object array: not for readers
+                    continue
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        print(f"galgen: warning: {path} is unreadable ({type(e).__name__}: {e}); left out", file=sys.stderr, flush=True)
+        return None
+    return out
+
+
 def read_metrics(path: Path) -> list[dict]:
     """The records of a ``metrics.jsonl`` file (a truncated last line, from a killed run, is skipped)."""
     records = []
     for line in path.read_text().splitlines():
         if line.strip():
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except ValueError:
                 continue
+            if isinstance(record, dict):  # a stray value (null, a number) is no record
+                records.append(record)
     return records

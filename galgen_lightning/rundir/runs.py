@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from galgen_lightning.rundir.folder import CHECKPOINTS, EVAL, RunDir
+from galgen_lightning.rundir.folder import CHECKPOINTS, EVAL, RunDir, read_arrays
 
 
 def is_run_dir(path: Path) -> bool:
@@ -101,8 +101,8 @@ class Run:
         """Every record of ``test``, the last one per epoch (a resumed run may repeat epochs)."""
         by_epoch: dict[int, dict] = {}
         for r in self.source(test)[1]:
-            if r.get("test") == test and r.get("epoch") is not None:
-                by_epoch[int(r["epoch"])] = r
+            if r.get("test") == test and _int(r.get("epoch")) is not None:
+                by_epoch[_int(r["epoch"])] = r
         return [by_epoch[e] for e in sorted(by_epoch)]
 
     def eval_files(self, test: str) -> dict[int, Path]:
@@ -121,22 +121,10 @@ class Run:
         if not files:
             return None
         if epoch is None:
-            last = self.last(test)
-            epoch = int(last["epoch"]) if last and last.get("epoch") is not None and int(last["epoch"]) in files else max(files)
+            last = _int((self.last(test) or {}).get("epoch"))
+            epoch = last if last in files else max(files)
         path = files.get(epoch)
-        if path is None:
-            return None
-        out = {}
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                for key in z.files:
-                    try:
-                        out[key] = z[key]
-                    except ValueError:  # an object array: not for the report
-                        continue
-        except (OSError, ValueError):
-            return None
-        return out
+        return read_arrays(path) if path is not None else None
 
     def callback_args(self, name: str) -> dict:
         """``init_args`` of the callback whose class name is ``name`` in the run's config: in
@@ -183,7 +171,11 @@ def load_run(path: Path) -> Run:
     if n is None:
         m = re.search(r"(?:^|-)n(\d+)(?:-|$)", path.name)
         n = int(m.group(1)) if m else None
-    seed = _int(manifest.get("seed", data.get("seed")))
+    # the run's seed is its seed_everything (initialisation, sampling); data.seed, the split's, is
+    # the same unless a sweep pinned the split (--data_seed): then only seed_everything tells seeds apart
+    seed_everything = config.get("seed_everything")
+    seed = _int(seed_everything) if not isinstance(seed_everything, bool) else None
+    seed = seed if seed is not None else _int(manifest.get("seed", data.get("seed")))
     image_size = _int(manifest.get("image_size", data.get("image_size")))
     init = (config.get("model") or {}).get("init_args") or {}
     channels = _int(init.get("channels")) or 1
