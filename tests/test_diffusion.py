@@ -118,13 +118,13 @@ def test_sampler_counts_step_limit_and_divergence():
     idx = torch.arange(3)
     never = lambda y: 0.5 * torch.ones_like(y)  # noqa: E731  constant residual: sigma never falls
     _, ok, c = sample_denoiser(never, idx, 0, (1, 4, 4), settings=SamplerSettings(max_steps=5, sigma_final=0.01))
-    assert c["step_limit"] == 3 and not ok.any()
+    assert c["step_limit"].sum() == 3 and not ok.any()
     exploding = lambda y: 10 * y  # noqa: E731  sigma grows with y
     _, ok, c = sample_denoiser(exploding, idx, 0, (1, 4, 4), settings=SamplerSettings(max_steps=50, h0=0.5, beta=1.0))
-    assert c["diverged"] == 3 and not ok.any()
+    assert c["diverged"].sum() == 3 and not ok.any()
     blind = lambda y: 0 * y  # noqa: E731  sees no noise at all
     _, ok, c = sample_denoiser(blind, idx, 0, (1, 4, 4))
-    assert c["stalled"] == 3 and not ok.any()
+    assert c["stalled"].sum() == 3 and not ok.any()
 
 
 def test_sampler_stops_each_sample_on_its_own():
@@ -132,7 +132,7 @@ def test_sampler_stops_each_sample_on_its_own():
     oracle = lambda y: y - 0.3  # noqa: E731
     settings = SamplerSettings(sigma_final=0.02, h0=0.2, beta=0.5, max_steps=500)
     out, ok, c = sample_denoiser(oracle, torch.arange(5), 1, (1, 8, 8), settings=settings)
-    assert ok.all() and c["finished"] == 5 and c["steps_sum"] > 0
+    assert ok.all() and c["finished"].sum() == 5 and (c["steps_sum"] > 0).all()
     assert torch.allclose(out, torch.full_like(out, 0.3), atol=1e-4)
 
 

@@ -28,7 +28,7 @@ def test_same_evaluation_reuses_samples_and_a_new_one_does_not():
     again = test.samples(pair, 8, seed=0)
     head = test.samples(pair, 3, seed=0)
     assert pair.calls == 1 and again is first
-    assert torch.equal(head.a, first.a[:3]) and head.info == {}  # counters cover all 8: not passed on
+    assert torch.equal(head.a, first.a[:3]) and head.info == {}  # a per-batch counter cannot be split: left out
     test.samples(pair, 8, seed=1)  # another seed: new samples
     assert pair.calls == 2
     test.samples(pair, 16, seed=1)  # more than cached: new samples
@@ -36,3 +36,39 @@ def test_same_evaluation_reuses_samples_and_a_new_one_does_not():
     test.on_validation_epoch_start(None, pair)  # the next evaluation (new weights)
     test.samples(pair, 16, seed=1)
     assert pair.calls == 4
+
+
+def test_fewer_samples_keep_their_diagnostics_and_float64_networks_sample():
+    """A later test asking for fewer samples gets the counters of those samples (a diffusion pair
+    counts step-limit hits per sample); and a pair in float64 (``precision: 64-true``) samples."""
+    from galgen_lightning.models.diffusion import DiffusionPair
+
+    torch.manual_seed(0)
+    pair = DiffusionPair(blocks=1, width=4, image_size=8, max_steps=3, check_every=1, sigma_final=0.5)
+    test = EvalCallback()
+    test.on_validation_epoch_start(None, pair)
+    first = test.samples(pair, 6, seed=0)
+    head = test.samples(pair, 4, seed=0)
+    fresh = pair.sample(4, seed=0)
+    assert torch.equal(head.a, fresh.a) and head.info == fresh.info
+    assert set(head.info["a"]) == {"diverged", "step_limit", "stalled", "steps_sum", "finished"}
+    assert sum(head.info["a"][k] for k in ("diverged", "step_limit", "stalled", "finished")) == 4
+    assert first.info["a"]["finished"] + first.info["a"]["step_limit"] <= 6
+    double = pair.double().sample(4, seed=0)
+    assert double.a.dtype == torch.float32 and torch.allclose(double.a, fresh.a, atol=1e-4)
+
+
+def test_a_family_without_generate_is_a_one_line_error_at_setup():
+    """``PairModule.generate`` is a placeholder: a family that does not override it cannot sample."""
+    import pytest
+
+    from galgen_lightning.errors import GalgenError
+    from galgen_lightning.evaluation import DenoisingTest, TwoModelsTest
+    from galgen_lightning.models.base import PairModule
+    from galgen_lightning.models.glow import GlowPair
+
+    with pytest.raises(GalgenError, match=r"TwoModelsTest needs a family with generate .*; PairModule has none"):
+        TwoModelsTest.check_family(PairModule)
+    TwoModelsTest.check_family(GlowPair)
+    with pytest.raises(ValueError, match=r"images must be in \[1, 100\]"):
+        DenoisingTest(images=101)

@@ -30,11 +30,13 @@ _SAMPLES_KEY = "_galgen_eval_samples"
 
 
 def _has_path(obj: Any, path: str) -> bool:
+    """Whether ``obj`` has the attribute ``path`` (dotted), and not as a placeholder of its base
+    class (``PairModule.generate`` is an ``abstractmethod`` a family must override)."""
     for part in path.split("."):
         if not hasattr(obj, part):
             return False
         obj = getattr(obj, part)
-    return True
+    return not getattr(obj, "__isabstractmethod__", False)
 
 
 def run_dir(trainer: L.Trainer) -> Path:
@@ -159,10 +161,7 @@ class EvalCallback(L.Callback):
         """
         cached = pl_module.__dict__.get(_SAMPLES_KEY)
         if cached is not None and cached[0] == seed and len(cached[1].a) >= n:
-            have = cached[1]
-            if len(have.a) == n:
-                return have
-            return type(have)(a=have.a[:n], b=have.b[:n], ok_a=have.ok_a[:n], ok_b=have.ok_b[:n], info={})
+            return cached[1].head(n)
         samples = pl_module.sample(n, seed, batch_size=batch_size, progress=progress)
         pl_module.__dict__[_SAMPLES_KEY] = (seed, samples)
         return samples

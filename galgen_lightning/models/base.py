@@ -10,6 +10,7 @@ the CLI) then works for the new family unchanged. See ``docs/extending.md``.
 from __future__ import annotations
 
 import contextlib
+from abc import abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -81,6 +82,8 @@ class PairSamples:
             reported and kept out of the statistics, never averaged in.
         ok_b: the same for B.
         info: per-model diagnostics, e.g. ``{"a": {"diverged": 0, "step_limit": 3}, ...}``.
+        counts: the diagnostics a family gave per sample, ``{"a": {"diverged": (n,) float64}, ...}``:
+            what :meth:`head` recounts ``info`` from.
     """
 
     a: Tensor
@@ -88,6 +91,17 @@ class PairSamples:
     ok_a: Tensor
     ok_b: Tensor
     info: dict[str, dict[str, float]] = field(default_factory=dict)
+    counts: dict[str, dict[str, Tensor]] = field(default_factory=dict)
+
+    def head(self, n: int) -> PairSamples:
+        """The first ``n`` samples (the same as drawing ``n``: sample ``i`` depends only on the seed
+        and ``i``), with ``info`` recounted from :attr:`counts`; a diagnostic given only per batch
+        cannot be split and is left out."""
+        if n >= len(self.a):
+            return self
+        counts = {w: {k: v[:n] for k, v in per.items()} for w, per in self.counts.items()}
+        info = {w: {k: float(v.sum()) for k, v in per.items()} for w, per in counts.items()}
+        return PairSamples(self.a[:n], self.b[:n], self.ok_a[:n], self.ok_b[:n], info, counts)
 
     def __getitem__(self, which: str) -> Tensor:
         return {"a": self.a, "b": self.b}[which]
@@ -224,6 +238,12 @@ class PairModule(L.LightningModule):
         precision = getattr(trainer, "precision", None) if trainer is not None else None
         return autocast_for(precision, (device or self.device).type)
 
+    @property
+    def noise_dtype(self) -> torch.dtype:
+        """dtype of the sampling noise: float64 when the networks are (``trainer.precision: 64-true``,
+        which no autocast casts for), else float32 (autocast casts it for the reduced precisions)."""
+        return torch.float64 if self.dtype == torch.float64 else torch.float32
+
     def to_memory_format(self, x: Tensor) -> Tensor:
         """``x`` in channels-last memory format when :attr:`channels_last` is on (4-d only)."""
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
@@ -255,7 +275,8 @@ class PairModule(L.LightningModule):
             raise ValueError(f"which must be 'a' or 'b', got {which!r}")
         return self.model_a if which == "a" else self.model_b
 
-    def generate(self, which: str, indices: Tensor, seed: int) -> tuple[Tensor, Tensor, dict[str, float]]:
+    @abstractmethod
+    def generate(self, which: str, indices: Tensor, seed: int) -> tuple[Tensor, Tensor, dict[str, float | Tensor]]:
         """Generate the samples with global indices ``indices`` from model ``which``.
 
         The noise for sample ``i`` must be a function of ``(seed, i)`` only, e.g. from
@@ -269,7 +290,9 @@ class PairModule(L.LightningModule):
 
         Returns:
             ``(images (B, c, h, w), ok (B,) bool, counters)`` where ``counters`` maps a name
-            (e.g. ``"diverged"``) to how many samples of this batch it applies to.
+            (e.g. ``"diverged"``) to how many samples of this batch it applies to: a number, or
+            better a ``(B,)`` tensor of each sample's amount (then :meth:`PairSamples.head` can
+            recount it for fewer samples).
         """
         raise NotImplementedError
 
@@ -296,6 +319,7 @@ class PairModule(L.LightningModule):
         out: dict[str, list[Tensor]] = {"a": [], "b": []}
         oks: dict[str, list[Tensor]] = {"a": [], "b": []}
         info: dict[str, dict[str, float]] = {"a": {}, "b": {}}
+        per_sample: dict[str, dict[str, list[Tensor]]] = {"a": {}, "b": {}}
         was_training = self.training
         self.eval()
         try:
@@ -308,7 +332,10 @@ class PairModule(L.LightningModule):
                     out[which].append(x.float().cpu())
                     oks[which].append(ok.bool().cpu() & torch.isfinite(x).flatten(1).all(dim=1).cpu())
                     for key, value in counters.items():
-                        info[which][key] = info[which].get(key, 0.0) + float(value)
+                        value = torch.as_tensor(value, dtype=torch.float64).cpu()
+                        if value.dim() == 1 and len(value) == len(idx):
+                            per_sample[which].setdefault(key, []).append(value)
+                        info[which][key] = info[which].get(key, 0.0) + float(value.sum())
         finally:
             self.train(was_training)
         return PairSamples(
@@ -317,6 +344,7 @@ class PairModule(L.LightningModule):
             ok_a=torch.cat(oks["a"]),
             ok_b=torch.cat(oks["b"]),
             info=info,
+            counts={w: {k: torch.cat(v) for k, v in per.items() if len(v) == len(oks[w])} for w, per in per_sample.items()},
         )
 
 

@@ -126,7 +126,7 @@ class OracleMixture(_ReferencePair):
         self.noise = noise
         self.transforms = transforms
 
-    def generate(self, which: str, indices: Tensor, seed: int) -> tuple[Tensor, Tensor, dict[str, float]]:
+    def generate(self, which: str, indices: Tensor, seed: int) -> tuple[Tensor, Tensor, dict[str, float | Tensor]]:
         copy = counter_uniform(seed, indices, 1, stream=0)[:, 0].to(self.device) < self.copy_share
         out = torch.empty(len(indices), *self.image_shape, device=self.device)
         if copy.any():
@@ -134,7 +134,7 @@ class OracleMixture(_ReferencePair):
         if (~copy).any():
             out[~copy] = self.fresh(indices[~copy], seed)
         ok = torch.ones(len(indices), dtype=torch.bool, device=self.device)
-        return out, ok, {"copies": float(copy.sum())}
+        return out, ok, {"copies": copy.double()}
 
 
 class OracleGeneralizer(OracleMixture):
@@ -172,7 +172,7 @@ class NoisePair(_ReferencePair):
         sample_batch_size: samples per generation batch.
     """
 
-    def generate(self, which: str, indices: Tensor, seed: int) -> tuple[Tensor, Tensor, dict[str, float]]:
+    def generate(self, which: str, indices: Tensor, seed: int) -> tuple[Tensor, Tensor, dict[str, float | Tensor]]:
         u = counter_uniform(seed, indices, self.channels * self.image_size**2, stream=5 if which == "a" else 6)
         out = u.reshape(len(indices), *self.image_shape).to(self.device)
         return out, torch.ones(len(indices), dtype=torch.bool, device=self.device), {}

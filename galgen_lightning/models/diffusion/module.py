@@ -219,11 +219,13 @@ class DiffusionPair(PairModule):
 
         return replay
 
-    def generate(self, which: str, indices: Tensor, seed: int) -> tuple[Tensor, Tensor, dict[str, float]]:
+    def generate(self, which: str, indices: Tensor, seed: int) -> tuple[Tensor, Tensor, dict[str, float | Tensor]]:
         net = self._sampler_net(which)
 
         def f(y: Tensor) -> Tensor:
             with self.sampling_autocast(indices.device):
                 return net(self.to_memory_format(y))
 
-        return sample_denoiser(f, indices, seed, self.image_shape, mean=self.data_mean(which), settings=self.sampler_settings)
+        return sample_denoiser(
+            f, indices, seed, self.image_shape, self.data_mean(which), self.sampler_settings, dtype=self.noise_dtype
+        )

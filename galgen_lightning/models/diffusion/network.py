@@ -183,7 +183,8 @@ def sample_denoiser(
     shape: tuple[int, int, int],
     mean: float | Tensor = 0.5,
     settings: SamplerSettings | None = None,
-) -> tuple[Tensor, Tensor, dict[str, float]]:
+    dtype: torch.dtype = torch.float32,
+) -> tuple[Tensor, Tensor, dict[str, float | Tensor]]:
     """Batched stochastic coarse-to-fine sampler of Kadkhodaie & Simoncelli.
 
     ``y0 = mean + sigma0 * z0``; each step ``d = f(y)``, ``sigma = ||d|| / sqrt(D)``,
@@ -204,6 +205,7 @@ def sample_denoiser(
         shape: ``(c, h, w)`` of one image.
         mean: the data's mean pixel value, the start of the chain.
         settings: the sampler's settings (:class:`SamplerSettings`; default: its defaults).
+        dtype: dtype of the noise (float64 for a float64 denoiser).
 
     Returns:
         ``(samples (B, c, h, w), ok (B,), counters)`` with counters ``diverged``,
@@ -213,7 +215,7 @@ def sample_denoiser(
     sigma0, sigma_final, h0, beta = s.sigma0, s.sigma_final, s.h0, s.beta
     max_steps, check_every, diverge_factor = s.max_steps, s.check_every, s.diverge_factor
     dims = math.prod(shape)
-    y = mean + sigma0 * counter_normal(seed, indices, shape, stream=0)
+    y = mean + sigma0 * counter_normal(seed, indices, shape, stream=0, dtype=dtype)
     active = torch.ones(len(indices), dtype=torch.bool, device=y.device)
     diverged = torch.zeros_like(active)
     steps = torch.zeros(len(indices), dtype=torch.int64, device=y.device)
@@ -232,7 +234,7 @@ def sample_denoiser(
             active = active & ~bad & (sigma >= sigma_final)
             h = h0 * t / (1 + h0 * (t - 1))
             gamma = sigma * math.sqrt(max((1 - beta * h) ** 2 - (1 - h) ** 2, 0.0))
-            z = counter_normal(seed, indices, shape, stream=t)
+            z = counter_normal(seed, indices, shape, stream=t, dtype=dtype)
             y_next = y - h * d + gamma.view(-1, 1, 1, 1) * z
             y = torch.where(active.view(-1, 1, 1, 1), y_next, y)
             steps += active.long()
@@ -243,11 +245,11 @@ def sample_denoiser(
     hit_limit = active
     finished = ~diverged & ~hit_limit & ~stalled
     ok = finished & torch.isfinite(out).flatten(1).all(dim=1)
-    counters = {
-        "diverged": float(diverged.sum()),
-        "step_limit": float(hit_limit.sum()),
-        "stalled": float(stalled.sum()),
-        "steps_sum": float(steps[finished].sum()),
-        "finished": float(finished.sum()),
+    counters = {  # per sample: the pair sums them, and recounts them for its first n samples
+        "diverged": diverged.double(),
+        "step_limit": hit_limit.double(),
+        "stalled": stalled.double(),
+        "steps_sum": (steps * finished).double(),
+        "finished": finished.double(),
     }
     return out, ok, counters

@@ -423,10 +423,10 @@ class GANPair(PairModule):
         """
         net = self.model(which)
         G = net.generator_ema if ema else net.G
-        z = counter_normal(seed, indices, (self.hparams.latent_dim,), stream=0)
+        z = counter_normal(seed, indices, (self.hparams.latent_dim,), stream=0, dtype=self.noise_dtype)
 
         def noise(stage: int, shape: tuple[int, int, int]) -> Tensor:
-            return counter_normal(seed, indices, shape, stream=stage + 1)
+            return counter_normal(seed, indices, shape, stream=stage + 1, dtype=self.noise_dtype)
 
         with torch.no_grad(), self.sampling_autocast(indices.device):
             return G(z, noise).float()
@@ -437,7 +437,7 @@ class GANPair(PairModule):
             main, small, _ = self.model(which).D(self.to_memory_format(images.to(self.device)))
         return head_scores(main.float(), small.float(), head)
 
-    def generate(self, which: str, indices: Tensor, seed: int) -> tuple[Tensor, Tensor, dict[str, float]]:
+    def generate(self, which: str, indices: Tensor, seed: int) -> tuple[Tensor, Tensor, dict[str, float | Tensor]]:
         """Samples of the EMA generator of ``which``, clamped to [0, 1]; non-finite ones are not ok."""
         x = self.fake_images(which, indices, seed, ema=True)
         ok = torch.isfinite(x).flatten(1).all(dim=1)

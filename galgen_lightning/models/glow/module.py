@@ -176,10 +176,10 @@ class GlowPair(PairModule):
     # --- sampling ----------------------------------------------------------------------------
     def latents(self, indices: Tensor, seed: int) -> list[Tensor]:
         """Standard-normal latents of every level for samples ``indices`` (level ``k``: stream ``k``)."""
-        return [counter_normal(seed, indices, shape, stream=k) for k, shape in enumerate(self.latent_shapes)]
+        return [counter_normal(seed, indices, s, stream=k, dtype=self.noise_dtype) for k, s in enumerate(self.latent_shapes)]
 
-    def generate(self, which: str, indices: Tensor, seed: int) -> tuple[Tensor, Tensor, dict[str, float]]:
+    def generate(self, which: str, indices: Tensor, seed: int) -> tuple[Tensor, Tensor, dict[str, float | Tensor]]:
         with self.sampling_autocast(indices.device):
             x = self.model(which).reverse(self.latents(indices, seed), standardized=True, temperature=self.hparams.temperature)
         ok = torch.isfinite(x).flatten(1).all(dim=1)
-        return to_image(x.float(), self.hparams.n_bits), ok, {"nonfinite": float((~ok).sum())}
+        return to_image(x.float(), self.hparams.n_bits), ok, {"nonfinite": (~ok).double()}
