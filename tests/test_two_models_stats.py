@@ -116,6 +116,18 @@ def test_paired_arrays_reindexes_by_sample_index():
     assert p.valid.sum() == 5
 
 
+def test_a_sample_equal_to_a_heldout_galaxy_has_its_pixel_std(rng):
+    """Samples and held-out galaxies use one estimator of the pixel standard deviation (the
+    callback's ``torch.std``), so realism compares like with like."""
+    import torch
+
+    images = rng.random((4, 1, 8, 8)).astype(np.float32)
+    arrays = {"own_a": np.full(4, 0.5), "other_a": np.full(4, 0.4), "own_b": np.full(4, 0.5), "other_b": np.full(4, 0.4)}
+    arrays |= {"samples_a": images, "samples_b": images, "heldout": np.array([0.5])}
+    p = T.paired_arrays(arrays)
+    np.testing.assert_allclose(p.pixel_std[0], torch.from_numpy(images).flatten(1).std(dim=1).numpy(), rtol=1e-6)
+
+
 def test_discriminator_differences_are_paired_means(rng):
     losses = {c: rng.normal(2, 0.1, 50) for c in ("da_ga", "da_gb", "db_gb", "db_ga")}
     numbers, intervals = discriminator_evidence(losses, n_boot=200, rng=rng)

@@ -121,7 +121,7 @@ def paired_arrays(arrays: dict[str, np.ndarray]) -> PairedArrays:
         if x is not None and len(x) == n:
             x = np.asarray(x, dtype=np.float64).reshape(n, -1)
             ok = np.isfinite(own[r]) & np.all(np.isfinite(x), axis=1)
-            std[r] = np.where(ok, np.nan_to_num(x).std(axis=1), np.nan)
+            std[r] = np.where(ok, np.nan_to_num(x).std(axis=1, ddof=1), np.nan)  # as heldout_pixel_std (torch.std)
             u = unit_rows(np.nan_to_num(x))
             u[~ok] = np.nan
             units[m] = u
