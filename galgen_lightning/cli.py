@@ -236,8 +236,13 @@ class GalgenCLI(LightningCLI):
         stamp = time.strftime("%Y%m%d-%H%M%S")
         if self.subcommand != "fit":
             base = Path(given) if given else (Path(ckpt).resolve().parent.parent if ckpt else Path("runs"))
-            folder = base / f"{self.subcommand}-{stamp}"
+            name = f"{self.subcommand}-{stamp}"
+            folder, k = base / name, 2
+            while folder.exists() and is_rank_zero_launch():  # another validate of this run started in the same second
+                folder, k = base / f"{name}-{k}", k + 1
             self.fresh_dir = None if folder.exists() else folder  # removed again if the command fails before writing to it
+            if is_rank_zero_launch():  # one process per folder, as for fit (its lock goes with a folder left empty)
+                self.lock = RunLock(folder).acquire()
             return make_dir(folder)
         if not given:
             family = family_of(cfg.model.class_path)

@@ -115,9 +115,11 @@ def test_bf16_mixed_precision_and_validate_on_checkpoint(tmp_path, tiny_source_a
     ckpt = run / "checkpoints" / "last.ckpt"
     assert ckpt.exists()
     assert run_cli(["validate", f"--config={run / 'config.yaml'}", f"--ckpt_path={ckpt}"]) == 0
-    validations = [p for p in run.iterdir() if p.name.startswith("validate-")]
-    assert len(validations) == 1
-    assert {r["test"] for r in read_jsonl(validations[0] / "metrics.jsonl")} == {"two_models", "denoising"}
+    assert run_cli(["validate", f"--config={run / 'config.yaml'}", f"--ckpt_path={ckpt}"]) == 0  # a second, maybe the same second
+    validations = sorted(p for p in run.iterdir() if p.name.startswith("validate-"))
+    assert len(validations) == 2 and not any((v / ".lock").exists() and len(list(v.iterdir())) == 1 for v in validations)
+    for folder in validations:
+        assert {r["test"] for r in read_jsonl(folder / "metrics.jsonl")} == {"two_models", "denoising"}
     assert json.loads((run / "status.json").read_text())["state"] == "complete"  # the fit run is untouched
 
 
