@@ -140,6 +140,17 @@ def test_a_discriminator_that_cannot_tell_scores_two_everywhere():
     assert stats["score"] == 0.0 and stats["max_mean_dev"] == 0.0 and stats["da_ga_mean"] == 2.0
 
 
+@pytest.mark.parametrize("broken", CURVES)
+def test_a_curve_with_no_finite_loss_makes_the_convergence_numbers_nan(broken):
+    """Whichever curve blew up, the monitored numbers say so (NaN), never a healthy-looking value."""
+    rng = np.random.default_rng(0)
+    losses = {c: 2 + 0.1 * rng.normal(size=16) for c in CURVES}
+    losses[broken] = np.full(16, np.nan)
+    stats = discriminator_statistics(losses)
+    assert all(np.isnan(stats[k]) for k in ("max_mean_dev", "max_mean_gap", "max_w1", "score"))
+    assert stats[f"{broken}_nonfinite"] == 16
+
+
 # ----------------------------------------------------------------------------- training
 class _Pairs:
     """A fixed list of training batches ``{"a", "b"}`` for a Trainer."""

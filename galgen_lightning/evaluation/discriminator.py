@@ -194,8 +194,9 @@ def discriminator_statistics(losses: dict[str, np.ndarray], target: float = TARG
         gaps.append(abs(stats[f"{c1}_mean"] - stats[f"{c2}_mean"]))
     stats["max_w1"] = float(np.max(w1s))
     stats["max_mean_gap"] = float(np.max(gaps))
-    stats["max_mean_dev"] = float(max(abs(stats[f"{c}_mean"] - target) for c in CURVES))
-    stats["score"] = max(stats["max_w1"], stats["max_mean_dev"])
+    # np.max, not max: a curve with no finite loss (NaN mean) makes them NaN, whatever its place
+    stats["max_mean_dev"] = float(np.max([abs(stats[f"{c}_mean"] - target) for c in CURVES]))
+    stats["score"] = float(np.max([stats["max_w1"], stats["max_mean_dev"]]))
     for m in MODELS:
         if f"d{m}_val" in values:
             stats[f"overfit_{m}"] = stats[f"d{m}_val_mean"] - stats[f"d{m}_g{m}_mean"]
