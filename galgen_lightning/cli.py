@@ -58,12 +58,27 @@ def _entries(value) -> list:
 _CKPT_KEYWORDS = {"best", "last", "hpc", "registry"}
 
 
-def _check_ckpt_path(ckpt: str | None) -> None:
+def _check_ckpt_path(ckpt: str | None, subcommand: str | None = None) -> None:
     """A ``--ckpt_path`` that names a local file must exist (Lightning would raise a traceback
-    later); Lightning's keywords and remote URLs are left to Lightning."""
+    later); Lightning's keywords and remote URLs are left to Lightning, except that ``validate``
+    needs a file: with a keyword and no checkpoint at hand, Lightning validates an untrained model
+    with a warning only, and the results would be passed off as the run's."""
+    if subcommand == "validate" and ckpt in _CKPT_KEYWORDS:
+        raise GalgenError(f"--ckpt_path {ckpt}: galgen validate needs a checkpoint file, e.g. runs/<run>/checkpoints/last.ckpt")
     if not ckpt or ckpt in _CKPT_KEYWORDS or ckpt.startswith("registry:") or "://" in ckpt:
         return
     checkpoint_file(ckpt)
+
+
+def model_arguments(argv: list[str]) -> list[str]:
+    """The ``--model...`` options of a command line, each with its value (``--model.x=1`` or ``--model.x 1``)."""
+    out: list[str] = []
+    for i, token in enumerate(argv):
+        if token == "--model" or token.startswith(("--model.", "--model=")):
+            out.append(token)
+            if "=" not in token and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                out.append(argv[i + 1])
+    return out
 
 
 def _import(class_path: str):
@@ -147,13 +162,24 @@ class GalgenCLI(LightningCLI):
         for name in EXTRA_COMMANDS:
             action.add_subcommand(name, ArgumentParser(description=SUBCOMMANDS[name]), help=SUBCOMMANDS[name])
 
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        self.argv = list(args) if isinstance(args, list) else sys.argv[1:]
+        super().parse_arguments(parser, args)
+
     def _parse_ckpt_path(self) -> None:
         """LightningCLI reads the checkpoint's hyperparameters (``weights_only``) before anything
-        else: a checkpoint that is not one, or holds pickled code, is one line here."""
+        else, and they replace the config's model options (the checkpoint's architecture is the
+        one its weights fit). The model options given on the command line are applied again on
+        top (``--model.init_args.sampler_graph=false`` for a GPU checkpoint on a CPU, a longer
+        sampler), or they would be dropped without a word. A checkpoint that is not one, or holds
+        pickled code, is one line here."""
         try:
             super()._parse_ckpt_path()
         except Exception as e:  # noqa: BLE001 (unpickling raises anything)
             raise unreadable_checkpoint(self.config[self.config.subcommand].get("ckpt_path"), e) from None
+        given = model_arguments(self.argv)
+        if given and self.config[self.config.subcommand].get("ckpt_path"):
+            self.config = self.parser.parse_args([self.config.subcommand, *given], namespace=self.config)
 
     def _run_subcommand(self, subcommand: str) -> None:
         try:
@@ -186,7 +212,7 @@ class GalgenCLI(LightningCLI):
             raise GalgenError(f"galgen {self.subcommand} takes its own options after its name: galgen {self.subcommand} --help")
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         saved = cfg.clone()  # config.yaml: as given, before the run directory's paths are filled in
-        _check_ckpt_path(getattr(cfg, "ckpt_path", None))
+        _check_ckpt_path(getattr(cfg, "ckpt_path", None), self.subcommand)
         _check_tests_fit_family(cfg)
         folder = self._choose_run_dir(cfg)
         cfg.trainer.default_root_dir = str(folder)
@@ -229,6 +255,7 @@ class GalgenCLI(LightningCLI):
 
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         wandb_utils.configure(self.trainer.loggers, Path(self.trainer.default_root_dir), cfg, self.subcommand or "fit")
+        wandb_utils.connect(self.trainer.loggers)  # now: Lightning would start it where a failure is a traceback
 
     def _choose_run_dir(self, cfg) -> Path:
         given = cfg.trainer.default_root_dir
@@ -318,6 +345,16 @@ SUBCOMMANDS = {
 """Every ``galgen`` subcommand and its line in ``galgen --help``."""
 
 
+def default_configs() -> Path:
+    """galgen's configs folder for commands that take one (``demo``, ``sweep``): ``./configs`` when
+    it holds galgen's configs, else the bundled ones (:func:`config_folders`), so they work from
+    any folder and after a wheel install."""
+    if Path("configs", "diffusion.yaml").is_file():
+        return Path("configs")
+    found = config_folders()
+    return found[0] if found else Path("configs")
+
+
 def config_folders() -> list[Path]:
     """Where bundled configs are looked up: the checkout's ``configs/`` (galgen run from a
     checkout or an editable install), else ``<prefix>/share/galgen/configs`` where a wheel puts
@@ -404,6 +441,9 @@ def main(args: list[str] | None = None) -> None:
     except Interrupted as e:
         print(f"galgen: {e}", file=sys.stderr)
         sys.exit(e.code)
+    except KeyboardInterrupt:  # Ctrl-C in a command without galgen's signal handlers (sample, report, data ...)
+        print("galgen: interrupted by SIGINT; what was written is whole (files are written all or nothing)", file=sys.stderr)
+        sys.exit(130)
     except GalgenError as e:
         print(f"galgen: error: {e}", file=sys.stderr)
         sys.exit(2)

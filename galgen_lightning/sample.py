@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from galgen_lightning.errors import GalgenError, weights_mismatch
+from galgen_lightning.files import write_error
 
 FORMATS = (".npz", ".fits", ".png")
 
@@ -66,8 +68,11 @@ def load_pair(ckpt_path: str | Path, device: str | torch.device = "cpu"):
         raise GalgenError(f"--ckpt_path {ckpt_path}: its model {class_path} cannot be imported ({e})") from None
     if not (isinstance(cls, type) and issubclass(cls, PairModule)):
         raise GalgenError(f"--ckpt_path {ckpt_path}: {class_path} is not a galgen pair")
+    options = {k: v for k, v in hparams.items() if not k.startswith("_")}
+    if options.get("sampler_graph") and torch.device(device).type != "cuda":  # CUDA graphs: a GPU-only speed-up
+        options["sampler_graph"] = False
     try:
-        pair = cls(**{k: v for k, v in hparams.items() if not k.startswith("_")})
+        pair = cls(**options)
     except (TypeError, ValueError, GalgenError) as e:  # hyperparameters of another family, or refused
         raise GalgenError(
             f"--ckpt_path {ckpt_path}: its hyperparameters do not fit {name} (a checkpoint of another family?): "
@@ -145,13 +150,24 @@ def main(args: list[str] | None = None) -> None:
     out = Path(opts.out)
     if out.suffix not in FORMATS:
         raise GalgenError(f"--out {opts.out}: the name must end in {', '.join(FORMATS)}")
-    if opts.n < 1:
-        raise GalgenError(f"--n must be positive, got {opts.n}")
+    for name, value in (("n", opts.n), ("batch_size", opts.batch_size), ("grid", opts.grid)):
+        if value is not None and value < 1:
+            raise GalgenError(f"--{name} must be positive, got {value}")
+    if not 0 <= opts.seed < 2**63:
+        raise GalgenError(f"--seed must be in [0, 2**63), got {opts.seed}")
     device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(device)
     except RuntimeError as e:
         raise GalgenError(f"--device {opts.device}: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise GalgenError(f"--device {opts.device}: this torch has no CUDA device (use --device cpu)")
+    try:  # before the sampling: a bad --out must not cost the whole run
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_error(out.parent, e, "create") from None
+    if not os.access(out.parent, os.W_OK):
+        raise GalgenError(f"--out {out}: the folder {out.parent} is not writable")
     pair = load_pair(opts.ckpt_path, device)
     batch_size = opts.batch_size or getattr(pair.hparams, "sample_batch_size", None)
     samples = pair.sample(opts.n, opts.seed, batch_size=batch_size)

@@ -179,19 +179,30 @@ def _is_rank_zero() -> bool:
     return is_rank_zero_launch()
 
 
-def start(trainer, config: dict) -> None:
-    """Start the W&B run of each ``WandbLogger`` (rank zero), offline if the server does not
-    answer in time; then its config and the per-epoch charts."""
-    if not trainer.is_global_zero:
+def connect(loggers) -> None:
+    """Start the W&B run of each ``WandbLogger`` now (rank zero), offline if the server does not
+    answer in time. The CLI calls it before ``fit``/``validate``: Lightning starts the run in its
+    own setup, before any callback could catch a failure."""
+    if not _is_rank_zero():
         return
-    for logger in wandb_loggers(trainer.loggers):
+    for logger in wandb_loggers(loggers):
         try:
-            experiment = logger.experiment
+            logger.experiment  # noqa: B018 (starts the run)
         except Exception as e:  # noqa: BLE001 (wandb raises CommError, UsageError, timeouts)
             _go_offline(e, logger.save_dir or ".")
             logger._experiment = None
             logger._wandb_init["mode"] = "offline"
-            experiment = logger.experiment
+            logger.experiment  # noqa: B018
+
+
+def start(trainer, config: dict) -> None:
+    """Start the W&B run of each ``WandbLogger`` (rank zero) as :func:`connect` does, then give
+    it its config and the per-epoch charts."""
+    if not trainer.is_global_zero:
+        return
+    connect(trainer.loggers)
+    for logger in wandb_loggers(trainer.loggers):
+        experiment = logger.experiment
         if not hasattr(experiment, "define_metric"):
             continue
         experiment.config.update(config, allow_val_change=True)

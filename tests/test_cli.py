@@ -68,7 +68,21 @@ def test_bad_options_give_one_line(tmp_path, tiny_source_args, capsys, bad, expe
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("galgen: error:") and expected in err[0]
-    assert not (tmp_path / "r" / "status.json").exists()
+    assert not (tmp_path / "r").exists()  # nothing written: no folder left behind
+
+
+def test_a_data_error_inside_fit_leaves_no_folder_and_the_same_command_runs_once_fixed(tmp_path, tiny_source_args, capsys):
+    """The data's setup runs inside Lightning's fit, before the run directory is written: a mistake
+    found there (too few distinct images) leaves nothing that would block the corrected rerun."""
+    import numpy as np
+
+    dups = tmp_path / "dups.npy"
+    np.save(dups, np.tile(np.random.default_rng(0).random((10, 16, 16), dtype=np.float32), (20, 1, 1)))
+    run = tmp_path / "r"
+    bad = ["--data.source=galgen_lightning.data.ArrayFile", f"--data.source.path={dups}", "--data.image_size=16"]
+    assert run_cli(["fit", *FAMILY, *bad, *TINY, f"--trainer.default_root_dir={run}"]) == 2
+    assert "only 10 usable" in capsys.readouterr().err and not run.exists()
+    assert run_cli(["fit", *FAMILY, *tiny_source_args, *TINY, f"--trainer.default_root_dir={run}"]) == 0
 
 
 @pytest.mark.parametrize(

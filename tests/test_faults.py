@@ -130,6 +130,45 @@ def test_signal_stops_at_the_step_boundary_with_a_checkpoint_and_resumes(tmp_pat
     assert _ckpt_step(ckpt) in (2 * STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH + 1)
 
 
+class SendTwice(SendSignal):
+    """Two Ctrl-C in a row (an impatient user): the second stops at once."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.at_step:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_a_second_ctrl_c_stops_at_once_with_130(tmp_path, tiny_source_args, capsys):
+    run = tmp_path / "run"
+    cb = "    - class_path: test_faults.SendTwice\n      init_args:\n        at_step: 3\n"
+    args = ["fit", *FAMILY, *tiny_source_args, *TINY, _config(tmp_path, cb), f"--trainer.default_root_dir={run}"]
+    assert run_cli(args) == 130
+    status = _status(run)
+    assert status["state"] == "interrupted" and status["signal"] == "SIGINT" and "stopped at once" in status["error"]
+    assert _err_lines(capsys)[-1] == "galgen: stopped at once by a second SIGINT: no checkpoint of this point"
+
+
+def test_a_forked_worker_leaves_ctrl_c_to_the_main_process():
+    """A data-loader or pool worker that inherited galgen's handler survives the terminal's Ctrl-C
+    (sent to the whole group): the main process stops the run and shuts its workers down."""
+    from galgen_lightning.faults.signals import install_signal_handlers, restore_signal_handlers
+
+    previous = install_signal_handlers()
+    try:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.2)
+            finally:
+                os._exit(7)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        restore_signal_handlers(previous)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 7
+
+
 @pytest.mark.slow
 def test_sigterm_to_a_child_galgen_fit(tmp_path, tiny_source_args):
     """A scheduler's SIGTERM from outside: exit status 143, state interrupted, a checkpoint of that step."""

@@ -47,9 +47,18 @@ def test_sample_npz_fits_png(checkpoint, tmp_path):
         (["--n=3"], "required: --ckpt_path"),
         (["--ckpt_path=CKPT", "--out=x.txt"], "--out x.txt: the name must end in .npz, .fits, .png"),
         (["--ckpt_path=CKPT", "--n=0"], "--n must be positive"),
+        (["--ckpt_path=CKPT", "--batch_size=0"], "--batch_size must be positive, got 0"),
+        (["--ckpt_path=CKPT", "--batch_size=-1"], "--batch_size must be positive, got -1"),
+        (["--ckpt_path=CKPT", "--seed=99999999999999999999"], "--seed must be in [0, 2**63)"),
+        (["--ckpt_path=CKPT", "--device=cuda"], "--device cuda: this torch has no CUDA device"),
+        (["--ckpt_path=CKPT", "--out=/proc/no/x.npz"], "cannot create /proc/no"),
     ],
 )
 def test_sample_errors_are_one_line(args, expected, checkpoint, capsys):
+    import torch
+
+    if "--device=cuda" in args and torch.cuda.is_available():
+        pytest.skip("a CUDA device is here")
     args = [a.replace("CKPT", str(checkpoint)) for a in args]
     assert run_cli(["sample", *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -128,6 +137,37 @@ def test_validate_with_a_checkpoint_of_another_shape_is_one_line(checkpoint, tin
         f"galgen: error: --ckpt_path {shape} does not fit DiffusionPair with these options: "
     ), err
     assert "of another shape (e.g. model_a." in err[0]
+
+
+def test_model_options_given_with_a_checkpoint_win_over_its_hyperparameters(checkpoint, tiny_source_args, tmp_path, capsys):
+    """LightningCLI builds the model from the checkpoint's hyperparameters; the options given on the
+    command line still apply (a GPU-only option off on a CPU, a longer sampler), not dropped silently."""
+    import torch
+    import yaml
+
+    graph = _foreign(checkpoint, tmp_path, "graph.ckpt", lambda s: s["hyper_parameters"].update(sampler_graph=True))
+    config = checkpoint.parent.parent / "config.yaml"
+    base = ["validate", f"--config={config}", *tiny_source_args, f"--ckpt_path={graph}", "--two_models=null", "--denoising=null"]
+    if not torch.cuda.is_available():
+        assert run_cli([*base, f"--trainer.default_root_dir={tmp_path / 'v1'}"]) == 2
+        assert "model.sampler_graph needs a CUDA device" in capsys.readouterr().err
+    given = ["--model.init_args.sampler_graph=false", "--model.init_args.max_steps", "7"]
+    assert run_cli([*base, *given, f"--trainer.default_root_dir={tmp_path / 'v2'}"]) == 0
+    (folder,) = (tmp_path / "v2").glob("validate-*")
+    init = yaml.safe_load((folder / "config.yaml").read_text())["model"]["init_args"]
+    assert init["sampler_graph"] is False and init["max_steps"] == 7 and init["width"] == 8  # the rest: the checkpoint's
+    assert run_cli(["sample", f"--ckpt_path={graph}", "--n=2", "--device=cpu", f"--out={tmp_path / 's.npz'}"]) == 0
+
+
+def test_validate_refuses_lightnings_checkpoint_keywords(tiny_source_args, tmp_path, capsys):
+    """``--ckpt_path last`` with no checkpoint at hand would validate an untrained model, with a warning only."""
+    args = ["validate", *FAMILY, *tiny_source_args, "--ckpt_path=last", f"--trainer.default_root_dir={tmp_path / 'v'}"]
+    assert run_cli(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "galgen: error: --ckpt_path last: galgen validate needs a checkpoint file, e.g. runs/<run>/checkpoints/last.ckpt"
+    ]
+    assert not (tmp_path / "v").exists() or not any((tmp_path / "v").iterdir())
 
 
 def test_help_lists_every_subcommand(capsys):

@@ -123,6 +123,23 @@ def test_unreachable_server_goes_offline_in_seconds(tmp_path):
     assert list(tmp_path.glob("wandb/offline-run-*"))
 
 
+def test_galgen_fit_with_an_unreachable_server_logs_offline_and_completes(tmp_path, tiny_source_args):
+    """Through the real CLI: Lightning starts the W&B run in its own setup, so the fallback must
+    come before it (a traceback and a failed run otherwise)."""
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
+    env.update(WANDB_API_KEY="x" * 40, WANDB_BASE_URL="http://127.0.0.1:1", GALGEN_WANDB_INIT_TIMEOUT="3", WANDB_SILENT="true")
+    run = tmp_path / "run"
+    args = ["fit", *FAMILY, *tiny_source_args, *TINY, f"--trainer.default_root_dir={run}"]
+    done = subprocess.run(
+        [sys.executable, "-m", "galgen_lightning.cli", *args], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("galgen: warning: W&B did not start")]
+    assert len(warnings) == 1 and "Traceback" not in done.stderr
+    assert json.loads((run / "status.json").read_text())["state"] == "complete"
+    assert list(run.glob("wandb/offline-run-*"))
+
+
 def _fit_offline(args: list[str]) -> int:
     """``galgen fit`` with W&B offline in a fresh interpreter: W&B keeps process-wide state that an
     earlier in-process run of the suite (in disabled mode) could leave behind."""

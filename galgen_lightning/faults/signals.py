@@ -35,12 +35,16 @@ _STATE = _SignalState()
 
 
 def _handler(signum: int, frame: Any) -> None:
-    if os.getpid() != _STATE.pid:  # a forked worker inherited the handler: default behaviour
-        signal.signal(signum, signal.SIG_DFL)
+    if os.getpid() != _STATE.pid:  # a forked worker (data loader, process pool) inherited the handler
+        if (
+            signum == signal.SIGINT
+        ):  # a terminal's Ctrl-C reaches the whole group: the main process stops the run, and its workers
+            return
+        signal.signal(signum, signal.SIG_DFL)  # default behaviour (a pool's terminate() sends SIGTERM)
         os.kill(os.getpid(), signum)
         return
     if _STATE.pending is not None and signum == signal.SIGINT:
-        raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        raise Interrupted(signum, at_once=True)  # a second Ctrl-C: stop now, exit 130
     if not _STATE.deferring:
         raise Interrupted(signum)
     if _STATE.pending is None:

@@ -20,12 +20,13 @@ class Interrupted(SystemExit):
 
     run_state = "interrupted"
 
-    def __init__(self, signum: int, step: int | None = None, checkpoint: str | None = None) -> None:
+    def __init__(self, signum: int, step: int | None = None, checkpoint: str | None = None, at_once: bool = False) -> None:
         super().__init__(128 + int(signum))
         self.signum = int(signum)
         self.signal = signal.Signals(signum).name
         self.step = step
         self.checkpoint = checkpoint
+        self.at_once = at_once
 
     @property
     def status(self) -> dict:
@@ -34,12 +35,16 @@ class Interrupted(SystemExit):
 
     @property
     def message(self) -> str:
+        if self.at_once:
+            return f"stopped at once by a second {self.signal}: no checkpoint of this point"
         if self.checkpoint:
             return (
                 f"interrupted by {self.signal} at global step {self.step}; saved {self.checkpoint} "
                 f"(resume with --ckpt_path {self.checkpoint})"
             )
-        return f"interrupted by {self.signal} before training started; nothing to resume"
+        # outside training steps (data setup, a sanity check, galgen validate): no checkpoint of this
+        # point, but a resumed fit's own --ckpt_path is still there to resume from
+        return f"interrupted by {self.signal} outside a training step: no checkpoint of this point"
 
     def __str__(self) -> str:
         return self.message

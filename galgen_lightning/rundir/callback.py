@@ -31,6 +31,7 @@ class RunDirectory(L.Callback):
         self.config_text = config_text
         self.command = command
         self.started = time.time()
+        self.set_up = False  # this process reached setup: the run directory is this run's
 
     def _write_status(self, trainer: L.Trainer, state: str, any_rank: bool = False, **extra) -> None:
         if not (trainer.is_global_zero or any_rank):
@@ -50,6 +51,7 @@ class RunDirectory(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.started = time.time()
+        self.set_up = True
         self._write_status(trainer, "running")
         if not trainer.is_global_zero:
             return
@@ -105,6 +107,10 @@ class RunDirectory(L.Callback):
         from galgen_lightning.faults import run_state
         from galgen_lightning.faults.ddp import records_for_the_lost
 
+        if not self.set_up:
+            # stopped before this run wrote anything (the data's setup, a W&B start, a signal while
+            # rendering): no status, so a new folder goes away and an old run keeps its own state
+            return
         state, extra = run_state(exception, trainer)  # interrupted (a signal), diverged, or failed (a lost DDP rank named)
         try:  # when DDP rank 0 is the one lost, the lowest surviving rank records it
             self._write_status(trainer, state, any_rank=records_for_the_lost(trainer, extra.get("lost_ranks") or []), **extra)
