@@ -34,7 +34,7 @@ demo: install ## Train diffusion pairs at a small and a larger N on synthetic ga
 test: install browser lint ## Lint, then the default test suite (all but the slow tier; ~6 min on 2 cores), W&B disabled
 	WANDB_MODE=disabled $(PY) -m pytest -q -m "not slow" --durations=10
 
-test-slow: install slurm ## The slow tier, which CI runs after `make test`: real training, DDP, a SLURM cluster, the wheel (~10 min)
+test-slow: install slurm ## The slow tier, which CI runs after `make test`: real training, DDP, a SLURM cluster, the wheel (~12 min)
 	WANDB_MODE=disabled $(PY) -m pytest -q -m slow --durations=10
 
 test-fast: install ## The fast tier to run before every commit: no slow tests, no whole-command tests (< 2 min)

@@ -88,7 +88,9 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
     options = {"channels_last": args.channels_last, **({} if args.fused_adam is None else {"fused_adam": args.fused_adam})}
-    pair = GlowPair(args.image_size, 1, args.n_flow, args.n_block, args.hidden, args.affine, **options).to(device)
+    pair = GlowPair(
+        n_flow=args.n_flow, n_block=args.n_block, hidden=args.hidden, affine=args.affine, image_size=args.image_size, **options
+    ).to(device)
     pair.train()
     n_params = sum(p.numel() for p in pair.model_a.parameters())
     models = ("a", "b") if args.models == "pair" else ("a",)

@@ -81,6 +81,8 @@ def main() -> None:
 
     from galgen_lightning.data import FitsCutouts
 
+    if args.scratch:
+        Path(args.scratch).mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="galgen-bench-", dir=args.scratch))
     try:
         cutouts = scratch / "cutouts"

@@ -68,7 +68,9 @@ def conclusion(small, large, n_small: int, n_large: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Train diffusion pairs at a small and a larger N and compare them.")
+    parser = argparse.ArgumentParser(
+        prog="galgen demo", description="Train diffusion pairs at a small and a larger N and compare them."
+    )
     parser.add_argument("--small-n", type=int, default=4)
     parser.add_argument("--large-n", type=int, default=256)
     parser.add_argument("--out", default="runs/demo", help="parent folder of the demo's runs")
@@ -77,10 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.configs is None:
-        from galgen_lightning.cli import config_folders
+        from galgen_lightning.cli import default_configs
 
-        found = [Path("configs")] if Path("configs", "diffusion.yaml").is_file() else config_folders()
-        configs = found[0] if found else Path("configs")
+        configs = default_configs()
     else:
         configs = Path(args.configs)
     # the paper config, then the CPU profile the small sweep shares (configs/cpu/diffusion.yaml)

@@ -556,3 +556,5 @@ def test_glow_benchmark_runs_on_the_cpu_with_the_option_flags():
     (result,) = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
     assert result["options"] == {"channels_last": True, "fused_adam": True, "compile": False}
     assert result["images_per_s"] > 0 and result["skipped_steps"] == {"a": 0, "b": 0}
+    built = GlowPair(image_size=8, n_flow=1, n_block=2, hidden=8)  # the flags reach the options they name
+    assert result["params_per_model"] == sum(p.numel() for p in built.model_a.parameters())

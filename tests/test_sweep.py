@@ -415,3 +415,11 @@ def test_a_slurm_task_uses_as_many_threads_as_its_cpus():
     env = task_environment({"OMP_NUM_THREADS": "2", "SLURM_CPUS_PER_TASK": "1", "OTHER": "kept"})
     assert (env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"], env["OTHER"]) == ("1", "1", "kept")
     assert task_environment({"OMP_NUM_THREADS": "2"})["OMP_NUM_THREADS"] == "2"  # not in a task: unchanged
+
+
+def test_a_sweep_runs_from_any_folder_with_the_bundled_configs(tmp_path, monkeypatch, capsys):
+    """Like --config and galgen demo: no ./configs here, so the checkout's (or a wheel's) are used."""
+    monkeypatch.chdir(tmp_path)
+    assert sweep(family="glow", profile="small", out=str(tmp_path / "s"), dry_run=True) == 0
+    text = capsys.readouterr().out
+    assert "glow, profile small" in text and "--config=" in text and str(CONFIGS / "glow.yaml") in text

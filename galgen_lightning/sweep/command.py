@@ -148,7 +148,7 @@ def sweep(
     data_seed: int | None = None,
     pool_size: int | None = None,
     out: str = "runs/sweep",
-    configs_dir: str = "configs",
+    configs_dir: str | None = None,
     launcher: str = "local",
     slurm: SlurmOptions = SlurmOptions(),
     per_gpu: bool = False,
@@ -180,7 +180,8 @@ def sweep(
             One pool for all N: for one data seed, all N share the held-out set and the subsets
             are nested. Raise it when the largest N fails for lack of distinct images.
         out: folder of the sweep's run directories, state (sweep.json) and report.
-        configs_dir: galgen's configs folder.
+        configs_dir: galgen's configs folder (default: ``./configs`` when it holds galgen's
+            configs, else the bundled ones: a sweep runs from any folder).
         launcher: ``local`` (this machine: one run after the other, or one per GPU with
             ``per_gpu``) or ``slurm`` (one job-array task per run through submitit, options
             ``--slurm.*``, then a report job; docs/slurm.md).
@@ -228,6 +229,10 @@ def sweep(
     if data_seed is not None and not 0 <= data_seed < 2**32:
         raise GalgenError(f"sweep: --data_seed must be in [0, 2**32), got {data_seed}")
     gpu_count = detect_gpus() if (profile == "auto" or per_gpu) else None
+    if configs_dir is None:
+        from galgen_lightning.cli import default_configs
+
+        configs_dir = str(default_configs())
     prof = resolve_profile(family, profile, Path(configs_dir), out_dir, gpu_count, extra)
     fraction = prof.max_fraction if max_fraction is None else max_fraction
     if not 0 < fraction <= 0.5:
