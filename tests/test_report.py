@@ -576,3 +576,60 @@ def test_n_star_names_the_pair_it_interpolates_and_the_runs_it_leaves_out(tmp_pa
     statement = group["n_star"]["statement"]
     assert "1 run(s) without a memorization rate left out: N=10 seed 1" in statement
     assert group["n_star"]["n_star"] is not None  # N=10 still counts, from seed 0
+
+
+def test_results_only_in_a_validate_folder_are_reported_with_that_folders_options(tmp_path):
+    """``fit`` ran without tests and ``galgen validate`` added the two-models test (quantile 0.9):
+    the run is reported (page, summary, sweep table) and judged with the validate run's options."""
+    from galgen_lightning.evaluation.verdict import judge_run
+    from galgen_lightning.report.table import sweep_rows
+
+    root = tmp_path / "sweep"
+    rng = np.random.default_rng(5)
+    for n, (rate, ab, gap) in ((10, SMALL[10]), (1000, SMALL[1000])):
+        run = root / f"diffusion-small-n{n}-seed0"
+        _write_run(run, DIFFUSION, n, 16)
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        config.pop("two_models")
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+        validate = run / "validate-20261130-120000"
+        _write_run(validate, DIFFUSION, n, 16)
+        config["two_models"] = {"class_path": "galgen_lightning.evaluation.TwoModelsTest", "init_args": {"quantile": 0.9}}
+        (validate / "config.yaml").write_text(yaml.safe_dump(config))
+        _two_models(validate, rate, ab, gap, rng)
+    run = root / "diffusion-small-n10-seed0"
+    assert judge_run(run, 0).numbers["quantile"] == 0.9
+    summary = _summary(run, tmp_path / "one", "--bootstrap", "0")
+    assert summary["groups"]["diffusion (16 px)"]["runs"][0]["verdict"] == "memorizes"
+    _summary(root, tmp_path / "all", "--bootstrap", "0")
+    table = (tmp_path / "all" / "sweep_table.csv").read_text()
+    assert "diffusion-small-n10-seed0" in table and "diffusion-small-n1000-seed0" in table
+    assert [r["run"] for r in sweep_rows(root, n_boot=0)] == ["diffusion-small-n10-seed0", "diffusion-small-n1000-seed0"]
+
+
+def test_every_reader_uses_the_epoch_judged(tmp_path):
+    """The last record's arrays are missing (a copy cut short): the row's numbers, the table and
+    the judge all take the epoch whose arrays exist, never a mix of two epochs."""
+    root = tmp_path / "sweep"
+    rng = np.random.default_rng(6)
+    run = root / "diffusion-small-n10-seed0"
+    _write_run(run, DIFFUSION, 10, 16)
+    _two_models(run, 0.9, 0.0, 0.1, rng, epoch=2)
+    _two_models(run, 0.0, 0.9, 0.0, rng, epoch=4)
+    (run / "eval" / "two_models" / "epoch_0004.npz").unlink()
+    (row,) = _summary(root, tmp_path / "r", "--bootstrap", "0")["groups"]["diffusion (16 px)"]["runs"]
+    records = {r["epoch"]: r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
+    assert row["epoch"] == 2 and row["a_vs_b_median"] == records[2]["a_vs_b_median"]
+    table = (tmp_path / "r" / "sweep_table.json").read_text()
+    assert '"epoch": 2' in table
+
+
+def test_galleries_of_runs_whose_names_slug_alike_do_not_collide(tmp_path):
+    root = tmp_path / "sweep"
+    rng = np.random.default_rng(7)
+    for name, n in (("运行十", 10), ("运行千", 1000)):
+        _write_run(root / name, DIFFUSION, n, 16)
+        _two_models(root / name, *SMALL[n], rng, gallery=True)
+    _summary(root, tmp_path / "r", "--bootstrap", "0")
+    pngs = sorted((tmp_path / "r").rglob("gallery_most_*.png"))
+    assert len(pngs) == 2 and pngs[0].read_bytes() != pngs[1].read_bytes()

@@ -344,17 +344,16 @@ def judge_run(run: Any, n_boot: int = 1000, confidence: float = 0.95, rng: np.ra
     if not isinstance(run, Run):
         run = load_run(Path(run))
     rec = run.last("two_models")
-    quantile = float(run.callback_args("TwoModelsTest").get("quantile", 0.99))
+    quantile = float(run.callback_args("TwoModelsTest", "two_models").get("quantile", 0.99))
     logged = _epoch(rec)
     files = run.eval_files("two_models") if rec is not None else {}
-    # the epoch judged is the one whose arrays are read: the last record's, else the newest saved
-    epoch = logged if logged in files else max(files) if files else logged
+    epoch = run.results_epoch("two_models") if rec is not None else None  # the epoch whose arrays are read
     arrays = run.arrays("two_models", epoch) if files else None
     disc = None
     if EVIDENCE.get(run.family) == "discriminator":
-        files = run.eval_files("discriminator")
-        if files:
-            disc = run.arrays("discriminator", epoch if epoch in files else max(files))
+        disc_files = run.eval_files("discriminator")
+        if disc_files:
+            disc = run.arrays("discriminator", epoch if epoch in disc_files else max(disc_files))
     verdict = judge(arrays, run.family, quantile, disc, n_boot, confidence, rng)
     if files and epoch != logged and logged is not None:
         verdict.reasons.append(f"the arrays of epoch {logged} are missing: epoch {epoch} judged")

@@ -136,9 +136,9 @@ def build_report(
     if not paths:
         raise GalgenError(f"report: no run directory (status.json or metrics.jsonl) in {root}")
     runs = [load_run(p) for p in paths]
-    if len(runs) == 1 and not runs[0].records:
+    if len(runs) == 1 and not runs[0].has_results:
         raise GalgenError(f"report: run {runs[0].path} has no results (no metrics.jsonl, or it is empty)")
-    if not any(r.records for r in runs):
+    if not any(r.has_results for r in runs):
         raise GalgenError(f"report: none of the {len(runs)} runs in {root} has results (metrics.jsonl)")
     out_dir = Path(out) if out else root / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -171,16 +171,16 @@ def build_report(
             # a fresh generator per run: its intervals do not depend on the other runs in the folder
             # (and, with --seed 0, are those of its verdict.json)
             verdict = judge_run(run, n_boot, confidence, np.random.default_rng(seed))
-            if run.records:
+            if run.has_results:
                 sweep_table.append((run, table_row(run, verdict)))
-            rec = run.last("two_models") or {}
+            rec = run.record("two_models", verdict.epoch) or {}  # the record of the epoch judged
             v: dict[str, Any] = {k: rec.get(k) for k in ("a_vs_b_median", "valid_a", "valid_b", "epoch")}
             for key in ("diverged", "step_limit"):
                 v.update({f"{key}_{w}": rec.get(f"{key}_{w}") for w in "ab"})
             v.update(verdict.numbers)
             v.update({f"{k}_ci": ci for k, ci in verdict.intervals.items()})
             valid = sum(int(v.get(f"valid_{w}") or 0) for w in "ab")
-            n_samples = int(run.callback_args("TwoModelsTest").get("n_samples") or 0)
+            n_samples = int(run.callback_args("TwoModelsTest", "two_models").get("n_samples") or 0)
             row = {
                 "run": run.name,
                 "path": str(run.path),

@@ -62,7 +62,7 @@ def run_title(run: Run) -> str:
 
 def fig_two_models(runs: list[Run], group: str, writer: FigureWriter, plain: bool = False) -> Figure | None:
     """Figure 7: A-vs-B histograms on top, nearest-training-image histograms below, one column per N."""
-    cols = [(r, r.arrays("two_models")) for r in one_per_n(runs)]
+    cols = [(r, r.arrays("two_models", r.results_epoch("two_models"))) for r in one_per_n(runs)]
     cols = [(r, a) for r, a in cols if a is not None and "a_vs_b" in a]
     prefix = "plain_" if plain else ""
     if plain:
@@ -95,10 +95,10 @@ def fig_two_models(runs: list[Run], group: str, writer: FigureWriter, plain: boo
         ):
             if values.size:
                 ax.hist(np.clip(values, bins[0], 1), bins=bins, density=True, alpha=0.5, color=color, label=label)
-        rec = run.last("two_models") or {}
+        rec = run.record("two_models", run.results_epoch("two_models")) or {}  # the epoch of these arrays
         thr = rec.get(f"{'plain/' if plain else ''}memorization_threshold")
         if thr is not None:
-            ax.axvline(thr, color="k", ls="--", lw=1, label="threshold (held-out quantile)")
+            ax.axvline(thr, color="k", ls="--", lw=1, label="threshold (quantile of sample vs other subset)")
         rate = rec.get(f"{'plain/' if plain else ''}memorization_rate")
         ax.set_title(f"nearest training image (memorized {fmt(rate, 2)})", fontsize=9)
         ax.set_xlabel("cosine similarity to nearest image\n" + ("(plain)" if plain else "(mean removed)"), fontsize=8)
@@ -113,6 +113,21 @@ def fig_two_models(runs: list[Run], group: str, writer: FigureWriter, plain: boo
         + (" (plain cosine)." if plain else ", with each image's mean removed.")
     )
     return writer.save(fig, f"two_models{'_plain' if plain else ''}_{group}", caption)
+
+
+def _seed_means(rows: list[dict], key: str) -> list[dict]:
+    """One point per N: the mean of ``key`` over its seeds; for the memorization rate, the report's
+    seed mean and its combined interval (``seed_mean_rate``, ``seed_mean_rate_ci``)."""
+    out = []
+    for n in sorted({r["n"] for r in rows}):
+        at = [r for r in rows if r["n"] == n]
+        if len(at) == 1:
+            out.append(at[0])
+        elif key == "memorization_rate" and at[0].get("seed_mean_rate") is not None:
+            out.append({"n": n, key: at[0]["seed_mean_rate"], f"{key}_ci": at[0].get("seed_mean_rate_ci")})
+        else:
+            out.append({"n": n, key: float(np.mean([r[key] for r in at]))})
+    return out
 
 
 def fig_summary(rows: list[dict], group: str, n_star: dict, writer: FigureWriter) -> Figure | None:
@@ -134,6 +149,10 @@ def fig_summary(rows: list[dict], group: str, n_star: dict, writer: FigureWriter
             if not sel:
                 continue
             plotted = True
+            seeds = complete and len({r["n"] for r in sel}) < len(sel)  # several seeds at some N
+            if seeds:  # each seed a marker; the line joins the means over seeds (what N* is read from)
+                ax.plot([r["n"] for r in sel], [r[key] for r in sel], marker, color="tab:red", alpha=0.35, label="each seed")
+                sel = _seed_means(sel, key)
             x = np.array([r["n"] for r in sel], float)
             y = np.array([r[key] for r in sel], float)
             lo = np.array([(r.get(f"{key}_ci") or (v, v))[0] for r, v in zip(sel, y)], float)
@@ -146,7 +165,7 @@ def fig_summary(rows: list[dict], group: str, n_star: dict, writer: FigureWriter
                 fmt=marker + ("-" if complete else ""),
                 capsize=3,
                 color="tab:red" if complete else "tab:gray",
-                label="complete runs" if complete else "incomplete runs",
+                label=("mean over seeds" if seeds else "complete runs") if complete else "incomplete runs",
             )
         if key == "memorization_rate":
             ax.axhline(MEMORIZED_RATE, color="k", ls=":", lw=1)

@@ -13,6 +13,7 @@ the PNG and PDF into ``<out>/figures/``.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -28,11 +29,7 @@ KINDS = {"most": "most memorized", "least": "least memorized"}
 
 
 def _epoch(run: Run) -> int | None:
-    record = run.last(TEST)
-    try:
-        return int(record["epoch"]) if record else None
-    except (KeyError, TypeError, ValueError):
-        return None
+    return run.results_epoch(TEST)
 
 
 def _shown(run: Run, png: Path, kind: str, epoch: int) -> int | None:
@@ -57,7 +54,9 @@ def gallery_figures(runs: list[Run], group: str, writer: FigureWriter) -> list[F
             png = folder.eval_path(TEST, epoch, ".png", f"_gallery_{kind}", create=False)
             if not png.is_file():
                 continue
-            name = f"gallery_{kind}_{slug(group)}_{slug(run.name)}"
+            # N, seed and the path's digest: two runs whose names slug alike (non-ASCII, punctuation) never share a file
+            digest = hashlib.sha1(str(run.path.resolve()).encode()).hexdigest()[:8]
+            name = f"gallery_{kind}_{slug(group)}_n{run.n}_s{run.seed}_{slug(run.name)}_{digest}"
             target = writer.folder / f"{name}.png"
             shutil.copyfile(png, target)
             pdf = None

@@ -128,9 +128,13 @@ def estimate_n_star(
     return result
 
 
+def _finite(x: Any) -> bool:
+    return x is not None and math.isfinite(float(x))
+
+
 def transition_checks(rows: list[dict]) -> list[tuple[str, bool | None, str]]:
     """The signs of the transition over N, each with its numbers (rows sorted by N, one per N)."""
-    rows = [r for r in rows if r["complete"] and r.get("memorization_rate") is not None]
+    rows = [r for r in rows if r["complete"] and _finite(r.get("memorization_rate"))]
     if len(rows) < 2:
         return [("at least two complete runs over N", False, f"{len(rows)} complete run(s) with results")]
     first, last = rows[0], rows[-1]
@@ -158,7 +162,7 @@ def transition_checks(rows: list[dict]) -> list[tuple[str, bool | None, str]]:
     checks.append(
         (
             "A and B agree more on shared noise at the largest N (kappa)",
-            None if k0 is None or k1 is None else bool(k1 > k0),
+            None if not (_finite(k0) and _finite(k1)) else bool(k1 > k0),
             f"{fmt(k0)} at {at(first)} -> {fmt_ci(k1, last.get('agreement_kappa_ci'))} at {at(last)}",
         )
     )

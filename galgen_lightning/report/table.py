@@ -75,7 +75,7 @@ def _number(value: Any) -> float | None:
 def table_row(run: Run, verdict: Any) -> dict[str, Any]:
     """The table's row of one run from its :class:`~galgen_lightning.evaluation.verdict.Verdict`."""
     numbers, intervals = verdict.numbers, verdict.intervals
-    record = run.last("two_models") or {}
+    record = run.record("two_models", verdict.epoch) or {}  # the epoch judged
     row: dict[str, Any] = {
         "family": run.family,
         "group": run.group,
@@ -111,9 +111,9 @@ def sweep_rows(root: Path, n_boot: int = 1000, confidence: float = 0.95, seed: i
     from galgen_lightning.evaluation.verdict import judge_run
     from galgen_lightning.rundir import find_runs, load_run
 
-    rng = np.random.default_rng(seed)
     runs = sorted((load_run(p) for p in find_runs(Path(root))), key=table_order)
-    return [table_row(run, judge_run(run, n_boot, confidence, rng)) for run in runs if run.records]
+    # a generator per run, as galgen report: a run's intervals do not depend on the other runs
+    return [table_row(run, judge_run(run, n_boot, confidence, np.random.default_rng(seed))) for run in runs if run.has_results]
 
 
 def write_table(folder: Path, rows: list[dict[str, Any]]) -> tuple[Path, Path]:

@@ -97,6 +97,21 @@ class Run:
         rows = [r for r in self.source(test)[1] if r.get("test") == test]
         return rows[-1] if rows else None
 
+    def results_epoch(self, test: str) -> int | None:
+        """The epoch whose results every reader uses (the judge, the report's rows, figures and
+        galleries): the last record's when its arrays were saved, else the newest saved arrays'
+        (a run stopped between the two), else the last record's."""
+        logged = _int((self.last(test) or {}).get("epoch"))
+        files = self.eval_files(test)
+        return logged if logged in files or not files else max(files)
+
+    def record(self, test: str, epoch: int | None) -> dict | None:
+        """The last record of ``test`` at ``epoch`` (``None``: the last record)."""
+        if epoch is None:
+            return self.last(test)
+        rows = [r for r in self.source(test)[1] if r.get("test") == test and _int(r.get("epoch")) == epoch]
+        return rows[-1] if rows else None
+
     def history(self, test: str) -> list[dict]:
         """Every record of ``test``, the last one per epoch (a resumed run may repeat epochs)."""
         by_epoch: dict[int, dict] = {}
@@ -126,15 +141,24 @@ class Run:
         path = files.get(epoch)
         return read_arrays(path) if path is not None else None
 
-    def callback_args(self, name: str) -> dict:
+    def callback_args(self, name: str, test: str | None = None) -> dict:
         """``init_args`` of the callback whose class name is ``name`` in the run's config: in
-        ``trainer.callbacks`` or under a top-level key (the tests' keys, ``two_models:`` ...)."""
-        callbacks = (self.config.get("trainer") or {}).get("callbacks") or []
+        ``trainer.callbacks`` or under a top-level key (the tests' keys, ``two_models:`` ...).
+        With ``test``, the config of the folder its results come from (:meth:`source`: a
+        ``galgen validate`` folder may have run it with other options)."""
+        folder = self.source(test)[0] if test else self.path
+        config = self.config if folder == self.path else RunDir(folder).config()
+        callbacks = (config.get("trainer") or {}).get("callbacks") or []
         callbacks = callbacks if isinstance(callbacks, list) else []
-        for cb in [*callbacks, *self.config.values()]:
+        for cb in [*callbacks, *config.values()]:
             if isinstance(cb, dict) and str(cb.get("class_path", "")).endswith(name):
                 return cb.get("init_args") or {}
         return {}
+
+    @property
+    def has_results(self) -> bool:
+        """Whether the run or one of its ``galgen validate`` folders recorded results."""
+        return bool(self.records) or any(records for _, records in self.validations)
 
     @property
     def pixels(self) -> int | None:
