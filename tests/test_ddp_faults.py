@@ -270,3 +270,25 @@ def test_the_lost_rank_is_named_from_the_heartbeats(tmp_path):
     assert records_for_the_lost(trainer, [1]) and not records_for_the_lost(SimpleNamespace(global_rank=1, world_size=3), [2])
     assert records_for_the_lost(SimpleNamespace(global_rank=1, world_size=3), [0])
     assert not records_for_the_lost(SimpleNamespace(global_rank=2, world_size=3), [0])
+
+
+def test_the_launchers_watcher_names_global_ranks_on_every_node(tmp_path):
+    """On node 1 of a 2-node job with 4 processes per node, the child in slot 2 is global rank 6."""
+    from types import SimpleNamespace
+
+    from galgen_lightning.faults import ddp
+
+    procs = [
+        SimpleNamespace(returncode=None, pid=11),
+        SimpleNamespace(returncode=-9, pid=22),
+        SimpleNamespace(returncode=None, pid=33),
+    ]
+    watcher = ddp._watcher()(main_pid=os.getpid(), child_processes=procs, folder=tmp_path, trainer=None, first=4)
+    seen = []
+    ddp._RECORDERS.append(lambda lost: seen.append(lost))
+    try:
+        watcher._record()
+    finally:
+        ddp._RECORDERS.pop()
+    assert (tmp_path / ddp.FOLDER / "rank6.exit").is_file() and not (tmp_path / ddp.FOLDER / "rank2.exit").exists()
+    assert "DDP rank 6 lost" in str(seen[0])

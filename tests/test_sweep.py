@@ -423,3 +423,85 @@ def test_a_sweep_runs_from_any_folder_with_the_bundled_configs(tmp_path, monkeyp
     assert sweep(family="glow", profile="small", out=str(tmp_path / "s"), dry_run=True) == 0
     text = capsys.readouterr().out
     assert "glow, profile small" in text and "--config=" in text and str(CONFIGS / "glow.yaml") in text
+
+
+def test_editing_a_profile_never_changes_the_config_of_runs_already_started(tmp_path, profile):
+    """The profile's copy (without its sweep: section) is named by its content: a later call, even
+    a --dry_run or one refused by the lock, writes a new copy and leaves the old one as it was."""
+    out = tmp_path / "s"
+    assert sweep(family="diffusion", profile=str(profile), ns=[2], out=str(out), dry_run=True) == 0
+    (first,) = (out / "configs").glob("*.yaml")
+    before = first.read_text()
+    data = yaml.safe_load(profile.read_text())
+    data["trainer"] = {"max_epochs": 99}
+    profile.write_text(yaml.safe_dump(data))
+    assert sweep(family="diffusion", profile=str(profile), ns=[2], out=str(out), dry_run=True) == 0
+    assert first.read_text() == before and len(list((out / "configs").glob("*.yaml"))) == 2
+
+
+def test_a_profile_keeps_its_relative_config_files_and_a_single_base(tmp_path, capsys):
+    (tmp_path / "trainer.yaml").write_text(yaml.safe_dump({"max_epochs": 7}))
+    path = tmp_path / "rel.yaml"
+    sweep_section = {"base": str(CONFIGS / "diffusion.yaml"), "ns": [2]}  # a string, not a list
+    data = {"class_path": "galgen_lightning.data.SyntheticGalaxies", "init_args": {"size": 100}}
+    path.write_text(yaml.safe_dump({"sweep": sweep_section, "trainer": "trainer.yaml", "data": {"source": data, "n_val": 16}}))
+    assert sweep(family="diffusion", profile=str(path), out=str(tmp_path / "s"), plan=True) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("  diffusion-rel-")]
+    assert rows and rows[0][3] == "7"  # the epochs of trainer.yaml
+
+
+@pytest.mark.parametrize("option", ["--data.n=5", "--trainer.default_root_dir=/tmp/elsewhere", "--ckpt_path=x.ckpt"])
+def test_fit_args_cannot_override_what_the_sweep_sets_per_run(tmp_path, profile, option):
+    with pytest.raises(GalgenError, match="in --fit_args would override the sweep's own"):
+        sweep(family="diffusion", profile=str(profile), out=str(tmp_path / "s"), dry_run=True, fit_args=option)
+
+
+def test_plan_counts_an_unlimited_max_epochs_and_the_gans_optimizer_steps(tmp_path, capsys):
+    """max_epochs -1 means no epoch limit (max_steps decides); a GAN batch is 4 optimizer steps."""
+    path = tmp_path / "p.yaml"
+    data = {"source": {"class_path": "galgen_lightning.data.SyntheticGalaxies", "init_args": {"size": 100}}, "n_val": 16}
+    data |= {"batch_size": 4, "samples_per_epoch": 40, "image_size": 16}
+    for family, model, steps, epochs in (
+        ("diffusion", "galgen_lightning.models.diffusion.DiffusionPair", 25, "3"),  # 25 batches of 10 per epoch
+        ("gan", "galgen_lightning.models.gan.GANPair", 100, "3"),  # 100 optimizer steps = 25 batches
+    ):
+        config = {"sweep": {"ns": [2]}, "model": {"class_path": model}, "data": data}
+        config |= {"trainer": {"max_epochs": -1, "max_steps": steps}}
+        path.write_text(yaml.safe_dump(config))
+        assert sweep(family=family, profile=str(path), out=str(tmp_path / family), plan=True) == 0
+        rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith(f"  {family}-p-")]
+        assert rows[0][3] == epochs and not rows[0][6].startswith("-"), rows
+
+
+def test_a_throughput_file_with_null_or_zero_rates_is_one_line(tmp_path, profile):
+    bench = tmp_path / "b.jsonl"
+    bench.write_text(
+        '{"benchmark": "glow", "images_per_s_per_model": null}\n{"benchmark": "glow", "images_per_s_per_model": 0}\n'
+    )
+    with pytest.raises(GalgenError, match="no glow training throughput in"):
+        sweep(family="glow", profile=str(profile), out=str(tmp_path / "s"), plan=True, throughput=str(bench))
+
+
+@pytest.mark.parametrize(
+    "content",
+    ['{"runs": [{"run": "a"}, "oops"]}', '{"runs": "abc"}', '{"runs": [{"n": 1}]}', '{"runs": [{"run": null}]}',
+     '{"runs": [{"run": "a"}], "slurm": "x"}'],
+)  # fmt: skip
+def test_status_of_a_damaged_sweep_json_is_one_line(tmp_path, content):
+    (tmp_path / "sweep.json").write_text(content)
+    with pytest.raises(GalgenError, match="is damaged"):
+        sweep(status=str(tmp_path))
+
+
+def test_status_says_running_while_another_process_holds_the_run(tmp_path, capsys):
+    from galgen_lightning.faults.lock import LOCK, FolderLock
+
+    folder = tmp_path / "diffusion-tiny-n2-seed0"
+    _run(folder, "running")
+    (tmp_path / "sweep.json").write_text(json.dumps({"launcher": "local", "runs": [{"run": folder.name}]}))
+    holder = FolderLock(folder, LOCK).acquire()
+    try:
+        assert sweep(status=str(tmp_path)) == 0
+    finally:
+        holder.release()
+    assert f"(pid {os.getpid()})" in capsys.readouterr().out

@@ -278,7 +278,8 @@ class WatchedLauncher(_lightning_launcher()):  # type: ignore[misc]
         if not self.cluster_environment.creates_processes_externally:
             self._call_children_scripts()
             folder = Path(trainer.default_root_dir) if trainer is not None else None
-            _watcher()(main_pid=os.getpid(), child_processes=self.procs, folder=folder, trainer=trainer).start()
+            first = self.cluster_environment.node_rank() * self.num_processes  # this node's rank 0, globally
+            _watcher()(main_pid=os.getpid(), child_processes=self.procs, folder=folder, trainer=trainer, first=first).start()
         _set_num_threads_if_needed(num_processes=self.num_processes)
         return function(*args, **kwargs)
 
@@ -287,9 +288,9 @@ def _watcher() -> type:
     from lightning.fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
 
     class Watcher(_ChildProcessObserver):
-        def __init__(self, main_pid: int, child_processes: list, folder: Path | None, trainer: Any) -> None:
+        def __init__(self, main_pid: int, child_processes: list, folder: Path | None, trainer: Any, first: int = 0) -> None:
             super().__init__(main_pid=main_pid, child_processes=child_processes)
-            self.folder, self.trainer = folder, trainer
+            self.folder, self.trainer, self.first = folder, trainer, first
 
         def _terminate_all(self) -> None:
             try:
@@ -298,7 +299,8 @@ def _watcher() -> type:
                 super()._terminate_all()
 
         def _record(self) -> None:
-            ended = [(i + 1, p) for i, p in enumerate(self._child_processes) if p.returncode]
+            # child i is the node's local rank i + 1: its global rank counts the nodes before this one
+            ended = [(self.first + i + 1, p) for i, p in enumerate(self._child_processes) if p.returncode]
             if not ended or self.folder is None:
                 return
             for rank, proc in ended:

@@ -219,7 +219,14 @@ def sweep(
             raise GalgenError("sweep: --per_gpu is for the local launcher; with --launcher slurm use --slurm.gpus")
     out_dir = Path(out)
     extra = shlex.split(fit_args)
-    overridden = (("data.seed", "--seeds or --data_seed"), ("seed_everything", "--seeds"), ("data.pool_size", "--pool_size"))
+    overridden = (
+        ("data.seed", "--seeds or --data_seed"),
+        ("seed_everything", "--seeds"),
+        ("data.pool_size", "--pool_size"),
+        ("data.n", "--ns"),
+        ("trainer.default_root_dir", "--out"),
+        ("ckpt_path", "the resume rule (a rerun resumes from each run's last.ckpt)"),
+    )
     for name, instead in overridden:
         if option(extra, name) is not None:
             raise GalgenError(f"sweep: --{name} in --fit_args would override the sweep's own; use {instead}")

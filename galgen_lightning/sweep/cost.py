@@ -92,17 +92,17 @@ def read_throughput(path: str, family: str) -> Throughput:
     for o in objects:
         kind = o.get("benchmark") or ("glow" if "n_flow" in o else None)
         where = f"{path}: {o.get('device', '?')}, batch {o.get('batch_size', '?')}"
-        if kind == "fit_loop" and o.get("family", "diffusion") == family and "fit_device_img_per_s_per_model" in o:
-            train.append((float(o["fit_device_img_per_s_per_model"]), f"{where}, galgen fit loop (bench_fit.py)"))
-        elif kind == family == "diffusion" and "train_img_per_s_per_model" in o:
-            train.append((float(o["train_img_per_s_per_model"]), f"{where}, bare step (bench_diffusion.py)"))
-            if o.get("sampler_evaluations_per_s"):
-                sampler.append(float(o["sampler_evaluations_per_s"]))
-        elif kind == family == "glow" and "images_per_s_per_model" in o:
-            rate = float(o["images_per_s_per_model"]) / (1 if o.get("models", "pair") == "pair" else 2)
+        if kind == "fit_loop" and o.get("family", "diffusion") == family and _rate(o.get("fit_device_img_per_s_per_model")):
+            train.append((_rate(o["fit_device_img_per_s_per_model"]), f"{where}, galgen fit loop (bench_fit.py)"))
+        elif kind == family == "diffusion" and _rate(o.get("train_img_per_s_per_model")):
+            train.append((_rate(o["train_img_per_s_per_model"]), f"{where}, bare step (bench_diffusion.py)"))
+            if _rate(o.get("sampler_evaluations_per_s")):
+                sampler.append(_rate(o["sampler_evaluations_per_s"]))
+        elif kind == family == "glow" and _rate(o.get("images_per_s_per_model")):
+            rate = _rate(o["images_per_s_per_model"]) / (1 if o.get("models", "pair") == "pair" else 2)
             train.append((rate, f"{where}, bench_glow.py"))
-        elif kind == family == "gan" and "per_model_img_per_s" in o:
-            train.append((float(o["per_model_img_per_s"]), f"{where}, bench_gan.py"))
+        elif kind == family == "gan" and _rate(o.get("per_model_img_per_s")):
+            train.append((_rate(o["per_model_img_per_s"]), f"{where}, bench_gan.py"))
     if not train:
         raise GalgenError(f"sweep --plan: no {family} training throughput in {path} (expected benchmarks/bench_*.py output)")
     loop = [t for t in train if "bench_fit" in t[1]]  # the real loop, when measured, over a bare step
@@ -140,6 +140,27 @@ def default_n_samples(test: str) -> int:
     return int(parameter.default)
 
 
+def _optimizer_steps_per_batch(fit: dict) -> int:
+    """``PairModule.optimizer_steps_per_batch`` of the family the parsed config names (1 if unknown)."""
+    import importlib
+
+    path = str((fit.get("model") or {}).get("class_path") or "")
+    try:
+        module, name = path.rsplit(".", 1)
+        return int(getattr(getattr(importlib.import_module(module), name), "optimizer_steps_per_batch", 1))
+    except (ValueError, ImportError, AttributeError):
+        return 1
+
+
+def _rate(value) -> float | None:
+    """A throughput figure of a benchmark file: a positive finite number, else None (left out)."""
+    try:
+        rate = float(value)
+    except (TypeError, ValueError):
+        return None
+    return rate if math.isfinite(rate) and rate > 0 else None
+
+
 def run_profile(fit: dict, n: int) -> RunProfile:
     """The profile of the run with N = ``n`` from the parsed ``galgen fit`` configuration (the
     profile's configs and ``--fit_args``, every default filled in by the parser)."""
@@ -148,14 +169,15 @@ def run_profile(fit: dict, n: int) -> RunProfile:
     batch = int(data["batch_size"])
     per_epoch = epoch_length(n, batch, data.get("samples_per_epoch"))
     steps_per_epoch = per_epoch // batch if per_epoch >= batch else 1
-    epochs = int(trainer.get("max_epochs") or 1000)  # Lightning's default when max_epochs and max_steps are unset
+    max_epochs = int(trainer.get("max_epochs") or 0)
+    max_epochs = max_epochs if max_epochs > 0 else None  # -1: no epoch limit (max_steps decides)
     max_steps = int(trainer.get("max_steps") or -1)
-    if max_steps > 0:
-        epochs = (
-            min(epochs, math.ceil(max_steps / steps_per_epoch))
-            if trainer.get("max_epochs")
-            else math.ceil(max_steps / steps_per_epoch)
-        )
+    if max_steps > 0:  # max_steps counts optimizer steps: 4 per batch for the GAN
+        batches = math.ceil(max_steps / _optimizer_steps_per_batch(fit))
+        epochs = math.ceil(batches / steps_per_epoch)
+        epochs = min(epochs, max_epochs) if max_epochs else epochs
+    else:
+        epochs = max_epochs or 1000  # Lightning's default when max_epochs and max_steps are unset
     tests = []
     named = [fit.get(test.name) for test in TESTS]  # the tests under their own keys (two_models: ...)
     for cb in [*(trainer.get("callbacks") or []), *named]:

@@ -82,6 +82,11 @@ class _Parsed(Exception):
         self.config = config
 
 
+def _names_a_file(folder: Path, value: Any) -> bool:
+    """Whether a top-level value of a profile is a relative path of a config file next to it (``trainer: trainer.yaml``)."""
+    return isinstance(value, str) and value.endswith((".yaml", ".yml")) and (folder / value).is_file()
+
+
 def parse_fit(configs: list[Path], extra: list[str], what: str) -> dict:
     """Parse ``galgen fit --config C1 --config C2 ... <extra>`` with galgen's own LightningCLI
     parser (nothing is instantiated, no seed is set, nothing is written) and return the
@@ -153,7 +158,8 @@ def resolve_profile(
     unknown = set(settings) - set(SWEEP_KEYS)
     if unknown:
         raise GalgenError(f"sweep: unknown keys {sorted(unknown)} in the 'sweep' section of {path} ({', '.join(SWEEP_KEYS)})")
-    base = [(path.parent / b).resolve() for b in settings.get("base") or []]
+    given = settings.get("base") or []
+    base = [(path.parent / b).resolve() for b in ([given] if isinstance(given, str) else given)]
     for b in base:
         if not b.is_file():
             raise GalgenError(f"sweep: base config {b} of {path} not found")
@@ -161,11 +167,18 @@ def resolve_profile(
     if has_section:  # hand galgen fit the profile without its sweep section
         import yaml
 
-        folder = out / "configs"
-        folder.mkdir(parents=True, exist_ok=True)
-        fit_config = folder / f"{family}-{profile}.yaml"
-        header = f"# {path} without its 'sweep' section (written by galgen sweep; edit the original)\n"
-        fit_config.write_text(header + yaml.safe_dump(data, sort_keys=False))
+        from galgen_lightning.files import atomic_write
+
+        # config files the profile names by a relative path are found from the profile's folder, not the copy's
+        data = {k: str((path.parent / v).resolve()) if _names_a_file(path.parent, v) else v for k, v in data.items()}
+        text = f"# {path} without its 'sweep' section (written by galgen sweep; edit the original)\n"
+        text += yaml.safe_dump(data, sort_keys=False)
+        # named by its content: editing the profile writes a new copy, and the runs started (or
+        # queued) with the old one keep reading it
+        digest = hashlib.sha1(text.encode()).hexdigest()[:8]
+        fit_config = out / "configs" / f"{family}-{profile}-{digest}.yaml"
+        if not fit_config.is_file():
+            atomic_write(fit_config, text.encode())
     configs = [*base, fit_config]
     fit = parse_fit(configs, list(extra or []), f"profile {path}")
     try:

@@ -139,8 +139,14 @@ def write_state(out: Path, plans: list[RunPlan], meta: dict) -> None:
 
 def previous_durations(out: Path) -> dict[str, float]:
     """Run durations recorded by earlier invocations (for the time-left estimate)."""
-    runs = read_state(out).get("runs", [])
-    return {r["run"]: float(r["duration_s"]) for r in runs if isinstance(r, dict) and r.get("duration_s")}
+    records = read_state(out).get("runs", [])
+    found = {}
+    for r in records if isinstance(records, list) else []:
+        try:
+            found[str(r["run"])] = float(r["duration_s"])
+        except (TypeError, KeyError, ValueError):  # a damaged record: no estimate from it
+            continue
+    return found
 
 
 @contextlib.contextmanager

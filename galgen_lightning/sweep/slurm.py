@@ -302,6 +302,7 @@ def finished_states(job_ids: list[str]) -> dict[str, str]:
 def check_idle(out: Path) -> None:
     """Refuse a second submission while the jobs of the last one to ``out`` are still queued or running."""
     slurm = runs.read_state(out).get("slurm") or {}
+    slurm = slurm if isinstance(slurm, dict) else {}  # a damaged sweep.json: nothing known to wait for
     ids = [slurm.get("array"), slurm.get("report")]
     queue = queue_states([i for i in ids if i]) or {}
     alive = sorted({j.split("_")[0] for j, (state, _) in queue.items() if state in ACTIVE})
@@ -337,7 +338,9 @@ def submit(plans: list[RunPlan], out: Path, meta: dict, options: SlurmOptions, f
     record = {"fingerprint": meta.get("fingerprint")}
     executor = submitit.SlurmExecutor(folder=logs / "%j", max_num_timeout=options.requeues)
     executor.update_parameters(**options.parameters(name))
-    tasks = [FitTask(str(p.folder), str(out), p.base_args, p.pool_size, record) for p in todo]
+    # the save at the time limit may take the whole warning (signal_delay) but the requeue's margin
+    stop = max(options.signal_delay - 15.0, 30.0)
+    tasks = [FitTask(str(p.folder), str(out), p.base_args, p.pool_size, record, stop_timeout=stop) for p in todo]
     with _sbatch_errors("the array"):
         with executor.batch():
             jobs = [executor.submit(task) for task in tasks]

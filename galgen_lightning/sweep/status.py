@@ -51,6 +51,16 @@ def run_state(
     if state == "complete":
         return "complete", "complete"
     if state == "running":
+        from galgen_lightning.faults.lock import LOCK, FolderLock
+
+        lock = FolderLock(folder, LOCK)
+        if lock.held_elsewhere():  # its galgen fit is alive (e.g. one that outlived its sweep)
+            return "running", f"running {_epochs(folder, status)} (pid {lock.holder()})"
+        if queued and queued[0] == "PENDING":  # SLURM requeued the task (a node failure): it resumes
+            return (
+                "interrupted",
+                f"stopped at {_epochs(folder, status)}; requeued, waiting ({queued[1]}): resumes from its checkpoint",
+            )
         if (launcher == "local" and not active) or gone:
             return (
                 "stopped",
@@ -89,6 +99,11 @@ def sweep_status(out: str) -> int:
     state = runs.read_state(folder)
     if not state.get("runs"):
         raise GalgenError(f"sweep --status: {folder / runs.STATE} not found or empty (not a galgen sweep folder)")
+    listed = state["runs"]
+    if not (isinstance(listed, list) and all(isinstance(r, dict) and isinstance(r.get("run"), str) for r in listed)):
+        raise GalgenError(f"sweep --status: {folder / runs.STATE} is damaged ('runs' must list objects with a 'run' name)")
+    if not isinstance(state.get("slurm") or {}, dict):
+        raise GalgenError(f"sweep --status: {folder / runs.STATE} is damaged ('slurm' must be an object)")
     launcher = str(state.get("launcher") or "local")
     info = state.get("slurm") or {}
     jobs = [str(r.get("job_id") or "") for r in state["runs"]]

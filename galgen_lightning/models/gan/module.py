@@ -199,6 +199,8 @@ class GANPair(PairModule):
             compiled graphs have no double backward).
     """
 
+    optimizer_steps_per_batch = OPTIMIZERS_PER_BATCH
+
     def __init__(
         self,
         latent_dim: int = 256,
