@@ -505,3 +505,22 @@ def test_status_says_running_while_another_process_holds_the_run(tmp_path, capsy
     finally:
         holder.release()
     assert f"(pid {os.getpid()})" in capsys.readouterr().out
+
+
+def test_a_resumed_run_shows_the_epoch_it_resumed_at(tmp_path, capsys):
+    """Lightning restores the loop after setup: the status written when training starts says where
+    it resumed, not epoch 1."""
+    from types import SimpleNamespace
+
+    from galgen_lightning.rundir import RunDirectory
+
+    folder = tmp_path / "diffusion-tiny-n2-seed0"
+    folder.mkdir()
+    trainer = SimpleNamespace(
+        is_global_zero=True, state=SimpleNamespace(fn="fit"), current_epoch=5, global_step=500, max_epochs=10,
+        default_root_dir=str(folder),
+    )  # fmt: skip
+    RunDirectory(command=["galgen", "fit"]).on_train_start(trainer, None)
+    (tmp_path / "sweep.json").write_text(json.dumps({"launcher": "local", "runs": [{"run": folder.name}]}))
+    assert sweep(status=str(tmp_path)) == 0
+    assert "epoch 6 of 10" in capsys.readouterr().out

@@ -69,6 +69,10 @@ class RunDirectory(L.Callback):
             seed = os.environ.get("PL_GLOBAL_SEED")
             wandb_utils.start(trainer, wandb_utils.run_config(family, manifest, int(seed) if seed else None, _versions()))
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # after a resume Lightning restores the loop here (after setup): watchers see where it resumed
+        self._write_status(trainer, "running", epochs_done=trainer.current_epoch, max_epochs=trainer.max_epochs)
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # progress for whoever watches the run (galgen sweep, a user): epochs and steps done
         self._write_status(trainer, "running", epochs_done=trainer.current_epoch + 1, max_epochs=trainer.max_epochs)
