@@ -562,3 +562,31 @@ if __name__ == "__main__" and sys.argv[1:2] == ["serve"]:
     server.httpd = ThreadingHTTPServer(("127.0.0.1", port), server.httpd.RequestHandlerClass)
     print(f"serving good cutouts at {server.template}", flush=True)
     server.httpd.serve_forever()
+
+
+def test_a_valid_file_after_a_failed_record_is_kept_on_resume(tmp_path, server, capsys):
+    """A galaxy recorded as a transient failure whose cutout then landed (renamed just before a
+    kill, before its manifest line): the rerun finds it, checks it and records it, never deletes it."""
+    import shutil
+
+    cat = write_catalogue(tmp_path / "cat.csv", ALL_RAS)
+    out = tmp_path / "cutouts"
+    assert run_cli(["data", "download", str(cat), *fast(server, out, "--retries=0")]) == 0
+    down = f"cutout_{ALL_RAS.index(DOWN):06d}"
+    assert manifest_records(out)[down]["state"] == "failed"
+    shutil.copy(next(p for p in sorted(out.glob("cutout_*.fits"))), out / f"{down}.fits")
+    hits = server.hits[DOWN]
+    assert run_cli(["data", "download", str(cat), *fast(server, out, "--retries=0")]) == 0
+    assert (out / f"{down}.fits").is_file() and server.hits[DOWN] == hits
+    assert manifest_records(out)[down]["state"] == "done" and manifest_records(out)[down]["detail"] == "found on disk"
+
+
+def test_a_bom_in_a_csv_catalogue_and_an_empty_id(tmp_path, server, capsys):
+    """Excel's "CSV UTF-8" starts with a byte-order mark; an empty id cell is an error, not a file named '--'."""
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(b"\xef\xbb\xbfra,dec\n10.0,1.0\n11.0,2.0\n")
+    assert run_cli(["data", "download", str(bom), *fast(server, tmp_path / "o1")]) == 0
+    empty = tmp_path / "empty.csv"
+    empty.write_text("id,ra,dec\n1,10,1\n,11,2\n")
+    assert run_cli(["data", "download", str(empty), *fast(server, tmp_path / "o2", "--id_column=id")]) == 2
+    assert "column 'id' is empty in row 1" in capsys.readouterr().err and not (tmp_path / "o2").exists()

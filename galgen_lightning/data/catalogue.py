@@ -101,9 +101,13 @@ def _read_table(path: Path) -> Any:
     error: Exception | None = None
     for fmt in formats:
         try:
-            return Table.read(path, format=fmt) if fmt else Table.read(path)
+            table = Table.read(path, format=fmt) if fmt else Table.read(path)
         except Exception as e:  # astropy raises many types on a file it cannot parse
             error = e
+            continue
+        if table.colnames and table.colnames[0].startswith("\ufeff"):  # a UTF-8 byte-order mark (Excel's "CSV UTF-8")
+            table.rename_column(table.colnames[0], table.colnames[0].lstrip("\ufeff"))
+        return table
     text = str(error).strip().splitlines()[0][:200] if error and str(error).strip() else type(error).__name__
     raise GalgenError(f"cannot read the catalogue {path}: {text}") from None
 
@@ -155,8 +159,10 @@ def read_catalogue(
             )
     if id_column is not None:
         id_name = _find_column(names, id_column, (), "--id_column", "id", path)
-        ids = [SAFE_NAME.sub("_", str(v).strip()).strip("._") for v in table[id_name]]
-        empty = [i for i, v in enumerate(ids) if not v]
+        col = table[id_name]
+        masked = np.asarray(getattr(col, "mask", np.zeros(len(col), bool)), dtype=bool).reshape(len(col), -1).any(axis=1)
+        ids = ["" if gone else SAFE_NAME.sub("_", str(v).strip()).strip("._") for v, gone in zip(col, masked)]
+        empty = [i for i, v in enumerate(ids) if not v]  # an empty cell (masked: str() would give '--') or only punctuation
         if empty:
             raise GalgenError(f"the catalogue {path}: column {id_name!r} is empty in row {empty[0]}")
         seen: dict[str, int] = {}

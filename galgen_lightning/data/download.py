@@ -309,7 +309,8 @@ def _plan(
         elif record is not None and record["state"] == "failed" and not (retry_failed or record.get("transient")):
             before["failed"] += 1
             continue
-        if record is None and path.is_file():  # renamed by a run killed before it wrote the manifest line
+        if (record is None or record["state"] != "done") and path.is_file():
+            # renamed by a run killed before it wrote the manifest line (after no record, or a failed one)
             if check_cutout(path, spec) is None:
                 st = path.stat()
                 manifest.append(

@@ -71,7 +71,8 @@ def _load(source: GalaxySource, image_size: int, count: int | None) -> tuple[np.
     if count is not None and count < 1:
         raise GalgenError(f"--count must be positive, got {count}")
     want = available if count is None else min(count, available)
-    return source.load(want, image_size), available
+    images = source.load(want, image_size)
+    return images, source.available()  # after the conversion: what the source now knows it holds
 
 
 # ============================================================================ convert
