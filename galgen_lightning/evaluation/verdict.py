@@ -328,13 +328,6 @@ def _positive_evidence(
     )
 
 
-def _epoch(record: dict | None) -> int | None:
-    try:
-        return int(record["epoch"]) if record else None
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
 def judge_run(run: Any, n_boot: int = 1000, confidence: float = 0.95, rng: np.random.Generator | None = None) -> Verdict:
     """The verdict of a run directory (a path or a loaded :class:`~galgen_lightning.rundir.Run`).
 
@@ -345,7 +338,7 @@ def judge_run(run: Any, n_boot: int = 1000, confidence: float = 0.95, rng: np.ra
         run = load_run(Path(run))
     rec = run.last("two_models")
     quantile = float(run.callback_args("TwoModelsTest", "two_models").get("quantile", 0.99))
-    logged = _epoch(rec)
+    logged = run.last_epoch("two_models")
     files = run.eval_files("two_models") if rec is not None else {}
     epoch = run.results_epoch("two_models") if rec is not None else None  # the epoch whose arrays are read
     arrays = run.arrays("two_models", epoch) if files else None

@@ -62,7 +62,7 @@ def run_title(run: Run) -> str:
 
 def fig_two_models(runs: list[Run], group: str, writer: FigureWriter, plain: bool = False) -> Figure | None:
     """Figure 7: A-vs-B histograms on top, nearest-training-image histograms below, one column per N."""
-    cols = [(r, r.arrays("two_models", r.results_epoch("two_models"))) for r in one_per_n(runs)]
+    cols = [(r, r.arrays("two_models")) for r in one_per_n(runs)]  # at each run's results_epoch, as the judge
     cols = [(r, a) for r, a in cols if a is not None and "a_vs_b" in a]
     prefix = "plain_" if plain else ""
     if plain:

@@ -28,15 +28,11 @@ KINDS = {"most": "most memorized", "least": "least memorized"}
 """Gallery tag (``_gallery_<kind>``) -> what it shows."""
 
 
-def _epoch(run: Run) -> int | None:
-    return run.results_epoch(TEST)
-
-
 def _shown(run: Run, png: Path, kind: str, epoch: int) -> int | None:
     """How many samples the gallery shows (the length of ``gallery_<kind>_idx``), when recorded."""
     key = f"gallery_{kind}_idx"
     for path in (png.with_suffix(".npz"), None):
-        arrays = run.arrays(TEST, epoch) if path is None else read_arrays(path) if path.is_file() else None
+        arrays = run.arrays(TEST, epoch) if path is None else read_arrays(path)
         if arrays and key in arrays:
             return int(np.size(arrays[key]))
     return None
@@ -46,7 +42,7 @@ def gallery_figures(runs: list[Run], group: str, writer: FigureWriter) -> list[F
     """The galleries (most, then least memorized) of one run per N of ``group``, copied into the report."""
     out = []
     for run in one_per_n(runs):
-        epoch = _epoch(run)
+        epoch = run.results_epoch(TEST)  # the epoch the judge reads
         if epoch is None:
             continue
         folder = RunDir(run.source(TEST)[0])

@@ -97,11 +97,15 @@ class Run:
         rows = [r for r in self.source(test)[1] if r.get("test") == test]
         return rows[-1] if rows else None
 
+    def last_epoch(self, test: str) -> int | None:
+        """The epoch of the last record of ``test`` (None when there is none, or it names none)."""
+        return _int((self.last(test) or {}).get("epoch"))
+
     def results_epoch(self, test: str) -> int | None:
         """The epoch whose results every reader uses (the judge, the report's rows, figures and
         galleries): the last record's when its arrays were saved, else the newest saved arrays'
         (a run stopped between the two), else the last record's."""
-        logged = _int((self.last(test) or {}).get("epoch"))
+        logged = self.last_epoch(test)
         files = self.eval_files(test)
         return logged if logged in files or not files else max(files)
 
@@ -131,14 +135,11 @@ class Run:
         return dict(sorted(out.items()))
 
     def arrays(self, test: str, epoch: int | None = None) -> dict[str, np.ndarray] | None:
-        """The ``.npz`` of ``test`` at ``epoch`` (default: the epoch of its last record, else the last file)."""
+        """The ``.npz`` of ``test`` at ``epoch`` (default: :meth:`results_epoch`)."""
         files = self.eval_files(test)
         if not files:
             return None
-        if epoch is None:
-            last = _int((self.last(test) or {}).get("epoch"))
-            epoch = last if last in files else max(files)
-        path = files.get(epoch)
+        path = files.get(self.results_epoch(test) if epoch is None else epoch)
         return read_arrays(path) if path is not None else None
 
     def callback_args(self, name: str, test: str | None = None) -> dict:
