@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from galgen_lightning.data.dedup import dihedral_views, duplicate_mask, nearest_earlier, pair_scores, spectrum_descriptors
+from galgen_lightning.data.dedup import Search, dihedral_views, duplicate_mask, nearest_earlier, pair_scores, spectrum_descriptors
 from galgen_lightning.metrics import DIHEDRAL_NAMES
 
 
@@ -96,9 +96,9 @@ def test_prefix_does_not_depend_on_later_images():
     for m in (1, 2, 17, 50, 81):
         assert np.array_equal(duplicate_mask(images[:m]), full[:m])
     # the scores themselves, to the last bit, also across block boundaries
-    score, index = nearest_earlier(images, chunk=32, batch=8)
+    score, index = nearest_earlier(images, Search(chunk=32, batch=8))
     for m in (2, 31, 32, 33, 65, 90):
-        s_m, i_m = nearest_earlier(images[:m], chunk=32, batch=8)
+        s_m, i_m = nearest_earlier(images[:m], Search(chunk=32, batch=8))
         assert np.array_equal(s_m, score[:m]) and np.array_equal(i_m, index[:m])
 
 
@@ -184,3 +184,12 @@ def test_split_reexports_the_function():
     from galgen_lightning.data import split
 
     assert split.duplicate_mask is duplicate_mask
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [dict(candidates=0), dict(chunk=0), dict(batch=0), dict(spectrum_size=0), dict(max_shift=-1), dict(noise_floor=float("nan"))],
+)
+def test_a_search_setting_out_of_range_is_refused_when_made(bad):
+    with pytest.raises(ValueError, match="Search"):
+        Search(**bad)

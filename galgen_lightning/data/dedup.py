@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import math
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -239,21 +240,11 @@ def pair_scores(
     return torch.cat(parts)[:q] if parts else torch.empty(0, candidates.shape[1])
 
 
-def nearest_earlier(
-    images: np.ndarray,
-    max_shift: int = 3,
-    candidates: int = 4,
-    spectrum_size: int = 16,
-    noise_floor: float = 0.03,
-    chunk: int = 1024,
-    batch: int = 64,
-) -> tuple[np.ndarray, np.ndarray]:
-    """For each image, its best score against the earlier images searched, and which one.
+@dataclass(frozen=True)
+class Search:
+    """How :func:`nearest_earlier` looks for an image's nearest earlier image.
 
-    See :func:`duplicate_mask` for the score and the search.
-
-    Args:
-        images: ``(n, h, w)`` float images.
+    Attributes:
         max_shift: largest shift searched, in pixels per axis; capped at an eighth of the
             shorter side, so that the overlap keeps at least 7/8 of each axis.
         candidates: earlier images scored per image.
@@ -262,6 +253,31 @@ def nearest_earlier(
             descriptor does not tell Fourier magnitudes apart.
         chunk: rows per block of the candidate search (memory: about ``chunk * n`` floats).
         batch: images per block of the exact check.
+    """
+
+    max_shift: int = 3
+    candidates: int = 4
+    spectrum_size: int = 16
+    noise_floor: float = 0.03
+    chunk: int = 1024
+    batch: int = 64
+
+    def __post_init__(self) -> None:
+        for name in ("candidates", "spectrum_size", "chunk", "batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"Search.{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_shift < 0 or not self.noise_floor >= 0:
+            raise ValueError(f"Search: max_shift and noise_floor must not be negative, got {self.max_shift}, {self.noise_floor}")
+
+
+def nearest_earlier(images: np.ndarray, search: Search = Search()) -> tuple[np.ndarray, np.ndarray]:
+    """For each image, its best score against the earlier images searched, and which one.
+
+    See :func:`duplicate_mask` for the score and the search.
+
+    Args:
+        images: ``(n, h, w)`` float images.
+        search: the search's settings.
 
     Returns:
         ``(score, index)``: float32 ``(n,)`` (``-inf`` for the first image) and int64 ``(n,)``
@@ -271,23 +287,20 @@ def nearest_earlier(
     if x.ndim != 3:
         raise ValueError(f"images must be (n, h, w), got shape {tuple(x.shape)}")
     n, h, w = x.shape
-    shift = max(0, min(int(max_shift), min(h, w) // 8))
+    shift = min(int(search.max_shift), min(h, w) // 8)
+    chunk = search.chunk
     with torch.no_grad():
-        desc = torch.cat(
-            [
-                spectrum_descriptors(_padded(x[i : i + chunk], chunk), spectrum_size, noise_floor)[: min(chunk, n - i)]
-                for i in range(0, n, chunk)
-            ]
-        )
-        cand = earlier_candidates(desc, max(1, int(candidates)), chunk)
-        scores = pair_scores(x, torch.arange(n), cand, shift, batch)
+        pieces = (_padded(x[i : i + chunk], chunk) for i in range(0, n, chunk))  # the last one padded ...
+        desc = torch.cat([spectrum_descriptors(p, search.spectrum_size, search.noise_floor) for p in pieces])[:n]  # ... cut
+        cand = earlier_candidates(desc, int(search.candidates), chunk)
+        scores = pair_scores(x, torch.arange(n), cand, shift, search.batch)
     best, arg = scores.max(dim=1)
     index = cand.gather(1, arg[:, None])[:, 0]
     index[best == -math.inf] = -1
     return best.numpy(), index.numpy()
 
 
-def duplicate_mask(images: np.ndarray, threshold: float = 0.95, **search: int | float) -> np.ndarray:
+def duplicate_mask(images: np.ndarray, threshold: float = 0.95, search: Search = Search()) -> np.ndarray:
     """Mark images that repeat an earlier one: exactly, with a little noise, shifted or flipped.
 
     Image ``j`` is a duplicate when its pixels equal an earlier image's (SHA-1 of the float32
@@ -314,8 +327,7 @@ def duplicate_mask(images: np.ndarray, threshold: float = 0.95, **search: int | 
     Args:
         images: ``(n, h, w)`` float images.
         threshold: the score (a correlation) above which an image is a duplicate.
-        **search: the search's settings, passed to :func:`nearest_earlier` (``max_shift``,
-            ``candidates``, ``spectrum_size``, ``noise_floor``, ``chunk``, ``batch``).
+        search: the search's settings (:class:`Search`).
 
     Returns:
         bool array of shape ``(n,)``, True for images to drop.
@@ -328,6 +340,6 @@ def duplicate_mask(images: np.ndarray, threshold: float = 0.95, **search: int | 
         drop[i] = digest in seen
         seen.add(digest)
     if n > 1:
-        score, _ = nearest_earlier(images, **search)
+        score, _ = nearest_earlier(images, search)
         drop |= score > threshold
     return drop
