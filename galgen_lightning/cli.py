@@ -264,22 +264,20 @@ class GalgenCLI(LightningCLI):
         if self.subcommand != "fit":
             base = Path(given) if given else (Path(ckpt).resolve().parent.parent if ckpt else Path("runs"))
             name = f"{self.subcommand}-{stamp}"
-            folder, k = base / name, 2
-            while folder.exists() and is_rank_zero_launch():  # another validate of this run started in the same second
-                folder, k = base / f"{name}-{k}", k + 1
-            self.fresh_dir = None if folder.exists() else folder  # removed again if the command fails before writing to it
-            if is_rank_zero_launch():  # one process per folder, as for fit (its lock goes with a folder left empty)
-                self.lock = RunLock(folder).acquire()
-            return make_dir(folder)
+            if not is_rank_zero_launch():
+                return make_dir(base / name)
+            # a new folder (-2 when another validate of this run started in the same second), locked,
+            # one process per folder as for fit; removed again if the command fails before writing to it
+            self.lock = RunLock.new(base, name)
+            self.fresh_dir = self.lock.folder
+            return self.lock.folder
         if not given:
             family = family_of(cfg.model.class_path)
             name = f"{family}-n{cfg.data.n}-seed{cfg.data.seed}-{stamp}"
-            folder, k = Path("runs") / name, 2
-            while folder.exists() and is_rank_zero_launch():  # another run started in the same second
-                folder, k = Path("runs") / f"{name}-{k}", k + 1
-            if is_rank_zero_launch():
-                self.lock = RunLock(folder).acquire()
-            return folder
+            if not is_rank_zero_launch():
+                return Path("runs") / name
+            self.lock = RunLock.new(Path("runs"), name)  # -2 when another run started in the same second
+            return self.lock.folder
         folder = Path(given)
         if is_rank_zero_launch():  # one galgen fit per run directory (DDP's other ranks share it)
             self.lock = RunLock(folder).acquire()

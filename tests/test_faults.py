@@ -436,6 +436,35 @@ class _RunsCode:
         return (os.system, (f"touch {os.environ.get('GALGEN_PWNED', '/nonexistent/pwned')}",))
 
 
+def _claim_new_run_dir(base: str, barrier, out) -> None:
+    from galgen_lightning.faults import RunLock
+
+    barrier.wait()  # all at once: the same second, the same name
+    lock = RunLock.new(Path(base), "diffusion-n4-seed0-20261130-120000")
+    out.put((lock.folder.name, lock.path.is_file()))
+    barrier.wait()  # hold it until every process has its own
+    lock.release()
+
+
+def test_commands_started_in_the_same_second_get_a_run_directory_each(tmp_path):
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    k = 6
+    barrier, out = ctx.Barrier(k), ctx.Queue()
+    procs = [ctx.Process(target=_claim_new_run_dir, args=(str(tmp_path / "runs"), barrier, out)) for _ in range(k)]
+    for p in procs:
+        p.start()
+    got = [out.get(timeout=60) for _ in range(k)]
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    name = "diffusion-n4-seed0-20261130-120000"
+    assert sorted(n for n, _ in got) == sorted([name] + [f"{name}-{j}" for j in range(2, k + 1)])
+    assert all(locked for _, locked in got)
+    assert not any((tmp_path / "runs").iterdir())  # released before writing anything: no folder left
+
+
 def test_hostile_foreign_and_broken_checkpoints_are_one_line(tmp_path, tiny_source_args, capsys, monkeypatch):
     pwned = tmp_path / "pwned"
     monkeypatch.setenv("GALGEN_PWNED", str(pwned))

@@ -11,6 +11,7 @@ of a process that dies, so a lock file left behind is free.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -121,8 +122,31 @@ class RunLock(FolderLock):
         super().__init__(folder, LOCK, f"the run directory {folder}")
         self.created = False
 
+    @classmethod
+    def new(cls, base: Path, name: str) -> RunLock:
+        """The held lock of a new run directory ``base/name``, or ``name-2``, ``name-3`` ... when
+        that is taken. Each candidate is made with one ``mkdir``, which fails when the folder
+        exists, so two commands started in the same second get two folders (a check for the
+        name, then a ``mkdir``, lets both pick the same one and refuses the second)."""
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise write_error(base, e, "create") from None
+        for k in itertools.count(1):
+            folder = base / (name if k == 1 else f"{name}-{k}")
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                continue
+            except OSError as e:
+                raise write_error(folder, e, "create the run directory") from None
+            lock = cls(folder)
+            lock.created = True  # this process made it: removed again if it stops before writing
+            return lock.acquire()
+        raise AssertionError("unreachable")
+
     def acquire(self, busy: Callable[[str], GalgenError] | None = None, waiting: str | None = None) -> RunLock:
-        self.created = not self.folder.exists()
+        self.created = self.created or not self.folder.exists()
         folder, path = self.folder, self.path
 
         def in_use(holder: str) -> GalgenError:
