@@ -132,9 +132,15 @@ def test_bf16_mixed_precision_and_validate_on_checkpoint(tmp_path, tiny_source_a
     assert run_cli(["validate", f"--config={run / 'config.yaml'}", f"--ckpt_path={ckpt}"]) == 0  # a second, maybe the same second
     validations = sorted(p for p in run.iterdir() if p.name.startswith("validate-"))
     assert len(validations) == 2 and not any((v / ".lock").exists() and len(list(v.iterdir())) == 1 for v in validations)
+    fit_status = json.loads((run / "status.json").read_text())
+    assert fit_status["state"] == "complete"  # the fit run is untouched
     for folder in validations:
         assert {r["test"] for r in read_jsonl(folder / "metrics.jsonl")} == {"two_models", "denoising"}
-    assert json.loads((run / "status.json").read_text())["state"] == "complete"  # the fit run is untouched
+        status = json.loads((folder / "status.json").read_text())  # where the validated checkpoint's training stood
+        last_epoch = max(r["epoch"] for r in read_jsonl(run / "metrics.jsonl"))  # the epoch as records number it
+        assert status["state"] == "complete" and status["checkpoint"]["path"] == str(ckpt)
+        assert (status["checkpoint"]["epoch"], status["checkpoint"]["global_step"]) == (last_epoch, fit_status["global_step"])
+        assert fit_status["global_step"] > 0
 
 
 def test_weight_averaging_runs_after_the_tests_whatever_the_config_order(tmp_path, tiny_source_args):

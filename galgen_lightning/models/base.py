@@ -171,6 +171,9 @@ class PairModule(L.LightningModule):
         self.fused_adam = fused_adam
         self.compile_networks = bool(compile)
         self._val_index = ValidationIndex()
+        self.checkpoint_position: dict[str, int] | None = None
+        """Where the training of the checkpoint loaded into this module stood (``epoch``,
+        ``global_step``); None when none was loaded. ``validate`` records it: its own loop starts at 0."""
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -181,6 +184,10 @@ class PairModule(L.LightningModule):
         """Trainable parameters of one model of the pair (``model``); a family with parts adds
         them (the GAN: ``generator``, ``discriminator``). The report's pixels-per-parameter uses these."""
         return {"model": count_parameters(getattr(self, "model_a", self))}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Keep the checkpoint's ``epoch`` and ``global_step`` (:attr:`checkpoint_position`)."""
+        self.checkpoint_position = {key: int(checkpoint.get(key, 0)) for key in ("epoch", "global_step")}
 
     # --- divergence guard: one implementation for every family ---------------------------------
     @property

@@ -36,14 +36,17 @@ class RunDirectory(L.Callback):
     def _write_status(self, trainer: L.Trainer, state: str, any_rank: bool = False, **extra) -> None:
         if not (trainer.is_global_zero or any_rank):
             return
+        position = {"epoch": trainer.current_epoch, "global_step": trainer.global_step}
+        loaded = getattr(trainer.lightning_module, "checkpoint_position", None)
+        if trainer.state.fn == "validate" and loaded:  # its own loop is at 0: where the checkpoint's training stood
+            position["checkpoint"] = {"path": str(trainer.ckpt_path), **loaded}
         status = {
             "state": state,
             "stage": str(trainer.state.fn),
             "command": self.command or sys.argv,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.started)),
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "epoch": trainer.current_epoch,
-            "global_step": trainer.global_step,
+            **position,
             "versions": _versions(),
             **extra,
         }
@@ -80,6 +83,10 @@ class RunDirectory(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._write_status(trainer, "complete")
         self._write_verdict(trainer)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "validate":  # the checkpoint is loaded now: its epoch and step
+            self._write_status(trainer, "running")
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn == "validate":
