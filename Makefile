@@ -44,7 +44,7 @@ bench: install ## CPU benchmarks at a small size (JSON); on a GPU machine: make 
 	$(PY) benchmarks/bench_diffusion.py --device $(or $(DEVICE),cpu) --size $(or $(SIZE),small)
 
 sweep: install ## Train pairs over N, then the report: FAMILY=diffusion|glow|gan PROFILE=auto|small|paper [NS=1,10,100 SEEDS=0,1,2 PER_GPU=1 FIT_ARGS=...]
-	$(VENV)/bin/galgen sweep --family $(FAMILY) --profile $(PROFILE) --out $(SWEEP_OUT) $(if $(NS),--ns '[$(NS)]') $(if $(SEEDS),--seeds '$(SEEDS)') $(if $(PER_GPU),--per_gpu true) $(if $(FIT_ARGS),--fit_args='$(FIT_ARGS)')
+	$(VENV)/bin/galgen sweep --family $(FAMILY) --profile $(PROFILE) --out $(SWEEP_OUT) $(if $(NS),--ns '$(NS)') $(if $(SEEDS),--seeds '$(SEEDS)') $(if $(PER_GPU),--per_gpu true) $(if $(FIT_ARGS),--fit_args='$(FIT_ARGS)')
 
 report: install ## HTML report of a run or a sweep: make report [RUN=runs/sweep] -> <RUN>/report/index.html
 	$(VENV)/bin/galgen report $(or $(RUN),$(SWEEP_OUT))

@@ -144,9 +144,13 @@ def test_sweep_keeps_the_pool_of_a_run_it_resumes(tmp_path, profile, fake_runner
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"seeds": "0,x"}, r"--seeds must be integers separated by commas \(0,1,2\), got '0,x'"),
+        ({"seeds": "0,x"}, r"--seeds must be integers separated by commas \(e.g. 0,1,2\), got '0,x'"),
         ({"seeds": [-1]}, r"every seed must be in \[0, 2\*\*32\), got -1"),
         ({"seeds": [1], "seed": 3}, "give --seed or --seeds, not both"),
+        ({"ns": "2,x"}, r"--ns must be integers separated by commas \(e.g. 10,100\), got '2,x'"),
+        ({"ns": ""}, "--ns is empty"),
+        ({"ns": "[]"}, "--ns is empty"),
+        ({"per_gpu": True, "gpus": "0;1"}, r"--gpus must be integers separated by commas \(e.g. 0,2\), got '0;1'"),
         ({"fit_args": "--data.seed=3"}, "--data.seed in --fit_args would override the sweep's own; use --seeds or --data_seed"),
         ({"fit_args": "--data.pool_size 500"}, "use --pool_size"),
         ({"pool_size": 30}, r"--pool_size 30 is below 2 \* max\(N\) \+ n_val = 32"),
@@ -211,6 +215,12 @@ def test_sweep_cli_errors_and_dry_run(tmp_path, profile, capsys):
     assert run_cli([*args, "--seeds", "1,a"]) == 2
     err = capsys.readouterr().err
     assert "--seeds must be integers" in err and len(err.strip().splitlines()) == 1
+    for ns in ("4", "2,8", "[2, 8]"):  # one N, or N separated by commas, as well as a list
+        assert run_cli([*args, "--ns", ns]) == 0
+        planned = [line for line in capsys.readouterr().out.splitlines() if "diffusion-tiny-n" in line]
+        assert {int(n) for n in ns.strip("[]").split(",")} == {int(line.split("-n")[1].split("-")[0]) for line in planned}
+    assert run_cli(["sweep", "--profile", str(profile), "--out", str(tmp_path / "s3"), "--plan", "true", "--gpus", "0,3"]) == 0
+    assert "runs on GPUs [0, 3]" in capsys.readouterr().out
     assert run_cli(["sweep", "--profile", str(profile), "--ns", "[500]", "--out", str(tmp_path / "s")]) == 2
     assert "no N left under the cap" in capsys.readouterr().err
 

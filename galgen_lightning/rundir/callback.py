@@ -37,7 +37,7 @@ class RunDirectory(L.Callback):
         if not (trainer.is_global_zero or any_rank):
             return
         position = {"epoch": trainer.current_epoch, "global_step": trainer.global_step}
-        loaded = getattr(trainer.lightning_module, "checkpoint_position", None)
+        loaded = getattr(getattr(trainer, "lightning_module", None), "checkpoint_position", None)
         if trainer.state.fn == "validate" and loaded:  # its own loop is at 0: where the checkpoint's training stood
             position["checkpoint"] = {"path": str(trainer.ckpt_path), **loaded}
         status = {

@@ -16,6 +16,7 @@ from galgen_lightning.sweep.plan import (
     detect_gpus,
     fingerprint,
     option,
+    parse_ints,
     parse_seeds,
     plan_ns,
     plan_runs,
@@ -140,7 +141,7 @@ def _run_slurm(plans: list[RunPlan], out_dir: Path, meta: dict, options: SlurmOp
 def sweep(
     family: str = "diffusion",
     profile: str = "auto",
-    ns: list[int] | None = None,
+    ns: list[int] | str | None = None,
     max_fraction: float | None = None,
     max_n: int | None = None,
     seed: int = 0,
@@ -152,7 +153,7 @@ def sweep(
     launcher: str = "local",
     slurm: SlurmOptions = SlurmOptions(),
     per_gpu: bool = False,
-    gpus: list[int] | int | None = None,
+    gpus: list[int] | int | str | None = None,
     fit_args: str = "",
     report: bool = True,
     dry_run: bool = False,
@@ -165,7 +166,7 @@ def sweep(
     Args:
         family: model family: one with a config ``<configs_dir>/<family>.yaml`` (diffusion, glow, gan).
         profile: auto (paper where a CUDA GPU is visible, else small), small, paper, or a YAML file.
-        ns: the N to train (default: the profile's, else 10, 100, 1000, 10000, 100000).
+        ns: the N to train, e.g. ``--ns 10,100,1000`` (default: the profile's, else 10, 100, 1000, 10000, 100000).
         max_fraction: cap N at this share of the source's images minus n_val (default: the profile's, else 0.5).
         max_n: cap N at this value instead (when the cap cannot be read from the configs).
         seed: split and initialisation seed of every run (``data.seed`` and ``seed_everything``);
@@ -189,7 +190,7 @@ def sweep(
             gpus (per run), cpus and mem (per task), parallelism (array tasks at once),
             signal_delay, requeues, sbatch (extra ``#SBATCH`` options), setup (shell lines), job_name.
         per_gpu: run one pair per GPU at a time (child processes with CUDA_VISIBLE_DEVICES).
-        gpus: GPU indices for per_gpu, e.g. ``'[0, 2]'``, or a number K: the first K GPUs
+        gpus: GPU indices for per_gpu, e.g. ``0,2`` or ``'[0, 2]'``, or a number K: the first K GPUs
             (default: every visible GPU). With ``plan``, K is the number of GPUs to plan for.
         fit_args: extra ``galgen fit`` arguments for every run, one string, e.g.
             ``--fit_args="--trainer.max_epochs=3"`` (part of the fingerprint of the runs).
@@ -213,6 +214,8 @@ def sweep(
         return sweep_status(status)
     if launcher not in LAUNCHERS:
         raise GalgenError(f"sweep: --launcher must be one of {', '.join(LAUNCHERS)}, got {launcher!r}")
+    if isinstance(gpus, str):  # --gpus 0,2: indices
+        gpus = parse_ints(gpus, "--gpus", "0,2")
     if launcher == "slurm":
         slurm.check()
         if per_gpu:
@@ -245,7 +248,7 @@ def sweep(
     if not 0 < fraction <= 0.5:
         raise GalgenError(f"sweep: --max_fraction must be in (0, 0.5], got {fraction}")
     cap, size, n_val, cap_note = _cap(prof, fraction, max_n)
-    kept, dropped = plan_ns(list(ns) if ns else prof.ns, cap)
+    kept, dropped = plan_ns(parse_ints(ns, "--ns") if ns is not None else prof.ns, cap)
     print(f"[sweep] {family}, profile {prof.name} ({prof.path}): N = {', '.join(f'{n:,}' for n in kept)}; {cap_note}", flush=True)
     if dropped:
         print(f"[sweep] dropped N = {', '.join(f'{n:,}' for n in dropped)}: above the cap", flush=True)

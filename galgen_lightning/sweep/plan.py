@@ -218,6 +218,8 @@ def usable_images(fit: dict) -> tuple[int | None, int, str]:
 def plan_ns(ns: list[int], max_n: int | None) -> tuple[list[int], list[int]]:
     """``(kept, dropped)``: the distinct positive N up to ``max_n``, in increasing order."""
     ns = sorted({int(n) for n in ns})
+    if not ns:
+        raise GalgenError("sweep: --ns is empty: give at least one N (e.g. --ns 10,100)")
     if any(n < 1 for n in ns):
         raise GalgenError(f"sweep: every N must be positive, got {ns}")
     if max_n is None:
@@ -225,18 +227,24 @@ def plan_ns(ns: list[int], max_n: int | None) -> tuple[list[int], list[int]]:
     return [n for n in ns if n <= max_n], [n for n in ns if n > max_n]
 
 
+def parse_ints(value: list[int] | str | int, option: str, example: str = "10,100") -> list[int]:
+    """The integers of a list option given as a list (``[10,100]``), one number (``10``) or
+    numbers separated by commas (``10,100``); a one-line error naming ``option`` otherwise."""
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.strip().strip("[]").split(",") if p.strip()]
+        try:
+            return [int(p) for p in parts]
+        except ValueError:
+            raise GalgenError(f"sweep: {option} must be integers separated by commas (e.g. {example}), got {value!r}") from None
+    return [int(v) for v in value]
+
+
 def parse_seeds(seeds: list[int] | str | int) -> list[int]:
     """The distinct seeds of ``--seeds``, in the order given: a list, or ``"0,1,2"``."""
-    if isinstance(seeds, int):
-        seeds = [seeds]
-    if isinstance(seeds, str):
-        parts = [p.strip() for p in seeds.strip().strip("[]").split(",") if p.strip()]
-        try:
-            seeds = [int(p) for p in parts]
-        except ValueError:
-            raise GalgenError(f"sweep: --seeds must be integers separated by commas (0,1,2), got {seeds!r}") from None
     out: list[int] = []
-    for seed in seeds:
+    for seed in parse_ints(seeds, "--seeds", "0,1,2"):
         if not 0 <= int(seed) < 2**32:
             raise GalgenError(f"sweep: every seed must be in [0, 2**32), got {seed}")
         if int(seed) not in out:
