@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from support import CONFIGS, read_jsonl, run_cli
 import galgen_lightning.sweep.runs as sweep_module
 from galgen_lightning.errors import GalgenError
 from galgen_lightning.sweep import sweep, sweep_lock
+from galgen_lightning.sweep.slurm import SlurmOptions
 
 
 def _option(args: list[str], name: str) -> str | None:
@@ -534,3 +537,30 @@ def test_a_resumed_run_shows_the_epoch_it_resumed_at(tmp_path, capsys):
     (tmp_path / "sweep.json").write_text(json.dumps({"launcher": "local", "runs": [{"run": folder.name}]}))
     assert sweep(status=str(tmp_path)) == 0
     assert "epoch 6 of 10" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("stops", [True, False])
+def test_a_slurm_task_waits_for_galgen_fit_to_save_at_most_its_stop_timeout(tmp_path, stops):
+    """At the time limit's warning a task sends SIGUSR1 to galgen fit and waits for it to stop, at
+    most ``stop_timeout`` (from --slurm.signal_delay), then hands submitit the same task to requeue."""
+    import subprocess
+
+    from galgen_lightning.sweep.slurm import FitTask
+
+    assert [SlurmOptions(signal_delay=d).stop_timeout for d in (0, 45, 120, 600)] == [30.0, 30.0, 105.0, 585.0]
+    task = FitTask(str(tmp_path / "run"), str(tmp_path), ["fit", "--data.n=4"], 100, {"fingerprint": "f"}, stop_timeout=2.0)
+    handler = "sys.exit(0)" if stops else "None"  # galgen fit saves and exits; or one that hangs
+    code = f"import signal, sys, time; signal.signal(signal.SIGUSR1, lambda *a: {handler}); print('up', flush=True)"
+    code += "; time.sleep(60)"
+    task.child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert task.child.stdout.readline().strip() == "up"  # its handler is set
+        start = time.monotonic()
+        again = task.checkpoint()
+        waited = time.monotonic() - start
+        assert (task.child.poll() is not None) == stops
+        assert waited < 1.5 if stops else 2.0 <= waited < 4.0
+        assert isinstance(again.function, FitTask) and again.function.params == task.params
+    finally:
+        task.child.kill()
+        task.child.wait()

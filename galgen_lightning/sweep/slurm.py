@@ -89,6 +89,12 @@ class SlurmOptions:
             raise GalgenError(f"sweep: --slurm.signal_delay {self.signal_delay} s is not below --slurm.time {self.time} min")
         self.extra()
 
+    @property
+    def stop_timeout(self) -> float:
+        """Seconds a task's ``galgen fit`` gets, after the warning signal, to save its checkpoint
+        and stop: ``signal_delay`` less 15 s kept for the requeue itself, and at least 30."""
+        return max(self.signal_delay - 15.0, 30.0)
+
     def extra(self) -> dict[str, Any]:
         """``sbatch`` as submitit's ``additional_parameters``: ``--key=value`` -> ``{key: value}``,
         ``--flag`` -> ``{flag: True}``."""
@@ -338,9 +344,7 @@ def submit(plans: list[RunPlan], out: Path, meta: dict, options: SlurmOptions, f
     record = {"fingerprint": meta.get("fingerprint")}
     executor = submitit.SlurmExecutor(folder=logs / "%j", max_num_timeout=options.requeues)
     executor.update_parameters(**options.parameters(name))
-    # the save at the time limit may take the whole warning (signal_delay) but the requeue's margin
-    stop = max(options.signal_delay - 15.0, 30.0)
-    tasks = [FitTask(str(p.folder), str(out), p.base_args, p.pool_size, record, stop_timeout=stop) for p in todo]
+    tasks = [FitTask(str(p.folder), str(out), p.base_args, p.pool_size, record, options.stop_timeout) for p in todo]
     with _sbatch_errors("the array"):
         with executor.batch():
             jobs = [executor.submit(task) for task in tasks]
