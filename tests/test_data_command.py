@@ -437,6 +437,19 @@ def test_template_must_name_ra_and_dec_and_known_placeholders():
             check_template(bad)
 
 
+def test_a_retry_after_pauses_every_worker_not_only_the_one_told(tmp_path):
+    """A 429 with Retry-After: 1 on one worker: no worker starts a request in the next second."""
+    goods = [30.0 + i for i in range(40)]
+    with CutoutServer() as server:
+        cat = write_catalogue(tmp_path / "cat.csv", [LIMITED_ONCE, *goods])
+        assert run_cli(["data", "download", str(cat), *fast(server, tmp_path / "out", "--workers=2")]) == 0
+    told = server.times[LIMITED_ONCE][0]  # when the 429 went out
+    others = sorted(t - told for ra in goods for t in server.times[ra])
+    assert server.hits[LIMITED_ONCE] == 2 and sum(server.hits[ra] for ra in goods) == len(goods)
+    assert not [t for t in others if 0.1 < t < 0.95], others  # started during the pause
+    assert any(t >= 0.95 for t in others)
+
+
 def test_retry_after_parsing():
     from email.utils import formatdate
 

@@ -13,7 +13,7 @@ resume:
   and only then renamed to ``<name>.fits``: ``kill -9`` loses only the files in flight, and a
   ``.fits`` file in the folder is always complete and valid;
 - timeouts, connection errors, truncated bodies, 429 and 5xx answers are retried with
-  exponential backoff and jitter (a ``Retry-After`` header is honoured); any other 4xx and a
+  exponential backoff and jitter (a ``Retry-After`` header is honoured by every worker); any other 4xx and a
   body that is not a valid cutout (an HTML error page served with status 200) are recorded
   as failed with the reason and not retried (``retry_failed`` retries them in a later run);
 - requests go through one ``requests.Session`` per thread (connections are reused), at most

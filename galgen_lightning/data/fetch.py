@@ -19,17 +19,22 @@ MAX_RETRY_AFTER = 600.0  # seconds: a longer Retry-After is cut to this
 
 
 class RateLimiter:
-    """At most ``rate`` starts per second over all threads (``None``: no limit)."""
+    """At most ``rate`` starts per second over all threads (``None``: no limit), and none at all
+    during a pause the server asked for (:meth:`pause`)."""
 
     def __init__(self, rate: float | None) -> None:
         self.interval = 1.0 / rate if rate else 0.0
         self._next = 0.0
         self._lock = threading.Lock()
 
+    def pause(self, seconds: float) -> None:
+        """No thread starts a request before ``seconds`` from now: a ``Retry-After`` is the
+        server's, so every worker honours it, not only the one that was told."""
+        with self._lock:
+            self._next = max(self._next, time.monotonic() + seconds)
+
     def wait(self, stop: threading.Event) -> bool:
         """Wait for the next slot; ``False`` when ``stop`` was set meanwhile."""
-        if not self.interval:
-            return not stop.is_set()
         with self._lock:
             now = time.monotonic()
             slot = max(now, self._next)
@@ -136,6 +141,8 @@ class Fetcher:
                         if status == 429 or status >= 500:
                             reason, detail = f"http {status}", f"HTTP {status} {response.reason or ''}".strip()
                             retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+                            if retry_after is not None:
+                                self.limiter.pause(retry_after)
                         elif not 200 <= status < 300:
                             return self._record(
                                 galaxy,
