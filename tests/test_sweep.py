@@ -564,3 +564,23 @@ def test_a_slurm_task_waits_for_galgen_fit_to_save_at_most_its_stop_timeout(tmp_
     finally:
         task.child.kill()
         task.child.wait()
+
+
+def test_a_slurm_rank_waits_for_rank_zeros_record_of_this_attempt_not_the_last_ones(tmp_path):
+    """After a requeue sweep.json still holds the attempt before: ranks above 0 wait for the new one."""
+    import threading
+
+    from galgen_lightning.rundir import RunDir
+    from galgen_lightning.sweep.slurm import wait_for_launch
+
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    run.write_launch({"args": ["fit"], "job_id": "7_0", "restart": 0})  # the attempt before the requeue
+    assert wait_for_launch(run.path, {"job_id": "7_0", "restart": 0}, timeout=0.1, poll=0.01)
+    assert not wait_for_launch(run.path, {"job_id": "7_0", "restart": 1}, timeout=0.3, poll=0.01)
+    writer = threading.Timer(0.3, run.write_launch, args=({"args": ["fit"], "job_id": "7_0", "restart": 1},))
+    writer.start()
+    start = time.monotonic()
+    assert wait_for_launch(run.path, {"job_id": "7_0", "restart": 1}, timeout=10, poll=0.01)
+    assert 0.25 < time.monotonic() - start < 5
+    writer.join()

@@ -188,12 +188,11 @@ class FitTask(Checkpointable):
             print(f"[sweep] {folder.name}: {state}, nothing to do", flush=True)
             return state
         rank = env.global_rank
+        attempt = {"job_id": env.job_id, "restart": int(os.environ.get("SLURM_RESTART_COUNT") or 0)}
         if rank == 0:
-            runs.start(folder, out, action, args, {**self.params["record"], "launcher": "slurm", "job_id": env.job_id})
-        else:  # rank 0 prepares the folder
-            deadline = time.time() + 60
-            while not (folder / LAUNCH).is_file() and time.time() < deadline:  # written by runs.start
-                time.sleep(1)
+            runs.start(folder, out, action, args, {**self.params["record"], "launcher": "slurm", **attempt})
+        elif not wait_for_launch(folder, attempt):  # rank 0 prepares the folder (it may set an attempt aside)
+            print(f"[sweep] warning: {folder.name}: rank 0 has not recorded this attempt in {LAUNCH} after 60 s", flush=True)
         for signum in (signal.SIGUSR1, signal.SIGINT):  # galgen fit gets them from SLURM too: it stops itself
             signal.signal(signum, _note)
         print(
@@ -235,6 +234,20 @@ class FitTask(Checkpointable):
             while child.poll() is None and time.time() < deadline:
                 time.sleep(0.5)
         return DelayedSubmission(FitTask(**self.params))
+
+
+def wait_for_launch(folder: Path, attempt: dict, timeout: float = 60.0, poll: float = 1.0) -> bool:
+    """Wait until rank 0 has recorded ``attempt`` (job id and SLURM restart count) in the run's
+    ``sweep.json``: after a requeue the file of the attempt before is already there, and a rank
+    that went by it could start while rank 0 still sets that attempt's folder aside. Whether it came."""
+    deadline = time.monotonic() + timeout
+    while True:
+        record = RunDir(folder).launch()
+        if all(record.get(key) == value for key, value in attempt.items()):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll)
 
 
 def _note(signum: int, frame: Any) -> None:
