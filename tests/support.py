@@ -1,11 +1,12 @@
 """Plain helpers shared by the tests (fixtures live in conftest.py): paths, the in-process CLI
-runner, the tiny diffusion arguments, and a JSON-lines reader for files other than a run's
+runner, the tiny diffusion arguments, a quiet Lightning trainer, and a JSON-lines reader for files other than a run's
 ``metrics.jsonl`` (read that one through ``RunDir(run).records()``)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -41,3 +42,18 @@ def run_cli(args: list[str]) -> int:
 def read_jsonl(path: Path) -> list[dict]:
     """Every record of a JSON-lines file."""
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def quiet_trainer(**kwargs: Any):
+    """A Lightning ``Trainer`` for an in-process test: on the CPU, with no logger, checkpointing,
+    progress bar or model summary; a keyword sets any of them back, or anything else."""
+    import lightning as L
+
+    quiet = dict(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    return L.Trainer(**{**quiet, **kwargs})

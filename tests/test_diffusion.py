@@ -14,6 +14,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from support import quiet_trainer
 from torch.utils.data import DataLoader
 
 from galgen_lightning.errors import GalgenError
@@ -178,17 +179,11 @@ class _TinyPairData(L.LightningDataModule):
         return DataLoader(self.images["val"], batch_size=self.val_batch_size, shuffle=False)
 
 
-def _trainer(**kw) -> L.Trainer:
-    return L.Trainer(
-        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, **kw
-    )
-
-
 def test_each_sampler_starts_from_its_own_subsets_mean():
     torch.manual_seed(2)
     pair = DiffusionPair(image_size=16, blocks=2, width=8, max_steps=5)
     dm = _TinyPairData()
-    _trainer(max_steps=1, limit_val_batches=0, num_sanity_val_steps=0).fit(pair, datamodule=dm)
+    quiet_trainer(max_steps=1, limit_val_batches=0, num_sanity_val_steps=0).fit(pair, datamodule=dm)
     mean = {w: float(dm.subset_images(w).double().mean()) for w in "ab"}
     assert abs(mean["a"] - mean["b"]) > 0.4
     assert float(pair.data_mean_a) == pytest.approx(mean["a"]) and float(pair.data_mean_b) == pytest.approx(mean["b"])
@@ -230,7 +225,7 @@ def test_validation_loss_does_not_depend_on_the_batch_size(norm):
     pair = _pair(norm=norm)
     losses = []
     for kw in ({"val_batch_size": 3}, {"val_batch_size": 4}, {"val_batch_size": 10}, {"prebatched": True}):
-        (metrics,) = _trainer().validate(pair, datamodule=_TinyPairData(**kw), verbose=False)
+        (metrics,) = quiet_trainer().validate(pair, datamodule=_TinyPairData(**kw), verbose=False)
         losses.append([metrics["val/loss_a"], metrics["val/loss_b"]])
     losses = torch.tensor(losses)
     assert torch.isfinite(losses).all() and (losses > 0).all()
@@ -270,7 +265,7 @@ def test_an_unknown_precision_is_refused():
 def test_the_sampler_runs_at_the_trainers_precision(precision, dtype):
     pair = DiffusionPair(image_size=16, blocks=2, width=4, max_steps=2)
     if precision is not None:
-        pair.trainer = L.Trainer(accelerator="cpu", precision=precision, logger=False, enable_progress_bar=False)
+        pair.trainer = quiet_trainer(precision=precision)
     seen = []
     pair.model_a.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
     pair.sample(2, seed=0)
@@ -373,7 +368,7 @@ def test_sampler_graph_is_refused_off_cuda_in_one_line():
     with pytest.raises(GalgenError, match=message):
         pair.sample(2, seed=0)
     with pytest.raises(GalgenError, match=message):
-        _trainer(max_steps=1, limit_val_batches=0).fit(pair, datamodule=_TinyPairData())
+        quiet_trainer(max_steps=1, limit_val_batches=0).fit(pair, datamodule=_TinyPairData())
 
 
 @pytest.mark.slow
@@ -386,7 +381,7 @@ def test_compile_trains_like_eager_on_the_cpu():
     losses = {}
     for name, pair in (("eager", eager), ("compiled", compiled)):
         L.seed_everything(0, verbose=False)
-        _trainer(max_steps=2, limit_val_batches=0).fit(pair, datamodule=_TinyPairData())
+        quiet_trainer(max_steps=2, limit_val_batches=0).fit(pair, datamodule=_TinyPairData())
         losses[name] = [p.detach().clone() for p in pair.parameters()]
     assert compiled._train_nets and not eager._train_nets
     assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(losses["eager"], losses["compiled"]))

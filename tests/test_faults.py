@@ -20,7 +20,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from support import CONFIGS, TESTS_OFF, read_jsonl, run_cli
+from support import CONFIGS, TESTS_OFF, quiet_trainer, read_jsonl, run_cli
 
 FAMILY = [f"--config={CONFIGS / 'diffusion.yaml'}", f"--config={CONFIGS / 'quick' / 'diffusion.yaml'}"]
 TINY = [
@@ -225,15 +225,7 @@ def test_gan_skips_a_nonfinite_update_of_one_model_only():
     before_b = {k: v.clone() for k, v in pair.model_b.D.state_dict().items()}
     next(pair.model_a.D.parameters()).register_hook(lambda g: g * float("nan"))
     batches = [{"a": torch.rand(4, 1, 16, 16), "b": torch.rand(4, 1, 16, 16)} for _ in range(2)]
-    trainer = L.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
+    trainer = quiet_trainer(max_epochs=1, limit_val_batches=0)
     trainer.fit(pair, torch.utils.data.DataLoader(batches, batch_size=None))
     assert all(torch.equal(v, before_a[k]) for k, v in pair.model_a.D.state_dict().items())
     assert not all(torch.equal(v, before_b[k]) for k, v in pair.model_b.D.state_dict().items())

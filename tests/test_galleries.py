@@ -9,6 +9,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from support import quiet_trainer
 
 from galgen_lightning.evaluation import TwoModelsTest, gallery
 from galgen_lightning.evaluation.base import EvalCallback
@@ -84,15 +85,7 @@ def _validate(tmp_path, progress: bool, *extra: L.Callback) -> tuple[L.Trainer, 
 
     dm = GalaxyPairDataModule(SyntheticGalaxies(size=300), image_size=16, n=16, n_val=32, batch_size=16)
     test = TwoModelsTest(n_samples=24, batch_size=8, gallery_k=4)
-    trainer = L.Trainer(
-        default_root_dir=tmp_path,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-        callbacks=[test, *extra],
-    )
+    trainer = quiet_trainer(default_root_dir=tmp_path, enable_progress_bar=progress, callbacks=[test, *extra])
     trainer.validate(OracleMemorizer(image_size=16), datamodule=dm)
     return trainer, test
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from support import CONFIGS, read_jsonl, run_cli
+from support import CONFIGS, quiet_trainer, read_jsonl, run_cli
 
 from galgen_lightning.evaluation.discriminator import CURVES, DiscriminatorTest, discriminator_losses, discriminator_statistics
 from galgen_lightning.models.base import count_parameters
@@ -166,7 +166,6 @@ class _Pairs:
 
 
 def test_a_few_steps_lower_the_discriminator_loss():
-    import lightning as L
 
     pair = tiny_pair(lr=2e-3, aug_prob=0.0, gp_every=1000)
     g = torch.Generator().manual_seed(2)
@@ -180,15 +179,7 @@ def test_a_few_steps_lower_the_discriminator_loss():
         return loss
 
     before = d_loss()
-    trainer = L.Trainer(
-        max_steps=4 * 12,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
+    trainer = quiet_trainer(max_steps=4 * 12, limit_val_batches=0)
     trainer.fit(pair, train_dataloaders=_Pairs([real] * 12))
     assert trainer.global_step == 4 * 12  # four optimizer steps (G_A, D_A, G_B, D_B) per batch
     after = d_loss()
@@ -196,7 +187,6 @@ def test_a_few_steps_lower_the_discriminator_loss():
 
 
 def test_monitor_key_reaches_model_checkpoint(tmp_path, blob_file):
-    import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from galgen_lightning.data import ArrayFile, GalaxyPairDataModule
@@ -204,17 +194,14 @@ def test_monitor_key_reaches_model_checkpoint(tmp_path, blob_file):
     dm = GalaxyPairDataModule(ArrayFile(str(blob_file)), image_size=16, n=8, n_val=16, batch_size=4)
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="discriminator/score", mode="min")
     test = DiscriminatorTest(n_samples=8)
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         max_epochs=1,
         limit_train_batches=2,
         limit_val_batches=1,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         num_sanity_val_steps=0,
         callbacks=[test, ckpt],
         default_root_dir=tmp_path,
+        enable_checkpointing=True,
     )
     trainer.fit(tiny_pair(), datamodule=dm)
     assert trainer.global_step == 8
@@ -336,10 +323,7 @@ def test_ema_schedule_copies_before_ema_start_then_averages_every_ema_every():
     pair = tiny_pair(ema_every=2, ema_start=2, ema_beta=0.8, aug_prob=0.0, gp_every=1000)
     g = torch.Generator().manual_seed(5)
     batches = [{m: torch.rand(4, 1, 16, 16, generator=g) for m in ("a", "b")} for _ in range(6)]
-    trainer = L.Trainer(
-        max_steps=4 * 6, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0, callbacks=[record],
-    )  # fmt: skip
+    trainer = quiet_trainer(max_steps=4 * 6, limit_val_batches=0, callbacks=[record])
     trainer.fit(pair, train_dataloaders=_Pairs(batches))
     expected = None
     for iteration, state in enumerate(record.states):
@@ -379,14 +363,13 @@ def test_galgen_sample_reads_a_checkpoint_from_before_averaged_model(tmp_path, c
 
 
 def test_validation_does_not_depend_on_the_batch_size():
-    import lightning as L
     from torch.utils.data import DataLoader
 
     pair = tiny_pair()
     val = torch.rand(10, 1, 16, 16, generator=torch.Generator().manual_seed(6))
     results = []
     for batch_size in (3, 4, 10):  # short last batches: 3+3+3+1, 4+4+2
-        trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+        trainer = quiet_trainer()
         (metrics,) = trainer.validate(pair, DataLoader(val, batch_size=batch_size), verbose=False)
         results.append([metrics[f"val/{k}_{m}"] for k in ("d_real", "d_fake", "hinge") for m in ("a", "b")])
     results = torch.tensor(results)

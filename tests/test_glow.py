@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import integrate, stats
-from support import CONFIGS, read_jsonl, run_cli
+from support import CONFIGS, quiet_trainer, read_jsonl, run_cli
 from torch.autograd.functional import jacobian
 
 from galgen_lightning.evaluation.inversion import InversionTest, inversion_statistics, w1_standard_normal
@@ -265,7 +265,7 @@ def test_validation_bpd_does_not_depend_on_the_batch_size(loader):
         dl = torch.utils.data.DataLoader(list(val.split(3)), batch_size=None)
     else:
         dl = torch.utils.data.DataLoader(val, batch_size=int(loader), shuffle=False)
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = quiet_trainer()
     (metrics,) = trainer.validate(pair, dl, verbose=False)
     # the reference: every image at once, noise from its index
     noise = uniform_from_normal(counter_normal(VAL_SEED, torch.arange(10), (1, 8, 8)))
@@ -277,17 +277,7 @@ def test_validation_bpd_does_not_depend_on_the_batch_size(loader):
 
 # --- non-finite steps ------------------------------------------------------------------------
 def _fit(pair: GlowPair, batches: list[dict], **kwargs) -> L.Trainer:
-    trainer = L.Trainer(
-        max_steps=len(batches),
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        **kwargs,
-    )
+    trainer = quiet_trainer(max_steps=len(batches), num_sanity_val_steps=0, limit_val_batches=0, **kwargs)
     trainer.fit(pair, torch.utils.data.DataLoader(batches, batch_size=None))
     return trainer
 
@@ -353,18 +343,7 @@ def test_ddp_replicas_stay_identical_when_one_rank_sees_a_nonfinite_loss(tmp_pat
     pair.out = str(tmp_path)
     g = torch.Generator().manual_seed(0)
     batches = [{"a": torch.rand(4, 1, 8, 8, generator=g), "b": torch.rand(4, 1, 8, 8, generator=g)} for _ in range(3)]
-    trainer = L.Trainer(
-        max_steps=3,
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp_spawn",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        use_distributed_sampler=False,
-    )
+    trainer = quiet_trainer(max_steps=3, devices=2, strategy="ddp_spawn", limit_val_batches=0, use_distributed_sampler=False)
     trainer.fit(pair, torch.utils.data.DataLoader(batches, batch_size=None))
     r0, r1 = (torch.load(tmp_path / f"rank{k}.pt") for k in (0, 1))
     assert r0["skipped"] == r1["skipped"] == {"a": 1, "b": 0}
@@ -495,16 +474,7 @@ def test_train_sample_and_invert_on_cuda(compile_mode):
     pair = GlowPair(image_size=16, n_flow=4, n_block=3, hidden=32, compile_mode=compile_mode)
     good = torch.rand(8, 1, 16, 16)
     batches = [{"a": good, "b": good.flip(-1)} for _ in range(6)]
-    trainer = L.Trainer(
-        max_steps=len(batches),
-        accelerator="gpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
+    trainer = quiet_trainer(max_steps=len(batches), accelerator="gpu", devices=1, limit_val_batches=0)
     trainer.fit(pair, torch.utils.data.DataLoader(batches, batch_size=None))
     assert pair.skipped == {"a": 0, "b": 0}
     pair = pair.cuda()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
+from support import quiet_trainer
 
 from galgen_lightning.data import GalaxyPairDataModule, SyntheticGalaxies
 from galgen_lightning.data.datamodule import DeviceBatches, DeviceTiledPairs, flip_batch
@@ -136,14 +137,13 @@ def _fit(root, epochs, ckpt=None, every_n_train_steps=None, **trainer_kwargs):
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(
         dirpath=root, save_top_k=-1, every_n_epochs=None if every_n_train_steps else 1, every_n_train_steps=every_n_train_steps
     )
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         max_epochs=epochs,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         num_sanity_val_steps=0,
         callbacks=[record, checkpoint],
         default_root_dir=root,
+        enable_checkpointing=True,
+        accelerator="auto",
         **trainer_kwargs,
     )
     trainer.fit(DiffusionPair(image_size=16, blocks=1, width=4), datamodule=dm, ckpt_path=ckpt)
@@ -192,15 +192,10 @@ def test_ddp_ranks_train_on_disjoint_shares_of_the_epoch(tmp_path):
 
     L.seed_everything(1, verbose=False)
     dm = GalaxyPairDataModule(SyntheticGalaxies(size=120), image_size=8, n=16, n_val=10, batch_size=4, samples_per_epoch=32)
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         devices=2,
         strategy="ddp_spawn",
         max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         num_sanity_val_steps=0,
         callbacks=[_RankRecord(tmp_path)],
     )

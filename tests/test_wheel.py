@@ -13,21 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import ROOT
+from support import ROOT, TINY_DIFFUSION
 
 pytestmark = pytest.mark.slow
 
-TINY = [
-    "--data.source=galgen_lightning.data.SyntheticGalaxies",
-    "--data.source.size=300",
-    "--data.image_size=16",
-    "--data.n=8",
-    "--data.n_val=32",
-    "--data.batch_size=8",
-    "--model.init_args.blocks=2",
-    "--model.init_args.width=8",
-    "--model.init_args.max_steps=20",
-]
+SOURCE = ["--data.source=galgen_lightning.data.SyntheticGalaxies", "--data.source.size=300", "--data.image_size=16"]
+TINY = [*SOURCE, *TINY_DIFFUSION]
 
 
 def _run(cmd: list, cwd: Path, env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
