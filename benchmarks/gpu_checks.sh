@@ -67,7 +67,8 @@ step glow_base 28 "$PY" benchmarks/bench_glow.py --device cuda --batch-size 64 -
 step glow_no_fused_adam 25 "$PY" benchmarks/bench_glow.py --device cuda --batch-size 64 --steps 10 --warmup 2 --no-fused-adam
 step glow_channels_last 25 "$PY" benchmarks/bench_glow.py --device cuda --batch-size 64 --steps 10 --warmup 2 --channels-last
 
-if [ -n "${EXTRA:-}" ]; then  # beyond the ten minutes: long compilations and the CUDA tests
+if [ -n "${EXTRA:-}" ]; then  # beyond the ten minutes: the full-size search, long compilations and the CUDA tests
+  step search_full 30 "$PY" benchmarks/bench_search.py --device cuda --size full --repeats 2  # 1,000 x 100,000 at 64 px
   step glow_compile 300 "$PY" benchmarks/bench_glow.py --device cuda --batch-size 64 --compile
   step gan_compile 300 "$PY" benchmarks/bench_gan.py --device cuda --size full --bf16 --compile
   step pytest_gpu 300 "$PY" -m pytest -q -m gpu tests/test_glow.py tests/test_diffusion.py tests/test_gan.py

@@ -20,7 +20,7 @@ for name in {OPTIONAL!r}:
     sys.modules[name] = None  # any import of it raises ImportError
 import galgen_lightning.models.diffusion, galgen_lightning.models.glow, galgen_lightning.models.gan, galgen_lightning.evaluation
 sys.path.insert(0, r"{ROOT / "benchmarks"}")  # as when a benchmark runs as a script (its _timing helper)
-for bench in ("bench_diffusion", "bench_glow", "bench_gan", "bench_fit"):
+for bench in ("bench_diffusion", "bench_glow", "bench_gan", "bench_fit", "bench_search"):
     spec = importlib.util.spec_from_file_location(bench, r"{ROOT / "benchmarks"}/" + bench + ".py")
     spec.loader.exec_module(importlib.util.module_from_spec(spec))
 print("ok")
