@@ -20,7 +20,7 @@ from galgen_lightning.errors import GalgenError
 
 ROWS = [
     ("memorization_rate", "memorization rate, two-models null [95% CI]"),
-    ("memorization_p_value", "  swap-test p-value (copies beyond chance)"),
+    ("memorization_p_value", "  re-split p-value (copies beyond chance)"),
     ("memorization_rate_heldout", "memorization rate, held-out-real reading"),
     ("agreement_kappa", "shared-noise agreement kappa [95% CI]"),
     ("agreement_paired", "  A_i vs B_i, same noise (mean)"),

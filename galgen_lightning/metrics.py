@@ -101,6 +101,44 @@ def nearest_similarity(
     return best, arg
 
 
+def top_similarities(
+    queries: Tensor,
+    reference: Tensor,
+    k: int,
+    mean_removed: bool = True,
+    transforms: bool = False,
+    chunk_size: int = 8192,
+) -> tuple[Tensor, Tensor]:
+    """For each query, its ``k`` most similar reference images (each image once, at its best
+    flip/rotation with ``transforms``), in decreasing order: the first is :func:`nearest_similarity`'s.
+
+    Args:
+        queries: ``(q, c, h, w)`` images (e.g. samples).
+        reference: ``(n, c, h, w)`` images (e.g. a training subset).
+        k: how many (fewer when ``reference`` has fewer images).
+        mean_removed: see :func:`unit_vectors`.
+        transforms: also match each reference image under its 8 flips/rotations.
+        chunk_size: reference rows per matrix product, bounding memory to ``q * chunk_size``.
+
+    Returns:
+        ``(similarity, index)``, both ``(q, min(k, n))``, on the queries' device.
+    """
+    q = unit_vectors(queries, mean_removed)
+    k = min(int(k), len(reference))
+    best = torch.full((len(q), 0), -math.inf, device=q.device)
+    arg = torch.zeros((len(q), 0), dtype=torch.long, device=q.device)
+    for start in range(0, len(reference), chunk_size):
+        block = reference[start : start + chunk_size]
+        views = dihedral(block) if transforms else block[None]
+        sims = q @ unit_vectors(views[0].to(q.device), mean_removed).T
+        for view in views[1:]:  # each image at its best flip/rotation (a running max: memory of two views)
+            torch.maximum(sims, q @ unit_vectors(view.to(q.device), mean_removed).T, out=sims)
+        index = torch.arange(start, start + len(block), device=q.device).expand(len(q), -1)
+        best, pos = torch.cat([best, sims], dim=1).topk(min(k, best.shape[1] + sims.shape[1]), dim=1)
+        arg = torch.cat([arg, index], dim=1).gather(1, pos)
+    return best, arg
+
+
 def summarize(values: Tensor | np.ndarray, line: float = 0.95) -> dict[str, float]:
     """Median, mean, and share above ``line`` of a similarity distribution (NaN when empty).
 

@@ -395,7 +395,7 @@ def test_report_of_one_run(fake_sweep, tmp_path):
     )
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     (run,) = summary["groups"]["diffusion (16 px)"]["runs"]
-    assert run["verdict"] == "memorizes" and run.get("memorization_rate_ci") is None
+    assert run["verdict"] == "memorizes (point values, no intervals)" and run.get("memorization_rate_ci") is None
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "no_metrics"])
@@ -600,7 +600,7 @@ def test_results_only_in_a_validate_folder_are_reported_with_that_folders_option
     run = root / "diffusion-small-n10-seed0"
     assert judge_run(run, 0).numbers["quantile"] == 0.9
     summary = _summary(run, tmp_path / "one", "--bootstrap", "0")
-    assert summary["groups"]["diffusion (16 px)"]["runs"][0]["verdict"] == "memorizes"
+    assert summary["groups"]["diffusion (16 px)"]["runs"][0]["verdict"] == "memorizes (point values, no intervals)"
     _summary(root, tmp_path / "all", "--bootstrap", "0")
     table = (tmp_path / "all" / "sweep_table.csv").read_text()
     assert "diffusion-small-n10-seed0" in table and "diffusion-small-n1000-seed0" in table

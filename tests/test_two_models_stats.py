@@ -201,3 +201,89 @@ def test_each_models_gap_is_over_its_valid_samples():
     numbers, _, _ = T.two_models_evidence(arrays, n_boot=0)
     assert numbers["gap_median_a"] == pytest.approx(np.median(arrays["own_a"] - arrays["other_a"]))
     assert numbers["gap_median_b"] == pytest.approx(np.median(arrays["own_b"] - arrays["other_b"]))
+
+
+# --- the re-split test: calibration of the memorization rate on cases whose answer is known -----
+def _world(seed: int, n_train: int, n: int, model: str):
+    """Images of a known truth (8x8: a shared blob, four latent directions, pixel noise): subsets A
+    and B, and samples of A and B from the same noise. ``smooth_a``: no copies, but A's samples
+    carry a third of B's pixel noise (one model smoother than the other). ``copies``: each model
+    returns an image of its own subset (with 1% noise). ``fresh``: both return new images."""
+    import torch
+
+    r = np.random.default_rng(seed)
+    grid = np.linspace(-2, 2, 8)
+    blob = np.exp(-(grid[:, None] ** 2 + grid[None, :] ** 2) / 2).ravel()
+    basis = np.linalg.qr(np.random.default_rng(1).normal(size=(64, 4)))[0] * [1.0, 0.8, 0.6, 0.4]
+
+    def draw(z, noise):
+        return blob + z @ basis.T + noise * r.normal(size=(len(z), 64))
+
+    a, b = draw(r.normal(size=(n_train, 4)), 0.35), draw(r.normal(size=(n_train, 4)), 0.35)
+    z = r.normal(size=(n, 4))
+    if model == "smooth_a":
+        sa, sb = draw(z, 0.1), draw(z, 0.35)
+    elif model == "copies":
+        sa = a[r.integers(0, n_train, n)] + 0.01 * r.normal(size=(n, 64))
+        sb = b[r.integers(0, n_train, n)] + 0.01 * r.normal(size=(n, 64))
+    else:
+        sa, sb = draw(z, 0.35), draw(r.normal(size=(n, 4)), 0.35)
+    image = lambda x: torch.from_numpy(x.reshape(-1, 1, 8, 8)).float()  # noqa: E731
+    return image(a), image(b), image(sa), image(sb)
+
+
+def _calibrations(seed: int, model: str, n_train: int = 10, n: int = 256) -> tuple[float, float]:
+    """The re-split test's and the swap test's p-values for one world, through the real search."""
+    import torch
+
+    from galgen_lightning.evaluation.two_models import two_models_statistics
+    from galgen_lightning.models.base import PairSamples
+
+    a, b, sa, sb = _world(seed, n_train, n, model)
+    ok = torch.ones(n, dtype=torch.bool)
+    _, arrays = two_models_statistics(PairSamples(sa, sb, ok, ok), {"a": a, "b": b, "val": a[:4]}, transforms=False)
+    p = T.paired_arrays(arrays)
+    own, other = np.where(p.valid, p.own, np.nan), np.where(p.valid, p.other, np.nan)
+    resplit = T.resplit_test(p, 0.99, 400, np.random.default_rng(seed))["memorization_p_value"]
+    swap = T.swap_test(own, other, 0.99, 400, np.random.default_rng(seed))["memorization_p_value"]
+    return resplit, swap
+
+
+def test_the_resplit_test_keeps_its_level_where_swapping_own_and_other_does_not():
+    """No sample copies anything, but A's samples are smoother than B's: whichever subset sits
+    nearer the smooth samples passes for copying under per-sample swaps; re-splitting the
+    training images keeps the level (30 worlds; 1% expected, about 20% for the swap test)."""
+    p = np.array([_calibrations(seed, "smooth_a") for seed in range(30)])
+    resplit_rejects, swap_rejects = (p < 0.01).sum(axis=0)
+    assert resplit_rejects <= 1, p[:, 0]
+    assert swap_rejects >= 3, p[:, 1]  # the flaw the re-split test removes, as measured here
+
+
+def test_the_resplit_test_finds_copies_and_stays_quiet_on_fresh_samples():
+    for seed in range(3):
+        copies, _ = _calibrations(seed, "copies")
+        fresh, _ = _calibrations(seed, "fresh")
+        assert copies < 0.01 and fresh > 0.05, (copies, fresh)
+
+
+def test_the_resplit_test_reproduces_the_rate_at_the_actual_split_and_uses_partial_lists():
+    """Lists shorter than the subsets (TOP_K 16 of 40 images): the actual split gives back the
+    observed rate; the p-value stays a valid one."""
+    import torch
+
+    from galgen_lightning.evaluation.two_models import TOP_K, two_models_statistics
+    from galgen_lightning.models.base import PairSamples
+
+    a, b, sa, sb = _world(3, 40, 64, "copies")
+    ok = torch.ones(64, dtype=torch.bool)
+    ok[5] = False
+    _, arrays = two_models_statistics(PairSamples(sa, sb, ok, ok), {"a": a, "b": b, "val": a[:4]}, transforms=False)
+    assert arrays["own_top_a"].shape == (63, TOP_K) and list(arrays["subset_sizes"]) == [40, 40]
+    p = T.paired_arrays(arrays)
+    assert np.array_equal(p.top[0, :, 0], p.own[0], equal_nan=True)
+    assert np.all(p.top_index[1, ok.numpy(), :TOP_K] >= 40)  # B's own list: B's images, after A's in the pool
+    result = T.resplit_test(p, 0.99, 200, np.random.default_rng(0))
+    assert result["memorization_p_value"] == pytest.approx(1 / 201) and result["memorization_resplits"] == 200
+    old = {k: v for k, v in arrays.items() if "_top" not in k}  # a result written before the lists were kept
+    numbers, _, _ = T.two_models_evidence(old, n_boot=0)
+    assert "memorization_resplits" not in numbers and numbers["memorization_p_value"] < 0.01  # the swap test

@@ -147,3 +147,14 @@ def test_a_test_that_does_not_fit_the_family_is_one_line_and_leaves_no_folder(tm
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "InversionTest needs a family with latent_shapes" in err[0]
     assert not run.exists() or not any(run.iterdir())
+
+
+def test_a_label_without_bootstrap_intervals_says_so():
+    rng = np.random.default_rng(3)
+    arrays = _arrays(rng, copies=0.9)
+    assert V.judge(arrays, "diffusion", n_boot=300, rng=rng).display == "memorizes"
+    point = V.judge(arrays, "diffusion", n_boot=0, rng=rng)
+    assert point.label == "memorizes" and point.display == "memorizes (point values, no intervals)"
+    assert point.text().startswith("memorizes (point values, no intervals): ")
+    point.complete, point.state = False, "running"
+    assert point.display == "memorizes (point values, no intervals, run running)"

@@ -38,101 +38,17 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.stats
-import torch
 from scipy.stats import DegenerateDataWarning
 
+from galgen_lightning.evaluation.paired import PairedArrays, paired_arrays
 from galgen_lightning.models.base import MODELS
 
 REALISM_QUANTILE = 0.01
 """Tail of the held-out real galaxies' distributions outside which a sample counts as unlike
 any real galaxy (each side for brightness, the low side for structure)."""
-
-
-def unit_rows(x: np.ndarray, mean_removed: bool = True) -> np.ndarray:
-    """Images ``(n, ...)`` as rows of unit length in float64 (:func:`galgen_lightning.metrics.unit_vectors`);
-    a constant image gives zeros."""
-    from galgen_lightning.metrics import unit_vectors
-
-    return unit_vectors(torch.from_numpy(np.asarray(x, dtype=np.float64)), mean_removed, dtype=torch.float64).numpy()
-
-
-def full_length(values: np.ndarray, index: np.ndarray, n: int) -> np.ndarray:
-    """Per-sample values given for the sample indices ``index`` as a length-``n`` array, NaN elsewhere."""
-    out = np.full(n, np.nan)
-    out[np.asarray(index, dtype=np.int64)] = np.asarray(values, dtype=np.float64)
-    return out
-
-
-@dataclass
-class PairedArrays:
-    """Per noise index ``i`` (rows: model A, model B), NaN where a sample is invalid.
-
-    Attributes:
-        own: ``(2, n)`` nearest similarity to the model's own subset.
-        other: ``(2, n)`` nearest similarity to the other subset.
-        pixel_std: ``(2, n)`` pixel standard deviation of each sample.
-        heldout: held-out real galaxies' nearest-training similarities (val vs A, then val vs B).
-        heldout_std: held-out real galaxies' pixel standard deviations (empty when not recorded).
-        units: ``{"a": (n, d), "b": (n, d)}`` mean-removed unit rows of the samples (NaN rows
-            where invalid), for the agreement statistic; empty when samples were not stored.
-    """
-
-    own: np.ndarray
-    other: np.ndarray
-    pixel_std: np.ndarray
-    heldout: np.ndarray
-    heldout_std: np.ndarray
-    units: dict[str, np.ndarray] = field(default_factory=dict)
-
-    @property
-    def n(self) -> int:
-        return self.own.shape[1]
-
-    @property
-    def valid(self) -> np.ndarray:
-        """``(2, n)`` bool: the sample is usable."""
-        return np.isfinite(self.own) & np.isfinite(self.other)
-
-
-def paired_arrays(arrays: dict[str, np.ndarray]) -> PairedArrays:
-    """Re-index the callback's stored arrays by noise index (see :class:`PairedArrays`).
-
-    ``arrays`` is the content of ``eval/two_models/epoch_XXXX.npz``: ``own_<m>``, ``other_<m>``,
-    ``sample_index_<m>``, ``heldout`` and, when stored, ``samples_<m>``, ``ok_<m>``,
-    ``heldout_pixel_std``.
-    """
-    n = 0
-    for m in MODELS:
-        idx = np.asarray(arrays.get(f"sample_index_{m}", np.arange(len(arrays.get(f"own_{m}", [])))), dtype=np.int64)
-        n = max(n, int(idx.max()) + 1 if idx.size else 0)
-        if f"samples_{m}" in arrays:
-            n = max(n, len(arrays[f"samples_{m}"]))
-    own, other, std = (np.full((2, n), np.nan) for _ in range(3))
-    units: dict[str, np.ndarray] = {}
-    for r, m in enumerate(MODELS):
-        idx = np.asarray(arrays.get(f"sample_index_{m}", np.arange(len(arrays.get(f"own_{m}", [])))), dtype=np.int64)
-        own[r] = full_length(arrays.get(f"own_{m}", []), idx, n)
-        other[r] = full_length(arrays.get(f"other_{m}", []), idx, n)
-        x = arrays.get(f"samples_{m}")
-        if x is not None and len(x) == n:
-            x = np.asarray(x, dtype=np.float64).reshape(n, -1)
-            ok = np.isfinite(own[r]) & np.all(np.isfinite(x), axis=1)
-            std[r] = np.where(ok, np.nan_to_num(x).std(axis=1, ddof=1), np.nan)  # as heldout_pixel_std (torch.std)
-            u = unit_rows(np.nan_to_num(x))
-            u[~ok] = np.nan
-            units[m] = u
-    return PairedArrays(
-        own=own,
-        other=other,
-        pixel_std=std,
-        heldout=np.asarray(arrays.get("heldout", []), dtype=np.float64).ravel(),
-        heldout_std=np.asarray(arrays.get("heldout_pixel_std", []), dtype=np.float64).ravel(),
-        units=units if len(units) == 2 else {},
-    )
 
 
 # --- point statistics -------------------------------------------------------------------------
@@ -187,6 +103,62 @@ def swap_test(
         "memorization_null_mean": float(null.mean()),
         "memorization_excess": rate - float(null.mean()),
         "memorization_p_value": float((1 + np.sum(null >= rate - 1e-12)) / (1 + permutations)),
+    }
+
+
+def resplit_test(
+    p: PairedArrays, quantile: float, permutations: int = 2000, rng: np.random.Generator | None = None, chunk: int = 100
+) -> dict[str, float]:
+    """Calibration of the memorization rate by splitting the training images into A and B again.
+
+    Subsets A and B are one random split of a pool of images. If neither model's samples
+    depend on which half it trained on (the null: no copying), every split of the pool into two
+    subsets of the same sizes is as likely to be the one behind the samples, so the rate
+    recomputed for random re-splits (each sample's own and other nearest similarity taken over
+    the images its model's subset would then hold) is the rate's null distribution. Unlike
+    swapping own and other per sample (:func:`swap_test`), this keeps what all samples share:
+    the same two subsets, so a subset that happens to sit nearer the samples of one model (say,
+    smoother samples than the other model's) does not pass for copying.
+
+    Each sample's most similar images of both subsets (:attr:`PairedArrays.top`) stand for the
+    whole pool: an image outside both lists is less similar than every listed image of its
+    subset, so a re-split side left without a listed image takes the larger of the two lists'
+    last values (a bound; rare unless the lists are short, never when they hold whole subsets).
+
+    Returns:
+        ``memorization_null_mean``, ``memorization_excess``, ``memorization_p_value`` (one-sided,
+        ``(1 + #{null >= rate}) / (1 + permutations)``) and ``memorization_resplits``; NaN
+        values without the lists or with fewer than two valid samples.
+    """
+    missing = {"memorization_null_mean": math.nan, "memorization_excess": math.nan, "memorization_p_value": math.nan}
+    if p.top is None or p.top_index is None or p.top_floor is None or p.sizes is None:
+        return missing
+    rng = rng or np.random.default_rng(0)
+    valid = p.valid & np.all(np.isfinite(p.top), axis=2)
+    if valid.sum() < 2:
+        return missing
+    sims = p.top[valid]  # (V, m): model A's valid samples, then B's
+    pool = p.top_index[valid]
+    is_a = np.repeat([True, False], valid.sum(axis=1))
+    floor = p.top_floor[valid][None, :]  # the bound of an unlisted image
+    rate, _ = null_rate(np.where(valid, p.own, np.nan), np.where(valid, p.other, np.nan), quantile)
+    size_a, size_b = p.sizes
+    null = []
+    for start in range(0, permutations, chunk):
+        count = min(chunk, permutations - start)
+        in_a = np.argsort(rng.random((count, size_a + size_b)), axis=1) < size_a  # (P, pool): exactly size_a in A
+        own_side = in_a[:, pool] == is_a[None, :, None]  # (P, V, m): the image is in the sample's model's subset
+        own = np.where(own_side, sims, -np.inf).max(axis=2)
+        other = np.where(own_side, -np.inf, sims).max(axis=2)
+        own, other = np.where(np.isinf(own), floor, own), np.where(np.isinf(other), floor, other)
+        threshold = np.quantile(other, quantile, axis=1)
+        null.append(np.mean(own > threshold[:, None], axis=1))
+    null_rates = np.concatenate(null)
+    return {
+        "memorization_null_mean": float(null_rates.mean()),
+        "memorization_excess": rate - float(null_rates.mean()),
+        "memorization_p_value": float((1 + np.sum(null_rates >= rate - 1e-12)) / (1 + permutations)),
+        "memorization_resplits": float(permutations),
     }
 
 
@@ -390,7 +362,8 @@ def two_models_evidence(
     numbers["memorization_rate"], numbers["memorization_threshold"] = null_rate(own, other, quantile)
     for r, m in enumerate(MODELS):
         numbers[f"memorization_rate_{m}"] = null_rate(own[r], other, quantile)[0]
-    numbers.update(swap_test(own, other, quantile, permutations, rng))
+    calibration = resplit_test(p, quantile, permutations, rng) if p.top is not None else {}
+    numbers.update(calibration if "memorization_resplits" in calibration else swap_test(own, other, quantile, permutations, rng))
     numbers["memorization_rate_heldout"], numbers["memorization_threshold_heldout"] = heldout_rate(own, p.heldout, quantile)
     numbers.update(gap_test(own, other))
     for r, m in enumerate(MODELS):  # each model's own median gap (its valid samples)

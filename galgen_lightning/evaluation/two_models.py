@@ -39,10 +39,13 @@ import torch
 from galgen_lightning.evaluation import gallery
 from galgen_lightning.evaluation.base import SamplingTest, mosaic
 from galgen_lightning.evaluation.statistics import two_models_evidence
-from galgen_lightning.metrics import nearest_similarity, paired_cosine, summarize
+from galgen_lightning.metrics import nearest_similarity, paired_cosine, summarize, top_similarities
 from galgen_lightning.models.base import MODELS
 
 SEARCHES = 6
+TOP_K = 16
+"""Most similar images kept per sample in each subset (``own_top_<m>``, ``other_top_<m>``): what
+the re-split test (:func:`~galgen_lightning.evaluation.statistics.resplit_test`) re-assigns."""
 """Nearest-neighbour searches of one :func:`two_models_statistics` call (own, other, held-out; per model)."""
 
 
@@ -78,16 +81,16 @@ def two_models_statistics(
     for which in MODELS:
         ok = samples.ok(which)
         x = samples[which][ok]
-        own, own_idx = nearest_similarity(x, subsets[which], **kw)
-        tick(1)
-        other, other_idx = nearest_similarity(x, subsets[gallery.OTHER[which]], **kw)
-        tick(1)
-        arrays[f"own_{which}"], arrays[f"other_{which}"] = own.numpy(), other.numpy()
-        arrays[f"own_index_{which}"], arrays[f"other_index_{which}"] = own_idx.numpy(), other_idx.numpy()
+        for side, subset in (("own", subsets[which]), ("other", subsets[gallery.OTHER[which]])):
+            top, top_idx = top_similarities(x, subset, TOP_K, **kw)  # the nearest first
+            tick(1)
+            arrays[f"{side}_{which}"], arrays[f"{side}_index_{which}"] = top[:, 0].numpy(), top_idx[:, 0].numpy()
+            arrays[f"{side}_top_{which}"], arrays[f"{side}_top_index_{which}"] = top.numpy(), top_idx.numpy()
         arrays[f"sample_index_{which}"] = torch.nonzero(ok).flatten().numpy()
         ref.append(nearest_similarity(subsets["val"], subsets[which], **kw)[0].numpy())
         tick(1)
     arrays["heldout"] = np.concatenate(ref)
+    arrays["subset_sizes"] = np.array([len(subsets[m]) for m in MODELS], dtype=np.int64)
     arrays["heldout_pixel_std"] = subsets["val"].flatten(1).float().std(dim=1).numpy()
     arrays["pair_index"] = torch.nonzero(both).flatten().numpy()
     own_all = np.concatenate([arrays["own_a"], arrays["own_b"]])

@@ -21,9 +21,12 @@ Labels, decided in this order (``lo``/``hi``: the bootstrap interval over noise 
      ``kappa`` significant (permutation ``p < ALPHA``) and ``kappa lo > AGREEMENT_KAPPA``;
    - GAN: the discriminator test's four curves and the held-out curves agree, every paired
      difference of their means within ``+-DISCRIMINATOR_TOLERANCE`` with confidence.
-5. **in transition** when the rate is above chance with confidence (``lo > chance``, and the
-   swap test of :func:`~galgen_lightning.evaluation.statistics.swap_test` gives ``p < ALPHA``)
-   but not most samples: some samples are copies.
+5. **in transition** when the rate is above chance with confidence (``lo`` above the rate
+   expected by chance for these samples, and the re-split test of
+   :func:`~galgen_lightning.evaluation.statistics.resplit_test` gives ``p < ALPHA``; results
+   written before galgen kept the lists it needs use the swap test,
+   :func:`~galgen_lightning.evaluation.statistics.swap_test`) but not most samples: some
+   samples are copies.
 6. **inconclusive** otherwise, naming the missing piece (e.g. no copies but no agreement either:
    an under-trained pair).
 
@@ -85,6 +88,8 @@ class Verdict:
         complete: the run finished (a verdict on an unfinished run is about its last evaluation).
         state: the run's state.
         epoch: the evaluation's epoch.
+        bootstrapped: the intervals are bootstrap intervals (false with ``n_boot = 0``: the bounds
+            are the point values, and a label then rests on no confidence).
     """
 
     label: str
@@ -96,13 +101,16 @@ class Verdict:
     complete: bool = True
     state: str = "complete"
     epoch: int | None = None
+    bootstrapped: bool = True
     replicates: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     """Bootstrap replicates per statistic (for combining runs, e.g. N* over seeds); not in JSON."""
 
     @property
     def display(self) -> str:
-        """The label, marked when the run did not finish."""
-        return self.label if self.complete else f"{self.label} (run {self.state})"
+        """The label, marked when it rests on no interval or the run did not finish."""
+        marks = [] if self.bootstrapped or self.label == "inconclusive" else ["point values, no intervals"]
+        marks += [] if self.complete else [f"run {self.state}"]
+        return f"{self.label} ({', '.join(marks)})" if marks else self.label
 
     def text(self) -> str:
         """One paragraph: the label, then its evidence."""
@@ -214,12 +222,14 @@ def judge(
         return intervals.get(key, (value, value))
 
     verdict = Verdict("inconclusive", [], numbers, intervals, family=family, evidence=kind, replicates=replicates)
+    verdict.bootstrapped = n_boot > 0
     chance = 1 - quantile
     rate = numbers["memorization_rate"]
     r_lo, r_hi = bounds("memorization_rate")
+    calibration = "re-splitting the training images" if "memorization_resplits" in numbers else "the swap test"
     rate_text = (
         f"memorization rate {fmt_ci(rate, intervals.get('memorization_rate'))} under the two-models null "
-        f"(chance {chance:.2g}, {numbers.get('memorization_null_mean', math.nan):.3f} for these samples by the swap test, "
+        f"(chance {chance:.2g}, {numbers.get('memorization_null_mean', math.nan):.3f} for these samples by {calibration}, "
         f"p={numbers.get('memorization_p_value', math.nan):.2g}; held-out-real reading "
         f"{fmt_ci(numbers.get('memorization_rate_heldout'), intervals.get('memorization_rate_heldout'))})"
     )
@@ -261,7 +271,11 @@ def judge(
         verdict.label = "generalizes"
         verdict.reasons = [positive_text, f"no more copies than chance: {rate_text}", real_text, gap_text]
         return verdict
-    copies_beyond_chance = r_lo > chance and numbers.get("memorization_p_value", 0.0) < ALPHA
+    # "above chance": above what the rate is by chance for these samples (the null mean; 1 - quantile
+    # only in the limit of many samples) with confidence, and significant by the calibration test
+    null_mean = numbers.get("memorization_null_mean", math.nan)
+    floor = max(chance, null_mean) if math.isfinite(null_mean) else chance
+    copies_beyond_chance = r_lo > floor and numbers.get("memorization_p_value", 1.0) < ALPHA
     if copies_beyond_chance:
         verdict.label = "in transition"
         verdict.reasons = [f"some samples are copies, but not most: {rate_text}", gap_text, positive_text, real_text]
