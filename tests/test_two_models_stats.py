@@ -287,3 +287,23 @@ def test_the_resplit_test_reproduces_the_rate_at_the_actual_split_and_uses_parti
     old = {k: v for k, v in arrays.items() if "_top" not in k}  # a result written before the lists were kept
     numbers, _, _ = T.two_models_evidence(old, n_boot=0)
     assert "memorization_resplits" not in numbers and numbers["memorization_p_value"] < 0.01  # the swap test
+
+
+def test_an_interval_does_not_move_with_how_many_draws_another_part_takes():
+    """The calibration test, the agreement permutations and the two bootstraps each have their own
+    stream: the same arrays judged with the re-split test (lists kept) or the swap test (an older
+    result) get the same intervals to the last digit."""
+    import torch
+
+    from galgen_lightning.evaluation.two_models import two_models_statistics
+    from galgen_lightning.models.base import PairSamples
+
+    a, b, sa, sb = _world(5, 20, 48, "fresh")
+    ok = torch.ones(48, dtype=torch.bool)
+    _, arrays = two_models_statistics(PairSamples(sa, sb, ok, ok), {"a": a, "b": b, "val": a[:8]}, transforms=False)
+    arrays = {**arrays, "samples_a": sa.numpy(), "samples_b": sb.numpy()}
+    old = {k: v for k, v in arrays.items() if "_top" not in k}
+    new_numbers, new_intervals, _ = T.two_models_evidence(arrays, n_boot=200, rng=np.random.default_rng(1))
+    old_numbers, old_intervals, _ = T.two_models_evidence(old, n_boot=200, rng=np.random.default_rng(1))
+    assert "memorization_resplits" in new_numbers and "memorization_resplits" not in old_numbers
+    assert new_intervals == old_intervals and new_numbers["agreement_p_value"] == old_numbers["agreement_p_value"]

@@ -362,8 +362,12 @@ def two_models_evidence(
     numbers["memorization_rate"], numbers["memorization_threshold"] = null_rate(own, other, quantile)
     for r, m in enumerate(MODELS):
         numbers[f"memorization_rate_{m}"] = null_rate(own[r], other, quantile)[0]
-    calibration = resplit_test(p, quantile, permutations, rng) if p.top is not None else {}
-    numbers.update(calibration if "memorization_resplits" in calibration else swap_test(own, other, quantile, permutations, rng))
+    # one stream per randomized part: an interval does not move when another part draws more or less
+    calibration_rng, agreement_rng, bootstrap_rng, agreement_bootstrap_rng = rng.spawn(4)
+    calibration = resplit_test(p, quantile, permutations, calibration_rng) if p.top is not None else {}
+    if "memorization_resplits" not in calibration:  # a result written before the lists were kept
+        calibration = swap_test(own, other, quantile, permutations, calibration_rng)
+    numbers.update(calibration)
     numbers["memorization_rate_heldout"], numbers["memorization_threshold_heldout"] = heldout_rate(own, p.heldout, quantile)
     numbers.update(gap_test(own, other))
     for r, m in enumerate(MODELS):  # each model's own median gap (its valid samples)
@@ -378,7 +382,7 @@ def two_models_evidence(
     if p.heldout_std.size and np.isfinite(p.pixel_std).any():
         numbers["pixel_std_ratio"] = float(np.nanmedian(p.pixel_std) / max(np.median(p.heldout_std), 1e-12))
     matrix = similarity_matrix(p.units) if p.units else np.zeros((0, 0))
-    numbers.update(agreement(matrix, permutations, rng) if p.units else {})
+    numbers.update(agreement(matrix, permutations, agreement_rng) if p.units else {})
 
     ht = np.quantile(p.heldout[np.isfinite(p.heldout)], quantile) if np.isfinite(p.heldout).any() else None
 
@@ -408,8 +412,8 @@ def two_models_evidence(
         kappas = (paired - unpaired) / np.maximum(1 - unpaired, 1e-12)
         return {"agreement_paired": paired, "agreement_unpaired": unpaired, "agreement_kappa": kappas}
 
-    reps, intervals = bootstrap(per_sample, p.n, n_boot, confidence, rng)
+    reps, intervals = bootstrap(per_sample, p.n, n_boot, confidence, bootstrap_rng)
     if len(matrix) >= 3:
-        more = bootstrap(paired_agreement, len(matrix), n_boot, confidence, rng)
+        more = bootstrap(paired_agreement, len(matrix), n_boot, confidence, agreement_bootstrap_rng)
         reps, intervals = reps | more[0], intervals | more[1]
     return numbers, intervals, reps
