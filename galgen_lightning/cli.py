@@ -39,7 +39,7 @@ from galgen_lightning.faults.ddp import configure_ddp, rank_lost
 from galgen_lightning.faults.writes import checkpoint_file, unreadable_checkpoint
 from galgen_lightning.files import make_dir, write_error
 from galgen_lightning.models.base import PairModule
-from galgen_lightning.rundir import CHECKPOINTS, RunDir, RunDirectory, family_of
+from galgen_lightning.rundir import CHECKPOINTS, LAUNCH, WANDB, RunDir, RunDirectory, family_of
 
 
 def wandb_logged_in() -> bool:
@@ -63,11 +63,11 @@ def _check_ckpt_path(ckpt: str | None, subcommand: str | None = None) -> None:
     later); Lightning's keywords and remote URLs are left to Lightning, except that ``validate``
     needs a file: with a keyword and no checkpoint at hand, Lightning validates an untrained model
     with a warning only, and the results would be passed off as the run's."""
-    if subcommand == "validate" and ckpt in _CKPT_KEYWORDS:
-        raise GalgenError(f"--ckpt_path {ckpt}: galgen validate needs a checkpoint file, e.g. runs/<run>/checkpoints/last.ckpt")
-    if not ckpt or ckpt in _CKPT_KEYWORDS or ckpt.startswith("registry:") or "://" in ckpt:
-        return
-    checkpoint_file(ckpt)
+    if subcommand == "validate" and (not ckpt or ckpt in _CKPT_KEYWORDS):
+        given = f"--ckpt_path {ckpt}: " if ckpt else ""
+        raise GalgenError(f"{given}galgen validate needs --ckpt_path <checkpoint file>, e.g. runs/<run>/checkpoints/last.ckpt")
+    if _is_file_path(ckpt):
+        checkpoint_file(ckpt)
 
 
 def model_arguments(argv: list[str]) -> list[str]:
@@ -216,6 +216,7 @@ class GalgenCLI(LightningCLI):
         _check_tests_fit_family(cfg)
         folder = self._choose_run_dir(cfg)
         cfg.trainer.default_root_dir = str(folder)
+        self.run_directory.reference = self._reference_run(folder, getattr(cfg, "ckpt_path", None))
         for logger in _entries(cfg.trainer.logger):
             args = getattr(logger, "init_args", None)
             if args is None:
@@ -242,7 +243,9 @@ class GalgenCLI(LightningCLI):
         if use_line_progress(cfg.trainer.enable_progress_bar, paths):  # a log, not a terminal: a line per epoch
             self.trainer_defaults["callbacks"] = [*self.trainer_defaults.get("callbacks", []), LineProgress()]
         parser = self._parser(self.subcommand)
-        self.run_directory.config_text = parser.dump(rerunnable(saved, self.subcommand), skip_none=False)
+        with warnings.catch_warnings():  # jsonargparse >= 4.49 deprecates skip_none (its new name is not in older ones)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.run_directory.config_text = parser.dump(rerunnable(saved, self.subcommand), skip_none=False)
 
     def instantiate_classes(self) -> None:
         try:
@@ -256,6 +259,15 @@ class GalgenCLI(LightningCLI):
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         wandb_utils.configure(self.trainer.loggers, Path(self.trainer.default_root_dir), cfg, self.subcommand or "fit")
         wandb_utils.connect(self.trainer.loggers)  # now: Lightning would start it where a failure is a traceback
+
+    def _reference_run(self, folder: Path, ckpt: str | None) -> Path | None:
+        """The run whose training subsets this command must use: a resumed fit's own folder, or
+        the run a validated checkpoint belongs to (``<run>/checkpoints/<file>``); None otherwise."""
+        if self.subcommand == "fit":
+            return folder if ckpt else None
+        if _is_file_path(ckpt) and Path(ckpt).resolve().parent.name == CHECKPOINTS:
+            return Path(ckpt).resolve().parent.parent
+        return None
 
     def _choose_run_dir(self, cfg) -> Path:
         given = cfg.trainer.default_root_dir
@@ -279,6 +291,15 @@ class GalgenCLI(LightningCLI):
             self.lock = RunLock.new(Path("runs"), name)  # -2 when another run started in the same second
             return self.lock.folder
         folder = Path(given)
+        # checked before the lock, whose file would be left among the user's files
+        foreign = [] if RunDir(folder).status() or not folder.is_dir() else sorted(p.name for p in folder.iterdir())
+        foreign = [name for name in foreign if not _galgen_own(name)]
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise GalgenError(
+                f"--trainer.default_root_dir {folder} is not empty and holds no galgen run ({shown}): "
+                "a run would overwrite what is there; choose a new or empty directory"
+            )
         if is_rank_zero_launch():  # one galgen fit per run directory (DDP's other ranks share it)
             self.lock = RunLock(folder).acquire()
         status = RunDir(folder).status()
@@ -287,7 +308,23 @@ class GalgenCLI(LightningCLI):
                 f"--trainer.default_root_dir {folder} already holds a {status.get('state', 'previous')} run; "
                 "choose another directory, or resume it with --ckpt_path"
             )
+        if status and _is_file_path(ckpt) and not Path(ckpt).resolve().is_relative_to(folder.resolve()):
+            raise GalgenError(
+                f"--ckpt_path {ckpt} is not a checkpoint of the run in --trainer.default_root_dir {folder}: "
+                f"resume a run from its own {CHECKPOINTS}/, or start a new run in a new directory"
+            )
         return folder
+
+
+def _is_file_path(ckpt: str | None) -> bool:
+    """A ``--ckpt_path`` naming a local file (not Lightning's keywords, a registry or a URL)."""
+    return bool(ckpt) and ckpt not in _CKPT_KEYWORDS and not ckpt.startswith("registry:") and "://" not in ckpt
+
+
+def _galgen_own(name: str) -> bool:
+    """What galgen itself may have put in a run directory before its ``status.json``: the lock,
+    the sweep's launch record and logs, the W&B identity and run of an attempt that stopped early."""
+    return name in (".lock", LAUNCH, WANDB, "wandb", "sweep.log") or (name.startswith("sweep.rank") and name.endswith(".log"))
 
 
 def rerunnable(cfg, subcommand: str | None):
@@ -393,6 +430,42 @@ def _resolve_configs(argv: list[str]) -> list[str]:
     return out
 
 
+def check_config_file(value: str) -> None:
+    """A ``--config`` file must be UTF-8 YAML holding a mapping: otherwise one line that names the
+    file (jsonargparse's own messages name none, or fail with a traceback on binary files).
+    Values that are not files are left to jsonargparse (it reads a YAML string too)."""
+    import yaml
+
+    path = Path(value).expanduser()
+    if not path.is_file():
+        return
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise GalgenError(f"--config {value} is not a text (UTF-8) YAML file") from None
+    except OSError as e:
+        raise GalgenError(f"--config {value} cannot be read: {e.strerror or e}") from None
+    try:
+        content = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise GalgenError(f"--config {value}: not valid YAML{where}: {problem}") from None
+    if content is None:
+        raise GalgenError(f"--config {value} is empty: give it options (key: value lines) or leave it out")
+    if not isinstance(content, dict):
+        raise GalgenError(f"--config {value} holds a {type(content).__name__}, not options (key: value lines)")
+
+
+def _check_config_files(argv: list[str]) -> None:
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            check_config_file(arg[len("--config=") :])
+        elif arg == "--config" and i + 1 < len(argv):
+            check_config_file(argv[i + 1])
+
+
 def missing_extra(error: BaseException) -> str | None:
     """The one-line message for a missing optional package, or None when ``error`` is not one."""
     while error is not None:
@@ -408,7 +481,6 @@ def main(args: list[str] | None = None) -> None:
     """Entry point of the ``galgen`` command (``args`` for in-process use and tests)."""
     from galgen_lightning.wandb_utils import choose_mode
 
-    choose_mode()  # WANDB_MODE wins; offline without credentials
     # the seed is in the run's config.yaml; Lightning's "Seed set to N" line would stand before a one-line error
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message="No seed found, seed set to 0")
@@ -425,6 +497,8 @@ def main(args: list[str] | None = None) -> None:
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
     cli, handlers = None, {}
     try:
+        choose_mode()  # WANDB_MODE wins (one W&B knows); offline without credentials
+        _check_config_files(argv)
         if argv and argv[0] in EXTRA_COMMANDS:  # galgen report / galgen sweep: their own small CLIs
             import importlib
 

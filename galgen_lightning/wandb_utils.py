@@ -60,8 +60,22 @@ def logged_in() -> bool:
         return False
 
 
+WANDB_MODES = ("online", "offline", "disabled", "dryrun", "run", "shared")
+"""The values W&B accepts for ``WANDB_MODE``."""
+
+
 def choose_mode() -> str:
-    """Set ``WANDB_MODE`` to ``offline`` unless it is set or credentials exist; return the mode."""
+    """Set ``WANDB_MODE`` to ``offline`` unless it is set or credentials exist; return the mode.
+
+    Raises:
+        GalgenError: ``WANDB_MODE`` set to a value W&B does not know (it would fail later with a
+            traceback, after the run directory was made).
+    """
+    mode = os.environ.get("WANDB_MODE")
+    if mode is not None and mode not in WANDB_MODES:
+        from galgen_lightning.errors import GalgenError
+
+        raise GalgenError(f"WANDB_MODE={mode!r} is not one of {', '.join(WANDB_MODES)}")
     if "WANDB_MODE" not in os.environ and not logged_in():
         os.environ["WANDB_MODE"] = "offline"
     os.environ.setdefault("WANDB_SILENT", "true")

@@ -39,6 +39,57 @@ def test_existing_run_directory_is_not_overwritten(tmp_path, tiny_source_args, c
     assert (run / "status.json").read_text() == before
 
 
+def test_a_run_is_kept_from_what_is_not_its_own(tmp_path, tiny_source_args, capsys):
+    """A folder of the user's files, another run's checkpoint, other training subsets on resume or
+    validate, validate without a checkpoint: one line each, and nothing already there changes."""
+    first = tmp_path / "first"
+    args = ["fit", *FAMILY, *tiny_source_args, *TINY]
+    assert run_cli([*args, f"--trainer.default_root_dir={first}"]) == 0
+    ckpt = next((first / "checkpoints").glob("*.ckpt"))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("# my notes\n")
+    second = tmp_path / "second"
+    assert run_cli([*args, f"--trainer.default_root_dir={second}"]) == 0
+    capsys.readouterr()
+    kept = (mine / "config.yaml", first / "manifest.json", first / "status.json", second / "status.json")
+    before = {p: p.read_bytes() for p in kept}
+    cases = [
+        ([*args, f"--trainer.default_root_dir={mine}"], f"default_root_dir {mine} is not empty and holds no galgen run"),
+        ([*args, f"--trainer.default_root_dir={second}", f"--ckpt_path={ckpt}"], "is not a checkpoint of the run in"),
+        (
+            [*args, "--data.seed=5", f"--trainer.default_root_dir={first}", f"--ckpt_path={ckpt}"],
+            f"other training subsets A and B than the run in {first} was trained on (seed 0 -> 5)",
+        ),
+        (["validate", f"--config={first / 'config.yaml'}", f"--ckpt_path={ckpt}", "--data.n=6"], "(n 8 -> 6)"),
+        (["validate", f"--config={first / 'config.yaml'}"], "galgen validate needs --ckpt_path <checkpoint file>"),
+    ]
+    for command, expected in cases:
+        assert run_cli(command) == 2, command
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("galgen: error:") and expected in err[-1], (command, err[-3:])
+    assert all(p.read_bytes() == content for p, content in before.items())
+    assert sorted(p.name for p in mine.iterdir()) == ["config.yaml"] and not list(first.glob("validate-*"))
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (b"\x00\xa6\xff", "is not a text (UTF-8) YAML file"),
+        (b"data:\n  n: 4\n\tn_val: 8\n", "not valid YAML at line 3, column 1"),
+        (b"- a\n- b\n", "holds a list, not options"),
+        (b"", "is empty"),
+    ],
+)
+def test_a_bad_config_file_is_one_line_that_names_it(tmp_path, capsys, content, expected):
+    bad = tmp_path / "bad config.yaml"
+    bad.write_bytes(content)
+    for command in (["fit", *FAMILY, f"--config={bad}"], ["sweep", "--config", str(bad)]):
+        assert run_cli(command) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"galgen: error: --config {bad}") and expected in err[0], err
+
+
 @pytest.mark.parametrize(
     "bad, expected",
     [
@@ -230,7 +281,7 @@ def test_status_reports_progress_after_each_training_epoch(tmp_path):
     "argv, expected",
     [
         (["sweep", "--bogus=1"], "unrecognized arguments: --bogus=1 (galgen sweep --help lists the options)"),
-        (["sweep", "--ns=abc"], 'Parser key "ns"'),
+        (["sweep", "--ns=abc"], "--ns must be integers separated by commas (e.g. 10,100), got 'abc'"),
         (["report"], "the following arguments are required: path (galgen report --help lists the options)"),
     ],
 )

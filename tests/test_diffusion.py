@@ -440,3 +440,17 @@ def test_diffusion_and_fit_benchmarks_run_on_the_cpu_with_the_option_flags():
     assert fit.returncode == 0, fit.stderr
     (result,) = [json.loads(line) for line in fit.stdout.splitlines() if line.startswith("{")]
     assert result["options"] == {"channels_last": True, "fused_adam": True, "compile": False} and result["ratio_device"] > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_the_denoising_test_feeds_a_true_precision_network_its_own_dtype(dtype):
+    """--trainer.precision bf16-true / 64-true: the network's weights are in that dtype; the
+    denoising test's float32 images are cast for it, and the result comes back in float32."""
+    pair = DiffusionPair(image_size=16, blocks=2, width=4).to(dtype)
+    out = pair.denoise("a", torch.rand(3, 1, 16, 16))
+    assert out.dtype == torch.float32 and out.shape == (3, 1, 16, 16) and torch.isfinite(out).all()
+
+
+def test_an_image_side_the_unet_cannot_halve_blocks_times_is_refused_when_built():
+    with pytest.raises(ValueError, match=r"image side 12 \(data.image_size\) must be divisible by 2\*\*blocks = 8"):
+        DiffusionPair(image_size=12, blocks=3)

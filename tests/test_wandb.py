@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support import QUICK_DIFFUSION, TINY_DIFFUSION, read_jsonl
+from support import QUICK_DIFFUSION, TINY_DIFFUSION, read_jsonl, run_cli
 
 from galgen_lightning import wandb_utils
 from galgen_lightning.evaluation import TESTS
@@ -265,3 +265,11 @@ def test_sweep_table_and_charts_in_one_offline_wandb_run(tmp_path):
             assert set(series) == {line, f"{line} low", f"{line} high"}, series
             assert [n for n, _ in series[line]] == [10, 100, 1000]
             assert [v for _, v in series[line]] == pytest.approx([r[key] for r in rows])
+
+
+def test_an_unknown_wandb_mode_is_one_line_before_anything_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_MODE", "bogus")
+    assert run_cli(["fit", *QUICK_DIFFUSION, f"--trainer.default_root_dir={tmp_path / 'r'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["galgen: error: WANDB_MODE='bogus' is not one of online, offline, disabled, dryrun, run, shared"]
+    assert not (tmp_path / "r").exists()

@@ -19,6 +19,29 @@ def _versions() -> dict:
     return software_versions()
 
 
+def same_subsets(reference: Path | None, manifest: dict) -> None:
+    """Refuse data options that give other training subsets than the run in ``reference`` was
+    trained on (its ``manifest.json``): one line naming the options that differ.
+
+    A resumed fit would mix two training sets in one run; a validate would measure copies
+    against images the model never saw. Nothing to check without both manifests.
+    """
+    if reference is None or not manifest:
+        return
+    before = RunDir(reference).manifest()
+    subsets = lambda m: [((m.get("subsets") or {}).get(s) or {}).get("sha1") for s in ("a", "b")]  # noqa: E731
+    if not before or subsets(before) == subsets(manifest):
+        return
+    keys = ("source", "image_size", "n", "seed", "pool_size", "dedup_threshold")
+    differ = [f"{k} {before.get(k)!r} -> {manifest.get(k)!r}" for k in keys if before.get(k) != manifest.get(k)]
+    from galgen_lightning.errors import GalgenError
+
+    raise GalgenError(
+        f"these data options give other training subsets A and B than the run in {reference} was trained on "
+        f"({'; '.join(differ) or 'the images differ'}): use its options, e.g. --config {Path(reference) / 'config.yaml'}"
+    )
+
+
 class RunDirectory(L.Callback):
     """Writes ``config.yaml``, ``manifest.json`` and ``status.json`` into the run directory (rank zero).
 
@@ -30,6 +53,9 @@ class RunDirectory(L.Callback):
     def __init__(self, config_text: str | None = None, command: list[str] | None = None) -> None:
         self.config_text = config_text
         self.command = command
+        self.reference: Path | None = None
+        """The run directory whose training subsets this command must use (``validate``: the
+        checkpoint's run; a resumed ``fit``: its own), checked at setup (the CLI sets it)."""
         self.started = time.time()
         self.set_up = False  # this process reached setup: the run directory is this run's
 
@@ -53,6 +79,9 @@ class RunDirectory(L.Callback):
         RunDir(Path(trainer.default_root_dir)).write_status(status)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        dm = getattr(trainer, "datamodule", None)
+        manifest = dm.manifest() if dm is not None and hasattr(dm, "manifest") else {}
+        same_subsets(self.reference, manifest)  # before anything is written: a refused command changes nothing
         self.started = time.time()
         self.set_up = True
         self._write_status(trainer, "running")
@@ -61,8 +90,6 @@ class RunDirectory(L.Callback):
         folder = RunDir(Path(trainer.default_root_dir))
         if self.config_text is not None:
             folder.write_config(self.config_text)
-        dm = getattr(trainer, "datamodule", None)
-        manifest = dm.manifest() if dm is not None and hasattr(dm, "manifest") else {}
         if manifest:
             folder.write_manifest(manifest)
         from galgen_lightning import wandb_utils

@@ -94,6 +94,10 @@ class DiffusionPair(PairModule):
                 raise ValueError(f"DiffusionPair: {name} must be positive, got {value}")
         if norm not in NORMS:
             raise ValueError(f"DiffusionPair: norm must be one of {', '.join(NORMS)}, got {norm!r}")
+        if self.image_size % 2**blocks:  # the U-Net halves the side blocks times
+            raise ValueError(
+                f"DiffusionPair: the image side {self.image_size} (data.image_size) must be divisible by 2**blocks = {2**blocks}"
+            )
         self.save_hyperparameters()
         self.sampler_settings  # noqa: B018 (checks the sampler's settings now)
         self.guard  # noqa: B018 (checks max_bad_steps and max_loss_ratio now)
@@ -198,8 +202,8 @@ class DiffusionPair(PairModule):
         was = self.training
         self.eval()
         try:
-            y = y.to(self.device)
-            return (y - self.model(which)(self.to_memory_format(y)).float()).cpu()
+            y = y.to(self.device)  # the images in float32; the network in its own dtype (a "-true" precision)
+            return (y.float() - self.model(which)(self.to_memory_format(y.to(self.dtype))).float()).cpu()
         finally:
             self.train(was)
 
