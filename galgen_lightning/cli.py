@@ -36,7 +36,7 @@ from galgen_lightning.faults import (
     restore_signal_handlers,
 )
 from galgen_lightning.faults.ddp import configure_ddp, rank_lost
-from galgen_lightning.faults.writes import checkpoint_file, unreadable_checkpoint
+from galgen_lightning.faults.writes import check_lightning_checkpoint, unreadable_checkpoint
 from galgen_lightning.files import make_dir, write_error
 from galgen_lightning.models.base import PairModule
 from galgen_lightning.rundir import CHECKPOINTS, LAUNCH, WANDB, RunDir, RunDirectory, family_of
@@ -67,7 +67,7 @@ def _check_ckpt_path(ckpt: str | None, subcommand: str | None = None) -> None:
         given = f"--ckpt_path {ckpt}: " if ckpt else ""
         raise GalgenError(f"{given}galgen validate needs --ckpt_path <checkpoint file>, e.g. runs/<run>/checkpoints/last.ckpt")
     if _is_file_path(ckpt):
-        checkpoint_file(ckpt)
+        check_lightning_checkpoint(ckpt)
 
 
 def model_arguments(argv: list[str]) -> list[str]:

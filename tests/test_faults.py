@@ -466,11 +466,14 @@ def test_hostile_foreign_and_broken_checkpoints_are_one_line(tmp_path, tiny_sour
         {"state_dict": {"G.weight": torch.zeros(3)}, "pytorch-lightning_version": L.__version__, "hyper_parameters": {}}, foreign
     )
     junk.write_bytes(os.urandom(2000))
+    weights = tmp_path / "weights.pt"  # a bare weights file, or a checkpoint stripped of Lightning's keys
+    torch.save({"state_dict": {"model_a.x": torch.zeros(2)}, "hyper_parameters": {}}, weights)
     base = ["validate", *FAMILY, *tiny_source_args, *TINY, _config(tmp_path), f"--trainer.default_root_dir={tmp_path / 'v'}"]
     expected = {
         hostile: "not a readable galgen checkpoint: it holds objects other than tensors",
         foreign: "does not fit DiffusionPair with these options:",
         junk: "not a readable galgen checkpoint",
+        weights: "not a Lightning checkpoint (no 'pytorch-lightning_version')",
     }
     for ckpt, text in expected.items():
         assert run_cli([*base, f"--ckpt_path={ckpt}"]) == 2
@@ -486,6 +489,9 @@ def test_hostile_foreign_and_broken_checkpoints_are_one_line(tmp_path, tiny_sour
         err = _err_lines(capsys)
         assert len(err) == 1 and err[0].startswith(f"galgen: error: --ckpt_path {ckpt}: ") and expected[ckpt] in err[0], err
     assert not pwned.exists() and not (tmp_path / "s.npz").exists()
+    run = tmp_path / "fresh"  # fit resuming from it: refused before the run directory is made
+    assert run_cli(["fit", *FAMILY, *tiny_source_args, *TINY, f"--trainer.default_root_dir={run}", f"--ckpt_path={weights}"]) == 2
+    assert "not a Lightning checkpoint" in _err_lines(capsys)[0] and not run.exists()
 
 
 def test_report_escapes_a_run_named_like_markup(tmp_path):

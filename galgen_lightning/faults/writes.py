@@ -59,6 +59,29 @@ def load_checkpoint_file(ckpt: str | Path) -> Any:
         raise unreadable_checkpoint(ckpt, e) from None
 
 
+LIGHTNING_KEYS = ("pytorch-lightning_version", "state_dict")
+"""What every checkpoint Lightning writes holds, and Lightning reads without checking."""
+
+
+def check_lightning_checkpoint(ckpt: str | Path) -> Path:
+    """The local file ``--ckpt_path`` names, if it is a checkpoint Lightning can resume or
+    validate from; else one line (a weights file or a stripped checkpoint would stop Lightning
+    with a ``KeyError`` traceback after the run directory was made). Memory-mapped: the weights
+    are not read."""
+    path = checkpoint_file(ckpt)
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=not checkpoints_trusted(), mmap=True)
+    except Exception as e:  # noqa: BLE001 (unpickling raises anything)
+        raise unreadable_checkpoint(ckpt, e) from None
+    missing = [key for key in LIGHTNING_KEYS if not isinstance(content, dict) or key not in content]
+    if missing:
+        raise GalgenError(
+            f"--ckpt_path {ckpt}: not a Lightning checkpoint (no {missing[0]!r}): give one galgen fit wrote, "
+            "e.g. runs/<run>/checkpoints/last.ckpt"
+        )
+    return path
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints written all or nothing (the previous one stays until the new one is complete),
     a failed write one line naming the file; loaded with ``weights_only=True`` (tensors and plain
