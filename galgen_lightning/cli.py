@@ -22,6 +22,7 @@ import lightning as L
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from galgen_lightning.config_files import check_config_files, resolve_configs
 from galgen_lightning.data import GalaxyPairDataModule
 from galgen_lightning.errors import OPTIONAL_EXTRAS, GalgenError, OneLineParseErrors, install_hint, root_cause, weights_mismatch
 from galgen_lightning.evaluation import TESTS
@@ -58,12 +59,13 @@ def _entries(value) -> list:
 _CKPT_KEYWORDS = {"best", "last", "hpc", "registry"}
 
 
-def _check_ckpt_path(ckpt: str | None, subcommand: str | None = None) -> None:
+def _check_ckpt_path(ckpt: str | None, subcommand: str | None = None, model: str | None = None) -> None:
     """A ``--ckpt_path`` that names a local file must exist (Lightning would raise a traceback
     later); Lightning's keywords and remote URLs are left to Lightning, except that ``validate``
     needs a file: with a keyword and no checkpoint at hand, Lightning validates an untrained model
     with a warning only, and the results would be passed off as the run's."""
-    if subcommand == "validate" and (not ckpt or ckpt in _CKPT_KEYWORDS):
+    untrained = not ckpt and not getattr(_import(model) if model else None, "learns", True)  # a reference family
+    if subcommand == "validate" and (not ckpt or ckpt in _CKPT_KEYWORDS) and not untrained:
         given = f"--ckpt_path {ckpt}: " if ckpt else ""
         raise GalgenError(f"{given}galgen validate needs --ckpt_path <checkpoint file>, e.g. runs/<run>/checkpoints/last.ckpt")
     if _is_file_path(ckpt):
@@ -212,7 +214,7 @@ class GalgenCLI(LightningCLI):
             raise GalgenError(f"galgen {self.subcommand} takes its own options after its name: galgen {self.subcommand} --help")
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         saved = cfg.clone()  # config.yaml: as given, before the run directory's paths are filled in
-        _check_ckpt_path(getattr(cfg, "ckpt_path", None), self.subcommand)
+        _check_ckpt_path(getattr(cfg, "ckpt_path", None), self.subcommand, getattr(cfg.model, "class_path", None))
         _check_tests_fit_family(cfg)
         folder = self._choose_run_dir(cfg)
         cfg.trainer.default_root_dir = str(folder)
@@ -380,92 +382,6 @@ SUBCOMMANDS = {
 """Every ``galgen`` subcommand and its line in ``galgen --help``."""
 
 
-def default_configs() -> Path:
-    """galgen's configs folder for commands that take one (``demo``, ``sweep``): ``./configs`` when
-    it holds galgen's configs, else the bundled ones (:func:`config_folders`), so they work from
-    any folder and after a wheel install."""
-    if Path("configs", "diffusion.yaml").is_file():
-        return Path("configs")
-    found = config_folders()
-    return found[0] if found else Path("configs")
-
-
-def config_folders() -> list[Path]:
-    """Where bundled configs are looked up: the checkout's ``configs/`` (galgen run from a
-    checkout or an editable install), else ``<prefix>/share/galgen/configs`` where a wheel puts
-    them (pyproject ``[tool.setuptools.data-files]``; ``pip install --user``: the user base)."""
-    import site
-
-    candidates = [Path(__file__).resolve().parent.parent / "configs"]
-    for prefix in (sys.prefix, sys.base_prefix, getattr(site, "USER_BASE", None)):
-        if prefix:
-            candidates.append(Path(prefix) / "share" / "galgen" / "configs")
-    out: list[Path] = []
-    for path in candidates:
-        if path.is_dir() and path not in out and (path / "diffusion.yaml").is_file():
-            out.append(path)
-    return out
-
-
-def resolve_config(value: str) -> str:
-    """A ``--config`` value that is not a file but names a bundled config (``diffusion.yaml``,
-    ``quick/diffusion.yaml``, ``configs/quick/gan.yaml``) becomes that config's path."""
-    if not value or Path(value).expanduser().exists() or not value.endswith((".yaml", ".yml")):
-        return value
-    name = value[len("configs/") :] if value.startswith("configs/") else value
-    for folder in config_folders():
-        path = folder / name
-        if path.is_file():
-            return str(path)
-    return value
-
-
-def _resolve_configs(argv: list[str]) -> list[str]:
-    out = list(argv)
-    for i, arg in enumerate(out):
-        if arg.startswith("--config="):
-            out[i] = "--config=" + resolve_config(arg[len("--config=") :])
-        elif arg == "--config" and i + 1 < len(out):
-            out[i + 1] = resolve_config(out[i + 1])
-    return out
-
-
-def check_config_file(value: str) -> None:
-    """A ``--config`` file must be UTF-8 YAML holding a mapping: otherwise one line that names the
-    file (jsonargparse's own messages name none, or fail with a traceback on binary files).
-    Values that are not files are left to jsonargparse (it reads a YAML string too)."""
-    import yaml
-
-    path = Path(value).expanduser()
-    if not path.is_file():
-        return
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError:
-        raise GalgenError(f"--config {value} is not a text (UTF-8) YAML file") from None
-    except OSError as e:
-        raise GalgenError(f"--config {value} cannot be read: {e.strerror or e}") from None
-    try:
-        content = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise GalgenError(f"--config {value}: not valid YAML{where}: {problem}") from None
-    if content is None:
-        raise GalgenError(f"--config {value} is empty: give it options (key: value lines) or leave it out")
-    if not isinstance(content, dict):
-        raise GalgenError(f"--config {value} holds a {type(content).__name__}, not options (key: value lines)")
-
-
-def _check_config_files(argv: list[str]) -> None:
-    for i, arg in enumerate(argv):
-        if arg.startswith("--config="):
-            check_config_file(arg[len("--config=") :])
-        elif arg == "--config" and i + 1 < len(argv):
-            check_config_file(argv[i + 1])
-
-
 def missing_extra(error: BaseException) -> str | None:
     """The one-line message for a missing optional package, or None when ``error`` is not one."""
     while error is not None:
@@ -489,7 +405,7 @@ def main(args: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message="The `srun` command is available on your system but is not used")
     if args is not None:  # in-process use: the argument list is the command
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-    argv = _resolve_configs(sys.argv[1:] if args is None else list(args))
+    argv = resolve_configs(sys.argv[1:] if args is None else list(args))
     if args is not None:
         args = argv
     elif argv != sys.argv[1:]:
@@ -498,7 +414,7 @@ def main(args: list[str] | None = None) -> None:
     cli, handlers = None, {}
     try:
         choose_mode()  # WANDB_MODE wins (one W&B knows); offline without credentials
-        _check_config_files(argv)
+        check_config_files(argv)
         if argv and argv[0] in EXTRA_COMMANDS:  # galgen report / galgen sweep: their own small CLIs
             import importlib
 

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.configs is None:
-        from galgen_lightning.cli import default_configs
+        from galgen_lightning.config_files import default_configs
 
         configs = default_configs()
     else:

@@ -207,7 +207,7 @@ def test_offline_run_files_hold_epoch_charts_identity_and_resume(tmp_path, tiny_
 
 @pytest.mark.parametrize("value", ["diffusion.yaml", "quick/gan.yaml", "configs/quick/diffusion.yaml"])
 def test_bundled_config_by_name(value, tmp_path, monkeypatch):
-    from galgen_lightning.cli import resolve_config
+    from galgen_lightning.config_files import resolve_config
 
     monkeypatch.chdir(tmp_path)
     path = Path(resolve_config(value))

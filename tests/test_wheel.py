@@ -58,7 +58,8 @@ def venv(tmp_path_factory) -> tuple[Path, dict]:
 
 def test_wheel_installs_the_package_and_its_configs(venv, tmp_path):
     venv, env = venv
-    code = "import galgen_lightning, galgen_lightning.cli as c; print(galgen_lightning.__file__); print(c.config_folders()[0])"
+    code = "import galgen_lightning, galgen_lightning.config_files as f; print(galgen_lightning.__file__)"
+    code += "; print(f.config_folders()[0])"
     out = _run([venv / "bin" / "python", "-c", code], tmp_path, env).stdout.splitlines()
     package, configs = Path(out[0]).resolve(), Path(out[1]).resolve()
     assert package.is_relative_to(venv.resolve()) and not package.is_relative_to(ROOT)

@@ -148,6 +148,9 @@ class PairModule(L.LightningModule):
     model_b: nn.Module
     val_seed: int = VAL_SEED
     """Seed of the fixed validation noise (:data:`VAL_SEED`)."""
+    learns: bool = True
+    """Whether the pair learns from its subsets. The reference families (``models/reference.py``)
+    answer by construction: ``galgen validate`` takes them without a checkpoint."""
     optimizer_steps_per_batch: int = 1
     """How far Lightning's ``global_step`` (what ``trainer.max_steps`` counts) moves per training
     batch: one optimizer step, or one per optimizer under manual optimization (the GAN: 4)."""

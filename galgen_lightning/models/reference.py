@@ -43,6 +43,8 @@ class _ReferencePair(PairModule):
         sample_batch_size: samples per generation batch.
     """
 
+    learns = False
+
     def __init__(self, image_size: int = 64, channels: int = 1, sample_batch_size: int = 64) -> None:
         super().__init__(image_size=image_size, channels=channels, sample_batch_size=sample_batch_size)
         self.model_a = nn.Identity()

@@ -240,7 +240,7 @@ def sweep(
         raise GalgenError(f"sweep: --data_seed must be in [0, 2**32), got {data_seed}")
     gpu_count = detect_gpus() if (profile == "auto" or per_gpu) else None
     if configs_dir is None:
-        from galgen_lightning.cli import default_configs
+        from galgen_lightning.config_files import default_configs
 
         configs_dir = str(default_configs())
     prof = resolve_profile(family, profile, Path(configs_dir), out_dir, gpu_count, extra)
