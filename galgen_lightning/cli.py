@@ -64,10 +64,13 @@ def _check_ckpt_path(ckpt: str | None, subcommand: str | None = None, model: str
     later); Lightning's keywords and remote URLs are left to Lightning, except that ``validate``
     needs a file: with a keyword and no checkpoint at hand, Lightning validates an untrained model
     with a warning only, and the results would be passed off as the run's."""
-    untrained = not ckpt and not getattr(_import(model) if model else None, "learns", True)  # a reference family
-    if subcommand == "validate" and (not ckpt or ckpt in _CKPT_KEYWORDS) and not untrained:
-        given = f"--ckpt_path {ckpt}: " if ckpt else ""
-        raise GalgenError(f"{given}galgen validate needs --ckpt_path <checkpoint file>, e.g. runs/<run>/checkpoints/last.ckpt")
+    if subcommand == "validate" and ckpt in _CKPT_KEYWORDS:
+        raise GalgenError(f"--ckpt_path {ckpt}: galgen validate needs a checkpoint file, e.g. runs/<run>/checkpoints/last.ckpt")
+    if subcommand == "validate" and not ckpt and getattr(_import(model) if model else None, "learns", True):
+        print(  # a baseline on purpose, or a forgotten option: said, and status.json's checkpoint is null
+            "galgen: note: no --ckpt_path: validating the freshly initialised pair (an untrained baseline), not a trained run",
+            file=sys.stderr,
+        )
     if _is_file_path(ckpt):
         check_lightning_checkpoint(ckpt)
 

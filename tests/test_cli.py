@@ -62,7 +62,6 @@ def test_a_run_is_kept_from_what_is_not_its_own(tmp_path, tiny_source_args, caps
             f"other training subsets A and B than the run in {first} was trained on (seed 0 -> 5)",
         ),
         (["validate", f"--config={first / 'config.yaml'}", f"--ckpt_path={ckpt}", "--data.n=6"], "(n 8 -> 6)"),
-        (["validate", f"--config={first / 'config.yaml'}"], "galgen validate needs --ckpt_path <checkpoint file>"),
     ]
     for command, expected in cases:
         assert run_cli(command) == 2, command
@@ -70,6 +69,11 @@ def test_a_run_is_kept_from_what_is_not_its_own(tmp_path, tiny_source_args, caps
         assert err[-1].startswith("galgen: error:") and expected in err[-1], (command, err[-3:])
     assert all(p.read_bytes() == content for p, content in before.items())
     assert sorted(p.name for p in mine.iterdir()) == ["config.yaml"] and not list(first.glob("validate-*"))
+    untrained = tmp_path / "untrained"  # validate without a checkpoint: an untrained baseline, said and recorded
+    assert run_cli(["validate", f"--config={first / 'config.yaml'}", f"--trainer.default_root_dir={untrained}"]) == 0
+    assert "validating the freshly initialised pair (an untrained baseline)" in capsys.readouterr().err
+    (folder,) = untrained.glob("validate-*")
+    assert json.loads((folder / "status.json").read_text())["checkpoint"] is None
 
 
 @pytest.mark.parametrize(

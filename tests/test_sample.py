@@ -165,8 +165,7 @@ def test_validate_refuses_lightnings_checkpoint_keywords(tiny_source_args, tmp_p
     assert run_cli(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
-        "galgen: error: --ckpt_path last: galgen validate needs --ckpt_path <checkpoint file>, "
-        "e.g. runs/<run>/checkpoints/last.ckpt"
+        "galgen: error: --ckpt_path last: galgen validate needs a checkpoint file, e.g. runs/<run>/checkpoints/last.ckpt"
     ]
     assert not (tmp_path / "v").exists() or not any((tmp_path / "v").iterdir())
 

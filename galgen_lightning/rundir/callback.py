@@ -64,8 +64,8 @@ class RunDirectory(L.Callback):
             return
         position = {"epoch": trainer.current_epoch, "global_step": trainer.global_step}
         loaded = getattr(getattr(trainer, "lightning_module", None), "checkpoint_position", None)
-        if trainer.state.fn == "validate" and loaded:  # its own loop is at 0: where the checkpoint's training stood
-            position["checkpoint"] = {"path": str(trainer.ckpt_path), **loaded}
+        if trainer.state.fn == "validate":  # its own loop is at 0: where the checkpoint's training stood
+            position["checkpoint"] = {"path": str(trainer.ckpt_path), **loaded} if loaded else None  # None: untrained
         status = {
             "state": state,
             "stage": str(trainer.state.fn),
