@@ -413,3 +413,17 @@ def test_a_run_with_every_test_off_says_so(tmp_path, tiny_source_args, capsys):
     notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("galgen: note: no test is on")]
     assert len(notes) == 1 and "--two_models" in notes[0], notes
     assert not (tmp_path / "run" / "verdict.json").exists()
+
+
+def test_a_manifest_without_subset_hashes_is_not_taken_for_other_subsets(tmp_path):
+    from galgen_lightning.errors import GalgenError
+    from galgen_lightning.rundir.callback import same_subsets
+
+    run = tmp_path / "old"
+    run.mkdir()
+    new = {"n": 8, "seed": 0, "subsets": {"a": {"sha1": "x"}, "b": {"sha1": "y"}}}
+    (run / "manifest.json").write_text(json.dumps({"n": 8, "seed": 0}))  # an older run's manifest
+    same_subsets(run, new)
+    (run / "manifest.json").write_text(json.dumps({**new, "seed": 3, "subsets": {"a": {"sha1": "z"}, "b": {"sha1": "y"}}}))
+    with pytest.raises(GalgenError, match="seed 3 -> 0"):
+        same_subsets(run, new)
