@@ -26,7 +26,7 @@ from galgen_lightning.config_files import check_config_files, resolve_configs
 from galgen_lightning.data import GalaxyPairDataModule
 from galgen_lightning.errors import OPTIONAL_EXTRAS, GalgenError, OneLineParseErrors, install_hint, root_cause, weights_mismatch
 from galgen_lightning.evaluation import TESTS
-from galgen_lightning.evaluation.base import EvalCallback, averaging_after_tests
+from galgen_lightning.evaluation.base import averaging_after_tests
 from galgen_lightning.evaluation.progress import LineProgress, use_line_progress
 from galgen_lightning.faults import (
     FaultTolerance,
@@ -37,9 +37,10 @@ from galgen_lightning.faults import (
     restore_signal_handlers,
 )
 from galgen_lightning.faults.ddp import configure_ddp, rank_lost
-from galgen_lightning.faults.writes import check_lightning_checkpoint, unreadable_checkpoint
+from galgen_lightning.faults.writes import unreadable_checkpoint
 from galgen_lightning.files import make_dir, write_error
 from galgen_lightning.models.base import PairModule
+from galgen_lightning.preflight import check_config, check_seed, entries, is_file_path, tests_on
 from galgen_lightning.rundir import CHECKPOINTS, LAUNCH, WANDB, RunDir, RunDirectory, family_of
 
 
@@ -48,31 +49,6 @@ def wandb_logged_in() -> bool:
     from galgen_lightning.wandb_utils import logged_in
 
     return logged_in()
-
-
-def _entries(value) -> list:
-    if value is None or isinstance(value, bool):
-        return []
-    return list(value) if isinstance(value, list) else [value]
-
-
-_CKPT_KEYWORDS = {"best", "last", "hpc", "registry"}
-
-
-def _check_ckpt_path(ckpt: str | None, subcommand: str | None = None, model: str | None = None) -> None:
-    """A ``--ckpt_path`` that names a local file must exist (Lightning would raise a traceback
-    later); Lightning's keywords and remote URLs are left to Lightning, except that ``validate``
-    needs a file: with a keyword and no checkpoint at hand, Lightning validates an untrained model
-    with a warning only, and the results would be passed off as the run's."""
-    if subcommand == "validate" and ckpt in _CKPT_KEYWORDS:
-        raise GalgenError(f"--ckpt_path {ckpt}: galgen validate needs a checkpoint file, e.g. runs/<run>/checkpoints/last.ckpt")
-    if subcommand == "validate" and not ckpt and getattr(_import(model) if model else None, "learns", True):
-        print(  # a baseline on purpose, or a forgotten option: said, and status.json's checkpoint is null
-            "galgen: note: no --ckpt_path: validating the freshly initialised pair (an untrained baseline), not a trained run",
-            file=sys.stderr,
-        )
-    if _is_file_path(ckpt):
-        check_lightning_checkpoint(ckpt)
 
 
 def model_arguments(argv: list[str]) -> list[str]:
@@ -86,36 +62,8 @@ def model_arguments(argv: list[str]) -> list[str]:
     return out
 
 
-def _import(class_path: str):
-    import importlib
-
-    module, name = str(class_path).rsplit(".", 1)
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        return None  # LightningCLI reports it
-
-
 def _is_lr_monitor(callback) -> bool:
     return str(getattr(callback, "class_path", "")).rsplit(".", 1)[-1] == "LearningRateMonitor"
-
-
-def _check_tests_fit_family(cfg) -> None:
-    """A test that does not fit the family is a one-line error before anything is built or written."""
-    model = _import(cfg.model.class_path) if getattr(cfg.model, "class_path", None) else None
-    if model is None:
-        return
-    listed = [str(getattr(callback, "class_path", "")) for callback in _entries(cfg.trainer.callbacks)]
-    for test in TESTS:  # a test under its key and in trainer.callbacks would write the same files twice
-        if cfg.get(test.name) is not None and any(path.rsplit(".", 1)[-1] == test.__name__ for path in listed):
-            raise GalgenError(
-                f"{test.name}: {test.__name__} is also in trainer.callbacks; give it once "
-                f"(under {test.name}:, or in trainer.callbacks with {test.name}: null)"
-            )
-    for callback in [*_entries(cfg.trainer.callbacks), *(cfg.get(test.name) for test in TESTS)]:
-        cls = _import(getattr(callback, "class_path", "")) if getattr(callback, "class_path", None) else None
-        if isinstance(cls, type) and issubclass(cls, EvalCallback):
-            cls.check_family(model)
 
 
 class GalgenParser(OneLineParseErrors, LightningArgumentParser):
@@ -189,6 +137,10 @@ class GalgenCLI(LightningCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         try:
             super()._run_subcommand(subcommand)
+        except ValueError as e:  # Lightning's checks once the data are known: one line
+            if "val_check_interval" not in str(e):
+                raise
+            raise GalgenError(f"Lightning refused the trainer options: {' '.join(str(e).split())}") from None
         except RuntimeError as e:  # a checkpoint of another family or shape: one line
             lost = rank_lost(e, self.trainer)  # or a DDP collective that failed: one line naming the rank lost
             if lost is not None:
@@ -209,20 +161,31 @@ class GalgenCLI(LightningCLI):
             parser.add_lightning_class_args(test, test.name, subclass_mode=True, required=False)
 
     def _instantiate_trainer(self, config: dict, callbacks: list) -> L.Trainer:
-        """The tests of the test keys join the trainer's callbacks; a test set to ``null`` is off."""
-        return super()._instantiate_trainer(config, [c for c in callbacks if c is not None])
+        """The tests of the test keys join the trainer's callbacks; a test set to ``null`` is off.
+        A trainer option Lightning refuses (``devices -2``, an accelerator whose package is
+        missing) is one line."""
+        try:
+            return super()._instantiate_trainer(config, [c for c in callbacks if c is not None])
+        except (TypeError, ValueError, ModuleNotFoundError) as e:
+            if isinstance(e, ModuleNotFoundError) and missing_extra(e):
+                raise
+            raise GalgenError(f"Lightning refused the trainer options: {' '.join(str(root_cause(e)).split())}") from e
+
+    def _set_seed(self) -> None:
+        cfg = self.config[self.config["subcommand"]] if self.config.get("subcommand") else self.config
+        check_seed(cfg.get("seed_everything"))
+        super()._set_seed()
 
     def before_instantiate_classes(self) -> None:
         if self.subcommand in EXTRA_COMMANDS:  # e.g. galgen --config x.yaml report: options before the command
             raise GalgenError(f"galgen {self.subcommand} takes its own options after its name: galgen {self.subcommand} --help")
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         saved = cfg.clone()  # config.yaml: as given, before the run directory's paths are filled in
-        _check_ckpt_path(getattr(cfg, "ckpt_path", None), self.subcommand, getattr(cfg.model, "class_path", None))
-        _check_tests_fit_family(cfg)
+        check_config(cfg, self.subcommand)
         folder = self._choose_run_dir(cfg)
         cfg.trainer.default_root_dir = str(folder)
         self.run_directory.reference = self._reference_run(folder, getattr(cfg, "ckpt_path", None))
-        for logger in _entries(cfg.trainer.logger):
+        for logger in entries(cfg.trainer.logger):
             args = getattr(logger, "init_args", None)
             if args is None:
                 continue
@@ -230,19 +193,17 @@ class GalgenCLI(LightningCLI):
                 args.save_dir = str(folder)
             if "WandbLogger" in str(getattr(logger, "class_path", "")) and getattr(args, "name", "missing") is None:
                 args.name = folder.name
-        for callback in _entries(cfg.trainer.callbacks):
+        for callback in entries(cfg.trainer.callbacks):
             args = getattr(callback, "init_args", None)
             if "ModelCheckpoint" in str(getattr(callback, "class_path", "")) and args is not None and args.dirpath is None:
                 args.dirpath = str(folder / CHECKPOINTS)
-        callbacks = _entries(cfg.trainer.callbacks)
+        callbacks = entries(cfg.trainer.callbacks)
         if cfg.trainer.logger is False and any(_is_lr_monitor(c) for c in callbacks):  # it has nothing to write to
             cfg.trainer.callbacks = [c for c in callbacks if not _is_lr_monitor(c)]
             note = "trainer.logger is false, so LearningRateMonitor is left out (it writes to a logger)"
             print(f"galgen: note: {note}", file=sys.stderr)
-        paths = [str(getattr(callback, "class_path", type(callback).__name__)) for callback in _entries(cfg.trainer.callbacks)]
-        if not any(cfg.get(test.name) is not None for test in TESTS) and not any(
-            isinstance(_import(path), type) and issubclass(_import(path), EvalCallback) for path in paths
-        ):
+        paths = [str(getattr(callback, "class_path", type(callback).__name__)) for callback in entries(cfg.trainer.callbacks)]
+        if not tests_on(cfg):
             names = ", ".join(f"--{test.name}" for test in TESTS)
             print(f"galgen: note: no test is on ({names} all null): no numbers and no verdict", file=sys.stderr)
         if use_line_progress(cfg.trainer.enable_progress_bar, paths):  # a log, not a terminal: a line per epoch
@@ -270,7 +231,7 @@ class GalgenCLI(LightningCLI):
         the run a validated checkpoint belongs to (``<run>/checkpoints/<file>``); None otherwise."""
         if self.subcommand == "fit":
             return folder if ckpt else None
-        if _is_file_path(ckpt) and Path(ckpt).resolve().parent.name == CHECKPOINTS:
+        if is_file_path(ckpt) and Path(ckpt).resolve().parent.name == CHECKPOINTS:
             return Path(ckpt).resolve().parent.parent
         return None
 
@@ -308,22 +269,22 @@ class GalgenCLI(LightningCLI):
         if is_rank_zero_launch():  # one galgen fit per run directory (DDP's other ranks share it)
             self.lock = RunLock(folder).acquire()
         status = RunDir(folder).status()
-        if status and not ckpt:
+        if status and not ckpt and status.get("state") == "failed" and not RunDir(folder).holds_work():
+            print(  # a mistake found once fit had started (the data's setup, Lightning's own checks): nothing to lose
+                f"galgen: note: {folder} holds a run that failed before any checkpoint or result; starting it afresh",
+                file=sys.stderr,
+            )
+        elif status and not ckpt:
             raise GalgenError(
                 f"--trainer.default_root_dir {folder} already holds a {status.get('state', 'previous')} run; "
                 "choose another directory, or resume it with --ckpt_path"
             )
-        if status and _is_file_path(ckpt) and not Path(ckpt).resolve().is_relative_to(folder.resolve()):
+        if status and is_file_path(ckpt) and not Path(ckpt).resolve().is_relative_to(folder.resolve()):
             raise GalgenError(
                 f"--ckpt_path {ckpt} is not a checkpoint of the run in --trainer.default_root_dir {folder}: "
                 f"resume a run from its own {CHECKPOINTS}/, or start a new run in a new directory"
             )
         return folder
-
-
-def _is_file_path(ckpt: str | None) -> bool:
-    """A ``--ckpt_path`` naming a local file (not Lightning's keywords, a registry or a URL)."""
-    return bool(ckpt) and ckpt not in _CKPT_KEYWORDS and not ckpt.startswith("registry:") and "://" not in ckpt
 
 
 def _galgen_own(name: str) -> bool:

@@ -6,17 +6,16 @@ then prints the one judge's label for each N (galgen_lightning/evaluation/verdic
 numbers and intervals behind it, and says plainly whether this budget showed the difference.
 Nothing is tuned to make it look right: the demo has no rule of its own.
 
-    python -m galgen_lightning.demo [--small-n 4] [--large-n 256] [--out runs/demo]
+    galgen demo [--small-n 4] [--large-n 256] [--out runs/demo] [--epochs E]
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
-from galgen_lightning.errors import GalgenError
+from galgen_lightning.errors import GalgenError, OneLineArgparse
 
 ROWS = [
     ("memorization_rate", "memorization rate, two-models null [95% CI]"),
@@ -67,17 +66,25 @@ def conclusion(small, large, n_small: int, n_large: int) -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="galgen demo", description="Train diffusion pairs at a small and a larger N and compare them."
-    )
-    parser.add_argument("--small-n", type=int, default=4)
-    parser.add_argument("--large-n", type=int, default=256)
-    parser.add_argument("--out", default="runs/demo", help="parent folder of the demo's runs")
-    parser.add_argument("--configs", default=None, help="galgen's configs folder (default: ./configs, else the bundled configs)")
-    parser.add_argument("--epochs", type=int, default=None, help="override the demo config's max_epochs")
-    args = parser.parse_args(argv)
+def parser() -> OneLineArgparse:
+    """The options of ``galgen demo`` (errors are one line)."""
+    p = OneLineArgparse(prog="galgen demo", description="Train diffusion pairs at a small and a larger N and compare them.")
+    p.add_argument("--small-n", type=int, default=4, help="the small N, where a pair should memorize (default 4)")
+    p.add_argument("--large-n", type=int, default=256, help="the larger N (default 256)")
+    p.add_argument("--out", default="runs/demo", help="parent folder of the demo's runs (default runs/demo)")
+    p.add_argument("--configs", default=None, help="galgen's configs folder (default: ./configs, else the bundled configs)")
+    p.add_argument("--epochs", type=int, default=None, help="override the demo config's max_epochs")
+    return p
 
+
+def main(argv: list[str] | None = None) -> int:
+    """``galgen demo``: returns the exit status; a user mistake raises :class:`GalgenError`."""
+    args = parser().parse_args(argv)
+    for name, value in (("small-n", args.small_n), ("large-n", args.large_n), ("epochs", args.epochs)):
+        if value is not None and value < 1:
+            raise GalgenError(f"galgen demo --{name} must be at least 1, got {value}")
+    if args.small_n == args.large_n:
+        raise GalgenError(f"galgen demo: --small-n and --large-n are both {args.small_n}; the demo compares two N")
     if args.configs is None:
         from galgen_lightning.config_files import default_configs
 
@@ -88,8 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     needed = [configs / "diffusion.yaml", configs / "cpu" / "diffusion.yaml"]
     missing = [str(p) for p in needed if not p.exists()]
     if missing:
-        print(f"galgen demo: error: config {missing[0]} not found; pass --configs with galgen's configs folder", file=sys.stderr)
-        return 2
+        raise GalgenError(f"galgen demo: config {missing[0]} not found; pass --configs with galgen's configs folder")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     from galgen_lightning.cli import main as galgen
 
@@ -98,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     for n in (args.small_n, args.large_n):
         run = Path(args.out) / stamp / f"n{n}"
         cmd = ["fit", *(f"--config={p}" for p in needed), f"--data.n={n}", f"--trainer.default_root_dir={run}"]
-        if args.epochs:
+        if args.epochs is not None:
             cmd.append(f"--trainer.max_epochs={args.epochs}")
         print(f"\n=== galgen {' '.join(cmd)}", flush=True)
         t = time.time()
@@ -133,5 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m galgen_lightning.demo: the same as galgen demo (errors one line)
+    from galgen_lightning.cli import main as galgen_main
+
+    galgen_main(["demo", *sys.argv[1:]])

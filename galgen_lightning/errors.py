@@ -3,11 +3,13 @@
 The CLI turns a :class:`GalgenError` into a single line ``galgen: error: ...`` on stderr and
 exit status 2, instead of a traceback. Raise it with a message that names the option or file
 and says what is wrong. :class:`OneLineParseErrors` does the same for the argument parsers of
-``galgen fit/validate``, ``galgen report`` and ``galgen sweep``.
+``galgen fit/validate``, ``galgen report`` and ``galgen sweep``, :class:`OneLineArgparse` for
+``galgen sample`` and ``galgen demo``.
 """
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 
@@ -79,6 +81,14 @@ class OneLineParseErrors:
         command = " ".join(["galgen", *words[1:]])  # prog starts with the program's name
         print(f"galgen: error: {concise_parse_error(message)} ({command} --help lists the options)", file=sys.stderr)
         sys.exit(2)
+
+
+class OneLineArgparse(argparse.ArgumentParser):
+    """A standard-library ``ArgumentParser`` whose errors are a :class:`GalgenError` (one line,
+    exit status 2 through the CLI), not its usage and message (``galgen sample``, ``galgen demo``)."""
+
+    def error(self, message: str):  # noqa: D102
+        raise GalgenError(f"{message} ({self.prog} --help lists the options)")
 
 
 def one_line_argument_parser() -> type:

@@ -20,25 +20,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from galgen_lightning.errors import GalgenError, weights_mismatch
+from galgen_lightning.errors import GalgenError, OneLineArgparse, weights_mismatch
 from galgen_lightning.files import write_error
 
 FORMATS = (".npz", ".fits", ".png")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, not the usage
-        raise GalgenError(f"galgen sample: {message}")
-
-
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineArgparse(
         prog="galgen sample", description="Samples of a trained pair, A and B from the same noise (npz, FITS or a PNG grid)."
     )
     p.add_argument("--ckpt_path", required=True, help="a checkpoint of galgen fit (e.g. runs/<run>/checkpoints/last.ckpt)")
     p.add_argument("--n", type=int, default=1000, help="samples per model (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed: fixes all the noise (default 0)")
     p.add_argument("--out", default="samples.npz", help="output file: .npz, .fits or .png (default samples.npz)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out when it exists (default: refuse)")
     p.add_argument(
         "--batch_size", type=int, default=None, help="samples per forward batch (default: the model's sample_batch_size)"
     )
@@ -162,6 +158,8 @@ def main(args: list[str] | None = None) -> None:
         raise GalgenError(f"--device {opts.device}: {e}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise GalgenError(f"--device {opts.device}: this torch has no CUDA device (use --device cpu)")
+    if out.exists() and not opts.overwrite:
+        raise GalgenError(f"--out {out} exists; choose another name, or pass --overwrite to replace it")
     try:  # before the sampling: a bad --out must not cost the whole run
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:

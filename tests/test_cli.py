@@ -116,6 +116,22 @@ def test_a_bad_config_file_is_one_line_that_names_it(tmp_path, capsys, content, 
             "InversionTest needs a family with latent_shapes (normalizing flows such as Glow); DiffusionPair has none",
         ),
         (["--two_models.n_samples=0"], "TwoModelsTest: n_samples must be positive, got 0"),
+        (["--model.init_args.channels=3"], "--model.init_args.channels is 3, but galgen's data have 1 channel"),
+        (["--trainer.accumulate_grad_batches=0"], "--trainer.accumulate_grad_batches must be at least 1, got 0"),
+        (["--trainer.devices=-2"], "Lightning refused the trainer options: `devices` selected with `CPUAccelerator`"),
+        (["--trainer.accelerator=tpu"], "Lightning refused the trainer options: Requirement 'torch_xla"),
+        (["--seed_everything=-1"], "--seed_everything must be from 0 to 4294967295 (or true: a random seed), got -1"),
+        (["--trainer.num_nodes=2"], "--trainer.num_nodes 2: no multi-node launch found"),
+        (["--trainer.check_val_every_n_epoch=0"], "--trainer.check_val_every_n_epoch must be at least 1 (or null), got 0"),
+        (["--trainer.val_check_interval=0"], "--trainer.val_check_interval must be positive"),
+        # a fit that would train or evaluate nothing (and end "complete" with no numbers)
+        (["--trainer.fast_dev_run=false", "--trainer.max_epochs=0"], "--trainer.max_epochs 0: this fit would train nothing"),
+        (["--trainer.fast_dev_run=false", "--trainer.limit_train_batches=0"], "--trainer.limit_train_batches 0: this fit"),
+        (["--trainer.fast_dev_run=false", "--trainer.limit_val_batches=0.0"], "--trainer.limit_val_batches 0 turns validation"),
+        (
+            ["--trainer.fast_dev_run=false", "--trainer.max_epochs=2", "--trainer.check_val_every_n_epoch=3"],
+            "--trainer.check_val_every_n_epoch 3 is above --trainer.max_epochs 2",
+        ),
     ],
 )
 def test_bad_options_give_one_line(tmp_path, tiny_source_args, capsys, bad, expected):
@@ -287,9 +303,14 @@ def test_status_reports_progress_after_each_training_epoch(tmp_path):
         (["sweep", "--bogus=1"], "unrecognized arguments: --bogus=1 (galgen sweep --help lists the options)"),
         (["sweep", "--ns=abc"], "--ns must be integers separated by commas (e.g. 10,100), got 'abc'"),
         (["report"], "the following arguments are required: path (galgen report --help lists the options)"),
+        (["demo", "--small-n=x"], "argument --small-n: invalid int value: 'x' (galgen demo --help lists the options)"),
+        (["demo", "--bogus"], "unrecognized arguments: --bogus (galgen demo --help lists the options)"),
+        (["demo", "--epochs=0"], "galgen demo --epochs must be at least 1, got 0"),
+        (["demo", "--large-n=4"], "--small-n and --large-n are both 4; the demo compares two N"),
+        (["demo", "--configs=/no/such"], "config /no/such/diffusion.yaml not found"),
     ],
 )
-def test_report_and_sweep_parse_errors_are_one_line(capsys, argv, expected):
+def test_report_sweep_and_demo_parse_errors_are_one_line(capsys, argv, expected):
     assert run_cli(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("galgen: error:") and expected in err[0], err
@@ -427,3 +448,64 @@ def test_a_manifest_without_subset_hashes_is_not_taken_for_other_subsets(tmp_pat
     (run / "manifest.json").write_text(json.dumps({**new, "seed": 3, "subsets": {"a": {"sha1": "z"}, "b": {"sha1": "y"}}}))
     with pytest.raises(GalgenError, match="seed 3 -> 0"):
         same_subsets(run, new)
+
+
+def test_a_multi_node_launch_is_recognised(monkeypatch):
+    """--trainer.num_nodes above 1 needs a launcher that brings the other nodes: SLURM's srun,
+    torchrun, or MASTER_ADDR with a rank set by hand (or by Kubeflow) on every node."""
+    from galgen_lightning.preflight import cluster_detected
+
+    for name in ("MASTER_ADDR", "NODE_RANK", "RANK", "SLURM_NTASKS", "TORCHELASTIC_RUN_ID", "LSB_JOBID", "OMPI_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert not cluster_detected()
+    monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")
+    assert not cluster_detected()  # an address alone says nothing of this node's rank
+    monkeypatch.setenv("NODE_RANK", "1")
+    assert cluster_detected()
+    monkeypatch.delenv("NODE_RANK")
+    monkeypatch.setenv("RANK", "3")
+    assert cluster_detected()
+    monkeypatch.delenv("MASTER_ADDR")
+    monkeypatch.delenv("RANK")
+    monkeypatch.setenv("SLURM_NTASKS", "8")
+    monkeypatch.setenv("SLURM_JOB_NAME", "galgen")
+    assert cluster_detected()
+
+
+def test_a_fit_without_tests_may_skip_validation(tmp_path, tiny_source_args):
+    """limit_val_batches 0 is refused only when a test would need the validation epoch."""
+    args = [
+        "fit",
+        *QUICK_DIFFUSION,
+        *tiny_source_args,
+        *TINY_DIFFUSION,
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=1",
+    ]
+    args += [
+        "--two_models=null",
+        "--denoising=null",
+        "--trainer.limit_val_batches=0",
+        f"--trainer.default_root_dir={tmp_path / 'run'}",
+    ]
+    assert run_cli(args) == 0
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["state"] == "complete"
+
+
+def test_a_fit_refused_once_started_leaves_a_folder_the_corrected_command_reuses(tmp_path, tiny_source_args, capsys):
+    """Lightning checks val_check_interval against the epoch's batches once the data are set up,
+    after the run directory is written: one line, and the failed run, which holds no checkpoint
+    and no result, does not block the corrected command in the same folder."""
+    run = tmp_path / "r"
+    args = ["fit", *FAMILY, *tiny_source_args, *TINY_DIFFUSION, "--trainer.max_epochs=1", "--trainer.limit_train_batches=2"]
+    args += ["--denoising=null", "--two_models.n_samples=8", f"--trainer.default_root_dir={run}"]
+    assert run_cli([*args, "--trainer.val_check_interval=100"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("galgen:")]
+    assert len(err) == 1 and "Lightning refused the trainer options: `val_check_interval` (100)" in err[0], err
+    assert json.loads((run / "status.json").read_text())["state"] == "failed"
+    assert run_cli(args) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("galgen:")]
+    assert f"galgen: note: {run} holds a run that failed before any checkpoint or result; starting it afresh" in err
+    assert json.loads((run / "status.json").read_text())["state"] == "complete"
+    assert run_cli(args) == 2  # a run with results is never started afresh over
+    assert "already holds a complete run" in capsys.readouterr().err

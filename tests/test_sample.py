@@ -40,11 +40,23 @@ def test_sample_npz_fits_png(checkpoint, tmp_path):
     assert (tmp_path / "grid.png").stat().st_size > 100
 
 
+def test_sample_never_replaces_a_file_unless_asked(checkpoint, tmp_path, capsys):
+    out = tmp_path / "s.npz"
+    out.write_bytes(b"the user's file")
+    assert run_cli(["sample", f"--ckpt_path={checkpoint}", "--n=2", f"--out={out}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"galgen: error: --out {out} exists; choose another name, or pass --overwrite to replace it"]
+    assert out.read_bytes() == b"the user's file"
+    assert run_cli(["sample", f"--ckpt_path={checkpoint}", "--n=2", f"--out={out}", "--overwrite"]) == 0
+    with np.load(out) as z:
+        assert z["a"].shape == (2, 1, 16, 16)
+
+
 @pytest.mark.parametrize(
     "args, expected",
     [
         (["--ckpt_path=/no/such.ckpt"], "--ckpt_path /no/such.ckpt: no such file"),
-        (["--n=3"], "required: --ckpt_path"),
+        (["--n=3"], "required: --ckpt_path (galgen sample --help lists the options)"),
         (["--ckpt_path=CKPT", "--out=x.txt"], "--out x.txt: the name must end in .npz, .fits, .png"),
         (["--ckpt_path=CKPT", "--n=0"], "--n must be positive"),
         (["--ckpt_path=CKPT", "--batch_size=0"], "--batch_size must be positive, got 0"),

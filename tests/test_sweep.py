@@ -153,6 +153,7 @@ def test_sweep_keeps_the_pool_of_a_run_it_resumes(tmp_path, profile, fake_runner
         ({"ns": "2,x"}, r"--ns must be integers separated by commas \(e.g. 10,100\), got '2,x'"),
         ({"ns": ""}, "--ns is empty"),
         ({"ns": "[]"}, "--ns is empty"),
+        ({"ns": "0,10"}, r"every N must be positive, got \[0, 10\]"),
         ({"per_gpu": True, "gpus": "0;1"}, r"--gpus must be integers separated by commas \(e.g. 0,2\), got '0;1'"),
         ({"fit_args": "--data.seed=3"}, "--data.seed in --fit_args would override the sweep's own; use --seeds or --data_seed"),
         ({"fit_args": "--data.pool_size 500"}, "use --pool_size"),
@@ -163,7 +164,7 @@ def test_sweep_keeps_the_pool_of_a_run_it_resumes(tmp_path, profile, fake_runner
 def test_sweep_seed_and_pool_errors(tmp_path, profile, fake_runner, kwargs, message):
     with pytest.raises(GalgenError, match=message):
         sweep(family="diffusion", profile=str(profile), out=str(tmp_path / "s"), report=False, **kwargs)
-    assert fake_runner == []
+    assert fake_runner == [] and not (tmp_path / "s").exists()  # a refused sweep writes nothing, not even its profile copy
 
 
 def test_sweep_one_run_per_gpu(tmp_path, profile, fake_runner, capsys):

@@ -252,6 +252,9 @@ class GalaxyPairDataModule(L.LightningDataModule):
             (default: the run's ``seed_everything``, else ``seed``).
     """
 
+    channels: int = 1
+    """Channels per image: every source gives one band (a model's ``channels`` must match)."""
+
     def __init__(
         self,
         source: GalaxySource | None = None,

@@ -387,6 +387,11 @@ def two_models_evidence(
     ht = np.quantile(p.heldout[np.isfinite(p.heldout)], quantile) if np.isfinite(p.heldout).any() else None
 
     def per_sample(idx: np.ndarray) -> dict[str, np.ndarray]:
+        with warnings.catch_warnings():  # a resample of unusable samples only: NaN (the interval shows it)
+            warnings.filterwarnings("ignore", message="All-NaN slice encountered", category=RuntimeWarning)
+            return resampled(idx)
+
+    def resampled(idx: np.ndarray) -> dict[str, np.ndarray]:
         reps: dict[str, np.ndarray] = {}
         o, t = own[:, idx], other[:, idx]  # (2, B, n)
         threshold = np.nanquantile(np.moveaxis(t, 1, 0).reshape(len(idx), -1), quantile, axis=1)

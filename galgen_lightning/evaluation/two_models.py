@@ -216,7 +216,9 @@ class TwoModelsTest(SamplingTest):
             (arrays["heldout"], "held-out real image vs training subset", "tab:gray"),
         )
         for values, label, color in curves:
-            right.hist(values, bins=bins, alpha=0.5, density=True, label=label, color=color)
+            values = values[np.isfinite(values)]
+            if len(values):  # no usable sample: no curve (a density of nothing is undefined)
+                right.hist(values, bins=bins, alpha=0.5, density=True, label=label, color=color)
         lines = (("", "k", "--", "samples vs other subset"), ("_heldout", "tab:gray", ":", "held-out"))
         for suffix, color, style, of in lines:
             quantile = scalars[f"memorization_threshold{suffix}"]

@@ -178,6 +178,15 @@ class RunDir:
     def has_results(self) -> bool:
         return (self.path / METRICS).is_file()
 
+    def holds_work(self) -> bool:
+        """Whether anything of value is here: a checkpoint, a metrics record or an evaluation file
+        (a run that failed before all of them holds only its config, manifest and status)."""
+        return (
+            self.has_results()
+            or any((self.path / CHECKPOINTS).glob("*.ckpt"))
+            or any(p.is_file() for p in (self.path / EVAL).rglob("*"))
+        )
+
     @staticmethod
     def is_run_dir(path: str | Path) -> bool:
         """A run directory holds a ``status.json`` or a ``metrics.jsonl``."""

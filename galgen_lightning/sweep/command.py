@@ -267,7 +267,7 @@ def sweep(
         flush=True,
     )
     plans = plan_runs(family, prof, kept, seed_list, out_dir, extra, pool_size, data_seed)
-    fp = fingerprint(prof.configs, extra)
+    fp = fingerprint(prof, extra)
     for p in plans:
         old = RunDir(p.folder).launch().get("fingerprint")
         if p.action != "train" and old and old != fp:
@@ -287,6 +287,7 @@ def sweep(
     if plan:
         _plan_cost(family, prof, plans, kept, gpus, per_gpu, throughput)
         return 0
+    prof.write_copy()
     if dry_run:
         for p in plans:
             print(f"  {p.action:>6s}  galgen {shlex.join(p.args)}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,8 @@ class Profile:
         max_fraction: cap on N as a share of the usable images.
         fit: the ``galgen fit`` configuration these configs (and ``--fit_args``) parse to, as a
             dict, every default filled in by the parser.
+        copy_text: the text of the profile's copy without its ``sweep:`` section (the last of
+            ``configs``), which :meth:`write_copy` writes; None for a profile without one.
     """
 
     name: str
@@ -61,6 +64,15 @@ class Profile:
     ns: list[int]
     max_fraction: float
     fit: dict = field(default_factory=dict)
+    copy_text: str | None = None
+
+    def write_copy(self) -> None:
+        """Write the profile's copy into the sweep folder, once the sweep's options are checked
+        (a refused sweep writes nothing); a copy already there is the same text (named by it)."""
+        from galgen_lightning.files import atomic_write
+
+        if self.copy_text is not None and not self.configs[-1].is_file():
+            atomic_write(self.configs[-1], self.copy_text.encode())
 
 
 def _load_yaml(path: Path) -> dict:
@@ -128,7 +140,8 @@ def resolve_profile(
             ``paper``, another name looked up as ``configs/sweep/<family>-<name>.yaml``, or a
             path to a YAML file.
         configs_dir: galgen's ``configs`` folder.
-        out: the sweep folder (a profile with a ``sweep:`` section is written there without it).
+        out: the sweep folder (a profile with a ``sweep:`` section is copied there without it, by
+            :meth:`Profile.write_copy`).
         gpus: GPUs visible (default: detected), for ``auto``.
         extra: the extra ``galgen fit`` arguments of every run.
     """
@@ -163,11 +176,9 @@ def resolve_profile(
     for b in base:
         if not b.is_file():
             raise GalgenError(f"sweep: base config {b} of {path} not found")
-    fit_config = path
+    fit_config, text = path, None
     if has_section:  # hand galgen fit the profile without its sweep section
         import yaml
-
-        from galgen_lightning.files import atomic_write
 
         # config files the profile names by a relative path are found from the profile's folder, not the copy's
         data = {k: str((path.parent / v).resolve()) if _names_a_file(path.parent, v) else v for k, v in data.items()}
@@ -177,16 +188,18 @@ def resolve_profile(
         # queued) with the old one keep reading it
         digest = hashlib.sha1(text.encode()).hexdigest()[:8]
         fit_config = out / "configs" / f"{family}-{profile}-{digest}.yaml"
-        if not fit_config.is_file():
-            atomic_write(fit_config, text.encode())
     configs = [*base, fit_config]
-    fit = parse_fit(configs, list(extra or []), f"profile {path}")
+    with tempfile.TemporaryDirectory() as tmp:  # parsed from a scratch copy: the sweep folder is written once checked
+        parsed = configs if text is None else [*base, Path(tmp) / fit_config.name]
+        if text is not None:
+            parsed[-1].write_text(text)
+        fit = parse_fit(parsed, list(extra or []), f"profile {path}")
     try:
         ns = [int(n) for n in settings.get("ns") or DEFAULT_NS]
         fraction = float(settings.get("max_fraction", 0.5))
     except (TypeError, ValueError) as e:
         raise GalgenError(f"sweep: the 'sweep' section of {path}: ns must be integers and max_fraction a number ({e})") from None
-    return Profile(profile, path, configs, ns, fraction, fit)
+    return Profile(profile, path, configs, ns, fraction, fit, text)
 
 
 def usable_images(fit: dict) -> tuple[int | None, int, str]:
@@ -274,11 +287,13 @@ def option(args: list[str], name: str) -> str | None:
     return value
 
 
-def fingerprint(configs: list[Path], extra: list[str]) -> str:
-    """SHA-1 of the config files' contents and the extra arguments (to notice a changed profile)."""
+def fingerprint(prof: Profile, extra: list[str]) -> str:
+    """SHA-1 of the profile's config files' contents (its copy's text, written or not) and the
+    extra arguments (to notice a changed profile)."""
     h = hashlib.sha1()
-    for c in configs:
-        h.update(Path(c).read_bytes())
+    for i, c in enumerate(prof.configs):
+        last = i == len(prof.configs) - 1
+        h.update(prof.copy_text.encode() if last and prof.copy_text is not None else Path(c).read_bytes())
     h.update("\0".join(extra).encode())
     return h.hexdigest()
 
