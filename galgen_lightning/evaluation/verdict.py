@@ -11,7 +11,8 @@ Labels, decided in this order (``lo``/``hi``: the bootstrap interval over noise 
    :data:`MEMORIZES_RATE` with confidence (``lo > 0.5``): most samples are nearer an image of
    their own subset than samples ever are to the subset their model never saw.
 3. **poor samples** when most samples are unlike any real galaxy with confidence
-   (``lo > POOR_SHARE`` of the realism share): noise, blank or faded samples. Nothing is called
+   (``lo > POOR_SHARE`` of the realism share, and above the share of held-out real galaxies by
+   the same test, ``realism_chance_any``): noise, blank or faded samples. Nothing is called
    generalization on such samples.
 4. **generalizes** when *all* of: the rate is at chance level with confidence
    (``hi < GENERALIZES_RATE_FACTOR x chance``), the samples look real (realism ``hi <
@@ -65,7 +66,8 @@ ALPHA = 0.01
 """Significance level of the permutation test of the agreement."""
 POOR_SHARE = 0.5
 """*poor samples* when more than half the samples lie outside the range of real galaxies (each
-real galaxy is outside with probability about 2-3% by construction)."""
+real galaxy is outside with probability about 2-3% by construction with many held-out galaxies;
+:func:`~galgen_lightning.evaluation.statistics.realism_chance` measures it for the run's)."""
 DISCRIMINATOR_TOLERANCE = 0.1
 """GAN: two hinge-loss curves agree when the interval of their paired mean difference lies within
 +-0.1, 5% of the loss 2 of a discriminator that cannot tell."""
@@ -244,7 +246,8 @@ def judge(
         f"{fmt_ci(real, intervals.get(real_key))} of samples unlike any real galaxy "
         f"(structure {numbers.get('realism_outside_structure', math.nan):.2f}, "
         f"brightness {numbers.get('realism_outside_brightness', math.nan):.2f}; "
-        f"pixel-spread ratio to real {numbers.get('pixel_std_ratio', math.nan):.2f})"
+        f"pixel-spread ratio to real {numbers.get('pixel_std_ratio', math.nan):.2f}; "
+        f"held-out real galaxies {numbers.get('realism_chance_any', math.nan):.2f} by the same test)"
         if real is not None
         else "realism not measured"
     )
@@ -259,7 +262,9 @@ def judge(
         verdict.reasons.append(_agreement_text(numbers, intervals) if kind == "agreement" else "")
         verdict.reasons = [r for r in verdict.reasons if r]
         return verdict
-    if real is not None and math.isfinite(real_lo) and real_lo > POOR_SHARE:
+    # above what real galaxies score (few held-out galaxies set extreme thresholds: a high share by chance)
+    real_chance = numbers.get("realism_chance_any", math.nan)
+    if real is not None and math.isfinite(real_lo) and math.isfinite(real_chance) and real_lo > max(POOR_SHARE, real_chance):
         verdict.label = "poor samples"
         verdict.reasons = [f"most samples do not look like real galaxies: {real_text}", rate_text]
         return verdict

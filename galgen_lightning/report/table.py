@@ -50,11 +50,13 @@ COLUMNS = (
     "realism_outside_any",
     "realism_outside_any_low",
     "realism_outside_any_high",
+    "realism_chance_any",
 )
 """Columns of the sweep table: the run (family, its group of one image size, folder, state, N,
 seed, the evaluated epoch), the judge's label, the memorization rate under the two-models null,
 the own-minus-other gap (median per noise index, Wilcoxon p), the shared-noise agreement kappa
-of A and B, the A-vs-B similarity (median), and the share of samples unlike any real galaxy."""
+of A and B, the A-vs-B similarity (median), and the share of samples unlike any real galaxy
+with the held-out real galaxies' share by the same test."""
 
 CHARTS = {
     "memorization_rate": "memorization rate (two-models null) against N",
