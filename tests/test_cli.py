@@ -450,6 +450,24 @@ def test_a_manifest_without_subset_hashes_is_not_taken_for_other_subsets(tmp_pat
         same_subsets(run, new)
 
 
+@pytest.mark.parametrize(
+    "family, bad, expected",
+    [
+        ("glow", "--model.init_args.lr=-1", "model.lr and model.temperature must be positive, got -1.0, 0.7"),
+        ("gan", "--model.init_args.lr=0", "lr must be positive, got 0.0"),
+        ("gan", "--model.init_args.betas=[0.5,1.5]", "betas must be two numbers in [0, 1), got [0.5, 1.5]"),
+        ("diffusion", "--model.init_args.lr=-1", "DiffusionPair: lr must be positive, got -1.0"),
+    ],
+)
+def test_a_bad_learning_rate_is_one_line_before_anything_is_written(tmp_path, family, bad, expected, capsys):
+    """torch's optimizer refuses it only once fit has started: each family checks it when built."""
+    args = ["fit", f"--config={CONFIGS / f'{family}.yaml'}", f"--config={CONFIGS / 'quick' / f'{family}.yaml'}", bad]
+    assert run_cli([*args, f"--trainer.default_root_dir={tmp_path / 'r'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0], err
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_multi_node_launch_is_recognised(monkeypatch):
     """--trainer.num_nodes above 1 needs a launcher that brings the other nodes: SLURM's srun,
     torchrun, or MASTER_ADDR with a rank set by hand (or by Kubeflow) on every node."""

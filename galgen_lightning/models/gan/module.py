@@ -232,6 +232,10 @@ class GANPair(PairModule):
             raise ValueError("accumulate, gp_every and ema_every must be positive")
         if not 0 <= ema_beta <= 1:
             raise ValueError(f"ema_beta must be in [0, 1], got {ema_beta}")
+        if not lr > 0:
+            raise ValueError(f"lr must be positive, got {lr}")
+        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {list(betas)}")
         unknown = set(aug_types) - {"translation", "cutout"}
         if unknown:
             raise ValueError(f"unknown aug_types {sorted(unknown)}; choose from translation, cutout")

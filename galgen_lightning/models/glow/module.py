@@ -103,6 +103,8 @@ class GlowPair(PairModule):
             )
         if not 1 <= n_bits <= 8:
             raise GalgenError(f"model.n_bits must be in 1..8, got {n_bits}")
+        if not lr > 0 or not temperature > 0:
+            raise GalgenError(f"model.lr and model.temperature must be positive, got {lr}, {temperature}")
         self.save_hyperparameters()
         self.model_a = Glow(self.channels, n_flow, n_block, hidden, affine)
         self.model_b = Glow(self.channels, n_flow, n_block, hidden, affine)
