@@ -365,10 +365,24 @@ def test_realism_chance_is_what_held_out_galaxies_score():
     """Each held-out galaxy judged against the others: about 0.03 with many held-out galaxies, far
     more with a few (their extremes are the thresholds), as the samples' own share is."""
     from galgen_lightning.evaluation.paired import paired_arrays
-    from galgen_lightning.evaluation.statistics import realism_chance
+    from galgen_lightning.evaluation.realism import realism_chance
 
     many = realism_chance(paired_arrays(_realism_world(np.random.default_rng(0), 64, 1000)))
     few = realism_chance(paired_arrays(_realism_world(np.random.default_rng(0), 64, 16)))
     assert 0.015 < many["realism_chance_any"] < 0.05 and 0.005 < many["realism_chance_structure"] < 0.02
     assert few["realism_chance_any"] > 0.1
     assert np.isnan(realism_chance(paired_arrays(_realism_world(np.random.default_rng(0), 64, 1)))["realism_chance_any"])
+
+
+@pytest.mark.parametrize("width", [1, 2])
+def test_leave_out_quantiles_match_numpy_on_what_is_left(width):
+    from galgen_lightning.evaluation.realism import leave_out_quantiles
+
+    rng = np.random.default_rng(width)
+    values = rng.normal(size=41)
+    values[[3, 17]] = np.nan  # nanquantile leaves NaNs out
+    values[[5, 6]] = values[7]  # ties
+    groups = np.stack([rng.choice(values.size, width, replace=False) for _ in range(60)])
+    q = [0.0, 0.01, 0.37, 0.99, 1.0]
+    expected = np.stack([np.nanquantile(np.delete(values, g), q) for g in groups])
+    np.testing.assert_allclose(leave_out_quantiles(values, groups, q), expected, rtol=0, atol=1e-12)

@@ -44,11 +44,8 @@ import scipy.stats
 from scipy.stats import DegenerateDataWarning
 
 from galgen_lightning.evaluation.paired import PairedArrays, paired_arrays
+from galgen_lightning.evaluation.realism import REALISM_QUANTILE, heldout_resamples, outside_real, realism_chance, row_quantiles
 from galgen_lightning.models.base import MODELS
-
-REALISM_QUANTILE = 0.01
-"""Tail of the held-out real galaxies' distributions outside which a sample counts as unlike
-any real galaxy (each side for brightness, the low side for structure)."""
 
 
 # --- point statistics -------------------------------------------------------------------------
@@ -250,79 +247,6 @@ def resampled_agreement(matrix: np.ndarray, counts: np.ndarray) -> tuple[np.ndar
     cross = np.einsum("bi,ij,bj->b", c, matrix, c) - (c * c) @ d
     unpaired = cross / (c.sum(axis=1) ** 2 - (c * c).sum(axis=1))
     return paired, unpaired
-
-
-def outside_real(p: PairedArrays) -> dict[str, np.ndarray]:
-    """Per sample ``(2, n)`` bool (NaN-safe): structure and brightness outside the real range.
-
-    Returns:
-        ``{"structure": ..., "brightness": ..., "any": ...}``; a key is missing when its
-        reference was not recorded (old runs without ``heldout_pixel_std``).
-    """
-    out: dict[str, np.ndarray] = {}
-    valid = p.valid
-    h = p.heldout[np.isfinite(p.heldout)]
-    if h.size:
-        out["structure"] = valid & (p.other < np.quantile(h, REALISM_QUANTILE))
-    hs = p.heldout_std[np.isfinite(p.heldout_std)]
-    if hs.size and np.isfinite(p.pixel_std).any():
-        lo, hi = np.quantile(hs, [REALISM_QUANTILE, 1 - REALISM_QUANTILE])
-        with np.errstate(invalid="ignore"):
-            out["brightness"] = valid & ((p.pixel_std < lo) | (p.pixel_std > hi))
-    if out:
-        out["any"] = np.logical_or.reduce(list(out.values()))
-    return out
-
-
-def realism_chance(p: PairedArrays) -> dict[str, float]:
-    """The realism shares of *real* galaxies: each held-out galaxy judged against thresholds from
-    the others (leave one out), as a sample is against all of them. This is what the shares are
-    by chance at this ``n_val`` (about 0.01 for structure and 0.02 for brightness with many
-    held-out galaxies; far more with a few, whose extremes set the thresholds).
-
-    Returns:
-        ``realism_chance_<structure|brightness|any>`` for the parts recorded; NaN with fewer
-        than 2 held-out galaxies.
-    """
-    h, hs = p.heldout, p.heldout_std
-    pairs = hs.size and h.size == 2 * hs.size  # val vs A, then val vs B, of the same images
-    m = hs.size if pairs else h.size
-    parts: dict[str, list[np.ndarray]] = {}
-    for j in range(m if m >= 2 else 0):
-        if h.size:
-            mine = [j, hs.size + j] if pairs else [j]
-            rest = np.delete(h, mine)
-            parts.setdefault("structure", []).append(h[mine] < np.nanquantile(rest, REALISM_QUANTILE))
-        if pairs:
-            lo, hi = np.nanquantile(np.delete(hs, j), [REALISM_QUANTILE, 1 - REALISM_QUANTILE])
-            outside = np.full(2, hs[j] < lo or hs[j] > hi)  # one galaxy, two similarities
-            parts.setdefault("brightness", []).append(outside)
-    if m < 2:
-        keys = ["structure", "brightness", "any"] if pairs else (["structure", "any"] if h.size else [])
-        return {f"realism_chance_{key}": math.nan for key in keys}
-    flags = {key: np.concatenate(v) for key, v in parts.items()}
-    if "structure" in flags and "brightness" in flags:
-        flags["any"] = flags["structure"] | flags["brightness"]
-    elif flags:
-        flags["any"] = next(iter(flags.values()))
-    return {f"realism_chance_{key}": float(v.mean()) for key, v in flags.items()}
-
-
-def row_quantiles(x: np.ndarray, q: list[float]) -> np.ndarray:
-    """``(len(q), rows)`` quantiles of each row of ``x``, NaNs left out (NaN for a row of NaNs)."""
-    return np.quantile(x, q, axis=1) if np.isfinite(x).all() else np.nanquantile(x, q, axis=1)
-
-
-def heldout_resamples(p: PairedArrays, b: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """``b`` resamples of the held-out galaxies, drawn with replacement: ``(b, len(heldout))``
-    nearest-training similarities and ``(b, len(heldout_std))`` pixel spreads. An image's two
-    similarities (to A, to B) and its spread stay together when all three were recorded."""
-    h, hs = p.heldout, p.heldout_std
-    if hs.size and h.size == 2 * hs.size:  # val vs A, then val vs B, of the same images
-        pick = rng.integers(0, hs.size, (b, hs.size))
-        return np.concatenate([h[pick], h[hs.size + pick]], axis=1), hs[pick]
-    picks = [v[rng.integers(0, v.size, (b, v.size))] if v.size else np.zeros((b, 0)) for v in (h, hs)]
-    return picks[0], picks[1]
 
 
 # --- everything at once, with bootstrap intervals over noise indices ----------------------------

@@ -67,7 +67,7 @@ ALPHA = 0.01
 POOR_SHARE = 0.5
 """*poor samples* when more than half the samples lie outside the range of real galaxies (each
 real galaxy is outside with probability about 2-3% by construction with many held-out galaxies;
-:func:`~galgen_lightning.evaluation.statistics.realism_chance` measures it for the run's)."""
+:func:`~galgen_lightning.evaluation.realism.realism_chance` measures it for the run's)."""
 DISCRIMINATOR_TOLERANCE = 0.1
 """GAN: two hinge-loss curves agree when the interval of their paired mean difference lies within
 +-0.1, 5% of the loss 2 of a discriminator that cannot tell."""
