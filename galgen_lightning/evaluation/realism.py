@@ -21,26 +21,46 @@ REALISM_QUANTILE = 0.01
 any real galaxy (each side for brightness, the low side for structure)."""
 
 
+def outside_masks(
+    other: np.ndarray,
+    spread: np.ndarray,
+    valid: np.ndarray,
+    low: np.ndarray | float | None,
+    band: tuple[np.ndarray | float, np.ndarray | float] | None,
+) -> dict[str, np.ndarray]:
+    """The one rule of realism, for any thresholds (one set, or one per bootstrap replicate or
+    left-out galaxy, broadcast against the arrays): outside in structure when ``other`` (the
+    nearest similarity to the subset the model never saw) is below ``low``; in brightness when
+    ``spread`` (the pixel standard deviation) lies outside ``band``.
+
+    Returns:
+        ``{"structure", "brightness", "any"}`` bool arrays, a part missing when its threshold is None.
+    """
+    out: dict[str, np.ndarray] = {}
+    with np.errstate(invalid="ignore"):
+        if low is not None:
+            out["structure"] = valid & (other < low)
+        if band is not None:
+            out["brightness"] = valid & ((spread < band[0]) | (spread > band[1]))
+    if out:
+        out["any"] = np.logical_or.reduce(list(out.values()))
+    return out
+
+
 def outside_real(p: PairedArrays) -> dict[str, np.ndarray]:
-    """Per sample ``(2, n)`` bool (NaN-safe): structure and brightness outside the real range.
+    """Per sample ``(2, n)`` bool (NaN-safe): structure and brightness outside the real range,
+    against thresholds from all the held-out galaxies (:func:`outside_masks`).
 
     Returns:
         ``{"structure": ..., "brightness": ..., "any": ...}``; a key is missing when its
         reference was not recorded (old runs without ``heldout_pixel_std``).
     """
-    out: dict[str, np.ndarray] = {}
-    valid = p.valid
     h = p.heldout[np.isfinite(p.heldout)]
-    if h.size:
-        out["structure"] = valid & (p.other < np.quantile(h, REALISM_QUANTILE))
     hs = p.heldout_std[np.isfinite(p.heldout_std)]
-    if hs.size and np.isfinite(p.pixel_std).any():
-        lo, hi = np.quantile(hs, [REALISM_QUANTILE, 1 - REALISM_QUANTILE])
-        with np.errstate(invalid="ignore"):
-            out["brightness"] = valid & ((p.pixel_std < lo) | (p.pixel_std > hi))
-    if out:
-        out["any"] = np.logical_or.reduce(list(out.values()))
-    return out
+    low = np.quantile(h, REALISM_QUANTILE) if h.size else None
+    measured = hs.size and np.isfinite(p.pixel_std).any()
+    band = tuple(np.quantile(hs, [REALISM_QUANTILE, 1 - REALISM_QUANTILE])) if measured else None
+    return outside_masks(p.other, p.pixel_std, p.valid, low, band)
 
 
 def leave_out_quantiles(values: np.ndarray, groups: np.ndarray, q: list[float]) -> np.ndarray:
@@ -83,17 +103,16 @@ def realism_chance(p: PairedArrays) -> dict[str, float]:
     keys = (["structure"] if h.size else []) + (["brightness"] if pairs else [])
     if m < 2 or not keys:
         return {f"realism_chance_{key}": math.nan for key in ([*keys, "any"] if keys else [])}
-    flags: dict[str, np.ndarray] = {}
-    if h.size:  # (m, 2) or (m, 1): a galaxy's similarities, to A and to B
-        mine = np.stack([np.arange(m), hs.size + np.arange(m)], axis=1) if pairs else np.arange(m)[:, None]
-        with np.errstate(invalid="ignore"):
-            flags["structure"] = h[mine] < leave_out_quantiles(h, mine, [REALISM_QUANTILE])
+    # each galaxy as a "sample": its similarities to A and to B (rows of ``mine``), its spread
+    mine = np.stack([np.arange(m), hs.size + np.arange(m)], axis=1) if pairs else np.arange(m)[:, None]
+    low = leave_out_quantiles(h, mine, [REALISM_QUANTILE]) if h.size else None
+    band = None
     if pairs:
-        low, high = leave_out_quantiles(hs, np.arange(m)[:, None], [REALISM_QUANTILE, 1 - REALISM_QUANTILE]).T
-        with np.errstate(invalid="ignore"):
-            outside = (hs < low) | (hs > high)
-        flags["brightness"] = np.repeat(outside[:, None], 2, axis=1)  # one galaxy, two similarities
-    flags["any"] = np.logical_or.reduce(list(flags.values()))
+        lo, hi = leave_out_quantiles(hs, np.arange(m)[:, None], [REALISM_QUANTILE, 1 - REALISM_QUANTILE]).T
+        band = (lo[:, None], hi[:, None])
+    other = h[mine] if h.size else np.zeros(mine.shape)
+    spread = np.repeat(hs[:, None], mine.shape[1], axis=1) if pairs else np.zeros(mine.shape)
+    flags = outside_masks(other, spread, np.ones(mine.shape, bool), low, band)
     return {f"realism_chance_{key}": float(v.mean()) for key, v in flags.items()}
 
 

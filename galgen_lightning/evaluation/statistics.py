@@ -44,7 +44,14 @@ import scipy.stats
 from scipy.stats import DegenerateDataWarning
 
 from galgen_lightning.evaluation.paired import PairedArrays, paired_arrays
-from galgen_lightning.evaluation.realism import REALISM_QUANTILE, heldout_resamples, outside_real, realism_chance, row_quantiles
+from galgen_lightning.evaluation.realism import (
+    REALISM_QUANTILE,
+    heldout_resamples,
+    outside_masks,
+    outside_real,
+    realism_chance,
+    row_quantiles,
+)
 from galgen_lightning.models.base import MODELS
 
 
@@ -389,19 +396,18 @@ def two_models_evidence(
         held-out set drawn with the samples' resample: the interval holds both sources of chance."""
         reps: dict[str, np.ndarray] = {}
         hv, hs = heldout_resamples(p, o.shape[1], heldout_rng)
-        masks: dict[str, np.ndarray] = {}
         count = valid.sum(axis=(0, 2))
+        low = None
         if hv.shape[1]:
             ht, low = row_quantiles(hv, [quantile, REALISM_QUANTILE])[:, None, :, None]
             if np.isfinite(numbers["memorization_rate_heldout"]):
                 reps["memorization_rate_heldout"] = np.sum(valid & (o > ht), axis=(0, 2)) / count
-            if "structure" in outside:
-                masks["structure"] = valid & (t < low)
-        if "brightness" in outside:
-            lo, hi = row_quantiles(hs, [REALISM_QUANTILE, 1 - REALISM_QUANTILE])[:, None, :, None]
-            masks["brightness"] = valid & ((spread < lo) | (spread > hi))
-        if masks:
-            masks["any"] = np.logical_or.reduce(list(masks.values()))
+        band = (
+            tuple(row_quantiles(hs, [REALISM_QUANTILE, 1 - REALISM_QUANTILE])[:, None, :, None])
+            if "brightness" in outside
+            else None
+        )
+        masks = outside_masks(t, spread, valid, low if "structure" in outside else None, band)
         return reps | {f"realism_outside_{key}": mask.sum(axis=(0, 2)) / count for key, mask in masks.items()}
 
     def paired_agreement(idx: np.ndarray) -> dict[str, np.ndarray]:
