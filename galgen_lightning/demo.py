@@ -26,6 +26,8 @@ ROWS = [
     ("agreement_unpaired", "  A_i vs B_j, other noise (mean)"),
     ("realism_outside_any", "share of samples unlike real galaxies [CI]"),
     ("realism_chance_any", "  held-out real galaxies, by the same test"),
+    ("repeat_share", "share of samples repeating another sample [CI]"),
+    ("repeat_chance", "  held-out real galaxies, by the same test"),
     ("gap_median", "own - other nearest similarity (median/index)"),
     ("gap_p_value", "  one-sided Wilcoxon p-value (own closer)"),
     ("nearest_own_median", "sample vs own training set (median)"),

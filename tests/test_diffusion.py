@@ -275,7 +275,7 @@ def test_the_sampler_runs_at_the_trainers_precision(precision, dtype):
 def test_every_family_shares_the_validation_seed_and_declares_sample_batch_size():
     from galgen_lightning.models.gan import GANPair
     from galgen_lightning.models.glow import GlowPair
-    from galgen_lightning.models.reference import NoisePair, OracleGeneralizer, OracleMemorizer, OracleMixture
+    from galgen_lightning.models.reference import NoisePair, OracleCollapse, OracleGeneralizer, OracleMemorizer, OracleMixture
 
     pairs = [
         DiffusionPair(image_size=16, blocks=2, width=4, sample_batch_size=3),
@@ -293,6 +293,7 @@ def test_every_family_shares_the_validation_seed_and_declares_sample_batch_size(
         OracleMixture(image_size=16, sample_batch_size=3),
         OracleGeneralizer(image_size=16, sample_batch_size=3),
         OracleMemorizer(image_size=16, sample_batch_size=3),
+        OracleCollapse(image_size=16, sample_batch_size=3),
         NoisePair(image_size=16, sample_batch_size=3),
     ]
     for pair in pairs:
@@ -306,6 +307,8 @@ def test_every_family_shares_the_validation_seed_and_declares_sample_batch_size(
     assert sizes == [3, 3, 1, 3, 3, 1]  # sample() batches by sample_batch_size by default
     with pytest.raises(GalgenError, match=r"^model.sample_batch_size must be at least 1, got 0$"):
         NoisePair(sample_batch_size=0)
+    with pytest.raises(ValueError, match=r"^modes must be at least 1, got 0$"):
+        OracleCollapse(modes=0)
 
 
 def test_sampler_settings_are_listed_once():

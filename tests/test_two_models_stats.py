@@ -386,3 +386,64 @@ def test_leave_out_quantiles_match_numpy_on_what_is_left(width):
     q = [0.0, 0.01, 0.37, 0.99, 1.0]
     expected = np.stack([np.nanquantile(np.delete(values, g), q) for g in groups])
     np.testing.assert_allclose(leave_out_quantiles(values, groups, q), expected, rtol=0, atol=1e-12)
+
+
+# --- variety: the repeat share ------------------------------------------------------------------
+def test_nearest_sibling_is_the_best_other_image_of_its_block(rng):
+    import torch
+
+    from galgen_lightning.evaluation.paired import unit_rows
+    from galgen_lightning.evaluation.variety import nearest_sibling
+
+    x = rng.standard_normal((10, 1, 4, 4))
+    got = nearest_sibling(torch.from_numpy(x), 4)
+    u = unit_rows(x)
+    blocks = {**dict.fromkeys(range(4), range(0, 4)), **dict.fromkeys(range(4, 8), range(4, 8))}
+    blocks |= dict.fromkeys(range(8, 10), range(6, 10))  # the tail: the last 4 images
+    want = [max(u[i] @ u[j] for j in blocks[i] if j != i) for i in range(10)]
+    np.testing.assert_allclose(got, want)
+    assert np.isnan(nearest_sibling(torch.from_numpy(x), 1)).all()  # no other image to compare
+    assert np.isnan(nearest_sibling(torch.from_numpy(x[:3]), 4)).all()  # fewer images than a block
+
+
+def _variety_world(rng: np.random.Generator, n: int, n_val: int, modes: int | None = None) -> dict[str, np.ndarray]:
+    """Realism-world arrays plus siblings: samples drawn like the held-out images, or (``modes``)
+    every sample one of a few images shared by A and B, with faint noise."""
+    import torch
+
+    from galgen_lightning.evaluation.variety import nearest_sibling
+
+    arrays = _realism_world(rng, n, n_val)
+    block = min(n, n_val)
+    heldout = rng.standard_normal((n_val, 1, 8, 8))
+    shared = rng.standard_normal((modes or 1, 1, 8, 8))
+    for m in MODELS:
+        x = rng.standard_normal((n, 1, 8, 8))
+        if modes:
+            x = shared[rng.integers(0, modes, n)] + 0.02 * x
+        arrays[f"samples_{m}"] = x * arrays[f"samples_{m}"].std()
+        arrays[f"sibling_{m}"] = nearest_sibling(torch.from_numpy(x), block)
+    arrays["heldout_sibling"] = nearest_sibling(torch.from_numpy(heldout), block)
+    return arrays
+
+
+def test_the_repeat_share_is_near_chance_for_varied_samples_and_one_for_a_collapse():
+    varied, intervals, _ = T.two_models_evidence(_variety_world(np.random.default_rng(0), 128, 200), n_boot=300, permutations=20)
+    assert varied["repeat_share"] < 0.05 and varied["repeat_chance"] < 0.05 and varied["repeat_heldout"] == 200
+    assert intervals["repeat_share"][1] < 0.2
+    world = _variety_world(np.random.default_rng(0), 128, 200, modes=4)
+    collapsed, intervals, _ = T.two_models_evidence(world, n_boot=300, permutations=20)
+    assert collapsed["repeat_share"] == 1.0 and intervals["repeat_share"][0] > 0.9
+    assert collapsed["memorization_rate"] < 0.05  # the collapse copies neither subset
+    old = {k: v for k, v in world.items() if "sibling" not in k}  # a result from before siblings were kept
+    assert "repeat_share" not in T.two_models_evidence(old, n_boot=0)[0]
+
+
+def test_the_repeat_chance_is_what_held_out_galaxies_score():
+    """Each held-out galaxy against the others' 99th percentile: about 1% with many, more with few."""
+    from galgen_lightning.evaluation.variety import repeat_chance
+
+    many = [repeat_chance(_variety_world(np.random.default_rng(s), 64, 1000)["heldout_sibling"]) for s in range(3)]
+    few = [repeat_chance(_variety_world(np.random.default_rng(s), 16, 16)["heldout_sibling"]) for s in range(3)]
+    assert np.mean(many) < 0.03 < np.mean(few)
+    assert np.isnan(repeat_chance(np.array([0.5, 0.6])))

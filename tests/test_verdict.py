@@ -17,7 +17,7 @@ from galgen_lightning.evaluation import verdict as V
 N, N_VAL, SAMPLES = 48, 48, 96
 
 
-def _validate(tmp_path, tiny_source_args, model: str, *model_args: str) -> dict:
+def _validate(tmp_path, tiny_source_args, model: str, *model_args: str, n_val: int = N_VAL) -> dict:
     run = tmp_path / "run"
     args = [
         "validate",
@@ -25,7 +25,7 @@ def _validate(tmp_path, tiny_source_args, model: str, *model_args: str) -> dict:
         *model_args,
         *tiny_source_args,
         f"--data.n={N}",
-        f"--data.n_val={N_VAL}",
+        f"--data.n_val={n_val}",
         "--data.batch_size=16",
         "--trainer.logger=false",
         "--trainer.enable_progress_bar=false",
@@ -68,6 +68,16 @@ def test_noise_model_gives_poor_samples(tmp_path, tiny_source_args):
     v = _validate(tmp_path, tiny_source_args, "NoisePair")
     assert v["label"] == "poor samples", v["reasons"]
     assert v["numbers"]["realism_outside_any"] > 0.9
+
+
+@pytest.mark.cli  # a whole galgen command: make test, not make test-fast
+def test_a_collapse_both_models_share_is_poor_samples_not_generalization(tmp_path, tiny_source_args):
+    """A and B return the same fresh galaxy out of four for the same noise: they agree perfectly
+    and copy nothing, which the two-models test alone read as generalization."""
+    v = _validate(tmp_path, tiny_source_args, "OracleCollapse", n_val=128)
+    assert v["label"] == "poor samples" and "collapse" in v["reasons"][0], v["reasons"]
+    assert v["numbers"]["agreement_kappa"] == pytest.approx(1.0) and v["intervals"]["repeat_share"][0] > 0.9
+    assert v["intervals"]["memorization_rate"][1] < V.GENERALIZES_RATE_FACTOR * 0.01
 
 
 # --- the judge's rules on hand-made arrays ------------------------------------------------------
@@ -173,3 +183,48 @@ def test_a_label_without_bootstrap_intervals_says_so():
     assert point.text().startswith("memorizes (point values, no intervals): ")
     point.complete, point.state = False, "running"
     assert point.display == "memorizes (point values, no intervals, run running)"
+
+
+def _with_siblings(rng, arrays, n_val=200, modes=None):
+    """Siblings for ``_arrays``' samples (``modes``: A and B return the same one of a few images
+    for each noise index) and for ``n_val`` held-out images drawn like varied samples."""
+    import torch
+
+    from galgen_lightning.evaluation.variety import nearest_sibling
+
+    n = len(arrays["samples_a"])
+    block = min(n, n_val)
+    if modes:
+        shared = rng.normal(size=(modes, 1, 8, 8))[rng.integers(0, modes, n)] * 0.2
+        for m in "ab":
+            arrays[f"samples_{m}"] = shared + 0.004 * rng.normal(size=shared.shape)
+    for m in "ab":
+        arrays[f"sibling_{m}"] = nearest_sibling(torch.from_numpy(arrays[f"samples_{m}"]), block)
+    arrays["heldout_sibling"] = nearest_sibling(torch.from_numpy(rng.normal(size=(n_val, 1, 8, 8))), block)
+    return arrays
+
+
+def test_a_shared_collapse_is_poor_samples_and_never_generalizes():
+    rng = np.random.default_rng(5)
+    varied = V.judge(_with_siblings(rng, _arrays(rng, agree=0.95)), "diffusion", n_boot=300, rng=rng)
+    assert varied.label == "generalizes" and varied.intervals["repeat_share"][1] < 0.5, varied.reasons
+    collapsed = V.judge(_with_siblings(rng, _arrays(rng, agree=0.95), modes=4), "diffusion", n_boot=300, rng=rng)
+    assert collapsed.numbers["agreement_kappa"] > 0.9  # A and B agree: the two-models test alone says generalizes
+    assert collapsed.label == "poor samples" and "collapse onto a few images" in collapsed.reasons[0], collapsed.reasons
+    # judged against fewer held-out galaxies than MIN_HELDOUT: no collapse call, but no generalization either
+    few = V.judge(_with_siblings(rng, _arrays(rng, agree=0.95), n_val=48, modes=4), "diffusion", n_boot=300, rng=rng)
+    assert few.label == "inconclusive" and "not shown to vary as real galaxies do" in few.reasons[0], few.reasons
+    # results written before galgen measured variety keep their label
+    old = V.judge(_arrays(rng, agree=0.95), "diffusion", n_boot=300, rng=rng)
+    assert old.label == "generalizes" and "variety not measured" in old.reasons
+
+
+def test_copies_of_a_few_images_are_memorization_not_a_collapse():
+    """Copies of a small subset repeat one another too: the rate decides first, and repeats call a
+    collapse only when the rate shows no copies."""
+    rng = np.random.default_rng(6)
+    copies = _with_siblings(rng, _arrays(rng, copies=0.9), modes=4)
+    assert V.judge(copies, "diffusion", n_boot=300, rng=rng).label == "memorizes"
+    some = _with_siblings(rng, _arrays(rng, copies=0.3), modes=4)
+    v = V.judge(some, "diffusion", n_boot=300, rng=rng)
+    assert v.numbers["repeat_share"] == 1.0 and v.label == "in transition", v.reasons

@@ -48,6 +48,10 @@ class PairedArrays:
         top_index: ``(2, n, m)`` their positions in the pool of A then B (B's images after A's).
         top_floor: ``(2, n)`` the larger of the two lists' last values: above any unlisted image.
         sizes: the sizes of subsets A and B.
+        sibling: ``(2, n)`` each sample's nearest similarity to another sample of its model
+            (:mod:`~galgen_lightning.evaluation.variety`); all NaN when not recorded.
+        heldout_sibling: held-out galaxies' nearest similarity to another held-out galaxy
+            (empty when not recorded).
     """
 
     own: np.ndarray
@@ -60,6 +64,8 @@ class PairedArrays:
     top_index: np.ndarray | None = None
     top_floor: np.ndarray | None = None
     sizes: tuple[int, int] | None = None
+    sibling: np.ndarray | None = None
+    heldout_sibling: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     @property
     def n(self) -> int:
@@ -76,7 +82,7 @@ def paired_arrays(arrays: dict[str, np.ndarray]) -> PairedArrays:
 
     ``arrays`` is the content of ``eval/two_models/epoch_XXXX.npz``: ``own_<m>``, ``other_<m>``,
     ``sample_index_<m>``, ``heldout`` and, when stored, ``samples_<m>``, ``ok_<m>``,
-    ``heldout_pixel_std``.
+    ``heldout_pixel_std``, ``sibling_<m>`` and ``heldout_sibling``.
     """
     n = 0
     for m in MODELS:
@@ -84,12 +90,14 @@ def paired_arrays(arrays: dict[str, np.ndarray]) -> PairedArrays:
         n = max(n, int(idx.max()) + 1 if idx.size else 0)
         if f"samples_{m}" in arrays:
             n = max(n, len(arrays[f"samples_{m}"]))
-    own, other, std = (np.full((2, n), np.nan) for _ in range(3))
+    own, other, std, sibling = (np.full((2, n), np.nan) for _ in range(4))
     units: dict[str, np.ndarray] = {}
     for r, m in enumerate(MODELS):
         idx = np.asarray(arrays.get(f"sample_index_{m}", np.arange(len(arrays.get(f"own_{m}", [])))), dtype=np.int64)
         own[r] = full_length(arrays.get(f"own_{m}", []), idx, n)
         other[r] = full_length(arrays.get(f"other_{m}", []), idx, n)
+        if f"sibling_{m}" in arrays:
+            sibling[r] = full_length(arrays[f"sibling_{m}"], idx, n)
         x = arrays.get(f"samples_{m}")
         if x is not None and len(x) == n:
             x = np.asarray(x, dtype=np.float64).reshape(n, -1)
@@ -110,6 +118,8 @@ def paired_arrays(arrays: dict[str, np.ndarray]) -> PairedArrays:
         top_index=top_index,
         top_floor=top_floor,
         sizes=sizes,
+        sibling=sibling,
+        heldout_sibling=np.asarray(arrays.get("heldout_sibling", []), dtype=np.float64).ravel(),
     )
 
 

@@ -29,6 +29,9 @@ The statistics (each a positive, calibrated reading with an interval):
   training image (structure), or its pixel spread lies outside the central 98% of held-out
   galaxies' (brightness: blank and faded samples). About 2-3% of real galaxies are outside by
   construction; pure noise, blank or faded samples are nearly all outside.
+- **Variety** (``repeat_share``): the share of samples nearer another sample of their model than
+  99% of held-out galaxies come to one another (:mod:`galgen_lightning.evaluation.variety`):
+  about 1% for samples as varied as real galaxies, nearly all for a collapse onto a few images.
 
 Pure functions of arrays (no trainer, no model): the callback, the judge and the report call these.
 """
@@ -52,6 +55,7 @@ from galgen_lightning.evaluation.realism import (
     realism_chance,
     row_quantiles,
 )
+from galgen_lightning.evaluation.variety import REPEAT_QUANTILE, repeat_numbers, repeats
 from galgen_lightning.models.base import MODELS
 
 
@@ -365,6 +369,9 @@ def two_models_evidence(
         numbers.update(realism_chance(p))
     if p.heldout_std.size and np.isfinite(p.pixel_std).any():
         numbers["pixel_std_ratio"] = float(np.nanmedian(p.pixel_std) / max(np.median(p.heldout_std), 1e-12))
+    sibling = p.sibling if p.sibling is not None else np.full_like(own, np.nan)
+    has_sibling = p.valid & np.isfinite(sibling)
+    numbers.update(repeat_numbers(sibling, has_sibling, p.heldout_sibling))
     matrix = similarity_matrix(p.units) if p.units else np.zeros((0, 0))
     numbers.update(agreement(matrix, permutations, agreement_rng) if p.units else {})
 
@@ -388,14 +395,19 @@ def two_models_evidence(
             counts = np.isfinite(gap).sum(axis=0)
             per = np.nansum(gap, axis=0) / np.where(counts > 0, counts, np.nan)
             reps["gap_median"] = np.nanmedian(per, axis=1)
-            reps |= heldout_readings(o, t, std[:, idx], valid)
+            reps |= heldout_readings(o, t, std[:, idx], valid, sibling[:, idx], has_sibling[:, idx])
         return reps
 
-    def heldout_readings(o: np.ndarray, t: np.ndarray, spread: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
+    def heldout_readings(
+        o: np.ndarray, t: np.ndarray, spread: np.ndarray, valid: np.ndarray, sib: np.ndarray, sib_valid: np.ndarray
+    ) -> dict[str, np.ndarray]:
         """The readings against held-out galaxies, whose thresholds come from a resample of the
         held-out set drawn with the samples' resample: the interval holds both sources of chance."""
         reps: dict[str, np.ndarray] = {}
-        hv, hs = heldout_resamples(p, o.shape[1], heldout_rng)
+        hv, hs, hsib = heldout_resamples(p, o.shape[1], heldout_rng)
+        if "repeat_share" in numbers:
+            above = repeats(sib, sib_valid, row_quantiles(hsib, [REPEAT_QUANTILE])[0][None, :, None])
+            reps["repeat_share"] = above.sum(axis=(0, 2)) / sib_valid.sum(axis=(0, 2))
         count = valid.sum(axis=(0, 2))
         low = None
         if hv.shape[1]:

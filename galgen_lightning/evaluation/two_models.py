@@ -15,8 +15,10 @@ For the same seeds, model A and model B each draw samples from the same noise. T
   reading, ``memorization_rate_heldout``.
 - **own minus other**: the gap per noise index (A's and B's averaged) and a one-sided Wilcoxon
   p-value, with no threshold.
-- **shared-noise agreement** (``agreement_kappa``) and **realism** (``realism_outside_*``):
-  see :mod:`galgen_lightning.evaluation.statistics`.
+- **shared-noise agreement** (``agreement_kappa``), **realism** (``realism_outside_*``) and
+  **variety** (``repeat_share``: samples nearer another sample of their model than real
+  galaxies come to one another, :mod:`galgen_lightning.evaluation.variety`): see
+  :mod:`galgen_lightning.evaluation.statistics`.
 
 The statistics themselves live in :mod:`galgen_lightning.evaluation.statistics`; the label is
 decided by :mod:`galgen_lightning.evaluation.verdict`.
@@ -39,6 +41,7 @@ import torch
 from galgen_lightning.evaluation import gallery
 from galgen_lightning.evaluation.base import SamplingTest, mosaic
 from galgen_lightning.evaluation.statistics import two_models_evidence
+from galgen_lightning.evaluation.variety import sibling_arrays
 from galgen_lightning.metrics import nearest_similarity, paired_cosine, summarize, top_similarities
 from galgen_lightning.models.base import MODELS
 
@@ -93,6 +96,7 @@ def two_models_statistics(
     arrays["subset_sizes"] = np.array([len(subsets[m]) for m in MODELS], dtype=np.int64)
     arrays["heldout_pixel_std"] = subsets["val"].flatten(1).float().std(dim=1).numpy()
     arrays["pair_index"] = torch.nonzero(both).flatten().numpy()
+    arrays.update(sibling_arrays(samples, subsets["val"], mean_removed))
     own_all = np.concatenate([arrays["own_a"], arrays["own_b"]])
 
     scalars: dict[str, float] = {}

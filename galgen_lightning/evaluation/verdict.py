@@ -12,11 +12,18 @@ Labels, decided in this order (``lo``/``hi``: the bootstrap interval over noise 
    their own subset than samples ever are to the subset their model never saw.
 3. **poor samples** when most samples are unlike any real galaxy with confidence
    (``lo > POOR_SHARE`` of the realism share, and above the share of held-out real galaxies by
-   the same test, ``realism_chance_any``): noise, blank or faded samples. Nothing is called
+   the same test, ``realism_chance_any``): noise, blank or faded samples; or when most samples
+   repeat one another with confidence (``lo > POOR_SHARE`` of the repeat share of
+   :mod:`~galgen_lightning.evaluation.variety`, and above the held-out galaxies' share by the
+   same test, ``repeat_chance``) while the rate shows no copies (``hi < GENERALIZES_RATE_FACTOR
+   x chance``), judged against at least
+   :data:`~galgen_lightning.evaluation.variety.MIN_HELDOUT` held-out galaxies: a collapse onto
+   a few images, which two models can share. Nothing is called
    generalization on such samples.
 4. **generalizes** when *all* of: the rate is at chance level with confidence
    (``hi < GENERALIZES_RATE_FACTOR x chance``), the samples look real (realism ``hi <
-   POOR_SHARE``), and positive evidence of one learned distribution:
+   POOR_SHARE``) and vary as real galaxies do (repeat share ``hi < POOR_SHARE``, where
+   measured), and positive evidence of one learned distribution:
 
    - diffusion, Glow (and any family whose models map noise to images): shared-noise agreement,
      ``kappa`` significant (permutation ``p < ALPHA``) and ``kappa lo > AGREEMENT_KAPPA``;
@@ -47,6 +54,7 @@ import numpy as np
 
 from galgen_lightning.evaluation.discriminator import CURVES, VAL_CURVES
 from galgen_lightning.evaluation.statistics import bootstrap, two_models_evidence
+from galgen_lightning.evaluation.variety import MIN_HELDOUT
 from galgen_lightning.rundir import Run, jsonable, load_run
 
 LABELS = ("memorizes", "in transition", "generalizes", "poor samples", "inconclusive")
@@ -67,7 +75,9 @@ ALPHA = 0.01
 POOR_SHARE = 0.5
 """*poor samples* when more than half the samples lie outside the range of real galaxies (each
 real galaxy is outside with probability about 2-3% by construction with many held-out galaxies;
-:func:`~galgen_lightning.evaluation.realism.realism_chance` measures it for the run's)."""
+:func:`~galgen_lightning.evaluation.realism.realism_chance` measures it for the run's), or
+repeat one another (about 1% of real galaxies do,
+:func:`~galgen_lightning.evaluation.variety.repeat_chance`)."""
 DISCRIMINATOR_TOLERANCE = 0.1
 """GAN: two hinge-loss curves agree when the interval of their paired mean difference lies within
 +-0.1, 5% of the loss 2 of a discriminator that cannot tell."""
@@ -252,6 +262,16 @@ def judge(
         else "realism not measured"
     )
 
+    repeat = numbers.get("repeat_share")
+    rep_lo, rep_hi = bounds("repeat_share") if repeat is not None else (math.nan, math.nan)
+    repeat_text = (
+        f"{fmt_ci(repeat, intervals.get('repeat_share'))} of samples nearer another sample of their model than "
+        f"99% of held-out galaxies come to one another (held-out real galaxies "
+        f"{numbers.get('repeat_chance', math.nan):.2f} by the same test)"
+        if repeat is not None
+        else "variety not measured"
+    )
+
     valid = min(numbers.get("valid_a", 0), numbers.get("valid_b", 0))
     if valid < MIN_VALID:
         verdict.reasons = [f"only {valid:.0f} valid samples in one model (at least {MIN_VALID} needed)", rate_text]
@@ -268,13 +288,21 @@ def judge(
         verdict.label = "poor samples"
         verdict.reasons = [f"most samples do not look like real galaxies: {real_text}", rate_text]
         return verdict
+    at_chance = r_hi < GENERALIZES_RATE_FACTOR * chance
+    # repeats that are not copies: a collapse onto a few images (copies of a small subset repeat too)
+    rep_chance = numbers.get("repeat_chance", math.nan)
+    enough = numbers.get("repeat_heldout", 0) >= MIN_HELDOUT  # fewer: the threshold is nearly their largest value
+    if at_chance and enough and math.isfinite(rep_lo) and math.isfinite(rep_chance) and rep_lo > max(POOR_SHARE, rep_chance):
+        verdict.label = "poor samples"
+        verdict.reasons = [f"most samples repeat one another (a collapse onto a few images): {repeat_text}", rate_text, real_text]
+        return verdict
 
     positive, positive_text = _positive_evidence(kind, numbers, intervals, discriminator, n_boot, confidence, rng, verdict)
-    at_chance = r_hi < GENERALIZES_RATE_FACTOR * chance
     realistic = real is not None and math.isfinite(real_hi) and real_hi < POOR_SHARE
-    if at_chance and realistic and positive:
+    varied = repeat is None or (math.isfinite(rep_hi) and rep_hi < POOR_SHARE)  # None: a result from before
+    if at_chance and realistic and varied and positive:
         verdict.label = "generalizes"
-        verdict.reasons = [positive_text, f"no more copies than chance: {rate_text}", real_text, gap_text]
+        verdict.reasons = [positive_text, f"no more copies than chance: {rate_text}", real_text, repeat_text, gap_text]
         return verdict
     # "above chance": above what the rate is by chance for these samples (the null mean; 1 - quantile
     # only in the limit of many samples) with confidence, and significant by the calibration test
@@ -290,6 +318,8 @@ def judge(
         missing.append(f"the rate's interval reaches {r_hi:.3f}, above {GENERALIZES_RATE_FACTOR:g}x chance")
     if not realistic:
         missing.append("the samples are not shown to look real" + (f" ({real_text})" if real is not None else ""))
+    if not varied:
+        missing.append(f"the samples are not shown to vary as real galaxies do ({repeat_text})")
     if not positive:
         missing.append(f"no positive evidence of one learned distribution ({positive_text})")
     verdict.reasons = ["neither copies nor generalization shown: " + "; ".join(missing), rate_text, gap_text]

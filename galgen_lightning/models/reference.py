@@ -11,6 +11,9 @@ contract as the real families, so it runs through the real callbacks and the rea
 - :class:`OracleMixture`: a set share of the noise indices copy (as the memorizer), the rest
   generalize. The answer: *in transition*, with the share inside the rate's interval.
 - :class:`NoisePair`: uniform noise images. The answer: *poor samples*.
+- :class:`OracleCollapse`: for noise index ``i``, A and B return the same fresh galaxy out of a
+  few (a collapse both models share: they agree and copy nothing). The answer: *poor samples*,
+  by the repeat share of :mod:`~galgen_lightning.evaluation.variety`.
 
 They train nothing (``galgen validate`` runs the tests on them directly) and need the built-in
 synthetic source for the generalizer. docs/extending.md shows how to check a new test with them.
@@ -177,4 +180,27 @@ class NoisePair(_ReferencePair):
     def generate(self, which: str, indices: Tensor, seed: int) -> tuple[Tensor, Tensor, dict[str, float | Tensor]]:
         u = counter_uniform(seed, indices, self.channels * self.image_size**2, stream=5 if which == "a" else 6)
         out = u.reshape(len(indices), *self.image_shape).to(self.device)
+        return out, torch.ones(len(indices), dtype=torch.bool, device=self.device), {}
+
+
+class OracleCollapse(_ReferencePair):
+    """A and B return the same fresh galaxy out of ``modes`` for the same noise (chosen by the
+    noise): a collapse both models share. The answer is *poor samples* (most samples repeat one
+    another), not *generalizes*, although A and B agree and copy nothing.
+
+    Args:
+        modes: how many distinct galaxies the pair returns.
+        **kwargs: ``image_size`` (linked from ``data.image_size``), ``channels`` and
+            ``sample_batch_size`` (see :class:`PairModule`).
+    """
+
+    def __init__(self, modes: int = 4, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if modes < 1:
+            raise ValueError(f"modes must be at least 1, got {modes}")
+        self.modes = modes
+
+    def generate(self, which: str, indices: Tensor, seed: int) -> tuple[Tensor, Tensor, dict[str, float | Tensor]]:
+        mode = (counter_uniform(seed, indices, 1, stream=7)[:, 0] * self.modes).long().clamp_max(self.modes - 1)
+        out = self.fresh(mode, seed)
         return out, torch.ones(len(indices), dtype=torch.bool, device=self.device), {}

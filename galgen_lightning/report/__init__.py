@@ -213,6 +213,7 @@ def build_report(
                     fmt_ci(v.get("memorization_rate_heldout"), v.get("memorization_rate_heldout_ci")),
                     fmt_ci(v.get("agreement_kappa"), v.get("agreement_kappa_ci")) + f" (p={fmt_p(v.get('agreement_p_value'))})",
                     fmt_ci(v.get("realism_outside_any"), v.get("realism_outside_any_ci")),
+                    fmt_ci(v.get("repeat_share"), v.get("repeat_share_ci")),
                     fmt(v.get("gap_median")) + f" (p={fmt_p(v.get('gap_p_value'))})",
                     "; ".join(verdict.reasons),
                 ]
@@ -340,6 +341,7 @@ def build_report(
         "held-out-real reading [CI]",
         "shared-noise agreement kappa [CI]",
         "share unlike real galaxies [CI]",
+        "share repeating another sample [CI]",
         "own-other gap (p)",
         "evidence",
     ]

@@ -23,7 +23,7 @@ from galgen_lightning.report.stats import fmt_p
 from galgen_lightning.rundir import Run
 from galgen_lightning.tables import fmt_g
 
-INTERVALS = ("memorization_rate", "gap_median", "agreement_kappa", "realism_outside_any")
+INTERVALS = ("memorization_rate", "gap_median", "agreement_kappa", "realism_outside_any", "repeat_share")
 """The statistics whose bootstrap interval the table carries (``<key>_low``, ``<key>_high``)."""
 
 COLUMNS = (
@@ -51,12 +51,17 @@ COLUMNS = (
     "realism_outside_any_low",
     "realism_outside_any_high",
     "realism_chance_any",
+    "repeat_share",
+    "repeat_share_low",
+    "repeat_share_high",
+    "repeat_chance",
 )
 """Columns of the sweep table: the run (family, its group of one image size, folder, state, N,
 seed, the evaluated epoch), the judge's label, the memorization rate under the two-models null,
 the own-minus-other gap (median per noise index, Wilcoxon p), the shared-noise agreement kappa
-of A and B, the A-vs-B similarity (median), and the share of samples unlike any real galaxy
-with the held-out real galaxies' share by the same test."""
+of A and B, the A-vs-B similarity (median), the share of samples unlike any real galaxy and the
+share repeating another sample of their model (variety), each with the held-out real galaxies'
+share by the same test."""
 
 CHARTS = {
     "memorization_rate": "memorization rate (two-models null) against N",

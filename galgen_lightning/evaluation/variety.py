@@ -1,0 +1,141 @@
+"""Variety: whether a model's samples differ from one another as much as real galaxies do.
+
+The two-models test compares A with B, so it cannot see a collapse both models share: two
+models that return the same few images for the same noise agree perfectly and copy neither
+subset, which reads as generalization. Variety looks inside each model instead.
+
+A sample's *nearest sibling* is its highest similarity (mean-removed cosine) to another sample
+of the same model; a held-out galaxy's is its highest similarity to another held-out galaxy.
+The highest of more candidates is higher, so both are taken within blocks of the same size
+``block = min(valid samples of A, of B, held-out galaxies)`` (consecutive noise indices;
+held-out galaxies in the split's random order). A sample *repeats* when its nearest sibling is
+more similar than the 99th percentile (:data:`REPEAT_QUANTILE`) of the held-out galaxies'
+nearest siblings: closer to another sample than 99% of real galaxies come to one another.
+
+For samples drawn like the real galaxies, a block of samples and a block of held-out galaxies
+are exchangeable, so about 1% of samples repeat (:func:`repeat_chance` measures what real
+galaxies score, each against the others); a collapse onto a few images makes nearly every
+sample repeat. Smooth samples sit a little closer to one another than real galaxies (the
+demo's diffusion pairs: about 3-12%), far from the collapse's share.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from galgen_lightning.evaluation.realism import leave_out_quantiles
+from galgen_lightning.metrics import unit_vectors
+from galgen_lightning.models.base import MODELS
+
+REPEAT_QUANTILE = 0.99
+"""Quantile of the held-out galaxies' nearest-sibling similarity above which a sample repeats."""
+MIN_HELDOUT = 100
+"""Held-out galaxies (with a sibling) that a *collapse* call needs: ``1 / (1 - REPEAT_QUANTILE)``.
+With fewer, the 99th percentile is nearly their largest value, whose spread from one held-out
+set to the next the bootstrap cannot see (a resample never exceeds its largest value): with 16
+held-out galaxies, samples drawn like them had a share above one half in 2 of 30 worlds
+(``benchmarks/calibration_variety.py``). Below it the share still keeps *generalizes* from a
+pair that is not shown to vary (the safe direction)."""
+
+
+def nearest_sibling(images: Tensor, block: int, mean_removed: bool = True) -> np.ndarray:
+    """For each image, its highest cosine similarity to another image of its block.
+
+    Blocks are consecutive runs of ``block`` images; the last images, when fewer than ``block``
+    are left, are compared within the last ``block`` images, so every image has ``block - 1``
+    candidates.
+
+    Args:
+        images: ``(n, ...)`` images.
+        block: images per block (at least 2).
+        mean_removed: centre each image first (:func:`~galgen_lightning.metrics.unit_vectors`).
+
+    Returns:
+        ``(n,)`` float64; all NaN when ``block < 2`` or there are fewer than ``block`` images.
+    """
+    n = len(images)
+    out = np.full(n, np.nan)
+    if block < 2 or n < block:
+        return out
+    u = unit_vectors(images.detach().cpu(), mean_removed, dtype=torch.float64)
+    for start in range(0, n, block):
+        first = min(start, n - block)  # the last run: the last `block` images
+        sim = u[first : first + block] @ u[first : first + block].T
+        sim.fill_diagonal_(-math.inf)
+        best = sim.max(dim=1).values.numpy()
+        out[start : min(start + block, n)] = best[start - first : block]
+    return out
+
+
+def sibling_arrays(samples, heldout: Tensor, mean_removed: bool = True) -> dict[str, np.ndarray]:
+    """The nearest siblings of each model's valid samples and of the held-out galaxies.
+
+    Args:
+        samples: :class:`~galgen_lightning.models.base.PairSamples`.
+        heldout: the held-out images.
+        mean_removed: centre each image before the cosine.
+
+    Returns:
+        ``sibling_<m>`` (one value per valid sample of model ``m``, in the order of
+        ``sample_index_<m>``), ``heldout_sibling`` (one per held-out galaxy) and
+        ``sibling_block`` (the block size; 0 when there is no comparison).
+    """
+    valid = {m: samples[m][samples.ok(m)] for m in MODELS}
+    block = min(len(heldout), *(len(x) for x in valid.values()))
+    block = block if block >= 2 else 0
+    out = {f"sibling_{m}": nearest_sibling(x, block, mean_removed) for m, x in valid.items()}
+    out["heldout_sibling"] = nearest_sibling(heldout, block, mean_removed)
+    out["sibling_block"] = np.array([block], dtype=np.int64)
+    return out
+
+
+def repeats(sibling: np.ndarray, valid: np.ndarray, threshold: np.ndarray | float) -> np.ndarray:
+    """The one rule of variety: a valid sample repeats when its nearest sibling is above
+    ``threshold`` (one value, or one per bootstrap replicate, broadcast against the arrays)."""
+    with np.errstate(invalid="ignore"):
+        return valid & (sibling > threshold)
+
+
+def repeat_threshold(heldout_sibling: np.ndarray) -> float:
+    """The :data:`REPEAT_QUANTILE` of the held-out galaxies' nearest siblings (NaN without two)."""
+    h = heldout_sibling[np.isfinite(heldout_sibling)]
+    return float(np.quantile(h, REPEAT_QUANTILE)) if h.size >= 2 else math.nan
+
+
+def repeat_chance(heldout_sibling: np.ndarray) -> float:
+    """The share of *real* galaxies that repeat by the same test: each held-out galaxy against
+    the threshold of the others (leave one out). About 1% with many held-out galaxies, more with
+    a few (the threshold is then nearly their largest value). NaN with fewer than 3."""
+    h = heldout_sibling[np.isfinite(heldout_sibling)]
+    if h.size < 3:
+        return math.nan
+    low = leave_out_quantiles(h, np.arange(h.size)[:, None], [REPEAT_QUANTILE])[:, 0]
+    return float(np.mean(repeats(h, np.ones(h.size, bool), low)))
+
+
+def repeat_numbers(sibling: np.ndarray, valid: np.ndarray, heldout_sibling: np.ndarray) -> dict[str, float]:
+    """The point values: ``repeat_share`` (valid samples of both models that repeat),
+    ``repeat_share_<m>`` per model, ``repeat_threshold``, ``repeat_chance`` (real galaxies by
+    the same test) and ``repeat_heldout`` (the held-out galaxies with a sibling); nothing when
+    the siblings were not recorded (results written before galgen measured them) or fewer than
+    2 held-out galaxies have one.
+
+    Args:
+        sibling: ``(2, n)`` nearest siblings by noise index (NaN: none).
+        valid: ``(2, n)`` the sample is valid and has a sibling.
+        heldout_sibling: the held-out galaxies' nearest siblings.
+    """
+    threshold = repeat_threshold(heldout_sibling)
+    if not (math.isfinite(threshold) and valid.any()):
+        return {}
+    above = repeats(sibling, valid, threshold)
+    out = {"repeat_share": float(above.sum() / valid.sum()), "repeat_threshold": threshold}
+    for r, m in enumerate(MODELS):
+        out[f"repeat_share_{m}"] = float(above[r].sum() / valid[r].sum()) if valid[r].any() else math.nan
+    out["repeat_chance"] = repeat_chance(heldout_sibling)
+    out["repeat_heldout"] = float(np.isfinite(heldout_sibling).sum())
+    return out
