@@ -177,7 +177,8 @@ class TwoModelsTest(SamplingTest):
         arrays.update(selection)
         self.save_arrays(trainer, arrays)  # arrays first: a logged record always has its arrays
         self.log_scalars(trainer, scalars)
-        self.log_histograms(trainer, {k: arrays[k] for k in ("a_vs_b", "own_a", "own_b", "other_a", "other_b", "heldout")})
+        kinds = ("a_vs_b", "own_a", "own_b", "other_a", "other_b", "heldout", "sibling_a", "sibling_b", "heldout_sibling")
+        self.log_histograms(trainer, {k: arrays[k] for k in kinds})
         self.save_figure(trainer, self.histogram_figure(arrays, scalars), "histograms")
         self.save_image(trainer, self.grid_image(samples, subsets, arrays), "samples", tag="_grid")
         for kind in gallery.KINDS:
@@ -191,12 +192,13 @@ class TwoModelsTest(SamplingTest):
                 )
 
     def histogram_figure(self, arrays: dict[str, np.ndarray], scalars: dict[str, float]):
-        """Left: A vs B similarity. Right: nearest-training similarity, own, other and held-out."""
+        """Left: A vs B similarity. Middle: nearest-training similarity, own, other and held-out.
+        Right: variety, each sample's nearest other sample of its model against held-out galaxies'."""
         from galgen_lightning.plotting import pyplot
 
         plt = pyplot()
 
-        fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+        fig, (left, right, variety) = plt.subplots(1, 3, figsize=(16, 3.8))
         finite = [v for v in arrays.values() if v.dtype.kind == "f" and v.size and np.isfinite(v).any()]
         low = min(0.0, min(float(np.nanmin(v)) for v in finite)) if finite else 0.0
         bins = np.linspace(max(low, -1.0), 1.0, 51)
@@ -231,8 +233,34 @@ class TwoModelsTest(SamplingTest):
         right.set_xlabel("cosine similarity to nearest training image (mean removed)")
         right.set_ylabel("probability density")
         right.legend(fontsize=7, loc="upper left")
+        self.variety_panel(variety, arrays, scalars, bins)
         fig.tight_layout()
         return fig
+
+    @staticmethod
+    def variety_panel(ax, arrays: dict[str, np.ndarray], scalars: dict[str, float], bins: np.ndarray) -> None:
+        """Each sample's nearest other sample of its model, and each held-out galaxy's nearest other
+        held-out galaxy, with the repeat threshold (:mod:`~galgen_lightning.evaluation.variety`)."""
+        if "sibling_block" not in arrays:  # arrays written before galgen measured variety
+            ax.set_axis_off()
+            return
+        curves = (
+            (np.concatenate([arrays["sibling_a"], arrays["sibling_b"]]), "sample vs other samples of its model", "tab:orange"),
+            (arrays["heldout_sibling"], "held-out real image vs other held-out images", "tab:gray"),
+        )
+        for values, label, color in curves:
+            values = values[np.isfinite(values)]
+            if len(values):
+                ax.hist(values, bins=bins, alpha=0.5, density=True, label=label, color=color)
+        threshold = scalars.get("repeat_threshold", float("nan"))
+        if np.isfinite(threshold):
+            share = scalars["repeat_share"]
+            ax.axvline(threshold, color="k", ls="--", lw=1, label=f"99% of held-out (repeat share {share:.2f})")
+        block = int(arrays["sibling_block"][0])
+        ax.set_title(f"variety: nearest other image, blocks of {block}" if block else "variety: too few images")
+        ax.set_xlabel("cosine similarity to nearest other image (mean removed)")
+        ax.set_ylabel("probability density")
+        ax.legend(fontsize=7, loc="upper left")
 
     def grid_image(self, samples, subsets: dict[str, torch.Tensor], arrays: dict[str, np.ndarray]) -> np.ndarray:
         """Rows: A's samples, B's samples (same seeds), A's and B's nearest training images."""
