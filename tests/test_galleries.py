@@ -109,12 +109,14 @@ def test_memorizer_gallery_shows_copies_and_the_parts_are_timed(tmp_path, capsys
     assert record["sampling_seconds"] > 0 and record["search_seconds"] > 0
 
 
+@pytest.mark.cli  # a whole validation under a trainer, read from its terminal output: make test, not make test-fast
 def test_bars_follow_the_trainer(tmp_path, capsys):
     _validate(tmp_path, progress=True)
     err = capsys.readouterr().err
     assert "two_models: sampling A and B" in err and "two_models: nearest-neighbour search" in err
 
 
+@pytest.mark.cli  # a whole validation under a trainer, read from its terminal output: make test, not make test-fast
 def test_a_log_gets_one_line_and_no_bars(tmp_path, capsys):
     """Where stderr is a log, LineProgress stands for the bars: one line per validation run, no
     carriage returns, and the evaluation draws no bars of its own."""

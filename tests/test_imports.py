@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from support import ROOT
 
 OPTIONAL = ("jsonargparse", "wandb", "astropy", "galsim", "statmorph", "photutils", "h5py", "skimage")
@@ -27,6 +28,7 @@ print("ok")
 """
 
 
+@pytest.mark.cli  # a fresh interpreter importing the whole package (8 s): make test, not make test-fast
 def test_families_callbacks_and_benchmarks_import_without_optional_packages():
     done = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]

@@ -31,6 +31,7 @@ def fake_table(values: dict[str, list[float]], flags: list[int], reasons: list[s
     return M.table(measurements, max_flag=1)
 
 
+@pytest.mark.cli  # a process pool of fresh workers (7 s): make test, not make test-fast
 def test_sersic_n4_is_more_concentrated_than_n1_in_parallel():
     images = np.stack([sersic_stamp(n, seed=s) for n in (1.0, 4.0) for s in (0, 1)])
     with M.WorkerPool(2) as pool:
