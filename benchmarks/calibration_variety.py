@@ -16,7 +16,7 @@ repeat_chance)`` with at least ``MIN_HELDOUT`` held-out galaxies) and *not shown
 (``hi >= 0.5``). docs/verdict.md quotes its output.
 
 Example:
-    python benchmarks/calibration_variety.py --worlds 100     # about 5 minutes on 2 cores
+    python benchmarks/calibration_variety.py --worlds 100     # about 4.5 minutes on 2 cores
 """
 
 from __future__ import annotations

@@ -185,9 +185,10 @@ def test_a_label_without_bootstrap_intervals_says_so():
     assert point.display == "memorizes (point values, no intervals, run running)"
 
 
-def _with_siblings(rng, arrays, n_val=200, modes=None):
+def _with_siblings(rng, arrays, n_val=200, modes=None, shared=True):
     """Siblings for ``_arrays``' samples (``modes``: A and B return the same one of a few images
-    for each noise index) and for ``n_val`` held-out images drawn like varied samples."""
+    for each noise index, or with ``shared=False`` each model one of its own few) and for
+    ``n_val`` held-out images drawn like varied samples."""
     import torch
 
     from galgen_lightning.evaluation.variety import nearest_sibling
@@ -195,9 +196,11 @@ def _with_siblings(rng, arrays, n_val=200, modes=None):
     n = len(arrays["samples_a"])
     block = min(n, n_val)
     if modes:
-        shared = rng.normal(size=(modes, 1, 8, 8))[rng.integers(0, modes, n)] * 0.2
+        pick = rng.integers(0, modes, n)
+        images = {m: rng.normal(size=(modes, 1, 8, 8)) * 0.2 for m in "ab"}
         for m in "ab":
-            arrays[f"samples_{m}"] = shared + 0.004 * rng.normal(size=shared.shape)
+            x = images["a" if shared else m][pick]
+            arrays[f"samples_{m}"] = x + 0.004 * rng.normal(size=x.shape)
     for m in "ab":
         arrays[f"sibling_{m}"] = nearest_sibling(torch.from_numpy(arrays[f"samples_{m}"]), block)
     arrays["heldout_sibling"] = nearest_sibling(torch.from_numpy(rng.normal(size=(n_val, 1, 8, 8))), block)
@@ -228,3 +231,27 @@ def test_copies_of_a_few_images_are_memorization_not_a_collapse():
     some = _with_siblings(rng, _arrays(rng, copies=0.3), modes=4)
     v = V.judge(some, "diffusion", n_boot=300, rng=rng)
     assert v.numbers["repeat_share"] == 1.0 and v.label == "in transition", v.reasons
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_copies_shown_beyond_chance_are_in_transition_even_among_repeats(shared):
+    """4% copies, below 10x chance but beyond it by the re-split test, from models that collapsed
+    (onto the same images, or each onto its own): the copies are the finding, not a collapse, and
+    a shared collapse does not pass for generalization (found by review on 2026-12-01)."""
+    rng = np.random.default_rng(11)
+    arrays = _with_siblings(rng, _arrays(rng, n=600, copies=0.04), modes=4, shared=shared)
+    v = V.judge(arrays, "diffusion", n_boot=300, rng=np.random.default_rng(0))
+    assert v.intervals["memorization_rate"][1] < V.GENERALIZES_RATE_FACTOR * 0.01  # below 10x chance
+    assert v.numbers["memorization_p_value"] < V.ALPHA and v.numbers["repeat_share"] > 0.9
+    assert v.label == "in transition" and "repeating" not in v.reasons[0], v.reasons
+    assert any("of samples nearer another sample" in r for r in v.reasons)
+
+
+def test_siblings_recorded_without_a_comparison_withhold_generalization():
+    """A result that recorded siblings but had too few images to compare (all NaN) is not a result
+    from before variety: the samples are not shown to vary, so no generalization."""
+    rng = np.random.default_rng(8)
+    arrays = _arrays(rng, agree=0.95)
+    arrays |= {"sibling_a": np.full(100, np.nan), "sibling_b": np.full(100, np.nan), "heldout_sibling": np.full(1, np.nan)}
+    v = V.judge(arrays, "diffusion", n_boot=300, rng=rng)
+    assert v.label == "inconclusive" and "not shown to vary as real galaxies do (n/a" in v.reasons[0], v.reasons

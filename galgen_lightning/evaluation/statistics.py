@@ -405,7 +405,7 @@ def two_models_evidence(
         held-out set drawn with the samples' resample: the interval holds both sources of chance."""
         reps: dict[str, np.ndarray] = {}
         hv, hs, hsib = heldout_resamples(p, o.shape[1], heldout_rng)
-        if "repeat_share" in numbers:
+        if math.isfinite(numbers.get("repeat_share", math.nan)):
             above = repeats(sib, sib_valid, row_quantiles(hsib, [REPEAT_QUANTILE])[0][None, :, None])
             reps["repeat_share"] = above.sum(axis=(0, 2)) / sib_valid.sum(axis=(0, 2))
         count = valid.sum(axis=(0, 2))

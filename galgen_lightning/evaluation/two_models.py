@@ -41,7 +41,7 @@ import torch
 from galgen_lightning.evaluation import gallery
 from galgen_lightning.evaluation.base import SamplingTest, mosaic
 from galgen_lightning.evaluation.statistics import two_models_evidence
-from galgen_lightning.evaluation.variety import sibling_arrays
+from galgen_lightning.evaluation.variety import REPEAT_QUANTILE, sibling_arrays
 from galgen_lightning.metrics import nearest_similarity, paired_cosine, summarize, top_similarities
 from galgen_lightning.models.base import MODELS
 
@@ -255,7 +255,8 @@ class TwoModelsTest(SamplingTest):
         threshold = scalars.get("repeat_threshold", float("nan"))
         if np.isfinite(threshold):
             share = scalars["repeat_share"]
-            ax.axvline(threshold, color="k", ls="--", lw=1, label=f"99% of held-out (repeat share {share:.2f})")
+            label = f"{REPEAT_QUANTILE:.0%} quantile of held-out (repeat share {share:.2f})"
+            ax.axvline(threshold, color="k", ls="--", lw=1, label=label)
         block = int(arrays["sibling_block"][0])
         ax.set_title(f"variety: nearest other image, blocks of {block}" if block else "variety: too few images")
         ax.set_xlabel("cosine similarity to nearest other image (mean removed)")

@@ -7,8 +7,8 @@ subset, which reads as generalization. Variety looks inside each model instead.
 A sample's *nearest sibling* is its highest similarity (mean-removed cosine) to another sample
 of the same model; a held-out galaxy's is its highest similarity to another held-out galaxy.
 The highest of more candidates is higher, so both are taken within blocks of the same size
-``block = min(valid samples of A, of B, held-out galaxies)`` (consecutive noise indices;
-held-out galaxies in the split's random order). A sample *repeats* when its nearest sibling is
+``block = min(valid samples of A, of B, held-out galaxies)`` (runs of consecutive *valid*
+samples, in noise-index order; held-out galaxies in the split's random order). A sample *repeats* when its nearest sibling is
 more similar than the 99th percentile (:data:`REPEAT_QUANTILE`) of the held-out galaxies'
 nearest siblings: closer to another sample than 99% of real galaxies come to one another.
 
@@ -121,21 +121,25 @@ def repeat_numbers(sibling: np.ndarray, valid: np.ndarray, heldout_sibling: np.n
     """The point values: ``repeat_share`` (valid samples of both models that repeat),
     ``repeat_share_<m>`` per model, ``repeat_threshold``, ``repeat_chance`` (real galaxies by
     the same test) and ``repeat_heldout`` (the held-out galaxies with a sibling); nothing when
-    the siblings were not recorded (results written before galgen measured them) or fewer than
-    2 held-out galaxies have one.
+    the siblings were not recorded (results written before galgen measured them), and a NaN
+    share when they were but fewer than 2 held-out galaxies have one (the judge then withholds
+    *generalizes*: variety is not shown).
 
     Args:
         sibling: ``(2, n)`` nearest siblings by noise index (NaN: none).
         valid: ``(2, n)`` the sample is valid and has a sibling.
         heldout_sibling: the held-out galaxies' nearest siblings.
     """
-    threshold = repeat_threshold(heldout_sibling)
-    if not (math.isfinite(threshold) and valid.any()):
+    if not heldout_sibling.size:  # not recorded: a result from before galgen measured variety
         return {}
+    threshold = repeat_threshold(heldout_sibling)
+    counted = float(np.isfinite(heldout_sibling).sum())
+    if not (math.isfinite(threshold) and valid.any()):  # recorded, but too few images to compare
+        return {"repeat_share": math.nan, "repeat_heldout": counted}
     above = repeats(sibling, valid, threshold)
     out = {"repeat_share": float(above.sum() / valid.sum()), "repeat_threshold": threshold}
     for r, m in enumerate(MODELS):
         out[f"repeat_share_{m}"] = float(above[r].sum() / valid[r].sum()) if valid[r].any() else math.nan
     out["repeat_chance"] = repeat_chance(heldout_sibling)
-    out["repeat_heldout"] = float(np.isfinite(heldout_sibling).sum())
+    out["repeat_heldout"] = counted
     return out

@@ -16,14 +16,14 @@ Labels, decided in this order (``lo``/``hi``: the bootstrap interval over noise 
    repeat one another with confidence (``lo > POOR_SHARE`` of the repeat share of
    :mod:`~galgen_lightning.evaluation.variety`, and above the held-out galaxies' share by the
    same test, ``repeat_chance``) while the rate shows no copies (``hi < GENERALIZES_RATE_FACTOR
-   x chance``), judged against at least
+   x chance``, and none beyond chance by rule 5's test), judged against at least
    :data:`~galgen_lightning.evaluation.variety.MIN_HELDOUT` held-out galaxies: a collapse onto
-   a few images, which two models can share. Nothing is called
-   generalization on such samples.
+   a few images, which two models can share. Nothing is called generalization on such samples.
 4. **generalizes** when *all* of: the rate is at chance level with confidence
-   (``hi < GENERALIZES_RATE_FACTOR x chance``), the samples look real (realism ``hi <
-   POOR_SHARE``) and vary as real galaxies do (repeat share ``hi < POOR_SHARE``, where
-   measured), and positive evidence of one learned distribution:
+   (``hi < GENERALIZES_RATE_FACTOR x chance``, and rule 5's test finds no copies beyond chance),
+   the samples look real (realism ``hi < POOR_SHARE``) and vary as real galaxies do (repeat
+   share ``hi < POOR_SHARE``; results written before galgen measured it are not held to it),
+   and positive evidence of one learned distribution:
 
    - diffusion, Glow (and any family whose models map noise to images): shared-noise agreement,
      ``kappa`` significant (permutation ``p < ALPHA``) and ``kappa lo > AGREEMENT_KAPPA``;
@@ -54,7 +54,7 @@ import numpy as np
 
 from galgen_lightning.evaluation.discriminator import CURVES, VAL_CURVES
 from galgen_lightning.evaluation.statistics import bootstrap, two_models_evidence
-from galgen_lightning.evaluation.variety import MIN_HELDOUT
+from galgen_lightning.evaluation.variety import MIN_HELDOUT, REPEAT_QUANTILE
 from galgen_lightning.rundir import Run, jsonable, load_run
 
 LABELS = ("memorizes", "in transition", "generalizes", "poor samples", "inconclusive")
@@ -266,7 +266,7 @@ def judge(
     rep_lo, rep_hi = bounds("repeat_share") if repeat is not None else (math.nan, math.nan)
     repeat_text = (
         f"{fmt_ci(repeat, intervals.get('repeat_share'))} of samples nearer another sample of their model than "
-        f"99% of held-out galaxies come to one another (held-out real galaxies "
+        f"{REPEAT_QUANTILE:.0%} of held-out galaxies come to one another (held-out real galaxies "
         f"{numbers.get('repeat_chance', math.nan):.2f} by the same test)"
         if repeat is not None
         else "variety not measured"
@@ -289,10 +289,16 @@ def judge(
         verdict.reasons = [f"most samples do not look like real galaxies: {real_text}", rate_text]
         return verdict
     at_chance = r_hi < GENERALIZES_RATE_FACTOR * chance
+    # "above chance": above what the rate is by chance for these samples (the null mean; 1 - quantile
+    # only in the limit of many samples) with confidence, and significant by the calibration test
+    null_mean = numbers.get("memorization_null_mean", math.nan)
+    floor = max(chance, null_mean) if math.isfinite(null_mean) else chance
+    copies_beyond_chance = r_lo > floor and numbers.get("memorization_p_value", 1.0) < ALPHA
     # repeats that are not copies: a collapse onto a few images (copies of a small subset repeat too)
     rep_chance = numbers.get("repeat_chance", math.nan)
     enough = numbers.get("repeat_heldout", 0) >= MIN_HELDOUT  # fewer: the threshold is nearly their largest value
-    if at_chance and enough and math.isfinite(rep_lo) and math.isfinite(rep_chance) and rep_lo > max(POOR_SHARE, rep_chance):
+    no_copies = at_chance and not copies_beyond_chance
+    if no_copies and enough and math.isfinite(rep_lo) and math.isfinite(rep_chance) and rep_lo > max(POOR_SHARE, rep_chance):
         verdict.label = "poor samples"
         verdict.reasons = [f"most samples repeat one another (a collapse onto a few images): {repeat_text}", rate_text, real_text]
         return verdict
@@ -300,18 +306,13 @@ def judge(
     positive, positive_text = _positive_evidence(kind, numbers, intervals, discriminator, n_boot, confidence, rng, verdict)
     realistic = real is not None and math.isfinite(real_hi) and real_hi < POOR_SHARE
     varied = repeat is None or (math.isfinite(rep_hi) and rep_hi < POOR_SHARE)  # None: a result from before
-    if at_chance and realistic and varied and positive:
+    if no_copies and realistic and varied and positive:
         verdict.label = "generalizes"
         verdict.reasons = [positive_text, f"no more copies than chance: {rate_text}", real_text, repeat_text, gap_text]
         return verdict
-    # "above chance": above what the rate is by chance for these samples (the null mean; 1 - quantile
-    # only in the limit of many samples) with confidence, and significant by the calibration test
-    null_mean = numbers.get("memorization_null_mean", math.nan)
-    floor = max(chance, null_mean) if math.isfinite(null_mean) else chance
-    copies_beyond_chance = r_lo > floor and numbers.get("memorization_p_value", 1.0) < ALPHA
     if copies_beyond_chance:
         verdict.label = "in transition"
-        verdict.reasons = [f"some samples are copies, but not most: {rate_text}", gap_text, positive_text, real_text]
+        verdict.reasons = [f"some samples are copies, but not most: {rate_text}", gap_text, positive_text, real_text, repeat_text]
         return verdict
     missing = []
     if not at_chance:

@@ -376,6 +376,7 @@ def build_report(
             "agreement_kappa": rules.AGREEMENT_KAPPA,
             "alpha": rules.ALPHA,
             "discriminator_tolerance": rules.DISCRIMINATOR_TOLERANCE,
+            "min_heldout": rules.MIN_HELDOUT,
         },
         "summary_table": html_table(
             s_cols, summary_rows, summary_classes, spans={4: [_verdict_class(r[4]) for r in summary_rows]}

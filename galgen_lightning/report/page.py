@@ -50,8 +50,10 @@ Made {{ created }}; bootstrap {{ n_boot }} replicates, {{ level }} intervals.</p
 intervals over noise indices. <b>memorizes</b>: the memorization rate under the two-models null (share of samples nearer their
 own training image than the calibrated threshold, see below) has its lower bound above {{ rules.memorizes_rate }};
 <b>poor samples</b>: more than {{ rules.poor_share }} of samples are unlike any real galaxy, or (with no copies) repeat
-another sample of their model more closely than real galaxies come to one another, a collapse (lower bounds);
-<b>generalizes</b>: the rate is at chance (upper bound below {{ rules.generalizes_factor }}x chance), the samples look real
+another sample of their model more closely than real galaxies come to one another, a collapse (lower bounds; the
+collapse call needs at least {{ rules.min_heldout }} held-out galaxies);
+<b>generalizes</b>: the rate is at chance (upper bound below {{ rules.generalizes_factor }}x chance, and no copies beyond
+chance by the re-split test), the samples look real
 and vary as real galaxies do, and positive evidence
 holds: shared-noise agreement kappa above {{ rules.agreement_kappa }} (lower bound, permutation p &lt; {{ rules.alpha }}) for
 noise-to-image families, the discriminator curves within +-{{ rules.discriminator_tolerance }} of each other for GANs;
