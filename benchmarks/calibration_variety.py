@@ -16,7 +16,7 @@ repeat_chance)`` with at least ``MIN_HELDOUT`` held-out galaxies) and *not shown
 (``hi >= 0.5``). docs/verdict.md quotes its output.
 
 Example:
-    python benchmarks/calibration_variety.py --worlds 100     # about 4.5 minutes on 2 cores
+    python benchmarks/calibration_variety.py --worlds 100     # 5-10 minutes on 2 cores
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def world(rng: np.random.Generator, images: np.ndarray, kind: str, n: int, n_val
     arrays: dict[str, np.ndarray] = {"heldout": rng.normal(0.85, 0.03, 2 * n_val)}
     arrays["heldout_pixel_std"] = heldout.reshape(n_val, -1).std(axis=1, ddof=1)
     block = min(n, n_val)
-    arrays["heldout_sibling"] = nearest_sibling(torch.from_numpy(heldout), block)
+    arrays["heldout_sibling"], arrays["heldout_sibling_index"] = nearest_sibling(torch.from_numpy(heldout), block)
     for r, m in enumerate("ab"):
         x = images[order[n_val + r * n : n_val + (r + 1) * n]]
         if kind == "smooth":
@@ -65,7 +65,7 @@ def world(rng: np.random.Generator, images: np.ndarray, kind: str, n: int, n_val
             x = x + 0.02 * x.std() * rng.standard_normal(x.shape)
         arrays |= {f"own_{m}": rng.normal(0.85, 0.03, n), f"other_{m}": rng.normal(0.85, 0.03, n)}
         arrays |= {f"sample_index_{m}": np.arange(n), f"samples_{m}": x}
-        arrays[f"sibling_{m}"] = nearest_sibling(torch.from_numpy(x), block)
+        arrays[f"sibling_{m}"], arrays[f"sibling_index_{m}"] = nearest_sibling(torch.from_numpy(x), block)
     return arrays
 
 

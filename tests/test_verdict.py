@@ -202,8 +202,10 @@ def _with_siblings(rng, arrays, n_val=200, modes=None, shared=True):
             x = images["a" if shared else m][pick]
             arrays[f"samples_{m}"] = x + 0.004 * rng.normal(size=x.shape)
     for m in "ab":
-        arrays[f"sibling_{m}"] = nearest_sibling(torch.from_numpy(arrays[f"samples_{m}"]), block)
-    arrays["heldout_sibling"] = nearest_sibling(torch.from_numpy(rng.normal(size=(n_val, 1, 8, 8))), block)
+        arrays[f"sibling_{m}"], arrays[f"sibling_index_{m}"] = nearest_sibling(torch.from_numpy(arrays[f"samples_{m}"]), block)
+    arrays["heldout_sibling"], arrays["heldout_sibling_index"] = nearest_sibling(
+        torch.from_numpy(rng.normal(size=(n_val, 1, 8, 8))), block
+    )
     return arrays
 
 
@@ -252,6 +254,7 @@ def test_siblings_recorded_without_a_comparison_withhold_generalization():
     from before variety: the samples are not shown to vary, so no generalization."""
     rng = np.random.default_rng(8)
     arrays = _arrays(rng, agree=0.95)
-    arrays |= {"sibling_a": np.full(100, np.nan), "sibling_b": np.full(100, np.nan), "heldout_sibling": np.full(1, np.nan)}
+    arrays |= {f"sibling_{m}": np.full(100, np.nan) for m in "ab"} | {f"sibling_index_{m}": np.full(100, -1) for m in "ab"}
+    arrays |= {"heldout_sibling": np.full(1, np.nan), "heldout_sibling_index": np.full(1, -1)}
     v = V.judge(arrays, "diffusion", n_boot=300, rng=rng)
     assert v.label == "inconclusive" and "not shown to vary as real galaxies do (n/a" in v.reasons[0], v.reasons

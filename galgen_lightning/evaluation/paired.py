@@ -50,8 +50,10 @@ class PairedArrays:
         sizes: the sizes of subsets A and B.
         sibling: ``(2, n)`` each sample's nearest similarity to another sample of its model
             (:mod:`~galgen_lightning.evaluation.variety`); all NaN when not recorded.
+        sibling_index: ``(2, n)`` the noise index of that nearest sibling (-1: none).
         heldout_sibling: held-out galaxies' nearest similarity to another held-out galaxy
             (empty when not recorded).
+        heldout_sibling_index: the position of each one's nearest sibling (-1: none).
     """
 
     own: np.ndarray
@@ -65,7 +67,9 @@ class PairedArrays:
     top_floor: np.ndarray | None = None
     sizes: tuple[int, int] | None = None
     sibling: np.ndarray | None = None
+    sibling_index: np.ndarray | None = None
     heldout_sibling: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    heldout_sibling_index: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
     def n(self) -> int:
@@ -82,7 +86,8 @@ def paired_arrays(arrays: dict[str, np.ndarray]) -> PairedArrays:
 
     ``arrays`` is the content of ``eval/two_models/epoch_XXXX.npz``: ``own_<m>``, ``other_<m>``,
     ``sample_index_<m>``, ``heldout`` and, when stored, ``samples_<m>``, ``ok_<m>``,
-    ``heldout_pixel_std``, ``sibling_<m>`` and ``heldout_sibling``.
+    ``heldout_pixel_std``, ``sibling_<m>``, ``sibling_index_<m>``, ``heldout_sibling`` and
+    ``heldout_sibling_index`` (the siblings are read only when all of them were recorded).
     """
     n = 0
     for m in MODELS:
@@ -91,13 +96,16 @@ def paired_arrays(arrays: dict[str, np.ndarray]) -> PairedArrays:
         if f"samples_{m}" in arrays:
             n = max(n, len(arrays[f"samples_{m}"]))
     own, other, std, sibling = (np.full((2, n), np.nan) for _ in range(4))
+    sibling_index = np.full((2, n), -1, dtype=np.int64)
+    siblings = all(f"{key}_{m}" in arrays for key in ("sibling", "sibling_index") for m in MODELS)
     units: dict[str, np.ndarray] = {}
     for r, m in enumerate(MODELS):
         idx = np.asarray(arrays.get(f"sample_index_{m}", np.arange(len(arrays.get(f"own_{m}", [])))), dtype=np.int64)
         own[r] = full_length(arrays.get(f"own_{m}", []), idx, n)
         other[r] = full_length(arrays.get(f"other_{m}", []), idx, n)
-        if f"sibling_{m}" in arrays:
+        if siblings:
             sibling[r] = full_length(arrays[f"sibling_{m}"], idx, n)
+            sibling_index[r, idx] = np.asarray(arrays[f"sibling_index_{m}"], dtype=np.int64)
         x = arrays.get(f"samples_{m}")
         if x is not None and len(x) == n:
             x = np.asarray(x, dtype=np.float64).reshape(n, -1)
@@ -119,7 +127,9 @@ def paired_arrays(arrays: dict[str, np.ndarray]) -> PairedArrays:
         top_floor=top_floor,
         sizes=sizes,
         sibling=sibling,
-        heldout_sibling=np.asarray(arrays.get("heldout_sibling", []), dtype=np.float64).ravel(),
+        sibling_index=sibling_index,
+        heldout_sibling=np.asarray(arrays["heldout_sibling"] if siblings else [], dtype=np.float64).ravel(),
+        heldout_sibling_index=np.asarray(arrays["heldout_sibling_index"] if siblings else [], dtype=np.int64).ravel(),
     )
 
 

@@ -121,20 +121,13 @@ def row_quantiles(x: np.ndarray, q: list[float]) -> np.ndarray:
     return np.quantile(x, q, axis=1) if np.isfinite(x).all() else np.nanquantile(x, q, axis=1)
 
 
-def heldout_resamples(p: PairedArrays, b: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def heldout_resamples(p: PairedArrays, b: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """``b`` resamples of the held-out galaxies, drawn with replacement: ``(b, len(heldout))``
-    nearest-training similarities, ``(b, len(heldout_std))`` pixel spreads and
-    ``(b, len(heldout_sibling))`` nearest siblings (:mod:`~galgen_lightning.evaluation.variety`).
-    An image's two similarities (to A, to B), its spread and its sibling stay together when
-    they were all recorded."""
-    h, hs, sib = p.heldout, p.heldout_std, p.heldout_sibling
+    nearest-training similarities and ``(b, len(heldout_std))`` pixel spreads. An image's two
+    similarities (to A, to B) and its spread stay together when all three were recorded."""
+    h, hs = p.heldout, p.heldout_std
     if hs.size and h.size == 2 * hs.size:  # val vs A, then val vs B, of the same images
         pick = rng.integers(0, hs.size, (b, hs.size))
-        sibs = sib[pick] if sib.size == hs.size else _redrawn(sib, b, rng)
-        return np.concatenate([h[pick], h[hs.size + pick]], axis=1), hs[pick], sibs
-    return _redrawn(h, b, rng), _redrawn(hs, b, rng), _redrawn(sib, b, rng)
-
-
-def _redrawn(v: np.ndarray, b: int, rng: np.random.Generator) -> np.ndarray:
-    """``b`` resamples of ``v`` with replacement, ``(b, len(v))``."""
-    return v[rng.integers(0, v.size, (b, v.size))] if v.size else np.zeros((b, 0))
+        return np.concatenate([h[pick], h[hs.size + pick]], axis=1), hs[pick]
+    picks = [v[rng.integers(0, v.size, (b, v.size))] if v.size else np.zeros((b, 0)) for v in (h, hs)]
+    return picks[0], picks[1]

@@ -55,7 +55,7 @@ from galgen_lightning.evaluation.realism import (
     realism_chance,
     row_quantiles,
 )
-from galgen_lightning.evaluation.variety import REPEAT_QUANTILE, repeat_numbers, repeats
+from galgen_lightning.evaluation.variety import repeat_bootstrap, repeat_numbers
 from galgen_lightning.models.base import MODELS
 
 
@@ -349,7 +349,7 @@ def two_models_evidence(
     for r, m in enumerate(MODELS):
         numbers[f"memorization_rate_{m}"] = null_rate(own[r], other, quantile)[0]
     # one stream per randomized part: an interval does not move when another part draws more or less
-    calibration_rng, agreement_rng, bootstrap_rng, agreement_bootstrap_rng, heldout_rng = rng.spawn(5)
+    calibration_rng, agreement_rng, bootstrap_rng, agreement_bootstrap_rng, heldout_rng, variety_rng = rng.spawn(6)
     calibration = resplit_test(p, quantile, permutations, calibration_rng) if p.top is not None else {}
     if "memorization_resplits" not in calibration:  # a result written before the lists were kept
         calibration = swap_test(own, other, quantile, permutations, calibration_rng)
@@ -395,19 +395,14 @@ def two_models_evidence(
             counts = np.isfinite(gap).sum(axis=0)
             per = np.nansum(gap, axis=0) / np.where(counts > 0, counts, np.nan)
             reps["gap_median"] = np.nanmedian(per, axis=1)
-            reps |= heldout_readings(o, t, std[:, idx], valid, sibling[:, idx], has_sibling[:, idx])
+            reps |= heldout_readings(o, t, std[:, idx], valid)
         return reps
 
-    def heldout_readings(
-        o: np.ndarray, t: np.ndarray, spread: np.ndarray, valid: np.ndarray, sib: np.ndarray, sib_valid: np.ndarray
-    ) -> dict[str, np.ndarray]:
+    def heldout_readings(o: np.ndarray, t: np.ndarray, spread: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
         """The readings against held-out galaxies, whose thresholds come from a resample of the
         held-out set drawn with the samples' resample: the interval holds both sources of chance."""
         reps: dict[str, np.ndarray] = {}
-        hv, hs, hsib = heldout_resamples(p, o.shape[1], heldout_rng)
-        if math.isfinite(numbers.get("repeat_share", math.nan)):
-            above = repeats(sib, sib_valid, row_quantiles(hsib, [REPEAT_QUANTILE])[0][None, :, None])
-            reps["repeat_share"] = above.sum(axis=(0, 2)) / sib_valid.sum(axis=(0, 2))
+        hv, hs = heldout_resamples(p, o.shape[1], heldout_rng)
         count = valid.sum(axis=(0, 2))
         low = None
         if hv.shape[1]:
@@ -433,4 +428,10 @@ def two_models_evidence(
     if len(matrix) >= 3:
         more = bootstrap(paired_agreement, len(matrix), n_boot, confidence, agreement_bootstrap_rng)
         reps, intervals = reps | more[0], intervals | more[1]
+    if math.isfinite(numbers.get("repeat_share", math.nan)):  # groups of siblings, not noise indices
+        nodes = np.where(p.sibling_index >= 0, p.sibling_index + p.n * np.arange(2)[:, None], -1)
+        s = np.where(has_sibling, sibling, np.nan).ravel()
+        grouped = repeat_bootstrap(s, nodes.ravel(), p.heldout_sibling, p.heldout_sibling_index, n_boot, confidence, variety_rng)
+        if grouped is not None:
+            reps["repeat_share"], intervals["repeat_share"] = grouped
     return numbers, intervals, reps
