@@ -95,17 +95,12 @@ def paired_arrays(arrays: dict[str, np.ndarray]) -> PairedArrays:
         n = max(n, int(idx.max()) + 1 if idx.size else 0)
         if f"samples_{m}" in arrays:
             n = max(n, len(arrays[f"samples_{m}"]))
-    own, other, std, sibling = (np.full((2, n), np.nan) for _ in range(4))
-    sibling_index = np.full((2, n), -1, dtype=np.int64)
-    siblings = all(f"{key}_{m}" in arrays for key in ("sibling", "sibling_index") for m in MODELS)
+    own, other, std = (np.full((2, n), np.nan) for _ in range(3))
     units: dict[str, np.ndarray] = {}
     for r, m in enumerate(MODELS):
         idx = np.asarray(arrays.get(f"sample_index_{m}", np.arange(len(arrays.get(f"own_{m}", [])))), dtype=np.int64)
         own[r] = full_length(arrays.get(f"own_{m}", []), idx, n)
         other[r] = full_length(arrays.get(f"other_{m}", []), idx, n)
-        if siblings:
-            sibling[r] = full_length(arrays[f"sibling_{m}"], idx, n)
-            sibling_index[r, idx] = np.asarray(arrays[f"sibling_index_{m}"], dtype=np.int64)
         x = arrays.get(f"samples_{m}")
         if x is not None and len(x) == n:
             x = np.asarray(x, dtype=np.float64).reshape(n, -1)
@@ -126,11 +121,29 @@ def paired_arrays(arrays: dict[str, np.ndarray]) -> PairedArrays:
         top_index=top_index,
         top_floor=top_floor,
         sizes=sizes,
-        sibling=sibling,
-        sibling_index=sibling_index,
-        heldout_sibling=np.asarray(arrays["heldout_sibling"] if siblings else [], dtype=np.float64).ravel(),
-        heldout_sibling_index=np.asarray(arrays["heldout_sibling_index"] if siblings else [], dtype=np.int64).ravel(),
+        **_siblings(arrays, n),
     )
+
+
+def _siblings(arrays: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+    """:attr:`PairedArrays.sibling`, ``sibling_index``, ``heldout_sibling`` and
+    ``heldout_sibling_index`` from the stored arrays; nothing (the defaults: not recorded) unless
+    all of them were recorded."""
+    keys = [f"{key}_{m}" for key in ("sibling", "sibling_index") for m in MODELS] + ["heldout_sibling", "heldout_sibling_index"]
+    if any(key not in arrays for key in keys):
+        return {}
+    sibling = np.full((2, n), np.nan)
+    index = np.full((2, n), -1, dtype=np.int64)
+    for r, m in enumerate(MODELS):
+        idx = np.asarray(arrays.get(f"sample_index_{m}", np.arange(len(arrays[f"sibling_{m}"]))), dtype=np.int64)
+        sibling[r] = full_length(arrays[f"sibling_{m}"], idx, n)
+        index[r, idx] = np.asarray(arrays[f"sibling_index_{m}"], dtype=np.int64)
+    return {
+        "sibling": sibling,
+        "sibling_index": index,
+        "heldout_sibling": np.asarray(arrays["heldout_sibling"], dtype=np.float64).ravel(),
+        "heldout_sibling_index": np.asarray(arrays["heldout_sibling_index"], dtype=np.int64).ravel(),
+    }
 
 
 def _top_lists(arrays: dict[str, np.ndarray], n: int) -> tuple:
