@@ -49,8 +49,9 @@ class PairedArrays:
         top_floor: ``(2, n)`` the larger of the two lists' last values: above any unlisted image.
         sizes: the sizes of subsets A and B.
         sibling: ``(2, n)`` each sample's nearest similarity to another sample of its model
-            (:mod:`~galgen_lightning.evaluation.variety`); all NaN when not recorded.
-        sibling_index: ``(2, n)`` the noise index of that nearest sibling (-1: none).
+            (:mod:`~galgen_lightning.evaluation.variety`); None when not recorded.
+        sibling_index: ``(2, n)`` the noise index of that nearest sibling (-1: none); None when
+            not recorded.
         heldout_sibling: held-out galaxies' nearest similarity to another held-out galaxy
             (empty when not recorded).
         heldout_sibling_index: the position of each one's nearest sibling (-1: none).

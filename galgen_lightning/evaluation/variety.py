@@ -8,9 +8,10 @@ A sample's *nearest sibling* is its highest similarity (mean-removed cosine) to 
 of the same model; a held-out galaxy's is its highest similarity to another held-out galaxy.
 The highest of more candidates is higher, so both are taken within blocks of the same size
 ``block = min(valid samples of A, of B, held-out galaxies)`` (runs of consecutive *valid*
-samples, in noise-index order; held-out galaxies in the split's random order). A sample *repeats* when its nearest sibling is
-more similar than the 99th percentile (:data:`REPEAT_QUANTILE`) of the held-out galaxies'
-nearest siblings: closer to another sample than 99% of real galaxies come to one another.
+samples, in noise-index order; held-out galaxies in the split's random order). A sample
+*repeats* when its nearest sibling is more similar than the 99th percentile
+(:data:`REPEAT_QUANTILE`) of the held-out galaxies' nearest siblings: closer to another sample
+than 99% of real galaxies come to one another.
 
 For samples drawn like the real galaxies, a block of samples and a block of held-out galaxies
 are exchangeable, so about 1% of samples repeat (:func:`repeat_chance` measures what real
@@ -33,8 +34,8 @@ from galgen_lightning.models.base import MODELS
 
 REPEAT_QUANTILE = 0.99
 """Quantile of the held-out galaxies' nearest-sibling similarity above which a sample repeats."""
-MIN_HELDOUT = 100
-"""Held-out galaxies (with a sibling) that a *collapse* call needs: ``1 / (1 - REPEAT_QUANTILE)``.
+MIN_HELDOUT = round(1 / (1 - REPEAT_QUANTILE))
+"""Held-out galaxies (with a sibling) that a *collapse* call needs: ``1 / (1 - REPEAT_QUANTILE)``, 100.
 With fewer, the 99th percentile is nearly their largest value, whose spread from one held-out
 set to the next the bootstrap cannot see (a resample never exceeds its largest value): with 16
 held-out galaxies, samples drawn like them had a share above one half in 2 of 30 worlds
@@ -207,12 +208,15 @@ def repeat_bootstrap(
     g, h = int(groups.max()) + 1, int(held_groups.max()) + 1
     draws = rng.multinomial(g, np.full(g, 1 / g), size=n_boot).astype(np.float64)  # (B, groups)
     held_draws = rng.multinomial(h, np.full(h, 1 / h), size=n_boot).astype(np.float64)
+    # each replicate's threshold: the smallest held-out value whose cumulative weight (its group's
+    # draws) reaches REPEAT_QUANTILE of the total, the weighted form of the quantile
     order = np.argsort(held)
-    cumulative = np.cumsum(held_draws[:, held_groups[order]], axis=1)  # the threshold: weighted quantile
+    cumulative = np.cumsum(held_draws[:, held_groups[order]], axis=1)
     first = np.argmax(cumulative >= REPEAT_QUANTILE * cumulative[:, -1:], axis=1)
     threshold = held[order][first]
     members = csr_matrix((np.ones(values.size), (np.arange(values.size), groups)), shape=(values.size, g))
-    above = np.asarray((members.T @ (values[:, None] > threshold[None, :])).T)  # (B, groups) repeats per group
+    repeated = repeats(values[:, None], np.ones((values.size, 1), bool), threshold[None, :]).astype(np.float64)
+    above = np.asarray((members.T @ repeated).T)  # (B, groups): repeats per group
     size = np.bincount(groups, minlength=g)
     share = (draws * above).sum(axis=1) / (draws @ size)
     tail = (1 - confidence) / 2
