@@ -11,7 +11,7 @@ from support import CONFIGS, quiet_trainer, read_jsonl, run_cli
 
 from galgen_lightning.evaluation.discriminator import CURVES, DiscriminatorTest, discriminator_losses, discriminator_statistics
 from galgen_lightning.models.base import count_parameters
-from galgen_lightning.models.gan import Discriminator, GANPair, Generator, discriminator_objective
+from galgen_lightning.models.gan import Discriminator, GANPair, Generator, Plan, discriminator_objective
 from galgen_lightning.models.gan.network import auto_aug_prob, diff_augment, generator_loss, hinge_loss, hinge_per_sample
 
 TINY_MODEL = dict(
@@ -82,16 +82,16 @@ def test_diff_augment_is_differentiable_and_optional():
 
 # ----------------------------------------------------------------------------- networks
 def test_paper_size_parameter_counts():
-    G = Generator(64, 1, latent_dim=256, attn_sizes=[32])
-    D = Discriminator(64, 1, attn_sizes=[32])
+    G = Generator(Plan(64, 1, attn_sizes=(32,)), latent_dim=256)
+    D = Discriminator(Plan(64, 1, attn_sizes=(32,)))
     assert count_parameters(G) == 23_613_317  # design notes: 23.6 M
     assert count_parameters(D) == 11_723_108  # design notes: 11.7 M
 
 
 def test_skip_layer_excitation_starts_at_128_px():
-    small = dict(latent_dim=8, fmap_max=8, fmap_inverse_coef=6, attn_sizes=[])
-    assert len(Generator(64, **small).sle) == 0
-    g128 = Generator(128, **small)
+    small = dict(fmap_max=8, fmap_inverse_coef=6, attn_sizes=())
+    assert len(Generator(Plan(64, **small), latent_dim=8).sle) == 0
+    g128 = Generator(Plan(128, **small), latent_dim=8)
     assert g128.sle_pairs == {16: 128}
     assert g128(torch.randn(2, 8)).shape == (2, 1, 128, 128)
 

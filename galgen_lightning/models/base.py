@@ -142,6 +142,11 @@ class PairModule(L.LightningModule):
             since torch 2.4; a device without one is a one-line error); ``false``: the default
             (foreach) Adam; ``null``: fused on CUDA, foreach elsewhere.
         compile: ``torch.compile`` the networks for training (the state dict is unchanged).
+        max_bad_steps: stop training after this many consecutive skipped updates of one model (a
+            non-finite loss or gradient skips that model's update; :attr:`guard`).
+        max_loss_ratio: stop when a model's loss exceeds this multiple of the median of its last
+            100 losses (``null``: off; the diffusion family turns it on).
+        check_grads: also skip an update whose gradients are non-finite (one fused norm per step).
     """
 
     model_a: nn.Module
@@ -163,6 +168,9 @@ class PairModule(L.LightningModule):
         channels_last: bool = False,
         fused_adam: bool | None = None,
         compile: bool = False,
+        max_bad_steps: int = 20,
+        max_loss_ratio: float | None = None,
+        check_grads: bool = True,
     ) -> None:
         super().__init__()
         if sample_batch_size < 1:
@@ -173,6 +181,10 @@ class PairModule(L.LightningModule):
         self.channels_last = bool(channels_last)
         self.fused_adam = fused_adam
         self.compile_networks = bool(compile)
+        self.check_grads = bool(check_grads)
+        self.guard = UpdateGuard(self.family_name, max_bad_steps, max_loss_ratio)
+        """The skipped-update bookkeeping (:class:`~galgen_lightning.faults.UpdateGuard`): one
+        implementation for every family."""
         self._val_index = ValidationIndex()
         self.checkpoint_position: dict[str, int] | None = None
         """Where the training of the checkpoint loaded into this module stood (``epoch``,
@@ -199,17 +211,6 @@ class PairModule(L.LightningModule):
         return family_of(type(self).__name__)
 
     @property
-    def guard(self) -> UpdateGuard:
-        """The skipped-update bookkeeping (:class:`~galgen_lightning.faults.UpdateGuard`), built
-        from the hyperparameters ``max_bad_steps`` and ``max_loss_ratio`` of the family."""
-        guard = self.__dict__.get("_update_guard")
-        if guard is None:
-            hp = getattr(self, "hparams", {})
-            guard = UpdateGuard(self.family_name, int(hp.get("max_bad_steps", 20)), hp.get("max_loss_ratio"))
-            self.__dict__["_update_guard"] = guard
-        return guard
-
-    @property
     def skipped(self) -> dict[str, int]:
         """Skipped updates of each model so far (this process)."""
         return self.guard.skipped
@@ -221,7 +222,7 @@ class PairModule(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """Drop the gradients of a model whose loss was non-finite (or spiked), or whose gradients are."""
-        self.guard.drop_bad_gradients(self, check_grads=bool(getattr(self, "hparams", {}).get("check_grads", True)))
+        self.guard.drop_bad_gradients(self, check_grads=self.check_grads)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         """Count skipped updates (once per batch), stop on divergence."""

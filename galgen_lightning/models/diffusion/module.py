@@ -44,19 +44,16 @@ class DiffusionPair(PairModule):
         norm: form of the bias-free batch norm: ``"reference"`` (Kadkhodaie et al.: centred
             batch standard deviation, small random initial scale) or ``"rms"`` (root mean
             square around zero, initial scale 1); see :class:`BiasFreeBatchNorm`.
-        max_bad_steps: stop after this many consecutive skipped updates of one model (a
-            non-finite loss or gradient skips that model's update).
         max_loss_ratio: stop when a model's loss exceeds this multiple of the median of its last
-            100 losses (``null``: off).
-        check_grads: also skip an update whose gradients are non-finite (one fused norm per step).
+            100 losses (see :class:`PairModule`; on here: ``null`` turns it off).
         fused_adam: Adam's fused kernel (see :class:`PairModule`; ``false`` here, as before).
         sampler_graph: run the denoiser evaluation of every sampler step as a CUDA graph
             (``torch.compile(mode="reduce-overhead")``, one graph per batch size): no kernel
             launch overhead per step. CUDA only: on another device it is a one-line error.
         **kwargs: the options every family shares (:class:`PairModule`): ``image_size``
-            (linked from ``data.image_size``), ``channels``, ``channels_last`` and ``compile``
+            (linked from ``data.image_size``), ``channels``, ``channels_last``, ``compile``
             (the two U-Nets for training; validation and sampling stay eager unless
-            ``sampler_graph``).
+            ``sampler_graph``), ``max_bad_steps`` and ``check_grads`` (the divergence guard).
 
     Each model's sampler starts from the mean pixel of its own training subset
     (``data_mean_a``, ``data_mean_b``, set at fit start from ``datamodule.subset_images``), so
@@ -78,14 +75,12 @@ class DiffusionPair(PairModule):
         check_every: int = 10,
         sample_batch_size: int = 256,
         norm: str = "reference",
-        max_bad_steps: int = 20,
         max_loss_ratio: float | None = 1000.0,
-        check_grads: bool = True,
         fused_adam: bool | None = False,
         sampler_graph: bool = False,
         **kwargs: Any,
     ) -> None:
-        super().__init__(sample_batch_size=sample_batch_size, fused_adam=fused_adam, **kwargs)
+        super().__init__(sample_batch_size=sample_batch_size, fused_adam=fused_adam, max_loss_ratio=max_loss_ratio, **kwargs)
         for name, value in (("blocks", blocks), ("width", width)):
             if value < 1:
                 raise ValueError(f"DiffusionPair: {name} must be at least 1, got {value}")
@@ -100,7 +95,6 @@ class DiffusionPair(PairModule):
             )
         self.save_hyperparameters()
         self.sampler_settings  # noqa: B018 (checks the sampler's settings now)
-        self.guard  # noqa: B018 (checks max_bad_steps and max_loss_ratio now)
         self.model_a = BiasFreeUNet(self.channels, blocks, width, norm)
         self.model_b = BiasFreeUNet(self.channels, blocks, width, norm)
         for which in MODELS:

@@ -5,6 +5,6 @@ the discriminator, the losses and DiffAugment as small pure pieces (import them 
 """
 
 from galgen_lightning.models.gan.module import GANPair, LightweightGAN, discriminator_objective, head_scores
-from galgen_lightning.models.gan.network import Discriminator, Generator
+from galgen_lightning.models.gan.network import Discriminator, Generator, Plan
 
-__all__ = ["Discriminator", "GANPair", "Generator", "LightweightGAN", "discriminator_objective", "head_scores"]
+__all__ = ["Discriminator", "GANPair", "Generator", "LightweightGAN", "Plan", "discriminator_objective", "head_scores"]

@@ -21,6 +21,7 @@ from galgen_lightning.models.base import MODELS, PairModule, count_parameters
 from galgen_lightning.models.gan.network import (
     Discriminator,
     Generator,
+    Plan,
     auto_aug_prob,
     diff_augment,
     generator_loss,
@@ -188,15 +189,14 @@ class GANPair(PairModule):
             (the reference averages only after 20,000 iterations).
         sample_batch_size: generation batch of ``sample`` and the evaluation callbacks (see
             :class:`PairModule`; 256 here).
-        max_bad_steps: stop after this many consecutive batches in which a model's update was
-            skipped (a non-finite loss or gradient of its G or D skips that update).
-        max_loss_ratio: stop when a model's discriminator loss exceeds this multiple of the median
-            of its last 100 (``null``: off, the default; GAN losses oscillate).
         **kwargs: the options every family shares (:class:`PairModule`): ``image_size``
             (linked from ``data.image_size``; a power of two >= 16 here), ``channels``,
             ``channels_last``, ``fused_adam`` (the four Adams) and ``compile`` (the generators and
             discriminators for training; the gradient-penalty steps use the eager discriminator:
-            compiled graphs have no double backward).
+            compiled graphs have no double backward), and the divergence guard's
+            ``max_bad_steps`` (a batch counts when the update of a model's G or D was skipped),
+            ``max_loss_ratio`` (on the discriminator loss; off by default: GAN losses oscillate)
+            and ``check_grads``.
     """
 
     optimizer_steps_per_batch = OPTIMIZERS_PER_BATCH
@@ -223,8 +223,6 @@ class GANPair(PairModule):
         ema_every: int = 10,
         ema_start: int = 20000,
         sample_batch_size: int = 256,
-        max_bad_steps: int = 20,
-        max_loss_ratio: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(sample_batch_size=sample_batch_size, **kwargs)
@@ -240,7 +238,6 @@ class GANPair(PairModule):
         if unknown:
             raise ValueError(f"unknown aug_types {sorted(unknown)}; choose from translation, cutout")
         self.save_hyperparameters()
-        self.guard  # noqa: B018 (checks max_bad_steps and max_loss_ratio now)
         self.automatic_optimization = False
         self.model_a = self._build()
         self.model_b = self._build()
@@ -251,28 +248,17 @@ class GANPair(PairModule):
 
     def _build(self) -> LightweightGAN:
         hp = self.hparams
-        G = Generator(
-            self.image_size,
-            self.channels,
-            hp.latent_dim,
-            hp.fmap_max,
-            hp.fmap_inverse_coef,
-            hp.attn_sizes,
-            hp.attn_heads,
-            hp.attn_dim_head,
-        )
-        D = Discriminator(
+        plan = Plan(
             self.image_size,
             self.channels,
             hp.fmap_max,
             hp.fmap_inverse_coef,
-            hp.attn_sizes,
-            hp.small_size,
-            hp.small_width,
-            hp.decoder_upsamples,
+            tuple(hp.attn_sizes),
             hp.attn_heads,
             hp.attn_dim_head,
         )
+        G = Generator(plan, hp.latent_dim)
+        D = Discriminator(plan, hp.small_size, hp.small_width, hp.decoder_upsamples)
         return LightweightGAN(G, D, hp.ema_beta)
 
     # ------------------------------------------------------------------ set-up
@@ -360,7 +346,8 @@ class GANPair(PairModule):
 
     def _guard_update(self, which: str, loss: Tensor, what: str, observe: bool = True) -> None:
         """Mark ``which``'s update skipped when ``loss`` is non-finite (on any rank) or spikes;
-        its gradients are checked and dropped in :meth:`PairModule.on_before_optimizer_step`."""
+        its gradients are checked and dropped in :meth:`PairModule.on_before_optimizer_step` (only
+        the parameters of the optimizer being stepped have gradients: the others are toggled off)."""
         from galgen_lightning.faults import agree_on_all_ranks
 
         flags, values = agree_on_all_ranks(torch.isfinite(loss).reshape(1), loss.reshape(1))
@@ -368,11 +355,6 @@ class GANPair(PairModule):
             self.guard.mark(which, what)
         elif observe:
             self.guard.observe(which, values[0])
-
-    def on_before_optimizer_step(self, optimizer) -> None:
-        """Only the parameters of the optimizer being stepped have gradients (the others are
-        toggled off): a non-finite one marks that model's update skipped and is dropped."""
-        self.guard.drop_bad_gradients(self, check_grads=True)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         hp = self.hparams

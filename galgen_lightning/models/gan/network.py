@@ -13,7 +13,8 @@
   discriminator *down*, generated ones *up*; a discriminator that outputs 0 scores exactly 2),
   the gradient penalty, and DiffAugment (translation, cutout).
 
-Channel widths follow the reference's rule: at side ``s`` the generator has
+What the two networks share (image, width rule, attention) is one :class:`Plan`. Channel
+widths follow the reference's rule: at side ``s`` the generator has
 ``min(fmap_max, 2**(fmap_inverse_coef + 1) / s)`` channels and the discriminator
 ``min(fmap_max, 2**fmap_inverse_coef / s)``; with the defaults (512, 12), a 64 px, 1-channel,
 latent-256 model with attention at 32 px has 23.6 M (generator) and 11.7 M (discriminator)
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -35,16 +37,6 @@ NoiseFn = Callable[[int, tuple[int, int, int]], Tensor]
 # --------------------------------------------------------------------------- small helpers
 def is_power_of_two(n: int) -> bool:
     return n >= 1 and (n & (n - 1)) == 0
-
-
-def generator_channels(side: int, fmap_max: int, fmap_inverse_coef: int) -> int:
-    """Generator channels at spatial side ``side``."""
-    return max(1, min(fmap_max, 2 ** (fmap_inverse_coef + 1) // side))
-
-
-def discriminator_channels(side: int, fmap_max: int, fmap_inverse_coef: int) -> int:
-    """Discriminator channels at spatial side ``side``."""
-    return max(1, min(fmap_max, 2**fmap_inverse_coef // side))
 
 
 def resize(x: Tensor, side: int) -> Tensor:
@@ -316,33 +308,57 @@ class Decoder(nn.Module):
 SLE_PAIRS = ((16, 128), (32, 256), (64, 512), (128, 1024))  # (source side, target side)
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What the generator and the discriminator of one GAN share: the image, the width rule and
+    the attention (one place, so the two networks cannot disagree on them).
+
+    Args:
+        image_size: image side (a power of two; at least 8 for the generator, 16 for the
+            discriminator).
+        channels: image channels.
+        fmap_max: most channels in any stage.
+        fmap_inverse_coef: the width rule: at side ``s``, ``min(fmap_max, 2**(coef + 1) / s)``
+            channels in the generator and ``min(fmap_max, 2**coef / s)`` in the discriminator.
+        attn_sizes: sides that get attention (32 in the reference): the generator's feature maps
+            before they are upsampled, the inputs of the discriminator's down blocks.
+        attn_heads: attention heads (8 in the reference), also in the discriminator's small head.
+        attn_dim_head: channels per head (64 in the reference).
+    """
+
+    image_size: int = 64
+    channels: int = 1
+    fmap_max: int = 512
+    fmap_inverse_coef: int = 12
+    attn_sizes: tuple[int, ...] = (32,)
+    attn_heads: int = 8
+    attn_dim_head: int = 64
+
+    def generator_width(self, side: int) -> int:
+        """Generator channels at spatial side ``side``."""
+        return max(1, min(self.fmap_max, 2 ** (self.fmap_inverse_coef + 1) // side))
+
+    def discriminator_width(self, side: int) -> int:
+        """Discriminator channels at spatial side ``side``."""
+        return max(1, min(self.fmap_max, 2**self.fmap_inverse_coef // side))
+
+    def attention(self, dim: int) -> Attention:
+        """An attention layer over ``dim`` channels."""
+        return Attention(dim, self.attn_dim_head, self.attn_heads)
+
+
 class Generator(nn.Module):
     """Light-weight GAN generator.
 
     Args:
-        image_size: output side (a power of two, at least 8).
-        channels: image channels.
+        plan: the image, widths and attention (:class:`Plan`; attention at side 32 means the
+            32x32 map that becomes 64x64).
         latent_dim: latent size.
-        fmap_max: most channels in any stage.
-        fmap_inverse_coef: width rule, channels ``min(fmap_max, 2**(coef + 1) / side)``.
-        attn_sizes: sides of the feature maps that get attention before upsampling (32 in the
-            reference: the 32x32 map that becomes 64x64).
-        attn_heads: attention heads (8 in the reference).
-        attn_dim_head: channels per head (64 in the reference).
     """
 
-    def __init__(
-        self,
-        image_size: int = 64,
-        channels: int = 1,
-        latent_dim: int = 256,
-        fmap_max: int = 512,
-        fmap_inverse_coef: int = 12,
-        attn_sizes: Sequence[int] = (32,),
-        attn_heads: int = 8,
-        attn_dim_head: int = 64,
-    ) -> None:
+    def __init__(self, plan: Plan, latent_dim: int = 256) -> None:
         super().__init__()
+        image_size = plan.image_size
         if not is_power_of_two(image_size) or image_size < 8:
             raise ValueError(f"image_size must be a power of two >= 8, got {image_size}")
         self.latent_dim = latent_dim
@@ -350,19 +366,15 @@ class Generator(nn.Module):
             nn.ConvTranspose2d(latent_dim, 2 * latent_dim, 4), nn.BatchNorm2d(2 * latent_dim), nn.GLU(dim=1)
         )
         self.sides = [2**k for k in range(3, int(math.log2(image_size)) + 1)]  # output side of each stage
-        widths = [latent_dim] + [generator_channels(s, fmap_max, fmap_inverse_coef) for s in self.sides]
+        widths = [latent_dim] + [plan.generator_width(s) for s in self.sides]
         self.stages = nn.ModuleList(UpBlock(widths[k], widths[k + 1]) for k in range(len(self.sides)))
         self.attn = nn.ModuleDict(
-            {
-                str(s // 2): Attention(widths[k], attn_dim_head, attn_heads)
-                for k, s in enumerate(self.sides)
-                if s // 2 in attn_sizes
-            }
+            {str(s // 2): plan.attention(widths[k]) for k, s in enumerate(self.sides) if s // 2 in plan.attn_sizes}
         )
         width_at = dict(zip(self.sides, widths[1:]))
         self.sle_pairs = {src: dst for src, dst in SLE_PAIRS if dst <= image_size}
         self.sle = nn.ModuleDict({str(src): Excitation(width_at[src], width_at[dst]) for src, dst in self.sle_pairs.items()})
-        self.out = nn.Conv2d(widths[-1], channels, 3, padding=1)
+        self.out = nn.Conv2d(widths[-1], plan.channels, 3, padding=1)
         init_weights(self)
 
     def forward(self, z: Tensor, noise: NoiseFn | None = None) -> Tensor:
@@ -391,37 +403,20 @@ class Discriminator(nn.Module):
     """Light-weight GAN discriminator: main head, small head and reconstruction decoder.
 
     Args:
-        image_size: input side (a power of two, at least 16).
-        channels: image channels.
-        fmap_max: most channels in any stage.
-        fmap_inverse_coef: width rule, channels ``min(fmap_max, 2**coef / side)``.
-        attn_sizes: input sides of the down blocks that get attention first (32 in the reference).
+        plan: the image, widths and attention (:class:`Plan`; attention at side 32 means the
+            down block whose input is 32x32).
         small_size: side the image is resized to for the small head (default
             ``min(32, image_size // 2)``: 32 at 64 px as in the reference).
         small_width: channels of the small head (64 in the reference).
         decoder_upsamples: x2 stages of the decoder from the 8x8 features (4 in the reference:
             it reconstructs at 128 px whatever the input side; 3 reconstructs at 64 px).
-        attn_heads: attention heads (8 in the reference), also in the small head.
-        attn_dim_head: channels per head (64 in the reference).
     """
 
-    def __init__(
-        self,
-        image_size: int = 64,
-        channels: int = 1,
-        fmap_max: int = 512,
-        fmap_inverse_coef: int = 12,
-        attn_sizes: Sequence[int] = (32,),
-        small_size: int | None = None,
-        small_width: int = 64,
-        decoder_upsamples: int = 4,
-        attn_heads: int = 8,
-        attn_dim_head: int = 64,
-    ) -> None:
+    def __init__(self, plan: Plan, small_size: int | None = None, small_width: int = 64, decoder_upsamples: int = 4) -> None:
         super().__init__()
+        image_size, channels, width = plan.image_size, plan.channels, plan.discriminator_width
         if not is_power_of_two(image_size) or image_size < 16:
             raise ValueError(f"image_size must be a power of two >= 16, got {image_size}")
-        width = lambda side: discriminator_channels(side, fmap_max, fmap_inverse_coef)  # noqa: E731
         stem: list[nn.Module] = []
         side, c = image_size, channels
         while side > 256:  # plain strided convs down to 256 px (only for large images)
@@ -432,7 +427,7 @@ class Discriminator(nn.Module):
         self.blocks = nn.ModuleList()
         self.block_attn = nn.ModuleList()
         while side > 8:
-            self.block_attn.append(Attention(c, attn_dim_head, attn_heads) if side in attn_sizes else nn.Identity())
+            self.block_attn.append(plan.attention(c) if side in plan.attn_sizes else nn.Identity())
             self.blocks.append(DownBlock(c, width(side // 2)))
             side, c = side // 2, width(side // 2)
         self.to_logits = nn.Sequential(nn.Conv2d(c, c, 3, stride=2, padding=1), leaky(), nn.Conv2d(c, 1, 4))
@@ -440,9 +435,9 @@ class Discriminator(nn.Module):
         half = max(1, small_width // 2)
         self.small_head = nn.Sequential(
             nn.Conv2d(channels, small_width, 3, padding=1),
-            Attention(small_width, attn_dim_head, attn_heads),
+            plan.attention(small_width),
             DownBlock(small_width, half),
-            Attention(half, attn_dim_head, attn_heads),
+            plan.attention(half),
             nn.AdaptiveAvgPool2d(4),
             nn.Conv2d(half, 1, 4),
         )

@@ -63,10 +63,6 @@ class GlowPair(PairModule):
         temperature: sampling temperature of :meth:`generate` (scales the standardised
             latents; 1 samples the model's distribution, 0.7 the Glow paper's choice for
             cleaner images).
-        max_bad_steps: stop after this many consecutive skipped (non-finite) updates of one model.
-        max_loss_ratio: stop when a model's loss exceeds this multiple of its running median
-            (``null``: off; bits per dimension rarely spike before they turn non-finite).
-        check_grads: also skip an update whose gradients are non-finite (one fused norm per step).
         compile_mode: the ``torch.compile`` mode of ``compile`` (e.g. ``"reduce-overhead"``: CUDA
             graphs; ``null``: ``"default"``). Setting it alone also compiles (older configs).
         **kwargs: the options every family shares (:class:`PairModule`): ``image_size``
@@ -75,7 +71,9 @@ class GlowPair(PairModule):
             parameter tensors of each Glow) and ``compile`` (every step of flow after the first
             training batch, which initialises ActNorm eagerly; steps of one level share a graph,
             so compilation is short; aimed at GPUs, where the small kernels of a Glow make
-            training overhead bound).
+            training overhead bound), and the divergence guard's ``max_bad_steps``,
+            ``max_loss_ratio`` (off by default: bits per dimension rarely spike before they turn
+            non-finite) and ``check_grads``.
     """
 
     def __init__(
@@ -87,9 +85,6 @@ class GlowPair(PairModule):
         n_bits: int = 5,
         lr: float = 1e-4,
         temperature: float = 0.7,
-        max_bad_steps: int = 20,
-        max_loss_ratio: float | None = None,
-        check_grads: bool = True,
         compile_mode: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -108,7 +103,6 @@ class GlowPair(PairModule):
         self.save_hyperparameters()
         self.model_a = Glow(self.channels, n_flow, n_block, hidden, affine)
         self.model_b = Glow(self.channels, n_flow, n_block, hidden, affine)
-        self.guard  # noqa: B018 (checks max_bad_steps and max_loss_ratio now)
         self._compiled = False
         if self.channels_last:
             self.to(memory_format=torch.channels_last)
