@@ -18,6 +18,22 @@ class GalgenError(Exception):
     """A user-facing error: the message is shown as one line, without a traceback."""
 
 
+def require(ok: bool, option: str, rule: str, value: object) -> None:
+    """Refuse an option value unless ``ok``: ``<option> must be <rule>, got <value>``.
+
+    Args:
+        ok: whether the value is acceptable.
+        option: the option as the user writes it (``TwoModelsTest.quantile``).
+        rule: what the value must be (``"in (0, 1)"``).
+        value: the value given.
+
+    Raises:
+        GalgenError: the one-line message, unless ``ok``.
+    """
+    if not ok:
+        raise GalgenError(f"{option} must be {rule}, got {value!r}")
+
+
 OPTIONAL_EXTRAS = {
     "galsim": "simulation",
     "statmorph": "morphology",

@@ -70,5 +70,5 @@ def test_a_family_without_generate_is_a_one_line_error_at_setup():
     with pytest.raises(GalgenError, match=r"TwoModelsTest needs a family with generate .*; PairModule has none"):
         TwoModelsTest.check_family(PairModule)
     TwoModelsTest.check_family(GlowPair)
-    with pytest.raises(ValueError, match=r"images must be in \[1, 100\]"):
+    with pytest.raises(GalgenError, match=r"DenoisingTest.images must be in \[1, 100\]"):
         DenoisingTest(images=101)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import WandbLogger
 
-from galgen_lightning.errors import GalgenError
+from galgen_lightning.errors import GalgenError, require
 from galgen_lightning.evaluation.progress import bars_enabled, progress_bar
 from galgen_lightning.plotting import save_figure
 from galgen_lightning.rundir import RunDir
@@ -96,8 +96,7 @@ class EvalCallback(L.Callback):
     _parts: dict[str, float] | None = None
 
     def __init__(self, every_n_epochs: int = 1) -> None:
-        if every_n_epochs < 1:
-            raise ValueError(f"{type(self).__name__}: every_n_epochs must be positive, got {every_n_epochs}")
+        require(every_n_epochs >= 1, f"{type(self).__name__}.every_n_epochs", "positive", every_n_epochs)
         self.every_n_epochs = every_n_epochs
 
     def _due(self, trainer: L.Trainer) -> bool:
@@ -279,9 +278,8 @@ class SamplingTest(EvalCallback):
 
     def __init__(self, every_n_epochs: int = 1, n_samples: int = 64, seed: int = 0, batch_size: int | None = None) -> None:
         super().__init__(every_n_epochs)
-        for option, value in (("n_samples", n_samples), ("batch_size", batch_size)):
-            if value is not None and value < 1:
-                raise ValueError(f"{type(self).__name__}: {option} must be positive, got {value}")
+        require(n_samples >= 1, f"{type(self).__name__}.n_samples", "positive", n_samples)
+        require(batch_size is None or batch_size >= 1, f"{type(self).__name__}.batch_size", "positive (or null)", batch_size)
         self.n_samples = n_samples
         self.seed = seed
         self.batch_size = batch_size

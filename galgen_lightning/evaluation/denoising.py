@@ -11,12 +11,14 @@ Needs a family with ``denoise(which, noisy) -> denoised``; others are skipped.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import lightning as L
 import numpy as np
 import torch
 
+from galgen_lightning.errors import require
 from galgen_lightning.evaluation.base import EvalCallback
 from galgen_lightning.metrics import psnr
 from galgen_lightning.models.base import MODELS
@@ -87,10 +89,9 @@ class DenoisingTest(EvalCallback):
         images: int = 8,
     ) -> None:
         super().__init__(every_n_epochs)
-        if not 1 <= images <= MAX_IMAGES:
-            raise ValueError(f"DenoisingTest: images must be in [1, {MAX_IMAGES}], got {images}")
-        if not 1 <= len(sigmas) <= MAX_LEVELS:
-            raise ValueError(f"DenoisingTest: sigmas must hold 1 to {MAX_LEVELS} noise levels, got {len(sigmas)}")
+        require(1 <= images <= MAX_IMAGES, "DenoisingTest.images", f"in [1, {MAX_IMAGES}]", images)
+        require(1 <= len(sigmas) <= MAX_LEVELS, "DenoisingTest.sigmas", f"1 to {MAX_LEVELS} noise levels", list(sigmas))
+        require(all(0 < s < math.inf for s in sigmas), "DenoisingTest.sigmas", "positive finite noise levels", list(sigmas))
         self.sigmas = list(sigmas)
         self.seed = seed
         self.images = images

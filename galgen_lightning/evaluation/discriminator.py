@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from scipy.stats import wasserstein_distance
 
+from galgen_lightning.errors import require
 from galgen_lightning.evaluation.base import SamplingTest, run_dir
 from galgen_lightning.models.base import MODELS
 from galgen_lightning.models.gan.network import hinge_per_sample
@@ -232,8 +233,7 @@ class DiscriminatorTest(SamplingTest):
 
     def __init__(self, n_samples: int = 256, head: str = "main", ema: bool = False, val: bool = True, **kwargs: Any) -> None:
         super().__init__(n_samples=n_samples, **kwargs)
-        if head not in ("main", "small", "both"):
-            raise ValueError(f"head must be 'main', 'small' or 'both', got {head!r}")
+        require(head in ("main", "small", "both"), "DiscriminatorTest.head", "'main', 'small' or 'both'", head)
         self.head = head
         self.ema = ema
         self.val = val

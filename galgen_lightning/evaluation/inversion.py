@@ -19,6 +19,7 @@ distribution give ``W1(z, z_B)`` near the floor at every level.
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -30,6 +31,7 @@ from scipy import special
 from scipy.stats import wasserstein_distance
 from torch import Tensor, nn
 
+from galgen_lightning.errors import require
 from galgen_lightning.evaluation.base import SamplingTest
 from galgen_lightning.models.base import MODELS
 from galgen_lightning.noise import counter_normal
@@ -226,6 +228,9 @@ class InversionTest(SamplingTest):
 
     def __init__(self, temperature: float = 1.0, max_points: int = 20000, bins: int = 60, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        require(0 < temperature < math.inf, "InversionTest.temperature", "positive", temperature)
+        require(max_points >= 1, "InversionTest.max_points", "positive", max_points)
+        require(bins >= 1, "InversionTest.bins", "positive", bins)
         self.temperature = temperature
         self.max_points = max_points
         self.bins = bins

@@ -26,7 +26,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 
-from galgen_lightning.errors import GalgenError, install_hint
+from galgen_lightning.errors import GalgenError, install_hint, require
 from galgen_lightning.evaluation.base import SamplingTest
 from galgen_lightning.evaluation.morphology_image import VARIABLES, MorphologyOptions, missing_dependencies
 from galgen_lightning.evaluation.morphology_measure import PRELOAD, measure_groups
@@ -87,10 +87,9 @@ class MorphologyTest(SamplingTest):
         **kwargs: Any,
     ) -> None:
         super().__init__(n_samples=n_samples, **kwargs)
-        if n_real is not None and n_real < 1:
-            raise ValueError(f"n_real must be positive or None, got {n_real}")
-        if workers is not None and workers < 1:
-            raise ValueError(f"workers must be positive, got {workers}")
+        require(n_real is None or n_real >= 1, "MorphologyTest.n_real", "positive (or null)", n_real)
+        require(workers is None or workers >= 1, "MorphologyTest.workers", "positive (or null: all cores)", workers)
+        require(bins >= 1, "MorphologyTest.bins", "positive", bins)
         self.n_real = n_real
         self.workers = workers
         self.options = MorphologyOptions(

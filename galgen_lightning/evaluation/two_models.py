@@ -38,6 +38,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from galgen_lightning.errors import require
 from galgen_lightning.evaluation import gallery
 from galgen_lightning.evaluation.base import SamplingTest, mosaic
 from galgen_lightning.evaluation.statistics import two_models_evidence
@@ -150,8 +151,10 @@ class TwoModelsTest(SamplingTest):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if gallery_k < 1:
-            raise ValueError(f"TwoModelsTest: gallery_k must be positive, got {gallery_k}")
+        require(0 < quantile < 1, "TwoModelsTest.quantile", "in (0, 1)", quantile)
+        require(-1 <= line <= 1, "TwoModelsTest.line", "a cosine similarity, in [-1, 1]", line)
+        require(grid >= 1, "TwoModelsTest.grid", "positive", grid)
+        require(gallery_k >= 1, "TwoModelsTest.gallery_k", "positive", gallery_k)
         self.transforms = transforms
         self.quantile = quantile
         self.line = line
