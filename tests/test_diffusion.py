@@ -64,7 +64,7 @@ def test_bias_free_batch_norm_forms():
     assert torch.equal(ref.eval()(x), rms.eval()(x))
     with pytest.raises(ValueError, match="norm"):
         BiasFreeBatchNorm(3, "layer")
-    with pytest.raises(ValueError, match="norm must be one of"):
+    with pytest.raises(GalgenError, match="model.norm must be one of reference, rms, got 'layer'"):
         DiffusionPair(image_size=16, blocks=2, width=8, norm="layer")
 
 
@@ -455,5 +455,5 @@ def test_the_denoising_test_feeds_a_true_precision_network_its_own_dtype(dtype):
 
 
 def test_an_image_side_the_unet_cannot_halve_blocks_times_is_refused_when_built():
-    with pytest.raises(ValueError, match=r"image side 12 \(data.image_size\) must be divisible by 2\*\*blocks = 8"):
+    with pytest.raises(GalgenError, match=r"image side 12 \(data.image_size\) must be divisible by 2\*\*blocks = 8"):
         DiffusionPair(image_size=12, blocks=3)

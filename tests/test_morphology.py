@@ -169,7 +169,7 @@ def test_callback_without_statmorph_stops_at_setup(monkeypatch):
     monkeypatch.setattr(callback_module, "missing_dependencies", lambda: ["statmorph"])
     with pytest.raises(GalgenError, match=r"pip install 'galgen\[morphology\]'"):
         callback.setup(None, None, "fit")
-    with pytest.raises(ValueError, match="n_samples"):
+    with pytest.raises(GalgenError, match=r"^MorphologyTest.n_samples must be positive, got 0$"):
         MorphologyTest(n_samples=0)
 
 

@@ -18,7 +18,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from galgen_lightning.errors import GalgenError
+from galgen_lightning.errors import GalgenError, require
 from galgen_lightning.faults import UpdateGuard
 from galgen_lightning.rundir.runs import family_of
 
@@ -173,8 +173,9 @@ class PairModule(L.LightningModule):
         check_grads: bool = True,
     ) -> None:
         super().__init__()
-        if sample_batch_size < 1:
-            raise GalgenError(f"model.sample_batch_size must be at least 1, got {sample_batch_size}")
+        require(image_size >= 1, "model.image_size", "at least 1", image_size)
+        require(channels >= 1, "model.channels", "at least 1", channels)
+        require(sample_batch_size >= 1, "model.sample_batch_size", "at least 1", sample_batch_size)
         self.image_size = image_size
         self.channels = channels
         self.sample_batch_size = int(sample_batch_size)

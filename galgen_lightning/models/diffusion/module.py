@@ -12,13 +12,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from galgen_lightning.errors import GalgenError
+from galgen_lightning.errors import GalgenError, require
 from galgen_lightning.models.base import MODELS, PairModule, golden_uniform
 from galgen_lightning.models.diffusion.network import NORMS, BiasFreeUNet, SamplerSettings, sample_denoiser
 from galgen_lightning.noise import counter_normal
@@ -81,17 +82,16 @@ class DiffusionPair(PairModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(sample_batch_size=sample_batch_size, fused_adam=fused_adam, max_loss_ratio=max_loss_ratio, **kwargs)
-        for name, value in (("blocks", blocks), ("width", width)):
-            if value < 1:
-                raise ValueError(f"DiffusionPair: {name} must be at least 1, got {value}")
-        for name, value in (("lr", lr), ("sigma_max", sigma_max)):
-            if not value > 0:
-                raise ValueError(f"DiffusionPair: {name} must be positive, got {value}")
-        if norm not in NORMS:
-            raise ValueError(f"DiffusionPair: norm must be one of {', '.join(NORMS)}, got {norm!r}")
+        require(blocks >= 1, "model.blocks", "at least 1", blocks)
+        require(width >= 1, "model.width", "at least 1", width)
+        require(0 < lr < math.inf, "model.lr", "positive", lr)
+        require(lr_halving_epochs >= 1, "model.lr_halving_epochs", "at least 1", lr_halving_epochs)
+        require(0 < sigma_max < math.inf, "model.sigma_max", "positive", sigma_max)
+        require(norm in NORMS, "model.norm", f"one of {', '.join(NORMS)}", norm)
         if self.image_size % 2**blocks:  # the U-Net halves the side blocks times
-            raise ValueError(
-                f"DiffusionPair: the image side {self.image_size} (data.image_size) must be divisible by 2**blocks = {2**blocks}"
+            raise GalgenError(
+                f"model.blocks {blocks}: the image side {self.image_size} (data.image_size) "
+                f"must be divisible by 2**blocks = {2**blocks}"
             )
         self.save_hyperparameters()
         self.sampler_settings  # noqa: B018 (checks the sampler's settings now)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from galgen_lightning.errors import GalgenError
+from galgen_lightning.errors import require
 from galgen_lightning.noise import counter_normal
 
 NORMS = ("reference", "rms")
@@ -159,15 +159,11 @@ class SamplerSettings:
 
     def __post_init__(self) -> None:
         for name in ("sigma0", "h0", "diverge_factor"):
-            if not getattr(self, name) > 0:
-                raise GalgenError(f"model.{name} must be positive, got {getattr(self, name)}")
-        if not self.sigma_final >= 0:
-            raise GalgenError(f"model.sigma_final must be non-negative, got {self.sigma_final}")
-        if not 0 < self.beta <= 1:
-            raise GalgenError(f"model.beta must be in (0, 1], got {self.beta}")
+            require(0 < getattr(self, name) < math.inf, f"model.{name}", "positive", getattr(self, name))
+        require(0 <= self.sigma_final < math.inf, "model.sigma_final", "non-negative", self.sigma_final)
+        require(0 < self.beta <= 1, "model.beta", "in (0, 1]", self.beta)
         for name in ("max_steps", "check_every"):
-            if getattr(self, name) < 1:
-                raise GalgenError(f"model.{name} must be at least 1, got {getattr(self, name)}")
+            require(getattr(self, name) >= 1, f"model.{name}", "at least 1", getattr(self, name))
 
     @classmethod
     def from_hparams(cls, hparams) -> SamplerSettings:

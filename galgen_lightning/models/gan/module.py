@@ -10,6 +10,7 @@ advances by **4 per batch**: ``max_steps``, ``ModelCheckpoint(every_n_train_step
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from galgen_lightning.errors import require
 from galgen_lightning.models.base import MODELS, PairModule, count_parameters
 from galgen_lightning.models.gan.network import (
     Discriminator,
@@ -28,6 +30,7 @@ from galgen_lightning.models.gan.network import (
     gradient_penalty,
     hinge_loss,
     hinge_per_sample,
+    is_power_of_two,
 )
 from galgen_lightning.noise import counter_normal
 
@@ -226,17 +229,28 @@ class GANPair(PairModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(sample_batch_size=sample_batch_size, **kwargs)
-        if accumulate < 1 or gp_every < 1 or ema_every < 1:
-            raise ValueError("accumulate, gp_every and ema_every must be positive")
-        if not 0 <= ema_beta <= 1:
-            raise ValueError(f"ema_beta must be in [0, 1], got {ema_beta}")
-        if not lr > 0:
-            raise ValueError(f"lr must be positive, got {lr}")
-        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {list(betas)}")
-        unknown = set(aug_types) - {"translation", "cutout"}
-        if unknown:
-            raise ValueError(f"unknown aug_types {sorted(unknown)}; choose from translation, cutout")
+        side = self.image_size
+        require(latent_dim >= 1, "model.latent_dim", "at least 1", latent_dim)
+        require(fmap_max >= 1, "model.fmap_max", "at least 1", fmap_max)
+        require(fmap_inverse_coef >= 0, "model.fmap_inverse_coef", "non-negative", fmap_inverse_coef)
+        sizes_ok = all(is_power_of_two(s) and 4 <= s <= side for s in attn_sizes)
+        require(sizes_ok, "model.attn_sizes", f"powers of two from 4 to the image side {side}", list(attn_sizes))
+        require(attn_heads >= 1, "model.attn_heads", "at least 1", attn_heads)
+        require(attn_dim_head >= 1, "model.attn_dim_head", "at least 1", attn_dim_head)
+        require(small_size is None or 1 <= small_size <= side, "model.small_size", f"in 1..{side} (or null)", small_size)
+        require(small_width >= 1, "model.small_width", "at least 1", small_width)
+        require(decoder_upsamples >= 1, "model.decoder_upsamples", "at least 1", decoder_upsamples)
+        require(0 < lr < math.inf, "model.lr", "positive", lr)
+        require(len(betas) == 2 and all(0 <= b < 1 for b in betas), "model.betas", "two numbers in [0, 1)", list(betas))
+        require(accumulate >= 1, "model.accumulate", "at least 1", accumulate)
+        require(0 <= gp_weight < math.inf, "model.gp_weight", "non-negative (0: no penalty)", gp_weight)
+        require(gp_every >= 1, "model.gp_every", "at least 1", gp_every)
+        require(aug_prob is None or 0 <= aug_prob <= 1, "model.aug_prob", "in [0, 1] (or null)", aug_prob)
+        unknown = sorted(set(aug_types) - {"translation", "cutout"})
+        require(not unknown, "model.aug_types", "from translation, cutout", unknown)
+        require(0 <= ema_beta <= 1, "model.ema_beta", "in [0, 1]", ema_beta)
+        require(ema_every >= 1, "model.ema_every", "at least 1", ema_every)
+        require(ema_start >= 0, "model.ema_start", "non-negative", ema_start)
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.model_a = self._build()

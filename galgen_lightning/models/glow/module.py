@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from galgen_lightning.errors import GalgenError
+from galgen_lightning.errors import GalgenError, require
 from galgen_lightning.models.base import MODELS, PairModule
 from galgen_lightning.models.glow.network import FlowStep, Glow, latent_shapes
 from galgen_lightning.noise import counter_normal
@@ -48,6 +48,10 @@ def bits_per_dim(log_p: Tensor, logdet: Tensor, dims: int, n_bits: int) -> Tenso
 def uniform_from_normal(z: Tensor) -> Tensor:
     """``Phi(z)``: turns counter-based normals into uniforms in [0, 1)."""
     return (0.5 * (1 + torch.erf(z / math.sqrt(2)))).clamp(0, 1 - 1e-7)
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+"""The modes ``torch.compile`` takes."""
 
 
 class GlowPair(PairModule):
@@ -90,16 +94,22 @@ class GlowPair(PairModule):
     ) -> None:
         super().__init__(**kwargs)
         self.compile_networks = self.compile_networks or compile_mode is not None
-        if n_block < 1 or n_flow < 1 or hidden < 1:
-            raise GalgenError(f"model: n_block, n_flow and hidden must be positive, got {n_block}, {n_flow}, {hidden}")
+        require(n_flow >= 1, "model.n_flow", "at least 1", n_flow)
+        require(n_block >= 1, "model.n_block", "at least 1", n_block)
+        require(hidden >= 1, "model.hidden", "at least 1", hidden)
         if self.image_size % 2**n_block:
             raise GalgenError(
                 f"model: image_size {self.image_size} is not divisible by 2**n_block = {2**n_block}; lower model.n_block"
             )
-        if not 1 <= n_bits <= 8:
-            raise GalgenError(f"model.n_bits must be in 1..8, got {n_bits}")
-        if not lr > 0 or not temperature > 0:
-            raise GalgenError(f"model.lr and model.temperature must be positive, got {lr}, {temperature}")
+        require(1 <= n_bits <= 8, "model.n_bits", "in 1..8", n_bits)
+        require(0 < lr < math.inf, "model.lr", "positive", lr)
+        require(0 < temperature < math.inf, "model.temperature", "positive", temperature)
+        require(
+            compile_mode in (None, *COMPILE_MODES),
+            "model.compile_mode",
+            f"one of {', '.join(COMPILE_MODES)} (or null)",
+            compile_mode,
+        )
         self.save_hyperparameters()
         self.model_a = Glow(self.channels, n_flow, n_block, hidden, affine)
         self.model_b = Glow(self.channels, n_flow, n_block, hidden, affine)
