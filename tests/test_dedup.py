@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from galgen_lightning.data.dedup import Search, dihedral_views, duplicate_mask, nearest_earlier, pair_scores, spectrum_descriptors
+from galgen_lightning.errors import GalgenError
 from galgen_lightning.metrics import DIHEDRAL_NAMES
 
 
@@ -96,10 +97,14 @@ def test_prefix_does_not_depend_on_later_images():
     for m in (1, 2, 17, 50, 81):
         assert np.array_equal(duplicate_mask(images[:m]), full[:m])
     # the scores themselves, to the last bit, also across block boundaries
-    score, index = nearest_earlier(images, Search(chunk=32, batch=8))
+    score, index = nearest_earlier(images, chunk=32, batch=8)
     for m in (2, 31, 32, 33, 65, 90):
-        s_m, i_m = nearest_earlier(images[:m], Search(chunk=32, batch=8))
+        s_m, i_m = nearest_earlier(images[:m], chunk=32, batch=8)
         assert np.array_equal(s_m, score[:m]) and np.array_equal(i_m, index[:m])
+    # the block sizes bound memory only: the default blocks give the same scores (of equally
+    # scoring earlier images, another may be named)
+    default_score, default_index = nearest_earlier(images)
+    assert np.array_equal(default_score, score) and (default_index == index).mean() > 0.9
 
 
 def test_the_reviewers_blob_set_keeps_one_of_each():
@@ -187,9 +192,15 @@ def test_split_reexports_the_function():
 
 
 @pytest.mark.parametrize(
-    "bad",
-    [dict(candidates=0), dict(chunk=0), dict(batch=0), dict(spectrum_size=0), dict(max_shift=-1), dict(noise_floor=float("nan"))],
+    "bad", [dict(candidates=0), dict(spectrum_size=0), dict(max_shift=-1), dict(noise_floor=float("nan"))], ids=str
 )
 def test_a_search_setting_out_of_range_is_refused_when_made(bad):
-    with pytest.raises(ValueError, match="Search"):
+    ((name, value),) = bad.items()
+    with pytest.raises(GalgenError, match=rf"^Search.{name} must be .*, got {value}$"):
         Search(**bad)
+
+
+@pytest.mark.parametrize("bad", [dict(chunk=0), dict(batch=0)], ids=str)
+def test_a_block_size_below_one_is_refused(bad):
+    with pytest.raises(GalgenError, match=rf"{next(iter(bad))} must be at least 1, got 0"):
+        nearest_earlier(np.zeros((3, 8, 8), np.float32), **bad)

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from galgen_lightning.data.sources.base import content_hash
+from galgen_lightning.errors import require
 from galgen_lightning.metrics import dihedral
 
 
@@ -242,7 +243,9 @@ def pair_scores(
 
 @dataclass(frozen=True)
 class Search:
-    """How :func:`nearest_earlier` looks for an image's nearest earlier image.
+    """What :func:`nearest_earlier` looks for, for an image's nearest earlier image: the results
+    depend on these (the block sizes of :func:`nearest_earlier` bound memory: the scores do not
+    depend on them).
 
     Attributes:
         max_shift: largest shift searched, in pixels per axis; capped at an eighth of the
@@ -251,49 +254,50 @@ class Search:
         spectrum_size: highest spatial frequency (cycles per image) in the descriptor.
         noise_floor: noise level, as a fraction of each image's pixel range, below which the
             descriptor does not tell Fourier magnitudes apart.
-        chunk: rows per block of the candidate search (memory: about ``chunk * n`` floats).
-        batch: images per block of the exact check.
     """
 
     max_shift: int = 3
     candidates: int = 4
     spectrum_size: int = 16
     noise_floor: float = 0.03
-    chunk: int = 1024
-    batch: int = 64
 
     def __post_init__(self) -> None:
-        for name in ("candidates", "spectrum_size", "chunk", "batch"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"Search.{name} must be at least 1, got {getattr(self, name)}")
-        if self.max_shift < 0 or not self.noise_floor >= 0:
-            raise ValueError(f"Search: max_shift and noise_floor must not be negative, got {self.max_shift}, {self.noise_floor}")
+        require(self.max_shift >= 0, "Search.max_shift", "non-negative", self.max_shift)
+        require(self.candidates >= 1, "Search.candidates", "at least 1", self.candidates)
+        require(self.spectrum_size >= 1, "Search.spectrum_size", "at least 1", self.spectrum_size)
+        require(0 <= self.noise_floor < math.inf, "Search.noise_floor", "non-negative", self.noise_floor)
 
 
-def nearest_earlier(images: np.ndarray, search: Search = Search()) -> tuple[np.ndarray, np.ndarray]:
+def nearest_earlier(
+    images: np.ndarray, search: Search = Search(), chunk: int = 1024, batch: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
     """For each image, its best score against the earlier images searched, and which one.
 
     See :func:`duplicate_mask` for the score and the search.
 
     Args:
         images: ``(n, h, w)`` float images.
-        search: the search's settings.
+        search: what is searched (:class:`Search`).
+        chunk: rows per block of the candidate search (memory: about ``chunk * n`` floats).
+        batch: images per block of the exact check. Neither block size changes the scores (of
+            equally scoring earlier images, another may be named).
 
     Returns:
         ``(score, index)``: float32 ``(n,)`` (``-inf`` for the first image) and int64 ``(n,)``
         (``-1`` where no earlier image was compared).
     """
+    require(chunk >= 1, "nearest_earlier: chunk", "at least 1", chunk)
+    require(batch >= 1, "nearest_earlier: batch", "at least 1", batch)
     x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
     if x.ndim != 3:
         raise ValueError(f"images must be (n, h, w), got shape {tuple(x.shape)}")
     n, h, w = x.shape
     shift = min(int(search.max_shift), min(h, w) // 8)
-    chunk = search.chunk
     with torch.no_grad():
         pieces = (_padded(x[i : i + chunk], chunk) for i in range(0, n, chunk))  # the last one padded ...
         desc = torch.cat([spectrum_descriptors(p, search.spectrum_size, search.noise_floor) for p in pieces])[:n]  # ... cut
         cand = earlier_candidates(desc, int(search.candidates), chunk)
-        scores = pair_scores(x, torch.arange(n), cand, shift, search.batch)
+        scores = pair_scores(x, torch.arange(n), cand, shift, batch)
     best, arg = scores.max(dim=1)
     index = cand.gather(1, arg[:, None])[:, 0]
     index[best == -math.inf] = -1
