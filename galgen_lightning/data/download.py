@@ -183,8 +183,8 @@ def download(
     retries: int = 5,
     backoff: float = 2.0,
     max_backoff: float = 120.0,
-    min_finite: float = 0.5,
     retry_failed: bool = False,
+    min_finite: float = 0.5,
     verify: bool = False,
 ) -> dict:
     """Download FITS cutouts of the galaxies of a catalogue into a folder FitsCutouts reads.
@@ -216,9 +216,9 @@ def download(
         backoff: first wait between attempts in seconds, doubled each retry, with jitter.
         max_backoff: longest wait between attempts (a ``Retry-After`` header may ask for more,
             up to 10 minutes).
-        min_finite: a cutout with a smaller share of finite pixels is recorded as failed.
         retry_failed: also retry galaxies that failed for a lasting reason (a 4xx answer, an
             invalid file) in an earlier run.
+        min_finite: a cutout with a smaller share of finite pixels is recorded as failed.
         verify: open and check every file recorded as done (default: check that it exists).
 
     Returns:
