@@ -131,7 +131,8 @@ class PairModule(L.LightningModule):
     :attr:`fused_adam`, :attr:`compile_networks`; see ``docs/gpu.md``).
 
     Args:
-        image_size: side of the square training images (linked from ``data.image_size`` by the CLI).
+        image_size: side of the square training images: the data's (the CLI links it from
+            ``data.image_size``, its one owner), so a pair has no side of its own to disagree with.
         channels: image channels (galgen's galaxies are one grayscale channel).
         sample_batch_size: samples per generation batch of :meth:`sample` and of the evaluation
             callbacks (it bounds memory only: samples do not depend on it).
@@ -162,7 +163,7 @@ class PairModule(L.LightningModule):
 
     def __init__(
         self,
-        image_size: int = 64,
+        image_size: int,
         channels: int = 1,
         sample_batch_size: int = 64,
         channels_last: bool = False,
