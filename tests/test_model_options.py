@@ -53,6 +53,7 @@ BAD = [
     (GlowPair, "lr", -1.0, "positive"),
     (GlowPair, "temperature", 0.0, "positive"),
     (GlowPair, "compile_mode", "fast", "one of default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs (or null)"),
+    (GANPair, "image_size", 24, "a power of two >= 16 (data.image_size)"),
     (GANPair, "latent_dim", 0, "at least 1"),
     (GANPair, "fmap_max", 0, "at least 1"),
     (GANPair, "fmap_inverse_coef", -1, "non-negative"),

@@ -230,6 +230,7 @@ class GANPair(PairModule):
     ) -> None:
         super().__init__(sample_batch_size=sample_batch_size, **kwargs)
         side = self.image_size
+        require(is_power_of_two(side) and side >= 16, "model.image_size", "a power of two >= 16 (data.image_size)", side)
         require(latent_dim >= 1, "model.latent_dim", "at least 1", latent_dim)
         require(fmap_max >= 1, "model.fmap_max", "at least 1", fmap_max)
         require(fmap_inverse_coef >= 0, "model.fmap_inverse_coef", "non-negative", fmap_inverse_coef)
