@@ -13,8 +13,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 import pytest  # noqa: E402
 
-CLI_MODULES = {"test_cli", "test_faults", "test_sample", "test_wandb", "test_data_command"}
-"""Modules that drive whole `galgen` commands (Lightning start-up, training steps): marked `cli`, so
+CLI_MODULES = {"test_cli", "test_faults", "test_sample", "test_wandb", "test_data_command", "test_report"}
+"""Modules that drive whole `galgen` commands (Lightning start-up, training steps; test_report: the
+whole `galgen report` over folders of runs, every figure, a headless browser): marked `cli`, so
 `make test-fast` (``-m "not slow and not cli"``) leaves them to `make test`. A single test of that
 kind in another module carries ``@pytest.mark.cli`` itself."""
 

@@ -189,6 +189,7 @@ def test_sweep_refuses_a_second_sweep_on_the_same_folder(tmp_path, profile, fake
     assert fake_runner == [] and not is_locked(out)
 
 
+@pytest.mark.cli  # whole galgen sweep commands: make test, not make test-fast
 def test_sweep_cli_errors_and_dry_run(tmp_path, profile, capsys):
     assert run_cli(["sweep", "--family", "vae", "--out", str(tmp_path / "s")]) == 2
     assert "--family must be one of" in capsys.readouterr().err

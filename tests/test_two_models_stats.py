@@ -269,6 +269,7 @@ def _calibrations(seed: int, model: str, n_train: int = 10, n: int = 256) -> tup
     return resplit, swap
 
 
+@pytest.mark.slow  # a calibration over hundreds of simulated worlds (about 10 s): make test-slow, which CI runs
 def test_the_resplit_test_keeps_its_level_where_swapping_own_and_other_does_not():
     """No sample copies anything, but A's samples are smoother than B's: whichever subset sits
     nearer the smooth samples passes for copying under per-sample swaps; re-splitting the
@@ -345,6 +346,7 @@ def _realism_world(rng: np.random.Generator, n: int, n_val: int) -> dict[str, np
     return arrays
 
 
+@pytest.mark.slow  # a calibration over hundreds of simulated worlds (about 7 s): make test-slow, which CI runs
 def test_held_out_readings_cover_with_the_held_out_set_redrawn():
     """The held-out reading and realism take their thresholds from the held-out galaxies, which are
     a sample too: the bootstrap redraws them with the samples. Over worlds whose held-out set is
