@@ -4,6 +4,7 @@ runner, the tiny diffusion arguments, a quiet Lightning trainer, and a JSON-line
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -57,3 +58,15 @@ def quiet_trainer(**kwargs: Any):
         enable_model_summary=False,
     )
     return L.Trainer(**{**quiet, **kwargs})
+
+
+def declared_options(cls: type, base: type) -> dict[str, type]:
+    """The options of ``cls`` (what ``galgen fit --help`` lists: its own and those of its bases
+    down to ``base``), each with the class whose ``__init__`` declares it first in the MRO."""
+    found: dict[str, type] = {}
+    for owner in cls.__mro__:
+        if "__init__" in vars(owner) and issubclass(owner, base):
+            for p in inspect.signature(owner.__init__).parameters.values():
+                if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                    found.setdefault(p.name, owner)
+    return found

@@ -6,10 +6,10 @@ got 1.5``) before training starts, not a traceback an epoch later, when the test
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import pytest
+from support import declared_options
 
 from galgen_lightning.errors import GalgenError
 from galgen_lightning.evaluation import (
@@ -59,21 +59,9 @@ CHECKED_ELSEWHERE = {"threshold", "smoothing", "min_snr", "skybox_size", "upsamp
 """MorphologyTest's measurement options, checked by MorphologyOptions (test_morphology.py)."""
 
 
-def own_options(cls: type) -> set[str]:
-    """The options ``cls.__init__`` declares itself."""
-    params = inspect.signature(cls.__init__).parameters.values()
-    return {p.name for p in params if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
-
-
 def options(test: type[EvalCallback]) -> dict[str, type]:
-    """The options of ``test``, its bases' included (what ``galgen fit --help`` lists), each with
-    the class that declares it."""
-    found: dict[str, type] = {}
-    for cls in test.__mro__:
-        if isinstance(cls, type) and issubclass(cls, EvalCallback):
-            for name in own_options(cls):
-                found.setdefault(name, cls)
-    return found
+    """The options of ``test``, its bases' included, each with the class that declares it."""
+    return declared_options(test, EvalCallback)
 
 
 @pytest.mark.parametrize(("test", "option", "value", "rule"), BAD, ids=lambda v: getattr(v, "__name__", str(v)))

@@ -8,10 +8,10 @@ networks).
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import pytest
+from support import declared_options
 
 from galgen_lightning.errors import GalgenError
 from galgen_lightning.models.base import PairModule
@@ -82,13 +82,7 @@ FREE = {"channels_last", "compile", "check_grads", "fused_adam", "affine", "samp
 
 def options(family: type) -> dict[str, type]:
     """The options of ``family``, PairModule's included, each with the class that declares it."""
-    found: dict[str, type] = {}
-    for cls in family.__mro__:
-        if "__init__" in vars(cls) and issubclass(cls, PairModule):
-            for p in inspect.signature(cls.__init__).parameters.values():
-                if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
-                    found.setdefault(p.name, cls)
-    return found
+    return declared_options(family, PairModule)
 
 
 def shown(value) -> str:
